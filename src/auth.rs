@@ -1,0 +1,249 @@
+//! [`UnderstoryAuth`]: the handle users create once and clone everywhere. Every clone shares
+//! one token cache; the reqwest middleware and the tower layer are built from it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use url::Url;
+
+use crate::builder::UnderstoryAuthBuilder;
+use crate::cache::{CacheStats, TokenCache};
+use crate::credentials::Credentials;
+use crate::origin::AllowedOrigins;
+use crate::token::AccessToken;
+use crate::Error;
+
+/// Access tokens for the Understory API, fetched when needed and shared by every clone.
+///
+/// Create it once, with [`UnderstoryAuth::new`] for Understory's production endpoints or
+/// [`UnderstoryAuth::builder`] to configure it, then clone it freely: clones are one `Arc`
+/// and share one token cache. Use it as reqwest middleware (it implements
+/// `reqwest_middleware::Middleware`), as a tower layer
+/// ([`BearerAuthLayer`](crate::BearerAuthLayer)), or ask for a token directly.
+///
+/// ```no_run
+/// use understory_auth::{Credentials, UnderstoryAuth};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let auth = UnderstoryAuth::new(Credentials::from_env()?);
+/// let token = auth.token().await?;
+/// println!("token lives {:?}", token.lifetime());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct UnderstoryAuth {
+    inner: Arc<Inner>,
+    retry_unauthorized: bool,
+}
+
+struct Inner {
+    cache: TokenCache,
+    origins: AllowedOrigins,
+    api_base: Url,
+    token_url: Url,
+    client_id: String,
+}
+
+impl UnderstoryAuth {
+    /// Tokens from Understory's production auth server, for Understory's production API.
+    ///
+    /// Infallible: the defaults are known to be valid. (If the TLS backend cannot even be
+    /// initialised, every token request reports that error instead.)
+    ///
+    /// ```
+    /// use understory_auth::{Credentials, UnderstoryAuth};
+    /// let auth = UnderstoryAuth::new(Credentials::new("client-id", "client-secret"));
+    /// let same_cache = auth.clone();
+    /// # let _ = same_cache;
+    /// ```
+    pub fn new(credentials: Credentials) -> Self {
+        let client_id = credentials.client_id().to_owned();
+        Self::builder(credentials)
+            .build()
+            .unwrap_or_else(|error| Self::failed(client_id, error))
+    }
+
+    /// A builder to point the crate at other endpoints or change its timeouts.
+    ///
+    /// ```
+    /// use understory_auth::{Credentials, UnderstoryAuth};
+    /// let auth = UnderstoryAuth::builder(Credentials::new("client-id", "client-secret"))
+    ///     .user_agent("My-Company/Booking-Sync")
+    ///     .build()?;
+    /// # Ok::<(), understory_auth::Error>(())
+    /// ```
+    pub fn builder(credentials: Credentials) -> UnderstoryAuthBuilder {
+        UnderstoryAuthBuilder::new(credentials)
+    }
+
+    pub(crate) fn from_parts(
+        cache: TokenCache,
+        origins: AllowedOrigins,
+        api_base: Url,
+        token_url: Url,
+        client_id: String,
+    ) -> Self {
+        UnderstoryAuth {
+            inner: Arc::new(Inner {
+                cache,
+                origins,
+                api_base,
+                token_url,
+                client_id,
+            }),
+            retry_unauthorized: true,
+        }
+    }
+
+    /// The `new` fallback: a handle whose every token request reports `error`.
+    fn failed(client_id: String, error: Error) -> Self {
+        struct Failing(Error);
+        impl crate::cache::TokenSource for Failing {
+            fn fetch(
+                self: Arc<Self>,
+            ) -> futures_util::future::BoxFuture<
+                'static,
+                Result<crate::token::GrantedToken, Error>,
+            > {
+                Box::pin(futures_util::future::ready(Err(self.0.clone())))
+            }
+        }
+        let (api_base, token_url) = match (
+            Url::parse(crate::builder::DEFAULT_API_BASE),
+            Url::parse(crate::builder::DEFAULT_TOKEN_URL),
+        ) {
+            (Ok(a), Ok(t)) => (a, t),
+            // Both are constants that parse; nothing is reachable here.
+            _ => unreachable!("the default URLs are valid"),
+        };
+        let cache = TokenCache::new(Arc::new(Failing(error)), crate::DEFAULT_TOKEN_TIMEOUT);
+        Self::from_parts(cache, AllowedOrigins::new(Vec::new()), api_base, token_url, client_id)
+    }
+
+    /// A valid access token: the cached one, or a freshly fetched one. However many tasks
+    /// call this at once, at most one token request is in flight.
+    ///
+    /// ```
+    /// # #[cfg(feature = "test-util")]
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let sandbox = understory_auth::testing::SandboxServer::start().await?;
+    /// let auth = understory_auth::UnderstoryAuth::builder(sandbox.credentials())
+    ///     .token_url(sandbox.token_url())
+    ///     .api_base(sandbox.api_base())
+    ///     .build()?;
+    /// let token = auth.token().await?;
+    /// assert!(!token.secret().is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn token(&self) -> Result<AccessToken, Error> {
+        self.inner.cache.token().await
+    }
+
+    /// The cached token if it is usable now, without waiting or fetching (though it may
+    /// start a background refresh when the token is due for one).
+    ///
+    /// ```
+    /// # use understory_auth::{Credentials, UnderstoryAuth};
+    /// let auth = UnderstoryAuth::new(Credentials::new("id", "secret"));
+    /// assert!(auth.cached_token().is_none()); // nothing fetched yet
+    /// ```
+    pub fn cached_token(&self) -> Option<AccessToken> {
+        self.inner.cache.fresh()
+    }
+
+    /// Drops `token` from the cache if it is still the cached one, because a request that
+    /// carried it was rejected (HTTP 401). Returns whether it was dropped. The next
+    /// [`token`](Self::token) fetches a new one; concurrent callers reporting the same
+    /// token cause one new fetch, not one each.
+    ///
+    /// A token that was itself fetched to replace a rejected one is kept for
+    /// [`INVALIDATION_COOLDOWN`](crate::INVALIDATION_COOLDOWN), so an API that rejects
+    /// every token cannot turn each request into a token request.
+    ///
+    /// ```
+    /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
+    /// let token = auth.token().await?;
+    /// // ... the API answered 401 to a request carrying `token` ...
+    /// auth.invalidate(&token);
+    /// let fresh = auth.token().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn invalidate(&self, token: &AccessToken) -> bool {
+        self.inner.cache.invalidate(token)
+    }
+
+    /// A snapshot of the cache's counters, for metrics.
+    ///
+    /// ```
+    /// # use understory_auth::{Credentials, UnderstoryAuth};
+    /// let auth = UnderstoryAuth::new(Credentials::new("id", "secret"));
+    /// assert_eq!(auth.stats().fetches, 0);
+    /// ```
+    pub fn stats(&self) -> CacheStats {
+        self.inner.cache.stats()
+    }
+
+    /// The API base the token is sent to.
+    ///
+    /// ```
+    /// # use understory_auth::{Credentials, UnderstoryAuth};
+    /// let auth = UnderstoryAuth::new(Credentials::new("id", "secret"));
+    /// assert_eq!(auth.api_base().as_str(), "https://api.understory.io/");
+    /// ```
+    pub fn api_base(&self) -> &Url {
+        &self.inner.api_base
+    }
+
+    /// Whether a request to `url` may carry the token (its origin is an allowed one).
+    ///
+    /// ```
+    /// # use understory_auth::{Credentials, UnderstoryAuth};
+    /// let auth = UnderstoryAuth::new(Credentials::new("id", "secret"));
+    /// assert!(auth.is_allowed(&"https://api.understory.io/v1/me".parse().unwrap()));
+    /// assert!(!auth.is_allowed(&"https://example.com/".parse().unwrap()));
+    /// ```
+    pub fn is_allowed(&self, url: &Url) -> bool {
+        self.inner.origins.allows_url(url)
+    }
+
+    /// Whether a request to `uri` may carry the token; `None` for a relative URI, which
+    /// names no origin.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn allows_uri(&self, uri: &http::Uri) -> Option<bool> {
+        self.inner.origins.allows_uri(uri)
+    }
+
+    /// Whether the reqwest middleware retries a request once after a 401 (default: yes).
+    #[cfg_attr(not(feature = "middleware"), allow(dead_code))]
+    pub(crate) fn retries_unauthorized(&self) -> bool {
+        self.retry_unauthorized
+    }
+
+    /// Turns the reqwest middleware's single retry after a 401 on or off for this handle
+    /// (on by default). The token is invalidated either way. Clones made from the
+    /// returned handle keep the setting and still share the cache.
+    ///
+    /// ```
+    /// # use understory_auth::{Credentials, UnderstoryAuth};
+    /// let auth = UnderstoryAuth::new(Credentials::new("id", "secret"));
+    /// let no_retry = auth.clone().with_unauthorized_retry(false);
+    /// # let _ = no_retry;
+    /// ```
+    pub fn with_unauthorized_retry(mut self, retry: bool) -> Self {
+        self.retry_unauthorized = retry;
+        self
+    }
+}
+
+impl fmt::Debug for UnderstoryAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnderstoryAuth")
+            .field("client_id", &self.inner.client_id)
+            .field("token_url", &self.inner.token_url.as_str())
+            .field("api_base", &self.inner.api_base.as_str())
+            .field("retry_unauthorized", &self.retry_unauthorized)
+            .field("stats", &self.inner.cache.stats())
+            .finish()
+    }
+}

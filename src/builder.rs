@@ -1,0 +1,252 @@
+//! [`UnderstoryAuthBuilder`]: where an [`UnderstoryAuth`] gets its endpoints and timeouts,
+//! and the documented defaults, each a named constant.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use crate::auth::UnderstoryAuth;
+use crate::cache::TokenCache;
+use crate::credentials::Credentials;
+use crate::grant::{Grant, GrantConfig};
+use crate::origin::{AllowedOrigins, Origin, parse_secure_url};
+use crate::Error;
+
+/// Understory's token endpoint.
+pub const DEFAULT_TOKEN_URL: &str = "https://api.auth.understory.io/oauth2/token";
+/// The `audience` Understory's auth server expects for API tokens.
+pub const DEFAULT_AUDIENCE: &str = "https://api.understory.io";
+/// The origin that receives the token: Understory's API.
+pub const DEFAULT_API_BASE: &str = "https://api.understory.io";
+/// The default limit on a whole token request, from connecting to the last byte.
+pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The crate's own product token, always part of the token request's `User-Agent`.
+pub const CRATE_USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
+
+/// Configures an [`UnderstoryAuth`]; made by [`UnderstoryAuth::builder`].
+///
+/// Every setting has a default suitable for Understory's production endpoints; tests point
+/// `token_url` and `api_base` at a local server.
+///
+/// ```
+/// use std::time::Duration;
+/// use understory_auth::{Credentials, UnderstoryAuth};
+///
+/// let auth = UnderstoryAuth::builder(Credentials::new("client-id", "client-secret"))
+///     .token_url("http://127.0.0.1:4444/oauth2/token")
+///     .audience("https://api.understory.io")
+///     .api_base("http://127.0.0.1:8080")
+///     .user_agent("My-Company/Marketing-Automation-App")
+///     .token_timeout(Duration::from_secs(5))
+///     .build()?;
+/// # Ok::<(), understory_auth::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until .build() is called"]
+pub struct UnderstoryAuthBuilder {
+    credentials: Credentials,
+    token_url: String,
+    audience: String,
+    api_base: String,
+    extra_origins: Vec<String>,
+    user_agent: Option<String>,
+    token_timeout: Duration,
+}
+
+impl UnderstoryAuthBuilder {
+    pub(crate) fn new(credentials: Credentials) -> Self {
+        UnderstoryAuthBuilder {
+            credentials,
+            token_url: DEFAULT_TOKEN_URL.to_owned(),
+            audience: DEFAULT_AUDIENCE.to_owned(),
+            api_base: DEFAULT_API_BASE.to_owned(),
+            extra_origins: Vec::new(),
+            user_agent: None,
+            token_timeout: DEFAULT_TOKEN_TIMEOUT,
+        }
+    }
+
+    /// The token endpoint; default [`DEFAULT_TOKEN_URL`]. Must be `https://`, or `http://`
+    /// to a loopback host.
+    ///
+    /// ```
+    /// # use understory_auth::{Credentials, UnderstoryAuth};
+    /// let err = UnderstoryAuth::builder(Credentials::new("id", "secret"))
+    ///     .token_url("http://auth.example.com/oauth2/token")
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("plain HTTP"));
+    /// ```
+    pub fn token_url(mut self, url: impl Into<String>) -> Self {
+        self.token_url = url.into();
+        self
+    }
+
+    /// The `audience` sent in the token request; default [`DEFAULT_AUDIENCE`].
+    ///
+    /// ```
+    /// # use understory_auth::{Credentials, UnderstoryAuth};
+    /// let auth = UnderstoryAuth::builder(Credentials::new("id", "secret"))
+    ///     .audience("https://api.understory.io")
+    ///     .build()?;
+    /// # Ok::<(), understory_auth::Error>(())
+    /// ```
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = audience.into();
+        self
+    }
+
+    /// The API whose origin (scheme, host, port) receives the token; default
+    /// [`DEFAULT_API_BASE`]. Requests to any other origin get no token. Must be `https://`,
+    /// or `http://` to a loopback host.
+    ///
+    /// ```
+    /// # use understory_auth::{Credentials, UnderstoryAuth};
+    /// let auth = UnderstoryAuth::builder(Credentials::new("id", "secret"))
+    ///     .api_base("http://127.0.0.1:8080")
+    ///     .build()?;
+    /// assert_eq!(auth.api_base().as_str(), "http://127.0.0.1:8080/");
+    /// # Ok::<(), understory_auth::Error>(())
+    /// ```
+    pub fn api_base(mut self, url: impl Into<String>) -> Self {
+        self.api_base = url.into();
+        self
+    }
+
+    /// One more origin allowed to receive the token, besides `api_base` (for instance a
+    /// second Understory API host). Same rules as `api_base`.
+    ///
+    /// ```
+    /// # use understory_auth::{Credentials, UnderstoryAuth};
+    /// let auth = UnderstoryAuth::builder(Credentials::new("id", "secret"))
+    ///     .allow_origin("https://files.understory.io")
+    ///     .build()?;
+    /// assert!(auth.is_allowed(&"https://files.understory.io/x".parse().unwrap()));
+    /// # Ok::<(), understory_auth::Error>(())
+    /// ```
+    pub fn allow_origin(mut self, url: impl Into<String>) -> Self {
+        self.extra_origins.push(url.into());
+        self
+    }
+
+    /// Your product, sent first in the token request's `User-Agent`, before
+    /// [`CRATE_USER_AGENT`], e.g. `My-Company/Marketing-Automation-App`.
+    ///
+    /// ```
+    /// # use understory_auth::{Credentials, UnderstoryAuth};
+    /// let auth = UnderstoryAuth::builder(Credentials::new("id", "secret"))
+    ///     .user_agent("My-Company/Marketing-Automation-App")
+    ///     .build()?;
+    /// # Ok::<(), understory_auth::Error>(())
+    /// ```
+    pub fn user_agent(mut self, product: impl Into<String>) -> Self {
+        self.user_agent = Some(product.into());
+        self
+    }
+
+    /// The limit on a whole token request, from connecting to the last byte of the answer;
+    /// default [`DEFAULT_TOKEN_TIMEOUT`]. Must not be zero.
+    ///
+    /// ```
+    /// # use understory_auth::{Credentials, UnderstoryAuth};
+    /// let auth = UnderstoryAuth::builder(Credentials::new("id", "secret"))
+    ///     .token_timeout(std::time::Duration::from_secs(3))
+    ///     .build()?;
+    /// # Ok::<(), understory_auth::Error>(())
+    /// ```
+    pub fn token_timeout(mut self, timeout: Duration) -> Self {
+        self.token_timeout = timeout;
+        self
+    }
+
+    /// Checks the settings and builds the [`UnderstoryAuth`]. Fails with [`Error::Config`]
+    /// saying which setting is wrong: an empty client id or secret, a URL that is not
+    /// HTTPS (or HTTP to loopback), carries a user name or password, an unusable
+    /// `User-Agent`, or a zero timeout.
+    ///
+    /// ```
+    /// # use understory_auth::{Credentials, Error, UnderstoryAuth};
+    /// let err = UnderstoryAuth::builder(Credentials::new("", "secret")).build().unwrap_err();
+    /// assert!(matches!(err, Error::Config { .. }));
+    /// ```
+    pub fn build(self) -> Result<UnderstoryAuth, Error> {
+        if self.credentials.client_id().trim().is_empty() {
+            return Err(Error::config("the client id is empty"));
+        }
+        if self.credentials.client_secret().is_empty() {
+            return Err(Error::config("the client secret is empty"));
+        }
+        if self.token_timeout.is_zero() {
+            return Err(Error::config("token_timeout is zero"));
+        }
+        let token_url = parse_secure_url(&self.token_url, "token_url")?;
+        if !token_url.username().is_empty() || token_url.password().is_some() {
+            return Err(Error::config(
+                "token_url must not hold a user name or password; put them in the Credentials",
+            ));
+        }
+        let api_base = parse_secure_url(&self.api_base, "api_base")?;
+        let mut origins = vec![Origin::parse(&self.api_base, "api_base")?];
+        for extra in &self.extra_origins {
+            origins.push(Origin::parse(extra, "allow_origin")?);
+        }
+        let user_agent = match &self.user_agent {
+            Some(product) => format!("{} {CRATE_USER_AGENT}", product.trim()),
+            None => CRATE_USER_AGENT.to_owned(),
+        };
+        let user_agent = HeaderValue::try_from(user_agent)
+            .map_err(|_| Error::config("user_agent holds characters not allowed in a header"))?;
+        let grant = Grant::new(GrantConfig {
+            credentials: &self.credentials,
+            token_url: token_url.clone(),
+            audience: &self.audience,
+            user_agent,
+            timeout: self.token_timeout,
+        })?;
+        let cache = TokenCache::new(Arc::new(grant), self.token_timeout);
+        Ok(UnderstoryAuth::from_parts(
+            cache,
+            AllowedOrigins::new(origins),
+            api_base,
+            token_url,
+            self.credentials.client_id().to_owned(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builder() -> UnderstoryAuthBuilder {
+        UnderstoryAuthBuilder::new(Credentials::new("id", "secret"))
+    }
+
+    #[test]
+    fn defaults_build() {
+        let auth = builder().build().unwrap();
+        assert_eq!(auth.api_base().as_str(), "https://api.understory.io/");
+    }
+
+    #[test]
+    fn refuses_bad_settings_with_the_setting_named() {
+        let cases = [
+            (builder().token_url("http://example.com/token"), "token_url"),
+            (builder().token_url("https://u:p@example.com/token"), "user name"),
+            (builder().api_base("http://api.understory.io"), "api_base"),
+            (builder().allow_origin("ftp://x.io"), "allow_origin"),
+            (builder().user_agent("bad\nagent"), "user_agent"),
+            (builder().token_timeout(Duration::ZERO), "token_timeout"),
+            (
+                UnderstoryAuthBuilder::new(Credentials::new("id", "")),
+                "secret",
+            ),
+        ];
+        for (builder, needle) in cases {
+            let err = builder.build().unwrap_err();
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+            assert!(!err.is_transient());
+        }
+    }
+}

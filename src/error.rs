@@ -1,0 +1,328 @@
+//! [`Error`]: everything that can go wrong while getting a token, and what to do about it.
+//!
+//! Every variant's message tells the user what to fix. None of them ever holds the client
+//! secret or an access token: the auth server's own words (`error_description`) are kept,
+//! but trimmed and stripped of control characters, and response bodies are never echoed.
+//!
+//! Errors are [`Clone`] because one failed token request is reported to every caller that
+//! was waiting for it (see the cache's single-flight and failure window).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// The longest piece of server-provided text an error keeps (e.g. `error_description`).
+const MAX_SERVER_TEXT: usize = 300;
+
+/// Why a token could not be obtained, or why the configuration was refused.
+///
+/// Use [`Error::is_transient`] to tell "try again later" from "fix something first", and
+/// [`Error::oauth_code`] to see the auth server's RFC 6749 error code.
+///
+/// ```
+/// use understory_auth::Error;
+///
+/// fn advice(err: &Error) -> &'static str {
+///     if err.is_transient() { "retry later" } else { "fix the configuration" }
+/// }
+/// let err = Error::Timeout { after: std::time::Duration::from_secs(10) };
+/// assert_eq!(advice(&err), "retry later");
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The builder or the credentials were given something unusable.
+    #[error("invalid understory-auth configuration: {reason}")]
+    Config {
+        /// What was wrong and how to fix it.
+        reason: String,
+    },
+
+    /// A required environment variable is missing or empty.
+    #[error(
+        "environment variable {var} is not set (or empty): set it to your Understory integration key's {what}, from Backoffice > Company settings > Integrations"
+    )]
+    MissingEnv {
+        /// The variable's name.
+        var: &'static str,
+        /// What it should hold.
+        what: &'static str,
+    },
+
+    /// The auth server answered with an OAuth2 error (RFC 6749 section 5.2).
+    #[error("{}", describe_oauth(code, description.as_deref(), *status))]
+    OAuth {
+        /// The HTTP status of the answer.
+        status: StatusCode,
+        /// The `error` code, e.g. `invalid_client`.
+        code: String,
+        /// The server's `error_description`, trimmed, without control characters.
+        description: Option<String>,
+        /// The server's `Retry-After`, if it sent one.
+        retry_after: Option<Duration>,
+    },
+
+    /// The auth server answered with an error status but no OAuth2 error body (often a
+    /// proxy or load balancer in front of it).
+    #[error("{}", describe_status(*status, retry_after.as_ref()))]
+    Status {
+        /// The HTTP status of the answer.
+        status: StatusCode,
+        /// The server's `Retry-After`, if it sent one.
+        retry_after: Option<Duration>,
+    },
+
+    /// The auth server said the request succeeded, but its answer is not a usable token.
+    #[error(
+        "the auth server's token answer (HTTP {status}) is unusable: {reason}; check that token_url points at an OAuth2 token endpoint"
+    )]
+    InvalidResponse {
+        /// The HTTP status of the answer.
+        status: StatusCode,
+        /// What is wrong with it (never the token itself).
+        reason: String,
+    },
+
+    /// The auth server issued a token of a type other than `bearer`.
+    #[error(
+        "the auth server issued a token of type {token_type:?}, but only bearer tokens can be used; check that token_url is Understory's token endpoint"
+    )]
+    UnsupportedTokenType {
+        /// The `token_type` it sent (trimmed).
+        token_type: String,
+    },
+
+    /// The token request took longer than its timeout.
+    #[error(
+        "the token request timed out after {after:?}; the auth server is slow or unreachable, it will be retried"
+    )]
+    Timeout {
+        /// The timeout that ran out.
+        after: Duration,
+    },
+
+    /// The token request could not be sent or its answer not read (DNS, connect, TLS, reset).
+    #[error("could not reach the auth server: {source}; check the network and token_url, it will be retried")]
+    Network {
+        /// The transport error.
+        #[source]
+        source: Arc<reqwest::Error>,
+    },
+
+    /// The token fetch stopped before it finished (its runtime shut down, or it panicked).
+    #[error("the token fetch was interrupted before it finished ({reason}); it will be retried")]
+    Interrupted {
+        /// What happened.
+        reason: &'static str,
+    },
+}
+
+impl Error {
+    /// Whether trying again later may succeed without changing anything: timeouts, network
+    /// errors, 5xx, 429 and garbled answers are transient; rejected credentials or scopes,
+    /// wrong token types and bad configuration are not.
+    ///
+    /// ```
+    /// use understory_auth::Error;
+    /// let err = Error::Config { reason: "bad url".into() };
+    /// assert!(!err.is_transient());
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Config { .. } | Error::MissingEnv { .. } => false,
+            Error::UnsupportedTokenType { .. } => false,
+            Error::OAuth { status, code, .. } => {
+                matches!(code.as_str(), "server_error" | "temporarily_unavailable")
+                    || transient_status(*status)
+            }
+            Error::Status { status, .. } => transient_status(*status),
+            Error::InvalidResponse { .. }
+            | Error::Timeout { .. }
+            | Error::Network { .. }
+            | Error::Interrupted { .. } => true,
+        }
+    }
+
+    /// How long the server asked clients to wait (`Retry-After`), if it said.
+    ///
+    /// ```
+    /// use understory_auth::{Error, http::StatusCode};
+    /// use std::time::Duration;
+    /// let err = Error::Status { status: StatusCode::TOO_MANY_REQUESTS, retry_after: Some(Duration::from_secs(60)) };
+    /// assert_eq!(err.retry_after(), Some(Duration::from_secs(60)));
+    /// ```
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::OAuth { retry_after, .. } | Error::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The auth server's OAuth2 error code (`invalid_client`, `invalid_scope`, ...), if any.
+    ///
+    /// ```
+    /// use understory_auth::{Error, http::StatusCode};
+    /// let err = Error::OAuth {
+    ///     status: StatusCode::UNAUTHORIZED,
+    ///     code: "invalid_client".into(),
+    ///     description: None,
+    ///     retry_after: None,
+    /// };
+    /// assert_eq!(err.oauth_code(), Some("invalid_client"));
+    /// assert!(err.to_string().contains("check the client id and secret"));
+    /// ```
+    pub fn oauth_code(&self) -> Option<&str> {
+        match self {
+            Error::OAuth { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status the auth server answered with, if it answered.
+    ///
+    /// ```
+    /// use understory_auth::Error;
+    /// assert_eq!(Error::Timeout { after: std::time::Duration::from_secs(1) }.status(), None);
+    /// ```
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Error::OAuth { status, .. }
+            | Error::Status { status, .. }
+            | Error::InvalidResponse { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn config(reason: impl Into<String>) -> Self {
+        Error::Config {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn invalid_response(status: StatusCode, reason: impl Into<String>) -> Self {
+        Error::InvalidResponse {
+            status,
+            reason: reason.into(),
+        }
+    }
+}
+
+fn transient_status(status: StatusCode) -> bool {
+    status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+}
+
+/// Keeps server-provided text printable and short, so it can neither flood nor forge logs.
+pub(crate) fn sanitize_server_text(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_SERVER_TEXT)
+        .collect();
+    if text.chars().count() > MAX_SERVER_TEXT {
+        out.push('…');
+    }
+    out.trim().to_owned()
+}
+
+fn describe_oauth(code: &str, description: Option<&str>, status: StatusCode) -> String {
+    let said = match description {
+        Some(d) if !d.is_empty() => format!("the auth server refused the token request: {code} ({d})"),
+        _ => format!("the auth server refused the token request: {code} (HTTP {status})"),
+    };
+    let advice = match code {
+        "invalid_client" => {
+            "check the client id and secret (UNDERSTORY_CLIENT_ID, UNDERSTORY_CLIENT_SECRET): the key may be mistyped, deleted in Backoffice, or registered for another client authentication method"
+        }
+        "invalid_scope" => {
+            "this key lacks a requested scope: give the integration key that permission in Backoffice, or stop requesting the scope"
+        }
+        "unauthorized_client" => {
+            "this key may not use the client_credentials grant: create an internal integration key in Backoffice"
+        }
+        "invalid_request" => {
+            "the request was refused as malformed: check the audience (https://api.understory.io) and the scopes"
+        }
+        "invalid_grant" | "unsupported_grant_type" => {
+            "the auth server does not accept the client_credentials grant here: check token_url"
+        }
+        "server_error" | "temporarily_unavailable" => {
+            "the auth server has a problem on its side; the request will be retried"
+        }
+        _ if transient_status(status) => "the request will be retried",
+        _ => "see the auth server's description above",
+    };
+    format!("{said}; {advice}")
+}
+
+fn describe_status(status: StatusCode, retry_after: Option<&Duration>) -> String {
+    let retry = match retry_after {
+        Some(d) => format!(" (it asked to retry after {}s)", d.as_secs()),
+        None => String::new(),
+    };
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        format!("the auth server is rate limiting token requests (HTTP 429){retry}; requests back off and retry")
+    } else if status.is_redirection() {
+        format!(
+            "the token endpoint answered with a redirect (HTTP {status}), which is never followed so the secret cannot leak; set token_url to the final address"
+        )
+    } else if transient_status(status) {
+        format!("the auth server or a proxy in front of it failed (HTTP {status}){retry}; it will be retried")
+    } else {
+        format!("the auth server answered HTTP {status} without an OAuth2 error; check token_url")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_text_is_single_line_and_bounded() {
+        let long = "a\nb\u{1b}[31m".to_owned() + &"x".repeat(1000);
+        let clean = sanitize_server_text(&long);
+        assert!(!clean.contains('\n') && !clean.contains('\u{1b}'));
+        assert!(clean.chars().count() <= MAX_SERVER_TEXT + 1);
+        assert!(clean.ends_with('…'));
+    }
+
+    #[test]
+    fn classification() {
+        let oauth = |status: u16, code: &str| Error::OAuth {
+            status: StatusCode::from_u16(status).unwrap(),
+            code: code.into(),
+            description: None,
+            retry_after: None,
+        };
+        assert!(!oauth(401, "invalid_client").is_transient());
+        assert!(!oauth(400, "invalid_scope").is_transient());
+        assert!(!oauth(400, "invalid_request").is_transient());
+        assert!(oauth(500, "server_error").is_transient());
+        assert!(oauth(503, "temporarily_unavailable").is_transient());
+        assert!(oauth(429, "slow_down").is_transient());
+        let status = |s: u16| Error::Status {
+            status: StatusCode::from_u16(s).unwrap(),
+            retry_after: None,
+        };
+        assert!(status(502).is_transient());
+        assert!(status(429).is_transient());
+        assert!(!status(404).is_transient());
+        assert!(!status(307).is_transient());
+        assert!(status(307).to_string().contains("redirect"));
+    }
+
+    #[test]
+    fn messages_say_what_to_do() {
+        let err = Error::OAuth {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_scope".into(),
+            description: Some("The requested scope is invalid: booking.write".into()),
+            retry_after: None,
+        };
+        let msg = err.to_string();
+        assert!(msg.contains("booking.write"), "{msg}");
+        assert!(msg.contains("Backoffice"), "{msg}");
+    }
+}

@@ -1,0 +1,445 @@
+//! The OAuth2 `client_credentials` grant: one token request, and the parsing of its answer.
+//!
+//! [`Grant`] knows nothing about caching: it sends exactly one request when asked. The
+//! request is built as Understory documents it (form body with `grant_type`, `scope`,
+//! `audience`, `client_id`, `client_secret`) and sent by a client of its own that never
+//! follows redirects (a redirect must not carry the secret anywhere), with a timeout on the
+//! whole exchange and a bound on the answer's size.
+//!
+//! [`parse_token_response`] is a pure function from status, `Retry-After` and body bytes to
+//! a token or an [`Error`], so every answer a server can give is tested without a server.
+
+use std::fmt;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use secrecy::{ExposeSecret, SecretSlice};
+use serde_json::{Map, Value};
+use url::Url;
+use url::form_urlencoded::{Serializer, byte_serialize};
+
+use crate::cache::TokenSource;
+use crate::credentials::{ClientAuthMethod, Credentials};
+use crate::error::sanitize_server_text;
+use crate::token::GrantedToken;
+use crate::Error;
+
+/// The largest token answer read; a longer body is refused (a token answer is ~1 KiB).
+pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
+/// The lifetime assumed when the answer has no usable `expires_in` (Understory's is 1 h).
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// The shortest lifetime believed: a server answering `expires_in: 0` (or less) cannot turn
+/// every request into a token request. A token the API really rejects is healed by the
+/// 401 handling instead.
+pub const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(1);
+/// The longest lifetime believed: larger `expires_in` values are clamped, so absurd
+/// numbers cannot overflow a clock, and the token is still replaced daily.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The longest `Retry-After` honoured; larger values are clamped to it.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Everything needed to send the token request, prepared once at build time.
+pub(crate) struct Grant {
+    client: reqwest::Client,
+    token_url: Url,
+    /// The form body; it holds the secret when the method is `client_secret_post`.
+    body: SecretSlice<u8>,
+    /// `Basic …` for `client_secret_basic`, marked sensitive.
+    basic_auth: Option<HeaderValue>,
+    user_agent: HeaderValue,
+    timeout: Duration,
+    requested_scopes: Vec<String>,
+}
+
+/// The settings [`Grant::new`] takes from the builder.
+pub(crate) struct GrantConfig<'a> {
+    pub(crate) credentials: &'a Credentials,
+    pub(crate) token_url: Url,
+    pub(crate) audience: &'a str,
+    pub(crate) user_agent: HeaderValue,
+    pub(crate) timeout: Duration,
+}
+
+impl Grant {
+    pub(crate) fn new(config: GrantConfig<'_>) -> Result<Self, Error> {
+        let GrantConfig {
+            credentials,
+            token_url,
+            audience,
+            user_agent,
+            timeout,
+        } = config;
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|e| Error::config(format!("cannot build the token HTTP client: {e}")))?;
+
+        let mut form = Serializer::new(String::new());
+        form.append_pair("grant_type", "client_credentials");
+        if !credentials.scopes().is_empty() {
+            form.append_pair("scope", &credentials.scopes().join(" "));
+        }
+        form.append_pair("audience", audience);
+        let basic_auth = match credentials.auth_method() {
+            ClientAuthMethod::ClientSecretPost => {
+                form.append_pair("client_id", credentials.client_id());
+                form.append_pair("client_secret", credentials.client_secret());
+                None
+            }
+            ClientAuthMethod::ClientSecretBasic => {
+                Some(basic_auth_header(credentials.client_id(), credentials.client_secret())?)
+            }
+        };
+        Ok(Grant {
+            client,
+            token_url,
+            body: form.finish().into_bytes().into(),
+            basic_auth,
+            user_agent,
+            timeout,
+            requested_scopes: credentials.scopes().to_vec(),
+        })
+    }
+
+    /// Sends one token request and parses its answer.
+    pub(crate) async fn request(&self) -> Result<GrantedToken, Error> {
+        let mut request = self
+            .client
+            .post(self.token_url.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json")
+            .header(USER_AGENT, self.user_agent.clone())
+            .body(self.body.expose_secret().to_vec());
+        if let Some(basic) = &self.basic_auth {
+            request = request.header(AUTHORIZATION, basic.clone());
+        }
+        let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        let status = response.status();
+        let retry_after = parse_retry_after(response.headers());
+        let body = read_bounded(response)
+            .await
+            .map_err(|e| match e {
+                BodyError::Transport(e) => self.transport_error(e),
+                BodyError::TooLarge => Error::invalid_response(
+                    status,
+                    format!("the answer is larger than {MAX_TOKEN_RESPONSE_BYTES} bytes"),
+                ),
+            })?;
+        parse_token_response(status, retry_after, &body, &self.requested_scopes)
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> Error {
+        if e.is_timeout() {
+            Error::Timeout {
+                after: self.timeout,
+            }
+        } else {
+            Error::Network {
+                source: std::sync::Arc::new(e.without_url()),
+            }
+        }
+    }
+}
+
+impl TokenSource for Grant {
+    fn fetch(self: std::sync::Arc<Self>) -> BoxFuture<'static, Result<GrantedToken, Error>> {
+        Box::pin(async move { self.request().await })
+    }
+}
+
+impl fmt::Debug for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Grant")
+            .field("token_url", &self.token_url.as_str())
+            .field("body", &"[REDACTED]")
+            .field("timeout", &self.timeout)
+            .field("requested_scopes", &self.requested_scopes)
+            .finish()
+    }
+}
+
+/// `Basic base64(urlencode(id) ":" urlencode(secret))`, as RFC 6749 section 2.3.1 asks.
+fn basic_auth_header(client_id: &str, secret: &str) -> Result<HeaderValue, Error> {
+    let id: String = byte_serialize(client_id.as_bytes()).collect();
+    let secret: String = byte_serialize(secret.as_bytes()).collect();
+    // reqwest encodes and marks the header sensitive; borrow its work instead of a base64 crate.
+    let request = reqwest::Client::new()
+        .get("http://127.0.0.1/")
+        .basic_auth(id, Some(secret))
+        .build()
+        .map_err(|_| Error::config("cannot encode the client id and secret for HTTP Basic"))?;
+    let mut header = request
+        .headers()
+        .get(AUTHORIZATION)
+        .cloned()
+        .ok_or_else(|| Error::config("cannot encode the client id and secret for HTTP Basic"))?;
+    header.set_sensitive(true);
+    Ok(header)
+}
+
+enum BodyError {
+    Transport(reqwest::Error),
+    TooLarge,
+}
+
+/// Reads the body, refusing to hold more than [`MAX_TOKEN_RESPONSE_BYTES`].
+async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, BodyError> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > MAX_TOKEN_RESPONSE_BYTES as u64)
+    {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+        if body.len().saturating_add(chunk.len()) > MAX_TOKEN_RESPONSE_BYTES {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `Retry-After` in seconds (RFC 9110 also allows an HTTP date, which is ignored: the
+/// cache's own backoff applies then), clamped to [`MAX_RETRY_AFTER`].
+pub(crate) fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+/// Turns a token endpoint's answer into a token or an [`Error`]. Never panics, and no error
+/// it returns contains the access token.
+pub(crate) fn parse_token_response(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    requested_scopes: &[String],
+) -> Result<GrantedToken, Error> {
+    let json: Option<Map<String, Value>> = match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => Some(map),
+        _ => None,
+    };
+    let oauth_error = json
+        .as_ref()
+        .and_then(|map| map.get("error"))
+        .and_then(Value::as_str);
+    if let (Some(code), Some(map)) = (oauth_error, json.as_ref()) {
+        // Some servers answer errors with 200; no token, an error code: it is an error.
+        if !status.is_success() || !map.contains_key("access_token") {
+            return Err(Error::OAuth {
+                status,
+                code: sanitize_server_text(code),
+                description: map
+                    .get("error_description")
+                    .and_then(Value::as_str)
+                    .map(sanitize_server_text),
+                retry_after,
+            });
+        }
+    }
+    if !status.is_success() {
+        return Err(Error::Status {
+            status,
+            retry_after,
+        });
+    }
+    let map = json.ok_or_else(|| Error::invalid_response(status, "the body is not a JSON object"))?;
+
+    match map.get("token_type") {
+        // RFC 6749 requires it, but a missing type is taken as bearer: it is the only kind
+        // a client_credentials grant issues in practice.
+        None => {}
+        Some(Value::String(t)) if t.trim().eq_ignore_ascii_case("bearer") => {}
+        Some(Value::String(t)) => {
+            return Err(Error::UnsupportedTokenType {
+                token_type: sanitize_server_text(t),
+            });
+        }
+        Some(_) => return Err(Error::invalid_response(status, "token_type is not a string")),
+    }
+    let access_token = match map.get("access_token") {
+        Some(Value::String(token)) => token,
+        Some(_) => return Err(Error::invalid_response(status, "access_token is not a string")),
+        None => return Err(Error::invalid_response(status, "the answer has no access_token")),
+    };
+    let scopes = match map.get("scope") {
+        Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+        // RFC 6749 section 5.1: no scope means the requested ones were granted.
+        _ => requested_scopes.to_vec(),
+    };
+    GrantedToken::new(access_token, parse_expires_in(map.get("expires_in")), scopes)
+        .map_err(|e| match e {
+            Error::InvalidResponse { reason, .. } => Error::InvalidResponse { status, reason },
+            other => other,
+        })
+}
+
+/// `expires_in` as a number or numeric string, clamped to
+/// [`MIN_TOKEN_LIFETIME`]..=[`MAX_TOKEN_LIFETIME`]; anything else means
+/// [`DEFAULT_TOKEN_LIFETIME`].
+fn parse_expires_in(value: Option<&Value>) -> Duration {
+    let secs = match value {
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    match secs {
+        Some(secs) if !secs.is_nan() => Duration::from_secs_f64(
+            secs.clamp(MIN_TOKEN_LIFETIME.as_secs_f64(), MAX_TOKEN_LIFETIME.as_secs_f64()),
+        ),
+        _ => {
+            tracing::debug!("token answer has no usable expires_in; assuming the default lifetime");
+            DEFAULT_TOKEN_LIFETIME
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(body: &str) -> Result<GrantedToken, Error> {
+        parse_token_response(StatusCode::OK, None, body.as_bytes(), &["openid".to_owned()])
+    }
+
+    fn lifetime(expires_in: &str) -> Duration {
+        ok(&format!(r#"{{"access_token":"t","token_type":"bearer","expires_in":{expires_in}}}"#))
+            .unwrap()
+            .lifetime()
+    }
+
+    #[test]
+    fn understory_answer() {
+        let token = ok(r#"{"access_token":"eyJ.abc-_~","expires_in":3599,"scope":"openid marketing.read","token_type":"bearer"}"#).unwrap();
+        assert_eq!(token.lifetime(), Duration::from_secs(3599));
+        assert_eq!(token.secret(), "eyJ.abc-_~");
+        assert_eq!(token.scopes(), ["openid", "marketing.read"]);
+    }
+
+    #[test]
+    fn token_type_any_case_or_missing() {
+        for t in ["bearer", "Bearer", "BEARER", " bearer "] {
+            assert!(ok(&format!(r#"{{"access_token":"t","token_type":"{t}"}}"#)).is_ok());
+        }
+        assert!(ok(r#"{"access_token":"t"}"#).is_ok());
+        let err = ok(r#"{"access_token":"t","token_type":"mac"}"#).unwrap_err();
+        assert!(matches!(err, Error::UnsupportedTokenType { .. }), "{err}");
+        assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn expires_in_every_shape() {
+        assert_eq!(lifetime("3599"), Duration::from_secs(3599));
+        assert_eq!(lifetime("\"3599\""), Duration::from_secs(3599));
+        assert_eq!(lifetime("\" 60 \""), Duration::from_secs(60));
+        assert_eq!(lifetime("59.9"), Duration::from_secs_f64(59.9));
+        assert_eq!(lifetime("0"), MIN_TOKEN_LIFETIME);
+        assert_eq!(lifetime("-5"), MIN_TOKEN_LIFETIME);
+        assert_eq!(lifetime("1e300"), MAX_TOKEN_LIFETIME);
+        assert_eq!(lifetime("18446744073709551615"), MAX_TOKEN_LIFETIME);
+        assert_eq!(lifetime("\"inf\""), MAX_TOKEN_LIFETIME);
+        assert_eq!(lifetime("\"NaN\""), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(lifetime("\"soon\""), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(lifetime("null"), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(lifetime("{}"), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(ok(r#"{"access_token":"t"}"#).unwrap().lifetime(), DEFAULT_TOKEN_LIFETIME);
+    }
+
+    #[test]
+    fn scope_missing_means_requested_and_unknown_fields_are_ignored() {
+        let t = ok(r#"{"access_token":"t","token_type":"bearer","id_token":"x","extra":{"a":[1]}}"#)
+            .unwrap();
+        assert_eq!(t.scopes(), ["openid"]);
+    }
+
+    #[test]
+    fn bad_access_tokens_are_clear_errors_without_the_token() {
+        for body in [
+            r#"{"token_type":"bearer"}"#,
+            r#"{"access_token":"","token_type":"bearer"}"#,
+            r#"{"access_token":null}"#,
+            r#"{"access_token":42}"#,
+            r#"{"access_token":"has space"}"#,
+            r#"{"access_token":"line\nbreak"}"#,
+            "not json",
+            "[1,2]",
+            "",
+        ] {
+            let err = ok(body).unwrap_err();
+            assert!(matches!(err, Error::InvalidResponse { .. }), "{body}: {err}");
+            assert!(!err.to_string().contains("has space"));
+            assert!(!err.to_string().contains("line\nbreak"));
+        }
+    }
+
+    #[test]
+    fn oauth_errors_keep_code_and_description() {
+        let err = parse_token_response(
+            StatusCode::UNAUTHORIZED,
+            None,
+            br#"{"error":"invalid_client","error_description":"Client authentication failed."}"#,
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.oauth_code(), Some("invalid_client"));
+        assert!(!err.is_transient());
+        let msg = err.to_string();
+        assert!(msg.contains("Client authentication failed.") && msg.contains("client id and secret"));
+
+        let err = parse_token_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(Duration::from_secs(7)),
+            br#"{"error":"temporarily_unavailable"}"#,
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.is_transient());
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+
+        // An error in a 200 answer is still an error.
+        let err = ok(r#"{"error":"invalid_scope"}"#).unwrap_err();
+        assert_eq!(err.oauth_code(), Some("invalid_scope"));
+    }
+
+    #[test]
+    fn non_oauth_error_bodies() {
+        let err = parse_token_response(StatusCode::BAD_GATEWAY, None, b"<html>bad gateway</html>", &[])
+            .unwrap_err();
+        assert!(matches!(err, Error::Status { .. }) && err.is_transient());
+        let err = parse_token_response(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(60)), b"slow down", &[])
+            .unwrap_err();
+        assert!(err.is_transient());
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(60)));
+        let err = parse_token_response(StatusCode::NOT_FOUND, None, b"", &[]).unwrap_err();
+        assert!(!err.is_transient());
+        let err = ok("<html>proxy login</html>").unwrap_err();
+        assert!(err.is_transient(), "a garbled 200 is worth retrying");
+    }
+
+    #[test]
+    fn retry_after_seconds_only_and_clamped() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(parse_retry_after(&headers), None);
+        headers.insert(RETRY_AFTER, HeaderValue::from_static(" 120 "));
+        assert_eq!(parse_retry_after(&headers), Some(Duration::from_secs(120)));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("99999999999"));
+        assert_eq!(parse_retry_after(&headers), Some(MAX_RETRY_AFTER));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        assert_eq!(parse_retry_after(&headers), None);
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("-1"));
+        assert_eq!(parse_retry_after(&headers), None);
+    }
+
+    #[test]
+    fn basic_header_encodes_before_base64() {
+        let header = basic_auth_header("id:with colon", "s~e.c_r-e+t").unwrap();
+        assert!(header.is_sensitive());
+        // base64("id%3Awith+colon:s%7Ee.c_r-e%2Bt")
+        let expected = "Basic aWQlM0F3aXRoK2NvbG9uOnMlN0VlLmNfci1lJTJCdA==";
+        assert_eq!(header, expected);
+    }
+}

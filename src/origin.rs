@@ -1,0 +1,161 @@
+//! Which requests may carry the token: an origin (scheme, host, port) rule.
+//!
+//! A bearer token is worth as much as the key that minted it, so it goes only to the origins
+//! the user configured ([`UnderstoryAuthBuilder::api_base`](crate::UnderstoryAuthBuilder::api_base)
+//! and [`allow_origin`](crate::UnderstoryAuthBuilder::allow_origin)), and those must be HTTPS;
+//! plain HTTP is accepted only for loopback hosts, which is what tests use.
+
+use std::net::IpAddr;
+
+use url::Url;
+
+use crate::Error;
+
+/// One origin: scheme, host and port, compared exactly (hosts are lower-cased by parsing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// Parses `url` (what the user configured as `what`) and insists on HTTPS or loopback.
+    pub(crate) fn parse(url: &str, what: &str) -> Result<Self, Error> {
+        let parsed = parse_secure_url(url, what)?;
+        Origin::of_url(&parsed)
+            .ok_or_else(|| Error::config(format!("{what} {url:?} has no host")))
+    }
+
+    fn of_url(url: &Url) -> Option<Self> {
+        Some(Origin {
+            scheme: url.scheme().to_owned(),
+            host: url.host_str()?.to_owned(),
+            port: url.port_or_known_default()?,
+        })
+    }
+
+    /// Whether a reqwest/url request URL goes to this origin.
+    pub(crate) fn matches_url(&self, url: &Url) -> bool {
+        url.scheme() == self.scheme
+            && url.host_str() == Some(self.host.as_str())
+            && url.port_or_known_default() == Some(self.port)
+    }
+
+    /// Whether an `http::Uri` goes to this origin; `None` when the URI names no origin
+    /// (a relative URI, as tonic's generated clients produce).
+    pub(crate) fn matches_uri(&self, uri: &http::Uri) -> Option<bool> {
+        let scheme = uri.scheme_str()?;
+        let host = uri.host()?;
+        let port = uri.port_u16().or(match scheme {
+            "https" => Some(443),
+            "http" => Some(80),
+            _ => None,
+        });
+        // `http::Uri` keeps the host's letter case and IPv6 brackets; `Url` normalises both.
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let own_host = self.host.trim_start_matches('[').trim_end_matches(']');
+        Some(
+            scheme.eq_ignore_ascii_case(&self.scheme)
+                && host.eq_ignore_ascii_case(own_host)
+                && port == Some(self.port),
+        )
+    }
+}
+
+/// The origins a token may be sent to.
+#[derive(Debug, Clone)]
+pub(crate) struct AllowedOrigins(Vec<Origin>);
+
+impl AllowedOrigins {
+    pub(crate) fn new(origins: Vec<Origin>) -> Self {
+        AllowedOrigins(origins)
+    }
+
+    pub(crate) fn allows_url(&self, url: &Url) -> bool {
+        self.0.iter().any(|o| o.matches_url(url))
+    }
+
+    /// `None` when the URI names no origin (relative), else whether it is allowed.
+    pub(crate) fn allows_uri(&self, uri: &http::Uri) -> Option<bool> {
+        uri.scheme()?;
+        uri.host()?;
+        Some(self.0.iter().any(|o| o.matches_uri(uri) == Some(true)))
+    }
+}
+
+/// Parses `url` and refuses anything but HTTPS, or plain HTTP to a loopback host.
+pub(crate) fn parse_secure_url(url: &str, what: &str) -> Result<Url, Error> {
+    let parsed =
+        Url::parse(url).map_err(|e| Error::config(format!("{what} {url:?} is not a URL: {e}")))?;
+    match parsed.scheme() {
+        "https" => Ok(parsed),
+        "http" if is_loopback(&parsed) => Ok(parsed),
+        "http" => Err(Error::config(format!(
+            "{what} {url:?} uses plain HTTP; use https:// (plain HTTP is allowed only for loopback hosts, in tests)"
+        ))),
+        other => Err(Error::config(format!(
+            "{what} {url:?} has scheme {other:?}; use https://"
+        ))),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_or_loopback_only() {
+        assert!(Origin::parse("https://api.understory.io", "api_base").is_ok());
+        assert!(Origin::parse("http://127.0.0.1:8080", "api_base").is_ok());
+        assert!(Origin::parse("http://127.1.2.3:8080", "api_base").is_ok());
+        assert!(Origin::parse("http://[::1]:8080", "api_base").is_ok());
+        assert!(Origin::parse("http://localhost:8080", "api_base").is_ok());
+        let err = Origin::parse("http://api.understory.io", "api_base").unwrap_err();
+        assert!(err.to_string().contains("https://"), "{err}");
+        assert!(Origin::parse("http://10.0.0.1", "api_base").is_err());
+        assert!(Origin::parse("ftp://api.understory.io", "api_base").is_err());
+        assert!(Origin::parse("not a url", "api_base").is_err());
+    }
+
+    #[test]
+    fn matches_scheme_host_and_port_exactly() {
+        let o = Origin::parse("https://api.understory.io", "api_base").unwrap();
+        let url = |s: &str| Url::parse(s).unwrap();
+        assert!(o.matches_url(&url("https://api.understory.io/v1/me")));
+        assert!(o.matches_url(&url("https://API.understory.io:443/v1/me")));
+        assert!(!o.matches_url(&url("http://api.understory.io/v1/me")));
+        assert!(!o.matches_url(&url("https://api.understory.io:8443/v1/me")));
+        assert!(!o.matches_url(&url("https://api.understory.io.evil.com/v1/me")));
+        assert!(!o.matches_url(&url("https://evil.com/?https://api.understory.io")));
+
+        let uri = |s: &str| s.parse::<http::Uri>().unwrap();
+        assert_eq!(o.matches_uri(&uri("https://API.understory.io/v1")), Some(true));
+        assert_eq!(o.matches_uri(&uri("https://api.understory.io:443/")), Some(true));
+        assert_eq!(o.matches_uri(&uri("http://api.understory.io/")), Some(false));
+        assert_eq!(o.matches_uri(&uri("https://other.io/")), Some(false));
+        assert_eq!(o.matches_uri(&uri("/v1/me")), None);
+
+        let v6 = Origin::parse("http://[::1]:8080", "api_base").unwrap();
+        assert_eq!(v6.matches_uri(&uri("http://[::1]:8080/x")), Some(true));
+    }
+
+    #[test]
+    fn allowed_origins_answer_for_relative_uris_with_none() {
+        let allowed = AllowedOrigins::new(vec![
+            Origin::parse("https://api.understory.io", "api_base").unwrap(),
+        ]);
+        let uri = |s: &str| s.parse::<http::Uri>().unwrap();
+        assert_eq!(allowed.allows_uri(&uri("/v1/me")), None);
+        assert_eq!(allowed.allows_uri(&uri("https://x.io/")), Some(false));
+    }
+}

@@ -1,0 +1,304 @@
+//! [`AccessToken`]: one access token as the cache hands it out, with its pre-built
+//! `Authorization` header, its expiry and the scopes it was granted.
+//!
+//! A token is built once per fetch and then shared: cloning it is one reference-count
+//! increment, and the header value every request needs is made once, here, marked sensitive
+//! so that `http`/`hyper`/`reqwest` debug output and HPACK never expose it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::HeaderValue;
+use http::StatusCode;
+use tokio::time::Instant;
+
+use crate::Error;
+
+/// A process-wide unique number for each token the crate has obtained.
+///
+/// Used to invalidate exactly the token a rejected request carried
+/// ([`UnderstoryAuth::invalidate`](crate::UnderstoryAuth::invalidate)).
+///
+/// ```
+/// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
+/// let token = auth.token().await?;
+/// println!("using token #{}", token.id());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TokenId(u64);
+
+impl fmt::Display for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl TokenId {
+    fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        TokenId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// What a token source produced: a validated token secret, its lifetime and its scopes.
+///
+/// The cache turns it into an [`AccessToken`] by placing it in time.
+#[derive(Clone)]
+pub(crate) struct GrantedToken {
+    secret: Box<str>,
+    header: HeaderValue,
+    lifetime: Duration,
+    scopes: Vec<String>,
+}
+
+impl GrantedToken {
+    /// Validates `secret` as a bearer token and builds its header once.
+    ///
+    /// A token must be non-empty visible ASCII without spaces (which covers RFC 6750's
+    /// `b64token` and every opaque token seen in practice), so it is always a valid header
+    /// value. The error never contains the token.
+    pub(crate) fn new(
+        secret: &str,
+        lifetime: Duration,
+        scopes: Vec<String>,
+    ) -> Result<Self, Error> {
+        let ok = StatusCode::OK;
+        if secret.is_empty() {
+            return Err(Error::invalid_response(ok, "access_token is empty"));
+        }
+        if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::invalid_response(
+                ok,
+                "access_token holds characters that cannot be sent in an HTTP header",
+            ));
+        }
+        let mut header = HeaderValue::try_from(format!("Bearer {secret}"))
+            .map_err(|_| Error::invalid_response(ok, "access_token is not a valid header value"))?;
+        header.set_sensitive(true);
+        Ok(GrantedToken {
+            secret: secret.into(),
+            header,
+            lifetime,
+            scopes,
+        })
+    }
+
+    pub(crate) fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    #[cfg(test)]
+    pub(crate) fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    #[cfg(test)]
+    pub(crate) fn scopes(&self) -> &[String] {
+        &self.scopes
+    }
+}
+
+impl fmt::Debug for GrantedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrantedToken")
+            .field("secret", &"[REDACTED]")
+            .field("lifetime", &self.lifetime)
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+/// An access token for the Understory API.
+///
+/// Cheap to clone (one `Arc`). `Debug` shows its id, scopes and remaining life, never the
+/// token itself; use [`AccessToken::secret`] or [`AccessToken::header_value`] to send it.
+///
+/// ```
+/// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
+/// let token = auth.token().await?;
+/// let header = token.header_value(); // "Bearer …", marked sensitive
+/// assert!(header.is_sensitive());
+/// assert!(!format!("{token:?}").contains(token.secret()));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct AccessToken {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: TokenId,
+    granted: GrantedToken,
+    expires_at: Instant,
+    usable_until: Instant,
+    refresh_at: Instant,
+}
+
+/// When a token was obtained and when the cache stops using it and starts replacing it.
+pub(crate) struct Schedule {
+    pub(crate) expires_at: Instant,
+    pub(crate) usable_until: Instant,
+    pub(crate) refresh_at: Instant,
+}
+
+impl AccessToken {
+    pub(crate) fn new(granted: GrantedToken, schedule: Schedule) -> Self {
+        AccessToken {
+            inner: Arc::new(Inner {
+                id: TokenId::next(),
+                granted,
+                expires_at: schedule.expires_at,
+                usable_until: schedule.usable_until,
+                refresh_at: schedule.refresh_at,
+            }),
+        }
+    }
+
+    /// The token itself, to send as `Authorization: Bearer <secret>`. Opaque: never parse it.
+    ///
+    /// ```
+    /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
+    /// let token = auth.token().await?;
+    /// let s: &str = token.secret();
+    /// # let _ = s; Ok(()) }
+    /// ```
+    pub fn secret(&self) -> &str {
+        &self.inner.granted.secret
+    }
+
+    /// The ready-made `Authorization` header value, `Bearer <secret>`, marked sensitive.
+    /// Cloning it copies no bytes.
+    ///
+    /// ```
+    /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
+    /// let mut request = http::Request::new(());
+    /// let token = auth.token().await?;
+    /// request.headers_mut().insert(http::header::AUTHORIZATION, token.header_value().clone());
+    /// # Ok(()) }
+    /// ```
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.inner.granted.header
+    }
+
+    /// This token's process-wide unique id.
+    ///
+    /// ```
+    /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
+    /// let (a, b) = (auth.token().await?, auth.token().await?);
+    /// assert_eq!(a.id(), b.id()); // the cached token, both times
+    /// # Ok(()) }
+    /// ```
+    pub fn id(&self) -> TokenId {
+        self.inner.id
+    }
+
+    /// The scopes the auth server granted (or, when it did not say, the ones requested).
+    ///
+    /// ```
+    /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
+    /// let token = auth.token().await?;
+    /// if !token.scopes().iter().any(|s| s == "booking.read") {
+    ///     eprintln!("this key cannot read bookings");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn scopes(&self) -> &[String] {
+        &self.inner.granted.scopes
+    }
+
+    /// The lifetime the auth server granted (`expires_in`, after clamping).
+    ///
+    /// ```
+    /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
+    /// println!("tokens live {:?}", auth.token().await?.lifetime());
+    /// # Ok(()) }
+    /// ```
+    pub fn lifetime(&self) -> Duration {
+        self.inner.granted.lifetime
+    }
+
+    /// When the token expires by the auth server's word, measured from when it was requested.
+    ///
+    /// ```
+    /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
+    /// let token = auth.token().await?;
+    /// assert!(token.expires_at() > tokio::time::Instant::now());
+    /// # Ok(()) }
+    /// ```
+    pub fn expires_at(&self) -> Instant {
+        self.inner.expires_at
+    }
+
+    /// How long until [`AccessToken::expires_at`] (zero once expired).
+    ///
+    /// ```
+    /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
+    /// println!("{:?} left", auth.token().await?.expires_in());
+    /// # Ok(()) }
+    /// ```
+    pub fn expires_in(&self) -> Duration {
+        self.inner.expires_at.saturating_duration_since(Instant::now())
+    }
+
+    /// The cache hands the token out until this instant (expiry minus the safety skew).
+    pub(crate) fn usable_until(&self) -> Instant {
+        self.inner.usable_until
+    }
+
+    /// From this instant on, the cache replaces the token in the background.
+    pub(crate) fn refresh_at(&self) -> Instant {
+        self.inner.refresh_at
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("id", &self.inner.id)
+            .field("secret", &"[REDACTED]")
+            .field("scopes", &self.inner.granted.scopes)
+            .field("lifetime", &self.inner.granted.lifetime)
+            .field("expires_in", &self.expires_in())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_tokens_that_are_not_header_safe() {
+        for bad in ["", "a b", "tab\tbed", "new\nline", "ünï", "\u{7f}"] {
+            let err = GrantedToken::new(bad, Duration::from_secs(1), vec![]).unwrap_err();
+            if !bad.is_empty() {
+                assert!(!err.to_string().contains(bad), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn header_is_sensitive_and_debug_is_redacted() {
+        let granted =
+            GrantedToken::new("tok.en~_-+/=", Duration::from_secs(60), vec!["openid".into()])
+                .unwrap();
+        let now = Instant::now();
+        let token = AccessToken::new(
+            granted,
+            Schedule {
+                expires_at: now + Duration::from_secs(60),
+                usable_until: now + Duration::from_secs(57),
+                refresh_at: now + Duration::from_secs(30),
+            },
+        );
+        assert_eq!(token.header_value(), "Bearer tok.en~_-+/=");
+        assert!(token.header_value().is_sensitive());
+        assert_eq!(token.secret(), "tok.en~_-+/=");
+        let debug = format!("{token:?} {:?}", token.inner.granted);
+        assert!(!debug.contains("tok.en"), "{debug}");
+        assert_ne!(token.id(), token.clone().id().max(TokenId::next()));
+    }
+}
