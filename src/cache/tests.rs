@@ -1,0 +1,491 @@
+//! The cache under tokio's paused clock, driven by an in-memory token source: every test is
+//! deterministic, and time-dependent behaviour is asserted by counts and outcomes.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+use futures_util::FutureExt;
+use http::StatusCode;
+use tokio::time::{advance, sleep};
+
+use super::*;
+
+/// One scripted answer of the in-memory source.
+#[derive(Clone)]
+enum Step {
+    Token { lifetime: Duration, delay: Duration },
+    Fail { error: Error, delay: Duration },
+    Hang,
+    Panic,
+}
+
+fn token(secs: u64) -> Step {
+    Step::Token {
+        lifetime: Duration::from_secs(secs),
+        delay: Duration::ZERO,
+    }
+}
+
+fn slow_token(secs: u64, delay_ms: u64) -> Step {
+    Step::Token {
+        lifetime: Duration::from_secs(secs),
+        delay: Duration::from_millis(delay_ms),
+    }
+}
+
+fn fail(error: Error) -> Step {
+    Step::Fail {
+        error,
+        delay: Duration::ZERO,
+    }
+}
+
+fn invalid_client() -> Error {
+    Error::OAuth {
+        status: StatusCode::UNAUTHORIZED,
+        code: "invalid_client".into(),
+        description: None,
+        retry_after: None,
+    }
+}
+
+fn unavailable() -> Error {
+    Error::Status {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        retry_after: None,
+    }
+}
+
+/// A token source that plays a script, then repeats its last step; counts its calls.
+struct Scripted {
+    calls: AtomicUsize,
+    script: parking_lot::Mutex<VecDeque<Step>>,
+    dropped: Arc<AtomicBool>,
+}
+
+impl Scripted {
+    fn new(steps: impl IntoIterator<Item = Step>) -> Arc<Self> {
+        Arc::new(Scripted {
+            calls: AtomicUsize::new(0),
+            script: parking_lot::Mutex::new(steps.into_iter().collect()),
+            dropped: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Relaxed)
+    }
+}
+
+/// Sets a flag when the fetch future holding it is dropped.
+struct DropFlag(Arc<AtomicBool>);
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Relaxed);
+    }
+}
+
+impl TokenSource for Scripted {
+    fn fetch(self: Arc<Self>) -> BoxFuture<'static, Result<GrantedToken, Error>> {
+        let n = self.calls.fetch_add(1, Relaxed);
+        let step = {
+            let mut script = self.script.lock();
+            if script.len() > 1 {
+                script.pop_front()
+            } else {
+                script.front().cloned()
+            }
+        };
+        let flag = DropFlag(Arc::clone(&self.dropped));
+        Box::pin(async move {
+            let _flag = flag;
+            match step {
+                Some(Step::Token { lifetime, delay }) => {
+                    sleep(delay).await;
+                    GrantedToken::new(&format!("token-{n}"), lifetime, vec![])
+                }
+                Some(Step::Fail { error, delay }) => {
+                    sleep(delay).await;
+                    Err(error)
+                }
+                Some(Step::Hang) | None => std::future::pending().await,
+                Some(Step::Panic) => panic!("scripted panic"),
+            }
+        })
+    }
+}
+
+const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn cache(source: &Arc<Scripted>) -> TokenCache {
+    TokenCache::new(Arc::clone(source) as Arc<dyn TokenSource>, LOAD_TIMEOUT)
+}
+
+/// Lets spawned tasks run without moving the paused clock.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_cold_callers_make_one_request_and_share_its_token() {
+    let source = Scripted::new([slow_token(3600, 200)]);
+    let cache = cache(&source);
+    let callers: Vec<_> = (0..500)
+        .map(|_| tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.token().await }
+        }))
+        .collect();
+    let mut ids = Vec::new();
+    for caller in callers {
+        ids.push(caller.await.unwrap().unwrap().id());
+    }
+    assert_eq!(source.calls(), 1);
+    assert!(ids.iter().all(|id| *id == ids[0]));
+    let stats = cache.stats();
+    assert_eq!((stats.fetches, stats.fetch_successes), (1, 1));
+    assert_eq!(stats.coalesced_waits, 499);
+    assert_eq!(stats.token_id, Some(ids[0]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_cold_callers_share_one_error() {
+    let source = Scripted::new([Step::Fail {
+        error: invalid_client(),
+        delay: Duration::from_millis(100),
+    }]);
+    let cache = cache(&source);
+    let callers: Vec<_> = (0..200)
+        .map(|_| tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.token().await }
+        }))
+        .collect();
+    for caller in callers {
+        let err = caller.await.unwrap().unwrap_err();
+        assert_eq!(err.oauth_code(), Some("invalid_client"));
+    }
+    assert_eq!(source.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_first_caller_strands_nobody() {
+    let source = Scripted::new([slow_token(3600, 1000)]);
+    let cache = cache(&source);
+    // The caller that starts the fetch is dropped mid-flight...
+    let leader = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.token().await }
+    });
+    settle().await;
+    assert_eq!(source.calls(), 1);
+    leader.abort();
+    // ...and a caller that joined the flight gives up too.
+    let mut joined = Box::pin(cache.token());
+    assert!((&mut joined).now_or_never().is_none());
+    drop(joined);
+    // The fetch goes on: the next caller gets its token without a second request.
+    let token = cache.token().await.unwrap();
+    assert_eq!(source.calls(), 1);
+    assert_eq!(cache.token().await.unwrap().id(), token.id());
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_ahead_runs_in_the_background_while_callers_keep_the_valid_token() {
+    let source = Scripted::new([token(100), slow_token(100, 2000)]);
+    let cache = cache(&source);
+    let first = cache.token().await.unwrap();
+    // 100 s lifetime: margin 50 s (half the lifetime), skew 5 s, jitter up to 10 s, so
+    // the refresh instant falls between 35 s and 45 s.
+    advance(Duration::from_secs(34)).await;
+    assert_eq!(cache.token().now_or_never().unwrap().unwrap().id(), first.id());
+    assert_eq!(source.calls(), 1, "no refresh before the margin");
+
+    advance(Duration::from_secs(12)).await;
+    // Past the refresh instant: callers get the valid token at once, without waiting...
+    for _ in 0..100 {
+        let token = cache.token().now_or_never().expect("never waits").unwrap();
+        assert_eq!(token.id(), first.id());
+    }
+    settle().await;
+    // ...and exactly one background fetch runs.
+    assert_eq!(source.calls(), 2);
+    assert_eq!(cache.stats().background_refreshes, 1);
+
+    sleep(Duration::from_millis(2100)).await;
+    let second = cache.token().now_or_never().unwrap().unwrap();
+    assert_ne!(second.id(), first.id());
+    assert_eq!(source.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_background_refresh_keeps_the_token_and_retries_before_expiry() {
+    // The first refresh fails, then the auth server recovers.
+    let source = Scripted::new([token(600), fail(unavailable()), fail(unavailable()), token(600)]);
+    let cache = cache(&source);
+    let first = cache.token().await.unwrap();
+    let usable_until = first.usable_until();
+    let mut replaced_at = None;
+    while Instant::now() < usable_until {
+        let token = cache.token().now_or_never().expect("never waits");
+        let token = token.expect("no error while a valid token exists");
+        if token.id() != first.id() {
+            replaced_at = Some(Instant::now());
+            break;
+        }
+        sleep(Duration::from_millis(500)).await;
+    }
+    assert!(replaced_at.is_some(), "replaced before the old token expired");
+    assert_eq!(source.calls(), 4);
+    assert_eq!(cache.stats().fetch_failures, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn background_retries_are_bounded_by_the_time_the_token_has_left() {
+    // A 429 asking for an hour must not outlive a token with minutes left.
+    let limited = Error::Status {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        retry_after: Some(Duration::from_secs(3600)),
+    };
+    let source = Scripted::new([token(300), fail(limited), token(300)]);
+    let cache = cache(&source);
+    let first = cache.token().await.unwrap();
+    let usable_until = first.usable_until();
+    let mut ids = vec![first.id()];
+    while Instant::now() < usable_until {
+        let token = cache.token().now_or_never().unwrap().unwrap();
+        ids.push(token.id());
+        sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(source.calls(), 3);
+    assert_ne!(ids.last(), Some(&first.id()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_token_is_never_handed_out() {
+    let source = Scripted::new([token(60), fail(unavailable())]);
+    let cache = cache(&source);
+    let first = cache.token().await.unwrap();
+    // Skew for a 60 s token: 3 s. Just before that it is still served...
+    sleep(Duration::from_millis(56_900)).await;
+    assert_eq!(cache.token().await.unwrap().id(), first.id());
+    // ...and from then on never, though every refresh fails.
+    sleep(Duration::from_millis(200)).await;
+    for _ in 0..50 {
+        match cache.token().await {
+            Ok(token) => panic!("handed out token {} after its usable life", token.id()),
+            Err(err) => assert!(err.is_transient()),
+        }
+        sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_four_second_token_is_used_for_most_of_its_life_and_refreshed_ahead() {
+    let source = Scripted::new([Step::Token {
+        lifetime: Duration::from_secs(4),
+        delay: Duration::from_millis(50),
+    }]);
+    let cache = cache(&source);
+    cache.token().await.unwrap();
+    let mut waited = 0;
+    for _ in 0..400 {
+        sleep(Duration::from_millis(50)).await;
+        if cache.token().now_or_never().is_none() {
+            waited += 1;
+        }
+    }
+    // 20 s of 4 s tokens refreshed halfway (between 1.4 s and 1.8 s into their life):
+    // 12 to 15 fetches, none of which made a caller wait.
+    let calls = source.calls();
+    assert!((10..=16).contains(&calls), "{calls} fetches");
+    assert_eq!(waited, 0, "no caller waited for a refresh");
+}
+
+#[tokio::test(start_paused = true)]
+async fn wrong_credentials_under_load_make_a_handful_of_requests_a_minute() {
+    let source = Scripted::new([fail(invalid_client())]);
+    let cache = cache(&source);
+    // 1,000 callers a second for a minute.
+    for _ in 0..60 {
+        for _ in 0..1000 {
+            let err = cache.token().await.unwrap_err();
+            assert_eq!(err.oauth_code(), Some("invalid_client"));
+        }
+        sleep(Duration::from_secs(1)).await;
+    }
+    // Windows of 2.5-5 s, 5-10 s, 10-20 s, 20-40 s, ...: at most 6 requests in 60 s.
+    let calls = source.calls();
+    assert!((3..=6).contains(&calls), "{calls} token requests");
+    assert!(cache.stats().failed_fast > 59_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_back_off_and_recover_without_a_restart() {
+    let source = Scripted::new([
+        fail(unavailable()),
+        fail(unavailable()),
+        fail(unavailable()),
+        token(3600),
+    ]);
+    let cache = cache(&source);
+    let mut errors = 0;
+    let token = loop {
+        match cache.token().await {
+            Ok(token) => break token,
+            Err(_) => errors += 1,
+        }
+        sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(source.calls(), 4);
+    // Windows of 0.25-0.5 s, 0.5-1 s, 1-2 s: callers every 100 ms saw several errors
+    // per window, served from the window without new requests.
+    assert!(errors > 3, "{errors}");
+    assert_eq!(cache.token().await.unwrap().id(), token.id());
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured() {
+    let limited = Error::Status {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        retry_after: Some(Duration::from_secs(30)),
+    };
+    let source = Scripted::new([fail(limited), token(3600)]);
+    let cache = cache(&source);
+    assert!(cache.token().await.is_err());
+    sleep(Duration::from_secs(29)).await;
+    let err = cache.token().await.unwrap_err();
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
+    assert_eq!(source.calls(), 1);
+    sleep(Duration::from_millis(1100)).await;
+    assert!(cache.token().await.is_ok());
+    assert_eq!(source.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalidation_compares_ids_so_many_rejections_cause_one_refresh() {
+    let source = Scripted::new([token(3600)]);
+    let cache = cache(&source);
+    let stale = cache.token().await.unwrap();
+    let rejected: Vec<_> = (0..100)
+        .map(|_| tokio::spawn({
+            let (cache, stale) = (cache.clone(), stale.clone());
+            async move {
+                cache.invalidate(&stale);
+                cache.token().await.unwrap().id()
+            }
+        }))
+        .collect();
+    let mut fresh = Vec::new();
+    for task in rejected {
+        fresh.push(task.await.unwrap());
+    }
+    assert_eq!(source.calls(), 2);
+    assert!(fresh.iter().all(|id| *id == fresh[0] && *id != stale.id()));
+    assert_eq!(cache.stats().invalidations, 1);
+    assert!(!cache.invalidate(&stale), "a stale token no longer matches");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replacement_token_is_protected_for_the_cooldown() {
+    let source = Scripted::new([token(3600)]);
+    let cache = cache(&source);
+    let first = cache.token().await.unwrap();
+    assert!(cache.invalidate(&first));
+    let second = cache.token().await.unwrap();
+    // An API rejecting every token: the replacement is kept for the cooldown...
+    assert!(!cache.invalidate(&second));
+    assert_eq!(cache.token().await.unwrap().id(), second.id());
+    // ...and can be dropped after it.
+    sleep(INVALIDATION_COOLDOWN).await;
+    assert!(cache.invalidate(&second));
+    let third = cache.token().await.unwrap();
+    assert_ne!(third.id(), second.id());
+    assert_eq!(source.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_token_request_times_out_and_is_retried_later() {
+    let source = Scripted::new([Step::Hang, token(3600)]);
+    let cache = cache(&source);
+    let err = cache.token().await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { after } if after == LOAD_TIMEOUT));
+    assert!(source.dropped.load(Relaxed), "the hung request was dropped");
+    sleep(TRANSIENT_BACKOFF_BASE).await;
+    assert!(cache.token().await.is_ok());
+    assert_eq!(source.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_source_does_not_wedge_the_cache() {
+    let source = Scripted::new([Step::Panic, token(3600)]);
+    let cache = cache(&source);
+    let err = cache.token().await.unwrap_err();
+    assert!(matches!(err, Error::Interrupted { .. }), "{err}");
+    assert!(cache.token().await.is_ok());
+    assert_eq!(source.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_last_handle_stops_the_fetch() {
+    let source = Scripted::new([Step::Hang]);
+    let cache = cache(&source);
+    let waiter = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.token().await }
+    });
+    settle().await;
+    assert_eq!(source.calls(), 1);
+    waiter.abort();
+    let _ = waiter.await;
+    assert!(!source.dropped.load(Relaxed));
+    drop(cache);
+    settle().await;
+    assert!(source.dropped.load(Relaxed), "the fetch task was aborted");
+}
+
+#[test]
+fn outside_a_runtime_it_reports_an_error_instead_of_panicking() {
+    let source = Scripted::new([token(3600)]);
+    let err = cache(&source).token().now_or_never().unwrap().unwrap_err();
+    assert!(matches!(err, Error::Interrupted { .. }), "{err}");
+    assert_eq!(source.calls(), 0);
+}
+
+#[test]
+fn schedule_scales_with_the_lifetime() {
+    let now = Instant::now();
+    let at = |secs: f64| now + Duration::from_secs_f64(secs);
+    for _ in 0..100 {
+        let hour = schedule(now, Duration::from_secs(3600));
+        assert_eq!(hour.usable_until, at(3595.0));
+        assert!(hour.refresh_at >= at(3595.0 - 360.0 * 1.2) && hour.refresh_at <= at(3235.0));
+
+        let four = schedule(now, Duration::from_secs(4));
+        assert_eq!(four.usable_until, at(3.8));
+        assert!(four.refresh_at >= at(1.4) && four.refresh_at <= at(1.8));
+
+        let second = schedule(now, Duration::from_secs(1));
+        assert!(second.refresh_at > now && second.refresh_at < second.usable_until);
+    }
+}
+
+#[test]
+fn backoff_grows_is_capped_and_honours_retry_after() {
+    for attempt in 1..40 {
+        let transient = backoff(&unavailable(), attempt);
+        assert!(transient <= TRANSIENT_BACKOFF_MAX);
+        assert!(transient >= TRANSIENT_BACKOFF_BASE / 2);
+        let permanent = backoff(&invalid_client(), attempt);
+        assert!(permanent <= PERMANENT_BACKOFF_MAX);
+        assert!(permanent >= PERMANENT_BACKOFF_BASE / 2);
+    }
+    assert!(backoff(&unavailable(), 30) >= TRANSIENT_BACKOFF_MAX / 2);
+    let limited = Error::Status {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        retry_after: Some(Duration::from_secs(600)),
+    };
+    assert_eq!(backoff(&limited, 1), Duration::from_secs(600));
+}
