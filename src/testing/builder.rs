@@ -1,0 +1,226 @@
+//! Configuring a sandbox before it starts.
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use super::server::SandboxServer;
+use super::state::Config;
+use super::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_SCOPES, DEFAULT_TOKEN_LIFETIME};
+
+/// How the sandbox's client must authenticate at the token endpoint.
+///
+/// As in Hydra, the method is fixed per client: a client registered for one method that
+/// authenticates with the other gets `invalid_client`.
+///
+/// ```
+/// use understory_auth::testing::ClientAuth;
+///
+/// assert_eq!(ClientAuth::default(), ClientAuth::Post);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ClientAuth {
+    /// `client_secret_post`: `client_id` and `client_secret` in the form body. This is what
+    /// Understory's integration keys use.
+    #[default]
+    Post,
+    /// `client_secret_basic`: `Authorization: Basic base64(urlencode(id):urlencode(secret))`.
+    Basic,
+}
+
+/// Configures a [`SandboxServer`] before starting it; see [`SandboxServer::builder`].
+///
+/// ```
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use understory_auth::testing::{ClientAuth, SandboxServer};
+///
+/// let server = SandboxServer::builder()
+///     .client_id("my-integration")
+///     .client_secret("my-secret")
+///     .token_lifetime(Duration::from_secs(60))
+///     .allowed_scopes(["booking.read"])
+///     .client_auth_method(ClientAuth::Basic)
+///     .start()
+///     .await?;
+/// assert_eq!(server.client_id(), "my-integration");
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Runtime::new()?.block_on(example())?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+#[must_use = "a builder does nothing until `start` is called"]
+pub struct SandboxBuilder {
+    client_id: String,
+    client_secret: String,
+    token_lifetime: Duration,
+    allowed_scopes: Vec<String>,
+    client_auth: ClientAuth,
+}
+
+impl Default for SandboxBuilder {
+    fn default() -> Self {
+        Self {
+            client_id: DEFAULT_CLIENT_ID.to_owned(),
+            client_secret: DEFAULT_CLIENT_SECRET.to_owned(),
+            token_lifetime: DEFAULT_TOKEN_LIFETIME,
+            allowed_scopes: DEFAULT_SCOPES
+                .iter()
+                .map(|&scope| scope.to_owned())
+                .collect(),
+            client_auth: ClientAuth::default(),
+        }
+    }
+}
+
+impl fmt::Debug for SandboxBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SandboxBuilder")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .field("token_lifetime", &self.token_lifetime)
+            .field("allowed_scopes", &self.allowed_scopes)
+            .field("client_auth", &self.client_auth)
+            .finish()
+    }
+}
+
+impl SandboxBuilder {
+    /// The only client id the token endpoint accepts (default [`DEFAULT_CLIENT_ID`]).
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use understory_auth::testing::SandboxServer;
+    ///
+    /// let server = SandboxServer::builder().client_id("acme").start().await?;
+    /// assert_eq!(server.client_id(), "acme");
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Runtime::new()?.block_on(example())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = client_id.into();
+        self
+    }
+
+    /// The only client secret the token endpoint accepts (default [`DEFAULT_CLIENT_SECRET`]).
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use understory_auth::testing::SandboxServer;
+    ///
+    /// let server = SandboxServer::builder().client_secret("a+b:c%d").start().await?;
+    /// assert_eq!(server.client_secret(), "a+b:c%d");
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Runtime::new()?.block_on(example())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn client_secret(mut self, client_secret: impl Into<String>) -> Self {
+        self.client_secret = client_secret.into();
+        self
+    }
+
+    /// How long issued tokens stay valid (default [`DEFAULT_TOKEN_LIFETIME`]); see
+    /// [`SandboxServer::set_token_lifetime`].
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use understory_auth::testing::SandboxServer;
+    ///
+    /// let server = SandboxServer::builder()
+    ///     .token_lifetime(Duration::from_secs(5))
+    ///     .start()
+    ///     .await?;
+    /// # drop(server);
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Runtime::new()?.block_on(example())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.token_lifetime = lifetime;
+        self
+    }
+
+    /// The scopes the client may request (default [`DEFAULT_SCOPES`]); requesting any other
+    /// gives `invalid_scope`.
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use understory_auth::testing::SandboxServer;
+    ///
+    /// let server = SandboxServer::builder()
+    ///     .allowed_scopes(["openid", "marketing.read"])
+    ///     .start()
+    ///     .await?;
+    /// # drop(server);
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Runtime::new()?.block_on(example())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn allowed_scopes<I>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.allowed_scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How the client must authenticate (default [`ClientAuth::Post`]).
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use understory_auth::testing::{ClientAuth, SandboxServer};
+    ///
+    /// let server = SandboxServer::builder()
+    ///     .client_auth_method(ClientAuth::Basic)
+    ///     .start()
+    ///     .await?;
+    /// assert_eq!(server.client_auth_method(), ClientAuth::Basic);
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Runtime::new()?.block_on(example())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn client_auth_method(mut self, method: ClientAuth) -> Self {
+        self.client_auth = method;
+        self
+    }
+
+    /// Binds `127.0.0.1` on a free port and starts serving on the current Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// If the socket cannot be bound.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a Tokio runtime.
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use understory_auth::testing::SandboxServer;
+    ///
+    /// let server = SandboxServer::builder().start().await?;
+    /// assert!(server.addr().ip().is_loopback());
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Runtime::new()?.block_on(example())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn start(self) -> io::Result<SandboxServer> {
+        let config = Config {
+            client_id: self.client_id,
+            client_secret: self.client_secret,
+            client_auth: self.client_auth,
+            allowed_scopes: self.allowed_scopes,
+        };
+        SandboxServer::spawn(config, self.token_lifetime).await
+    }
+}

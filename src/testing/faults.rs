@@ -1,0 +1,296 @@
+//! Ways to make the sandbox misbehave, and the answers they produce.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream;
+use http::StatusCode;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use hyper::body::Frame;
+use serde_json::json;
+
+use super::response::{
+    self, BoxError, HYDRA_JSON, SandboxResponse, api_error, final_status, hydra_error, with_body,
+    with_dynamic_header,
+};
+
+/// A way for the token endpoint to fail, for testing how a client copes.
+///
+/// Queue one for the next token request with
+/// [`SandboxServer::push_token_fault`](super::SandboxServer::push_token_fault), or make every
+/// token request fail with
+/// [`SandboxServer::set_token_fault`](super::SandboxServer::set_token_fault). A faulted request
+/// is still counted and recorded, but no token is issued for it.
+///
+/// ```
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use understory_auth::testing::{SandboxServer, TokenFault};
+///
+/// let server = SandboxServer::start().await?;
+/// server.push_token_fault(TokenFault::TooManyRequests { retry_after: Some(30) });
+///
+/// let response = reqwest::Client::new().post(server.token_url()).send().await?;
+/// assert_eq!(response.status(), 429);
+/// assert_eq!(response.headers()["retry-after"], "30");
+/// assert!(server.issued_tokens().is_empty());
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Runtime::new()?.block_on(example())?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenFault {
+    /// 500 with Hydra's `{"error": "server_error", ...}`.
+    ServerError,
+    /// 503 with Hydra's `{"error": "temporarily_unavailable", ...}`.
+    Unavailable,
+    /// 429 with a small JSON body, as a rate-limiting gateway in front of the server would
+    /// answer.
+    TooManyRequests {
+        /// The `Retry-After` header, in seconds; none is sent if `None`.
+        retry_after: Option<u64>,
+    },
+    /// 401 with Hydra's `invalid_client`, as if the client secret were wrong.
+    InvalidClient,
+    /// 400 with Hydra's `invalid_scope`.
+    InvalidScope,
+    /// An HTML error page from a proxy in front of the server, e.g. a 502.
+    HtmlError {
+        /// The status code (one that cannot be a final answer, such as 1xx, becomes 500).
+        status: u16,
+    },
+    /// 200 with `Content-Type: application/json` and a body that is not JSON.
+    MalformedJson,
+    /// Exactly this answer, for testing response parsing.
+    Body {
+        /// The status code (one that cannot be a final answer, such as 1xx, becomes 500).
+        status: u16,
+        /// The `Content-Type` header.
+        content_type: String,
+        /// The body.
+        body: String,
+    },
+    /// 200 with a well-formed token of `"token_type": "mac"`.
+    WrongTokenType,
+    /// 200 with `"access_token": ""`.
+    EmptyToken,
+    /// 307 to `location`.
+    Redirect {
+        /// The `Location` header.
+        location: String,
+    },
+    /// Reads the request, then never answers (the connection stays open until the sandbox
+    /// stops).
+    Hang,
+    /// Sends the headers with a `Content-Length` larger than the body, part of the body, and
+    /// then closes the connection.
+    ResetMidBody,
+    /// 200 with a JSON-looking body (`{"access_token":"` and then spaces) that never ends,
+    /// sent chunked until the client disconnects or the sandbox stops.
+    EndlessBody,
+}
+
+/// A way for the API (`/v1/...`) to fail, for testing how a client copes.
+///
+/// Queue one for the next API request with
+/// [`SandboxServer::push_api_fault`](super::SandboxServer::push_api_fault). A faulted request is
+/// still counted and recorded.
+///
+/// ```
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use understory_auth::testing::{ApiFault, SandboxServer};
+///
+/// let server = SandboxServer::start().await?;
+/// server.push_api_fault(ApiFault::ServerError);
+///
+/// let url = format!("{}/v1/me", server.api_base());
+/// let response = reqwest::Client::new().get(url).send().await?;
+/// assert_eq!(response.status(), 500);
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Runtime::new()?.block_on(example())?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ApiFault {
+    /// 401 `{"code": "UNAUTHORIZED", ...}`, whatever the token, as if it had just been revoked.
+    Unauthorized,
+    /// 500 `{"code": "INTERNAL_SERVER_ERROR", ...}`.
+    ServerError,
+    /// 503 `{"code": "SERVICE_UNAVAILABLE", ...}`.
+    Unavailable,
+    /// 429 `{"code": "TOO_MANY_REQUESTS", ...}`.
+    TooManyRequests {
+        /// The `Retry-After` header, in seconds; none is sent if `None`.
+        retry_after: Option<u64>,
+    },
+    /// Reads the request, then never answers (the connection stays open until the sandbox
+    /// stops).
+    Hang,
+}
+
+/// The size of each chunk of [`TokenFault::EndlessBody`].
+const ENDLESS_CHUNK_SIZE: usize = 8 * 1024;
+
+/// The start of the body of [`TokenFault::ResetMidBody`] and [`TokenFault::MalformedJson`].
+const TRUNCATED_TOKEN: &str = r#"{"access_token":"ory_at_truncated"#;
+
+/// How long [`TokenFault::ResetMidBody`] waits between sending part of the body and closing
+/// the connection, so the part is flushed to the client first.
+const RESET_PAUSE: Duration = Duration::from_millis(20);
+
+impl TokenFault {
+    /// The answer to a token request hit by this fault.
+    pub(crate) async fn respond(self) -> SandboxResponse {
+        match self {
+            Self::ServerError => hydra_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "The authorization server encountered an unexpected condition that prevented it \
+                 from fulfilling the request.",
+            ),
+            Self::Unavailable => hydra_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "The authorization server is currently unable to handle the request due to a \
+                 temporary overloading or maintenance of the server.",
+            ),
+            Self::TooManyRequests { retry_after } => too_many_requests(retry_after),
+            Self::InvalidClient => hydra_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "Client authentication failed (e.g., unknown client, no client authentication \
+                 included, or unsupported authentication method).",
+            ),
+            Self::InvalidScope => hydra_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                "The requested scope is invalid, unknown, or malformed.",
+            ),
+            Self::HtmlError { status } => html_error(final_status(status)),
+            Self::MalformedJson => with_body(StatusCode::OK, HYDRA_JSON, TRUNCATED_TOKEN),
+            Self::Body {
+                status,
+                content_type,
+                body,
+            } => with_dynamic_header(
+                with_body(final_status(status), "text/plain", body),
+                CONTENT_TYPE,
+                &content_type,
+            ),
+            Self::WrongTokenType => fake_token("ory_at_sandbox-mac-token", "mac"),
+            Self::EmptyToken => fake_token("", "bearer"),
+            Self::Redirect { location } => with_dynamic_header(
+                response::empty(StatusCode::TEMPORARY_REDIRECT),
+                LOCATION,
+                &location,
+            ),
+            Self::Hang => std::future::pending().await,
+            Self::ResetMidBody => reset_mid_body(),
+            Self::EndlessBody => endless_body(),
+        }
+    }
+}
+
+impl ApiFault {
+    /// The answer to an API request hit by this fault.
+    pub(crate) async fn respond(self) -> SandboxResponse {
+        match self {
+            Self::Unauthorized => api_error(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "The access token is not valid.",
+            ),
+            Self::ServerError => api_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL_SERVER_ERROR",
+                "Something went wrong.",
+            ),
+            Self::Unavailable => api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SERVICE_UNAVAILABLE",
+                "The service is temporarily unavailable.",
+            ),
+            Self::TooManyRequests { retry_after } => too_many_requests(retry_after),
+            Self::Hang => std::future::pending().await,
+        }
+    }
+}
+
+/// 429 with an optional `Retry-After`.
+fn too_many_requests(retry_after: Option<u64>) -> SandboxResponse {
+    let response = api_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TOO_MANY_REQUESTS",
+        "Rate limit exceeded. Back off before retrying.",
+    );
+    match retry_after {
+        Some(seconds) => with_dynamic_header(response, RETRY_AFTER, &seconds.to_string()),
+        None => response,
+    }
+}
+
+/// An error page as an nginx-like proxy would serve it.
+fn html_error(status: StatusCode) -> SandboxResponse {
+    let title = format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    let page = format!(
+        "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n\
+         <center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+    );
+    with_body(status, "text/html", page)
+}
+
+/// A 200 that looks like a token answer but carries a token this server never issued.
+fn fake_token(access_token: &str, token_type: &str) -> SandboxResponse {
+    response::hydra_json(
+        StatusCode::OK,
+        &json!({
+            "access_token": access_token,
+            "expires_in": 3599,
+            "scope": "",
+            "token_type": token_type,
+        }),
+    )
+}
+
+/// See [`TokenFault::ResetMidBody`].
+fn reset_mid_body() -> SandboxResponse {
+    let announced = TRUNCATED_TOKEN.len() * 4;
+    let partial =
+        stream::once(async { Ok(Frame::data(Bytes::from_static(TRUNCATED_TOKEN.as_bytes()))) });
+    // Pausing first makes hyper flush the partial body; failing the body then makes it close
+    // the connection.
+    let reset = stream::once(async {
+        tokio::time::sleep(RESET_PAUSE).await;
+        Err(BoxError::from(
+            "sandbox: connection reset mid-body (TokenFault::ResetMidBody)",
+        ))
+    });
+    let frames = partial.chain(reset);
+    // A stream body has no known length, so hyper sends the `Content-Length` set here.
+    let mut response = response::streaming(frames);
+    response
+        .headers_mut()
+        .insert(CONTENT_LENGTH, http::HeaderValue::from(announced));
+    response::set_header(&mut response, CONTENT_TYPE, HYDRA_JSON);
+    response
+}
+
+/// See [`TokenFault::EndlessBody`].
+fn endless_body() -> SandboxResponse {
+    let prefix = Bytes::from_static(br#"{"access_token":""#);
+    let filler = Bytes::from(vec![b' '; ENDLESS_CHUNK_SIZE]);
+    let frames = stream::once(async move { prefix })
+        .chain(stream::repeat_with(move || filler.clone()))
+        .map(|chunk| Ok::<_, BoxError>(Frame::data(chunk)));
+    let mut response = response::streaming(frames);
+    response::set_header(&mut response, CONTENT_TYPE, HYDRA_JSON);
+    response
+}

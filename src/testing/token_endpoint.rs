@@ -1,0 +1,246 @@
+//! `POST /oauth2/token`: the `client_credentials` grant as Ory Hydra implements it.
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::request::Parts;
+use http::{HeaderMap, Method, StatusCode};
+use serde_json::json;
+
+use super::builder::ClientAuth;
+use super::recorded::RecordedRequest;
+use super::response::{SandboxResponse, hydra_error, hydra_json};
+use super::routes::{BodyError, RequestBody};
+use super::state::{Config, Issued, Shared, State};
+use super::{AUDIENCE, basic_auth};
+
+/// Answers a request to the token endpoint: record it, wait, apply a fault if one is set,
+/// otherwise grant or refuse a token.
+pub(crate) async fn handle(shared: &Shared, head: &Parts, body: RequestBody) -> SandboxResponse {
+    let recorded = RecordedRequest::new(head, body.clone().unwrap_or_default());
+    let delay = shared.with(|state| {
+        state.token_requests.record(recorded);
+        state.token_delay
+    });
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(fault) = shared.with(State::next_token_fault) {
+        return fault.respond().await;
+    }
+    match grant(shared, head, body) {
+        Ok(issued) => success(&issued),
+        Err(error) => error.response(),
+    }
+}
+
+/// Hydra's checks, in about the order Hydra makes them; issues a token if all pass.
+fn grant(shared: &Shared, head: &Parts, body: RequestBody) -> Result<Issued, OAuthError> {
+    let config = &shared.config;
+    if head.method != Method::POST {
+        return Err(OAuthError::InvalidRequest(format!(
+            "HTTP method is '{}', expected 'POST'.",
+            head.method
+        )));
+    }
+    if !is_form(&head.headers) {
+        return Err(OAuthError::InvalidRequest(
+            "The request body must be application/x-www-form-urlencoded.".to_owned(),
+        ));
+    }
+    let body = body.map_err(|error| {
+        OAuthError::InvalidRequest(match error {
+            BodyError::TooLarge => "The request body is too large.".to_owned(),
+            BodyError::Incomplete => "The request body could not be read.".to_owned(),
+        })
+    })?;
+    let form = Form::parse(&body);
+
+    let grant_type = form.get("grant_type").unwrap_or_default();
+    if grant_type.is_empty() {
+        return Err(OAuthError::InvalidRequest(
+            "Request parameter 'grant_type' is missing".to_owned(),
+        ));
+    }
+    authenticate(config, &head.headers, &form)?;
+    if grant_type != "client_credentials" {
+        return Err(OAuthError::UnsupportedGrantType(format!(
+            "The sandbox supports only the 'client_credentials' grant, not '{grant_type}'."
+        )));
+    }
+
+    let mut scopes: Vec<String> = Vec::new();
+    for scope in form.get("scope").unwrap_or_default().split(' ') {
+        if scope.is_empty() || scopes.iter().any(|granted| granted == scope) {
+            continue;
+        }
+        if !config.allowed_scopes.iter().any(|allowed| allowed == scope) {
+            return Err(OAuthError::InvalidScope(format!(
+                "The OAuth 2.0 Client is not allowed to request scope '{scope}'."
+            )));
+        }
+        scopes.push(scope.to_owned());
+    }
+
+    match form.get("audience") {
+        Some(AUDIENCE) => {}
+        Some(audience) => {
+            return Err(OAuthError::InvalidRequest(format!(
+                "Requested audience '{audience}' has not been whitelisted by the OAuth 2.0 Client."
+            )));
+        }
+        None => {
+            return Err(OAuthError::InvalidRequest(format!(
+                "Request parameter 'audience' is missing; it must be '{AUDIENCE}'."
+            )));
+        }
+    }
+
+    Ok(shared.with(|state| state.issue_token(scopes)))
+}
+
+/// Whether the request says its body is `application/x-www-form-urlencoded`.
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| {
+            mime.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+/// Checks the client's credentials, sent the way the client is registered for.
+fn authenticate(config: &Config, headers: &HeaderMap, form: &Form) -> Result<(), OAuthError> {
+    let basic = headers
+        .get(AUTHORIZATION)
+        .filter(|value| basic_auth::is_basic(value));
+    let body_secret = form.get("client_secret");
+    match (config.client_auth, basic, body_secret) {
+        (_, Some(_), Some(_)) => Err(OAuthError::InvalidClient(
+            "Client credentials were sent both in the Authorization header and in the request \
+             body."
+                .to_owned(),
+        )),
+        (_, None, None) => Err(OAuthError::InvalidClient(
+            "No client credentials were sent.".to_owned(),
+        )),
+        (ClientAuth::Post, None, Some(secret)) => {
+            check_credentials(config, form.get("client_id").unwrap_or_default(), secret)
+        }
+        (ClientAuth::Basic, Some(header), None) => {
+            let credentials = basic_auth::parse(header).ok_or_else(|| {
+                OAuthError::InvalidClient(
+                    "The Authorization header is not valid HTTP Basic authentication.".to_owned(),
+                )
+            })?;
+            check_credentials(config, &credentials.client_id, &credentials.client_secret)
+        }
+        (ClientAuth::Post, Some(_), None) | (ClientAuth::Basic, None, Some(_)) => {
+            Err(wrong_method(config.client_auth))
+        }
+    }
+}
+
+fn check_credentials(
+    config: &Config,
+    client_id: &str,
+    client_secret: &str,
+) -> Result<(), OAuthError> {
+    if client_id != config.client_id {
+        return Err(OAuthError::InvalidClient(
+            "The requested OAuth 2.0 Client does not exist.".to_owned(),
+        ));
+    }
+    if client_secret != config.client_secret {
+        return Err(OAuthError::InvalidClient(
+            "The provided client secret did not match.".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+fn wrong_method(registered: ClientAuth) -> OAuthError {
+    let (registered, used) = match registered {
+        ClientAuth::Post => ("client_secret_post", "client_secret_basic"),
+        ClientAuth::Basic => ("client_secret_basic", "client_secret_post"),
+    };
+    OAuthError::InvalidClient(format!(
+        "The OAuth 2.0 Client supports client authentication method '{registered}', but method \
+         '{used}' was requested. You must configure the OAuth 2.0 client's \
+         'token_endpoint_auth_method' value to accept '{used}'."
+    ))
+}
+
+/// The 200 answer with a freshly issued token.
+fn success(issued: &Issued) -> SandboxResponse {
+    hydra_json(
+        StatusCode::OK,
+        &json!({
+            "access_token": issued.access_token,
+            "expires_in": issued.expires_in,
+            "scope": issued.scope,
+            "token_type": "bearer",
+        }),
+    )
+}
+
+/// A parsed `application/x-www-form-urlencoded` body.
+struct Form(Vec<(String, String)>);
+
+impl Form {
+    fn parse(body: &Bytes) -> Self {
+        Self(url::form_urlencoded::parse(body).into_owned().collect())
+    }
+
+    /// The first value of `key`, as Go's `url.Values.Get`.
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// An OAuth2 error answer of the token endpoint; the string is Hydra's "hint", appended to
+/// the standard description.
+enum OAuthError {
+    InvalidRequest(String),
+    InvalidClient(String),
+    UnsupportedGrantType(String),
+    InvalidScope(String),
+}
+
+impl OAuthError {
+    fn response(&self) -> SandboxResponse {
+        let (status, error, description, hint) = match self {
+            Self::InvalidRequest(hint) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "The request is missing a required parameter, includes an invalid parameter \
+                 value, includes a parameter more than once, or is otherwise malformed.",
+                hint,
+            ),
+            Self::InvalidClient(hint) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "Client authentication failed (e.g., unknown client, no client authentication \
+                 included, or unsupported authentication method).",
+                hint,
+            ),
+            Self::UnsupportedGrantType(hint) => (
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "The authorization grant type is not supported by the authorization server.",
+                hint,
+            ),
+            Self::InvalidScope(hint) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                "The requested scope is invalid, unknown, or malformed.",
+                hint,
+            ),
+        };
+        hydra_error(status, error, format_args!("{description} {hint}"))
+    }
+}

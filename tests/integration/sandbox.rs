@@ -1,0 +1,1247 @@
+//! The sandbox server itself, exercised over real loopback HTTP with a plain reqwest client.
+#![cfg(feature = "test-util")]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use understory_auth::testing::{
+    AUDIENCE, ApiFault, ClientAuth, DEFAULT_CLIENT_SECRET, SandboxBuilder, SandboxServer,
+    TokenFault,
+};
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+const FORM: &str = "application/x-www-form-urlencoded";
+const HYDRA_JSON: &str = "application/json;charset=UTF-8";
+const INVALID_CLIENT_DESCRIPTION: &str = "Client authentication failed (e.g., unknown client, no \
+                                          client authentication included, or unsupported \
+                                          authentication method).";
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A sandbox and a client for it. Building a reqwest client takes a while (it loads TLS
+/// roots), so each test builds one and reuses it.
+struct Sandbox {
+    server: SandboxServer,
+    http: reqwest::Client,
+}
+
+impl std::ops::Deref for Sandbox {
+    type Target = SandboxServer;
+
+    fn deref(&self) -> &SandboxServer {
+        &self.server
+    }
+}
+
+impl Sandbox {
+    async fn start() -> TestResult<Self> {
+        Self::from(SandboxServer::builder()).await
+    }
+
+    async fn from(builder: SandboxBuilder) -> TestResult<Self> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self {
+            server: builder.start().await?,
+            http,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api_base())
+    }
+
+    /// The form Understory documents for integration keys.
+    fn valid_form(&self, scope: &str) -> String {
+        form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", scope),
+            ("audience", AUDIENCE),
+            ("client_id", self.client_id()),
+            ("client_secret", self.client_secret()),
+        ])
+    }
+
+    async fn post_token(&self, body: String) -> reqwest::Result<reqwest::Response> {
+        self.http
+            .post(self.token_url())
+            .header("content-type", FORM)
+            .body(body)
+            .send()
+            .await
+    }
+
+    /// Fetches a token the documented way and returns it.
+    async fn fetch_token(&self, scope: &str) -> TestResult<String> {
+        let response = self.post_token(self.valid_form(scope)).await?;
+        assert_eq!(response.status(), 200);
+        let body = json(response).await?;
+        Ok(body["access_token"]
+            .as_str()
+            .ok_or("access_token is not a string")?
+            .to_owned())
+    }
+
+    async fn get_me(&self, token: &str) -> reqwest::Result<reqwest::Response> {
+        self.http
+            .get(self.url("/v1/me"))
+            .bearer_auth(token)
+            .send()
+            .await
+    }
+}
+
+/// A client that gives up after 300 ms.
+fn impatient_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    let mut serializer = url::form_urlencoded::Serializer::new(String::new());
+    for (key, value) in pairs {
+        serializer.append_pair(key, value);
+    }
+    serializer.finish()
+}
+
+async fn json(response: reqwest::Response) -> TestResult<Value> {
+    Ok(serde_json::from_slice(&response.bytes().await?)?)
+}
+
+/// Asserts an OAuth2 error answer of the token endpoint, Hydra style; returns its description.
+async fn assert_oauth_error(
+    response: reqwest::Response,
+    status: u16,
+    error: &str,
+) -> TestResult<String> {
+    assert_eq!(response.status(), status);
+    assert_eq!(response.headers()["content-type"], HYDRA_JSON);
+    assert!(response.headers().get("www-authenticate").is_none());
+    let body = json(response).await?;
+    assert_eq!(body["error"], error, "body: {body}");
+    Ok(body["error_description"]
+        .as_str()
+        .ok_or("error_description is not a string")?
+        .to_owned())
+}
+
+async fn assert_unauthorized(response: reqwest::Response) -> TestResult<String> {
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body = json(response).await?;
+    assert_eq!(body["code"], "UNAUTHORIZED", "body: {body}");
+    Ok(body["message"]
+        .as_str()
+        .ok_or("message is not a string")?
+        .to_owned())
+}
+
+/// `Basic base64(urlencode(id):urlencode(secret))`, as OAuth2 specifies.
+fn basic_authorization(client_id: &str, client_secret: &str) -> String {
+    let encode =
+        |value: &str| url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>();
+    let credentials = format!("{}:{}", encode(client_id), encode(client_secret));
+    format!("Basic {}", base64(credentials.as_bytes()))
+}
+
+/// Standard, padded base64.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut encoded = String::new();
+    for chunk in bytes.chunks(3) {
+        let byte = |index: usize| u32::from(chunk.get(index).copied().unwrap_or(0));
+        let bits = (byte(0) << 16) | (byte(1) << 8) | byte(2);
+        for position in 0..4 {
+            if position <= chunk.len() {
+                let sextet = (bits >> (18 - 6 * position)) & 0x3f;
+                encoded.push(char::from(ALPHABET[sextet as usize]));
+            } else {
+                encoded.push('=');
+            }
+        }
+    }
+    encoded
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token endpoint: success
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn issues_a_token_shaped_like_hydras() -> TestResult {
+    let server = Sandbox::start().await?;
+    let response = server
+        .post_token(server.valid_form("openid booking.read"))
+        .await?;
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], HYDRA_JSON);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body = json(response).await?;
+    let object = body.as_object().ok_or("not a JSON object")?;
+    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["access_token", "expires_in", "scope", "token_type"]);
+    assert_eq!(body["expires_in"], 3599);
+    assert_eq!(body["scope"], "openid booking.read");
+    assert_eq!(body["token_type"], "bearer");
+
+    let token = body["access_token"].as_str().ok_or("no access_token")?;
+    let random = token.strip_prefix("ory_at_").ok_or("no ory_at_ prefix")?;
+    assert_eq!(random.len(), 43);
+    assert!(
+        random
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    );
+    assert_eq!(server.issued_tokens(), [token]);
+    assert_eq!(server.token_requests(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn tokens_are_unique_and_listed_in_order() -> TestResult {
+    let server = Sandbox::start().await?;
+    let mut tokens = Vec::new();
+    for _ in 0..20 {
+        tokens.push(server.fetch_token("").await?);
+    }
+    assert_eq!(server.issued_tokens(), tokens);
+    assert_eq!(tokens.iter().collect::<HashSet<_>>().len(), 20);
+    Ok(())
+}
+
+#[tokio::test]
+async fn grants_an_empty_scope_when_none_is_requested() -> TestResult {
+    let server = Sandbox::start().await?;
+    let without_scope = form(&[
+        ("grant_type", "client_credentials"),
+        ("audience", AUDIENCE),
+        ("client_id", server.client_id()),
+        ("client_secret", server.client_secret()),
+    ]);
+    let body = json(server.post_token(without_scope).await?).await?;
+    assert_eq!(body["scope"], "");
+
+    let duplicated = server.valid_form(" openid  openid event.read ");
+    let body = json(server.post_token(duplicated).await?).await?;
+    assert_eq!(body["scope"], "openid event.read");
+    Ok(())
+}
+
+#[tokio::test]
+async fn accepts_a_content_type_with_parameters() -> TestResult {
+    let server = Sandbox::start().await?;
+    let response = server
+        .http
+        .post(server.token_url())
+        .header(
+            "content-type",
+            "Application/X-WWW-Form-Urlencoded; charset=UTF-8",
+        )
+        .body(server.valid_form("openid"))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn expires_in_is_the_lifetime_in_whole_seconds() -> TestResult {
+    let server =
+        Sandbox::from(SandboxServer::builder().token_lifetime(Duration::from_secs(90))).await?;
+    let body = json(server.post_token(server.valid_form("")).await?).await?;
+    assert_eq!(body["expires_in"], 90);
+
+    server.set_token_lifetime(Duration::from_millis(1500));
+    let body = json(server.post_token(server.valid_form("")).await?).await?;
+    assert_eq!(body["expires_in"], 1);
+
+    server.set_token_lifetime(Duration::from_millis(999));
+    let body = json(server.post_token(server.valid_form("")).await?).await?;
+    assert_eq!(body["expires_in"], 0);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token endpoint: client authentication
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn wrong_secret_is_invalid_client() -> TestResult {
+    let server = Sandbox::start().await?;
+    let body = form(&[
+        ("grant_type", "client_credentials"),
+        ("audience", AUDIENCE),
+        ("client_id", server.client_id()),
+        ("client_secret", "not-the-secret"),
+    ]);
+    let description =
+        assert_oauth_error(server.post_token(body).await?, 401, "invalid_client").await?;
+    assert!(
+        description.starts_with(INVALID_CLIENT_DESCRIPTION),
+        "{description}"
+    );
+    assert!(server.issued_tokens().is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn wrong_or_missing_client_id_is_invalid_client() -> TestResult {
+    let server = Sandbox::start().await?;
+    let wrong_id = form(&[
+        ("grant_type", "client_credentials"),
+        ("audience", AUDIENCE),
+        ("client_id", "someone-else"),
+        ("client_secret", server.client_secret()),
+    ]);
+    assert_oauth_error(server.post_token(wrong_id).await?, 401, "invalid_client").await?;
+
+    let no_credentials = form(&[("grant_type", "client_credentials"), ("audience", AUDIENCE)]);
+    assert_oauth_error(
+        server.post_token(no_credentials).await?,
+        401,
+        "invalid_client",
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_default_secret_survives_form_encoding() -> TestResult {
+    let server = Sandbox::start().await?;
+    assert_eq!(server.client_secret(), DEFAULT_CLIENT_SECRET);
+    server.fetch_token("").await?;
+    let recorded = &server.token_requests_received()[0];
+    assert_eq!(
+        recorded.form_value("client_secret").as_deref(),
+        Some(DEFAULT_CLIENT_SECRET)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn basic_auth_is_refused_for_a_post_client() -> TestResult {
+    let server = Sandbox::start().await?;
+    assert_eq!(server.client_auth_method(), ClientAuth::Post);
+    let response = server
+        .http
+        .post(server.token_url())
+        .header("content-type", FORM)
+        .header(
+            "authorization",
+            basic_authorization(server.client_id(), server.client_secret()),
+        )
+        .body(form(&[
+            ("grant_type", "client_credentials"),
+            ("audience", AUDIENCE),
+        ]))
+        .send()
+        .await?;
+    let description = assert_oauth_error(response, 401, "invalid_client").await?;
+    assert!(description.contains("client_secret_post"), "{description}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn basic_auth_is_accepted_for_a_basic_client() -> TestResult {
+    assert_eq!(base64(b"foo:bar"), "Zm9vOmJhcg==", "the test's own encoder");
+    let server = Sandbox::from(
+        SandboxServer::builder()
+            .client_id("id with spaces")
+            .client_secret("p@ss:w+rd%~.")
+            .client_auth_method(ClientAuth::Basic),
+    )
+    .await?;
+    let response = server
+        .http
+        .post(server.token_url())
+        .header("content-type", FORM)
+        .header(
+            "authorization",
+            basic_authorization(server.client_id(), server.client_secret()),
+        )
+        .body(form(&[
+            ("grant_type", "client_credentials"),
+            ("audience", AUDIENCE),
+            ("scope", "openid"),
+        ]))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(json(response).await?["scope"], "openid");
+    Ok(())
+}
+
+#[tokio::test]
+async fn basic_auth_with_a_wrong_secret_is_invalid_client() -> TestResult {
+    let server =
+        Sandbox::from(SandboxServer::builder().client_auth_method(ClientAuth::Basic)).await?;
+    for authorization in [
+        basic_authorization(server.client_id(), "wrong"),
+        "Basic not*base64".to_owned(),
+        format!("Basic {}", base64(b"no-colon")),
+    ] {
+        let response = server
+            .http
+            .post(server.token_url())
+            .header("content-type", FORM)
+            .header("authorization", authorization)
+            .body(form(&[
+                ("grant_type", "client_credentials"),
+                ("audience", AUDIENCE),
+            ]))
+            .send()
+            .await?;
+        assert_oauth_error(response, 401, "invalid_client").await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn post_credentials_are_refused_for_a_basic_client() -> TestResult {
+    let server =
+        Sandbox::from(SandboxServer::builder().client_auth_method(ClientAuth::Basic)).await?;
+    let description = assert_oauth_error(
+        server.post_token(server.valid_form("")).await?,
+        401,
+        "invalid_client",
+    )
+    .await?;
+    assert!(description.contains("client_secret_basic"), "{description}");
+
+    // Both methods at once are refused too.
+    let response = server
+        .http
+        .post(server.token_url())
+        .header("content-type", FORM)
+        .header(
+            "authorization",
+            basic_authorization(server.client_id(), server.client_secret()),
+        )
+        .body(server.valid_form(""))
+        .send()
+        .await?;
+    assert_oauth_error(response, 401, "invalid_client").await?;
+    assert!(server.issued_tokens().is_empty());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token endpoint: request validation
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_scope_not_allowed_is_invalid_scope_naming_it() -> TestResult {
+    let server = Sandbox::start().await?;
+    let response = server
+        .post_token(server.valid_form("openid offline"))
+        .await?;
+    let description = assert_oauth_error(response, 400, "invalid_scope").await?;
+    assert!(description.contains("'offline'"), "{description}");
+
+    let restricted =
+        Sandbox::from(SandboxServer::builder().allowed_scopes(["booking.read"])).await?;
+    restricted.fetch_token("booking.read").await?;
+    let response = restricted
+        .post_token(restricted.valid_form("booking.read openid"))
+        .await?;
+    let description = assert_oauth_error(response, 400, "invalid_scope").await?;
+    assert!(description.contains("'openid'"), "{description}");
+    assert_eq!(restricted.issued_tokens().len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_audience_is_invalid_request() -> TestResult {
+    let server = Sandbox::start().await?;
+    let wrong = form(&[
+        ("grant_type", "client_credentials"),
+        ("audience", "https://api.understory.io/"),
+        ("client_id", server.client_id()),
+        ("client_secret", server.client_secret()),
+    ]);
+    let description =
+        assert_oauth_error(server.post_token(wrong).await?, 400, "invalid_request").await?;
+    assert!(
+        description.contains("https://api.understory.io/"),
+        "{description}"
+    );
+
+    let missing = form(&[
+        ("grant_type", "client_credentials"),
+        ("client_id", server.client_id()),
+        ("client_secret", server.client_secret()),
+    ]);
+    assert_oauth_error(server.post_token(missing).await?, 400, "invalid_request").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn another_grant_type_is_unsupported() -> TestResult {
+    let server = Sandbox::start().await?;
+    let password = form(&[
+        ("grant_type", "password"),
+        ("audience", AUDIENCE),
+        ("client_id", server.client_id()),
+        ("client_secret", server.client_secret()),
+    ]);
+    assert_oauth_error(
+        server.post_token(password).await?,
+        400,
+        "unsupported_grant_type",
+    )
+    .await?;
+
+    let missing = form(&[
+        ("audience", AUDIENCE),
+        ("client_id", server.client_id()),
+        ("client_secret", server.client_secret()),
+    ]);
+    assert_oauth_error(server.post_token(missing).await?, 400, "invalid_request").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_form_posts_are_accepted() -> TestResult {
+    let server = Sandbox::start().await?;
+    let get = server.http.get(server.token_url()).send().await?;
+    assert_oauth_error(get, 400, "invalid_request").await?;
+
+    let as_json = server
+        .http
+        .post(server.token_url())
+        .header("content-type", "application/json")
+        .body(r#"{"grant_type":"client_credentials"}"#)
+        .send()
+        .await?;
+    assert_oauth_error(as_json, 400, "invalid_request").await?;
+
+    let no_content_type = server
+        .http
+        .post(server.token_url())
+        .body(server.valid_form(""))
+        .send()
+        .await?;
+    assert_oauth_error(no_content_type, 400, "invalid_request").await?;
+
+    assert_eq!(server.token_requests(), 3);
+    assert!(server.issued_tokens().is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_refused() -> TestResult {
+    let server = Sandbox::start().await?;
+    let huge = format!(
+        "{}&padding={}",
+        server.valid_form(""),
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let response = server.post_token(huge).await?;
+    assert_oauth_error(response, 400, "invalid_request").await?;
+    assert_eq!(server.token_requests(), 1);
+    assert!(server.token_requests_received()[0].body.is_empty());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token endpoint: faults and delays
+// ---------------------------------------------------------------------------------------------
+
+/// What a fault's answer looks like from the client.
+struct Expected {
+    status: u16,
+    content_type: &'static str,
+    /// The OAuth2 `error`, for answers in Hydra's format.
+    oauth_error: Option<&'static str>,
+}
+
+impl Expected {
+    fn hydra(status: u16, oauth_error: &'static str) -> Self {
+        Self {
+            status,
+            content_type: HYDRA_JSON,
+            oauth_error: Some(oauth_error),
+        }
+    }
+
+    fn other(status: u16, content_type: &'static str) -> Self {
+        Self {
+            status,
+            content_type,
+            oauth_error: None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn simple_faults_answer_as_documented() -> TestResult {
+    let server = Sandbox::start().await?;
+    let teapot = TokenFault::Body {
+        status: 418,
+        content_type: "text/x-teapot".to_owned(),
+        body: "short and stout".to_owned(),
+    };
+    let cases = [
+        (
+            TokenFault::ServerError,
+            Expected::hydra(500, "server_error"),
+        ),
+        (
+            TokenFault::Unavailable,
+            Expected::hydra(503, "temporarily_unavailable"),
+        ),
+        (
+            TokenFault::InvalidClient,
+            Expected::hydra(401, "invalid_client"),
+        ),
+        (
+            TokenFault::InvalidScope,
+            Expected::hydra(400, "invalid_scope"),
+        ),
+        (
+            TokenFault::TooManyRequests { retry_after: None },
+            Expected::other(429, "application/json"),
+        ),
+        (
+            TokenFault::HtmlError { status: 502 },
+            Expected::other(502, "text/html"),
+        ),
+        (
+            TokenFault::HtmlError { status: 101 },
+            Expected::other(500, "text/html"),
+        ),
+        (teapot, Expected::other(418, "text/x-teapot")),
+    ];
+    for (fault, expected) in cases {
+        server.push_token_fault(fault.clone());
+        let response = server.post_token(server.valid_form("")).await?;
+        assert_eq!(response.status(), expected.status, "{fault:?}");
+        assert_eq!(
+            response.headers()["content-type"],
+            expected.content_type,
+            "{fault:?}"
+        );
+        assert!(response.headers().get("retry-after").is_none(), "{fault:?}");
+        let body = response.text().await?;
+        if let Some(oauth_error) = expected.oauth_error {
+            let body: Value = serde_json::from_str(&body)?;
+            assert_eq!(body["error"], oauth_error, "{fault:?}");
+            assert!(body["error_description"].is_string(), "{fault:?}");
+        }
+        if let TokenFault::Body { body: sent, .. } = &fault {
+            assert_eq!(&body, sent);
+        }
+    }
+    assert!(server.issued_tokens().is_empty());
+    assert_eq!(server.token_requests(), 8);
+    Ok(())
+}
+
+#[tokio::test]
+async fn too_many_requests_sends_retry_after() -> TestResult {
+    let server = Sandbox::start().await?;
+    server.push_token_fault(TokenFault::TooManyRequests {
+        retry_after: Some(60),
+    });
+    let response = server.post_token(server.valid_form("")).await?;
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "60");
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_token_answers_are_200s_with_bad_content() -> TestResult {
+    let server = Sandbox::start().await?;
+
+    server.push_token_fault(TokenFault::MalformedJson);
+    let response = server.post_token(server.valid_form("")).await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], HYDRA_JSON);
+    assert!(serde_json::from_slice::<Value>(&response.bytes().await?).is_err());
+
+    server.push_token_fault(TokenFault::WrongTokenType);
+    let body = json(server.post_token(server.valid_form("")).await?).await?;
+    assert_eq!(body["token_type"], "mac");
+    let token = body["access_token"].as_str().ok_or("no access_token")?;
+    assert!(!token.is_empty());
+    assert_unauthorized(server.get_me(token).await?).await?;
+
+    server.push_token_fault(TokenFault::EmptyToken);
+    let body = json(server.post_token(server.valid_form("")).await?).await?;
+    assert_eq!(body["access_token"], "");
+    assert_eq!(body["token_type"], "bearer");
+
+    assert!(server.issued_tokens().is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn redirect_fault_answers_307() -> TestResult {
+    let server = Sandbox::start().await?;
+    let elsewhere = format!("{}/elsewhere", server.api_base());
+    server.push_token_fault(TokenFault::Redirect {
+        location: elsewhere.clone(),
+    });
+    let response = server.post_token(server.valid_form("")).await?;
+    assert_eq!(response.status(), 307);
+    assert_eq!(response.headers()["location"], elsewhere.as_str());
+    Ok(())
+}
+
+#[tokio::test]
+async fn faults_are_queued_before_the_persistent_one() -> TestResult {
+    let server = Sandbox::start().await?;
+    server.push_token_fault(TokenFault::ServerError);
+    server.push_token_fault(TokenFault::Unavailable);
+    server.set_token_fault(Some(TokenFault::HtmlError { status: 502 }));
+
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(
+            server
+                .post_token(server.valid_form(""))
+                .await?
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [500, 503, 502, 502]);
+
+    server.set_token_fault(None);
+    server.fetch_token("").await?;
+
+    server.push_token_fault(TokenFault::ServerError);
+    server.set_token_fault(Some(TokenFault::Unavailable));
+    server.clear_token_faults();
+    server.fetch_token("").await?;
+
+    assert_eq!(server.token_requests(), 6);
+    assert_eq!(server.issued_tokens().len(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn hang_never_answers_and_is_used_once() -> TestResult {
+    let server = Sandbox::start().await?;
+    server.push_token_fault(TokenFault::Hang);
+    let impatient = impatient_client()?;
+    let error = impatient
+        .post(server.token_url())
+        .header("content-type", FORM)
+        .body(server.valid_form(""))
+        .send()
+        .await
+        .expect_err("a hanging token endpoint cannot answer");
+    assert!(error.is_timeout(), "{error:?}");
+    assert_eq!(server.token_requests(), 1);
+
+    server.fetch_token("").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn reset_mid_body_breaks_the_body() -> TestResult {
+    let server = Sandbox::start().await?;
+    server.push_token_fault(TokenFault::ResetMidBody);
+    let response = server.post_token(server.valid_form("")).await?;
+    assert_eq!(response.status(), 200);
+    let announced: usize = response.headers()["content-length"].to_str()?.parse()?;
+    assert!(announced > 0);
+    let error = response
+        .bytes()
+        .await
+        .expect_err("the body is shorter than its Content-Length");
+    assert!(error.is_body() || error.is_decode(), "{error:?}");
+
+    server.fetch_token("").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn endless_body_keeps_streaming() -> TestResult {
+    let server = Sandbox::start().await?;
+    server.push_token_fault(TokenFault::EndlessBody);
+    let mut response = server.post_token(server.valid_form("")).await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], HYDRA_JSON);
+    assert!(response.headers().get("content-length").is_none());
+
+    let mut received = Vec::new();
+    while received.len() <= 2 * 1024 * 1024 {
+        let chunk = response.chunk().await?.ok_or("the endless body ended")?;
+        received.extend_from_slice(&chunk);
+    }
+    assert!(received.starts_with(br#"{"access_token":""#));
+    drop(response);
+
+    server.fetch_token("").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn token_delay_holds_answers_back() -> TestResult {
+    let server = Sandbox::start().await?;
+    server.set_token_delay(Duration::from_secs(30));
+    let impatient = impatient_client()?;
+    let error = impatient
+        .post(server.token_url())
+        .header("content-type", FORM)
+        .body(server.valid_form(""))
+        .send()
+        .await
+        .expect_err("the delay is longer than the timeout");
+    assert!(error.is_timeout(), "{error:?}");
+    assert_eq!(server.token_requests(), 1, "counted before the delay");
+
+    server.set_token_delay(Duration::ZERO);
+    server.fetch_token("").await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// API
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn me_describes_the_client_for_a_valid_token() -> TestResult {
+    let server = Sandbox::start().await?;
+    let token = server.fetch_token("openid booking.read").await?;
+    let response = server.get_me(&token).await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body = json(response).await?;
+    assert_eq!(body["client_id"], server.client_id());
+    assert_eq!(
+        body["scopes"],
+        serde_json::json!(["openid", "booking.read"])
+    );
+
+    for scheme in ["bearer", "BEARER"] {
+        let response = server
+            .http
+            .get(server.url("/v1/me"))
+            .header("authorization", format!("{scheme} {token}"))
+            .send()
+            .await?;
+        assert_eq!(response.status(), 200, "scheme {scheme}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn missing_or_unknown_tokens_are_unauthorized() -> TestResult {
+    let server = Sandbox::start().await?;
+    let url = server.url("/v1/me");
+    assert_unauthorized(server.http.get(&url).send().await?).await?;
+    assert_unauthorized(server.get_me("ory_at_made-up").await?).await?;
+    let token = server.fetch_token("").await?;
+    let basic = server
+        .http
+        .get(&url)
+        .header("authorization", format!("Basic {token}"))
+        .send()
+        .await?;
+    assert_unauthorized(basic).await?;
+    assert_eq!(server.api_requests(), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn revoked_tokens_are_unauthorized() -> TestResult {
+    let server = Sandbox::start().await?;
+    let first = server.fetch_token("").await?;
+    let second = server.fetch_token("").await?;
+
+    server.revoke_token(&first);
+    assert_unauthorized(server.get_me(&first).await?).await?;
+    assert_eq!(server.get_me(&second).await?.status(), 200);
+
+    server.revoke_all_tokens();
+    assert_unauthorized(server.get_me(&second).await?).await?;
+
+    let third = server.fetch_token("").await?;
+    assert_eq!(server.get_me(&third).await?.status(), 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn expired_tokens_are_unauthorized() -> TestResult {
+    let server = Sandbox::start().await?;
+    server.set_token_lifetime(Duration::ZERO);
+    let response = server.post_token(server.valid_form("")).await?;
+    let body = json(response).await?;
+    assert_eq!(body["expires_in"], 0);
+    let token = body["access_token"].as_str().ok_or("no access_token")?;
+    let message = assert_unauthorized(server.get_me(token).await?).await?;
+    assert!(message.contains("expired"), "{message}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn tokens_expire_in_real_time() -> TestResult {
+    let server =
+        Sandbox::from(SandboxServer::builder().token_lifetime(Duration::from_secs(3))).await?;
+    let token = server.fetch_token("").await?;
+    assert_eq!(server.get_me(&token).await?.status(), 200);
+
+    // The token was issued before it was returned, so it is past its lifetime after this.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let message = assert_unauthorized(server.get_me(&token).await?).await?;
+    assert!(message.contains("expired"), "{message}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn always_unauthorized_rejects_valid_tokens_until_switched_off() -> TestResult {
+    let server = Sandbox::start().await?;
+    let token = server.fetch_token("").await?;
+    server.set_api_always_unauthorized(true);
+    assert_unauthorized(server.get_me(&token).await?).await?;
+    server.set_api_always_unauthorized(false);
+    assert_eq!(server.get_me(&token).await?.status(), 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn api_routes_answer_like_understory() -> TestResult {
+    let server = Sandbox::start().await?;
+    let token = server.fetch_token("").await?;
+
+    for path in [
+        "/v1/bookings",
+        "/v1/experiences",
+        "/v1/events?cursor=abc&limit=10",
+    ] {
+        let response = server
+            .http
+            .get(server.url(path))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(
+            json(response).await?,
+            serde_json::json!({ "next": null, "items": [] })
+        );
+    }
+
+    let subscription = r#"{"url":"https://example.com/hook","events":["booking.created"]}"#;
+    let response = server
+        .http
+        .post(server.url("/v1/webhook-subscriptions"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(subscription)
+        .send()
+        .await?;
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.text().await?, subscription);
+
+    let response = server
+        .http
+        .get(server.url("/v1/nothing-here"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(response.status(), 404);
+    assert_eq!(json(response).await?["code"], "NOT_FOUND");
+
+    let response = server
+        .http
+        .delete(server.url("/v1/me"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET");
+
+    assert_eq!(server.api_requests(), 6);
+    Ok(())
+}
+
+#[tokio::test]
+async fn api_faults_are_used_once_each() -> TestResult {
+    let server = Sandbox::start().await?;
+    let token = server.fetch_token("").await?;
+    server.push_api_fault(ApiFault::Unauthorized);
+    server.push_api_fault(ApiFault::ServerError);
+    server.push_api_fault(ApiFault::Unavailable);
+    server.push_api_fault(ApiFault::TooManyRequests {
+        retry_after: Some(61),
+    });
+
+    assert_unauthorized(server.get_me(&token).await?).await?;
+    let response = server.get_me(&token).await?;
+    assert_eq!(response.status(), 500);
+    assert_eq!(json(response).await?["code"], "INTERNAL_SERVER_ERROR");
+    assert_eq!(server.get_me(&token).await?.status(), 503);
+    let response = server.get_me(&token).await?;
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "61");
+    assert_eq!(server.get_me(&token).await?.status(), 200);
+
+    server.push_api_fault(ApiFault::Hang);
+    let impatient = impatient_client()?;
+    let error = impatient
+        .get(server.url("/v1/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect_err("a hanging API cannot answer");
+    assert!(error.is_timeout(), "{error:?}");
+    assert_eq!(server.api_requests(), 6);
+    Ok(())
+}
+
+#[tokio::test]
+async fn api_delay_holds_answers_back() -> TestResult {
+    let server = Sandbox::start().await?;
+    let token = server.fetch_token("").await?;
+    server.set_api_delay(Duration::from_secs(30));
+    let impatient = impatient_client()?;
+    let error = impatient
+        .get(server.url("/v1/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect_err("the delay is longer than the timeout");
+    assert!(error.is_timeout(), "{error:?}");
+    server.set_api_delay(Duration::ZERO);
+    assert_eq!(server.get_me(&token).await?.status(), 200);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recording, counters, helper routes
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn records_what_clients_send() -> TestResult {
+    let server = Sandbox::start().await?;
+    server
+        .http
+        .post(server.token_url())
+        .header("content-type", FORM)
+        .header("user-agent", "My-Company/Marketing-Automation-App")
+        .body(server.valid_form("openid marketing.read"))
+        .send()
+        .await?;
+    server
+        .http
+        .get(server.url("/v1/events?limit=2"))
+        .bearer_auth("some-token")
+        .send()
+        .await?;
+
+    let token_requests = server.token_requests_received();
+    assert_eq!(token_requests.len(), 1);
+    let request = &token_requests[0];
+    assert_eq!(request.method, http::Method::POST);
+    assert_eq!(request.path, "/oauth2/token");
+    assert_eq!(
+        request.header("User-Agent"),
+        Some("My-Company/Marketing-Automation-App")
+    );
+    assert_eq!(request.header("content-type"), Some(FORM));
+    assert_eq!(
+        request.form(),
+        [
+            ("grant_type".to_owned(), "client_credentials".to_owned()),
+            ("scope".to_owned(), "openid marketing.read".to_owned()),
+            ("audience".to_owned(), AUDIENCE.to_owned()),
+            ("client_id".to_owned(), server.client_id().to_owned()),
+            (
+                "client_secret".to_owned(),
+                server.client_secret().to_owned()
+            ),
+        ]
+    );
+    assert_eq!(
+        request.form_value("scope").as_deref(),
+        Some("openid marketing.read")
+    );
+    assert_eq!(request.form_value("nope"), None);
+
+    let api_requests = server.api_requests_received();
+    assert_eq!(api_requests.len(), 1);
+    assert_eq!(api_requests[0].method, http::Method::GET);
+    assert_eq!(api_requests[0].path, "/v1/events?limit=2");
+    assert_eq!(
+        api_requests[0].header("authorization"),
+        Some("Bearer some-token")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn reset_counters_forgets_requests_but_not_tokens() -> TestResult {
+    let server = Sandbox::start().await?;
+    let token = server.fetch_token("").await?;
+    server.get_me(&token).await?;
+    assert_eq!((server.token_requests(), server.api_requests()), (1, 1));
+
+    server.reset_counters();
+    assert_eq!((server.token_requests(), server.api_requests()), (0, 0));
+    assert!(server.token_requests_received().is_empty());
+    assert!(server.api_requests_received().is_empty());
+    assert_eq!(server.issued_tokens(), std::slice::from_ref(&token));
+    assert_eq!(server.get_me(&token).await?.status(), 200);
+    assert_eq!(server.api_requests(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn helper_routes_are_not_counted() -> TestResult {
+    let server = Sandbox::start().await?;
+
+    let target = "https://example.com/landing?x=1&y=2";
+    let encoded: String = url::form_urlencoded::byte_serialize(target.as_bytes()).collect();
+    let response = server
+        .http
+        .get(server.url(&format!("/redirect?to={encoded}")))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 302);
+    assert_eq!(response.headers()["location"], target);
+
+    let response = server
+        .http
+        .get(server.url(&format!("/redirect?to={encoded}&status=307")))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 307);
+    assert_eq!(
+        server
+            .http
+            .get(server.url("/redirect"))
+            .send()
+            .await?
+            .status(),
+        400
+    );
+
+    let response = server
+        .http
+        .get(server.url("/echo-headers"))
+        .header("x-sandbox-test", "one")
+        .header("authorization", "Bearer shown")
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let headers = json(response).await?;
+    assert_eq!(headers["x-sandbox-test"], serde_json::json!(["one"]));
+    assert_eq!(
+        headers["authorization"],
+        serde_json::json!(["Bearer shown"])
+    );
+
+    let response = server.http.get(server.url("/elsewhere")).send().await?;
+    assert_eq!(response.status(), 404);
+    assert_eq!(json(response).await?["code"], "NOT_FOUND");
+
+    assert_eq!((server.token_requests(), server.api_requests()), (0, 0));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server lifecycle and load
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serves_500_concurrent_requests() -> TestResult {
+    let server = Sandbox::start().await?;
+    let token = server.fetch_token("").await?;
+    let client = &server.http;
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..500 {
+        let request = client.get(server.url("/v1/me")).bearer_auth(&token);
+        requests.spawn(async move { request.send().await.map(|response| response.status()) });
+    }
+    for _ in 0..50 {
+        let request = client
+            .post(server.token_url())
+            .header("content-type", FORM)
+            .body(server.valid_form("openid"));
+        requests.spawn(async move { request.send().await.map(|response| response.status()) });
+    }
+    while let Some(status) = requests.join_next().await {
+        assert_eq!(status??, 200);
+    }
+    assert_eq!(server.api_requests(), 500);
+    assert_eq!(server.token_requests(), 51);
+    assert_eq!(server.issued_tokens().len(), 51);
+    Ok(())
+}
+
+#[tokio::test]
+async fn dropping_the_last_handle_stops_the_server() -> TestResult {
+    let Sandbox { server, http } = Sandbox::start().await?;
+    let addr = server.addr();
+    let clone = server.clone();
+    drop(server);
+    assert_eq!(clone.addr(), addr);
+    let response = http
+        .get(format!("{}/v1/me", clone.api_base()))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 401, "the clone still serves");
+
+    // An open keep-alive connection, mid-conversation.
+    let mut connection = tokio::net::TcpStream::connect(addr).await?;
+    connection
+        .write_all(b"GET /echo-headers HTTP/1.1\r\nhost: sandbox\r\n\r\n")
+        .await?;
+    let mut first = [0; 1];
+    connection.read_exact(&mut first).await?;
+
+    drop(clone);
+    // A blocking connect gives the server tasks no chance to run first: the listener must be
+    // closed by the drop itself.
+    let refused = std::net::TcpStream::connect(addr);
+    assert!(refused.is_err(), "the listener is closed at once");
+
+    let mut rest = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(10), connection.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "open connections are closed too");
+    Ok(())
+}
+
+#[test]
+fn a_handle_can_outlive_its_runtime() -> TestResult {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let server = runtime.block_on(SandboxServer::start())?;
+    let addr = server.addr();
+    drop(runtime);
+
+    assert_eq!(server.token_requests(), 0);
+    drop(server);
+    assert!(std::net::TcpStream::connect(addr).is_err());
+    Ok(())
+}
+
+#[tokio::test]
+async fn debug_output_hides_secrets_and_tokens() -> TestResult {
+    let builder = SandboxServer::builder().client_secret("super-secret-value");
+    assert!(!format!("{builder:?}").contains("super-secret-value"));
+
+    let server = Sandbox::from(builder).await?;
+    let token = server.fetch_token("").await?;
+    let debug = format!("{:?}", server.server);
+    assert!(debug.contains(server.client_id()), "{debug}");
+    assert!(!debug.contains("super-secret-value"), "{debug}");
+    assert!(!debug.contains(&token), "{debug}");
+    Ok(())
+}
