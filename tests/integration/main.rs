@@ -1,0 +1,7 @@
+//! The integration tests: real HTTP over 127.0.0.1 against the sandbox server started in
+//! each test. One binary, a module per concern; shared helpers live in `common`.
+
+mod common;
+mod grant;
+mod middleware;
+mod sandbox;
