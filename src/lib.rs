@@ -82,7 +82,7 @@ pub use grant::{
 pub use token::{AccessToken, TokenId};
 
 #[cfg(feature = "tower")]
-pub use layer::{BearerAuth, BearerAuthLayer};
+pub use layer::{BearerAuth, BearerAuthLayer, RetryOnUnauthorized};
 #[cfg(feature = "middleware")]
 pub use middleware::SkipAuth;
 

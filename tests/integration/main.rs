@@ -3,5 +3,6 @@
 
 mod common;
 mod grant;
+mod layer;
 mod middleware;
 mod sandbox;
