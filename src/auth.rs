@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use url::Url;
 
+use crate::Error;
 use crate::builder::UnderstoryAuthBuilder;
 use crate::cache::{CacheStats, TokenCache};
 use crate::credentials::Credentials;
-use crate::origin::AllowedOrigins;
+use crate::origin::{AllowedOrigins, Origin};
 use crate::token::AccessToken;
-use crate::Error;
 
 /// Access tokens for the Understory API, fetched when needed and shared by every clone.
 ///
@@ -101,23 +101,23 @@ impl UnderstoryAuth {
         impl crate::cache::TokenSource for Failing {
             fn fetch(
                 self: Arc<Self>,
-            ) -> futures_util::future::BoxFuture<
-                'static,
-                Result<crate::token::GrantedToken, Error>,
-            > {
+            ) -> futures_util::future::BoxFuture<'static, Result<crate::token::GrantedToken, Error>>
+            {
                 Box::pin(futures_util::future::ready(Err(self.0.clone())))
             }
         }
-        let (api_base, token_url) = match (
+        let defaults = (
             Url::parse(crate::builder::DEFAULT_API_BASE),
             Url::parse(crate::builder::DEFAULT_TOKEN_URL),
-        ) {
-            (Ok(a), Ok(t)) => (a, t),
-            // Both are constants that parse; nothing is reachable here.
-            _ => unreachable!("the default URLs are valid"),
+            Origin::parse(crate::builder::DEFAULT_API_BASE, "api_base"),
+        );
+        let (Ok(api_base), Ok(token_url), Ok(origin)) = defaults else {
+            unreachable!("the default URLs are valid constants");
         };
         let cache = TokenCache::new(Arc::new(Failing(error)), crate::DEFAULT_TOKEN_TIMEOUT);
-        Self::from_parts(cache, AllowedOrigins::new(Vec::new()), api_base, token_url, client_id)
+        // The API origin stays allowed so that requests to it report the error.
+        let origins = AllowedOrigins::new(vec![origin]);
+        Self::from_parts(cache, origins, api_base, token_url, client_id)
     }
 
     /// A valid access token: the cached one, or a freshly fetched one. However many tasks
@@ -245,5 +245,20 @@ impl fmt::Debug for UnderstoryAuth {
             .field("retry_unauthorized", &self.retry_unauthorized)
             .field("stats", &self.inner.cache.stats())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn new_reports_unusable_credentials_on_every_token_request() {
+        let auth = UnderstoryAuth::new(Credentials::new("", "secret"));
+        assert!(auth.is_allowed(&"https://api.understory.io/v1/me".parse().unwrap()));
+        for _ in 0..2 {
+            let err = auth.token().await.unwrap_err();
+            assert!(err.to_string().contains("client id is empty"), "{err}");
+        }
     }
 }
