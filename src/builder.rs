@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
+use crate::Error;
 use crate::auth::UnderstoryAuth;
 use crate::cache::TokenCache;
 use crate::credentials::Credentials;
 use crate::grant::{Grant, GrantConfig};
 use crate::origin::{AllowedOrigins, Origin, parse_secure_url};
-use crate::Error;
 
 /// Understory's token endpoint.
 pub const DEFAULT_TOKEN_URL: &str = "https://api.auth.understory.io/oauth2/token";
@@ -233,7 +233,10 @@ mod tests {
     fn refuses_bad_settings_with_the_setting_named() {
         let cases = [
             (builder().token_url("http://example.com/token"), "token_url"),
-            (builder().token_url("https://u:p@example.com/token"), "user name"),
+            (
+                builder().token_url("https://u:p@example.com/token"),
+                "user name",
+            ),
             (builder().api_base("http://api.understory.io"), "api_base"),
             (builder().allow_origin("ftp://x.io"), "allow_origin"),
             (builder().user_agent("bad\nagent"), "user_agent"),

@@ -209,11 +209,23 @@ mod tests {
     #[test]
     fn from_env_names_the_missing_variable() {
         let err = Credentials::from_lookup(env(&[(ENV_CLIENT_ID, "id")])).unwrap_err();
-        assert!(matches!(err, Error::MissingEnv { var: ENV_CLIENT_SECRET, .. }));
+        assert!(matches!(
+            err,
+            Error::MissingEnv {
+                var: ENV_CLIENT_SECRET,
+                ..
+            }
+        ));
         assert!(err.to_string().contains(ENV_CLIENT_SECRET));
         let err = Credentials::from_lookup(env(&[(ENV_CLIENT_ID, "  "), (ENV_CLIENT_SECRET, "s")]))
             .unwrap_err();
-        assert!(matches!(err, Error::MissingEnv { var: ENV_CLIENT_ID, .. }));
+        assert!(matches!(
+            err,
+            Error::MissingEnv {
+                var: ENV_CLIENT_ID,
+                ..
+            }
+        ));
     }
 
     #[test]

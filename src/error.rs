@@ -103,7 +103,9 @@ pub enum Error {
     },
 
     /// The token request could not be sent or its answer not read (DNS, connect, TLS, reset).
-    #[error("could not reach the auth server: {source}; check the network and token_url, it will be retried")]
+    #[error(
+        "could not reach the auth server: {source}; check the network and token_url, it will be retried"
+    )]
     Network {
         /// The transport error.
         #[source]
@@ -229,7 +231,9 @@ pub(crate) fn sanitize_server_text(text: &str) -> String {
 
 fn describe_oauth(code: &str, description: Option<&str>, status: StatusCode) -> String {
     let said = match description {
-        Some(d) if !d.is_empty() => format!("the auth server refused the token request: {code} ({d})"),
+        Some(d) if !d.is_empty() => {
+            format!("the auth server refused the token request: {code} ({d})")
+        }
         _ => format!("the auth server refused the token request: {code} (HTTP {status})"),
     };
     let advice = match code {
@@ -263,13 +267,17 @@ fn describe_status(status: StatusCode, retry_after: Option<&Duration>) -> String
         None => String::new(),
     };
     if status == StatusCode::TOO_MANY_REQUESTS {
-        format!("the auth server is rate limiting token requests (HTTP 429){retry}; requests back off and retry")
+        format!(
+            "the auth server is rate limiting token requests (HTTP 429){retry}; requests back off and retry"
+        )
     } else if status.is_redirection() {
         format!(
             "the token endpoint answered with a redirect (HTTP {status}), which is never followed so the secret cannot leak; set token_url to the final address"
         )
     } else if transient_status(status) {
-        format!("the auth server or a proxy in front of it failed (HTTP {status}){retry}; it will be retried")
+        format!(
+            "the auth server or a proxy in front of it failed (HTTP {status}){retry}; it will be retried"
+        )
     } else {
         format!("the auth server answered HTTP {status} without an OAuth2 error; check token_url")
     }

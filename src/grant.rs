@@ -20,11 +20,11 @@ use serde_json::{Map, Value};
 use url::Url;
 use url::form_urlencoded::{Serializer, byte_serialize};
 
+use crate::Error;
 use crate::cache::TokenSource;
 use crate::credentials::{ClientAuthMethod, Credentials};
 use crate::error::sanitize_server_text;
 use crate::token::GrantedToken;
-use crate::Error;
 
 /// The largest token answer read; a longer body is refused (a token answer is ~1 KiB).
 pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
@@ -90,9 +90,10 @@ impl Grant {
                 form.append_pair("client_secret", credentials.client_secret());
                 None
             }
-            ClientAuthMethod::ClientSecretBasic => {
-                Some(basic_auth_header(credentials.client_id(), credentials.client_secret())?)
-            }
+            ClientAuthMethod::ClientSecretBasic => Some(basic_auth_header(
+                credentials.client_id(),
+                credentials.client_secret(),
+            )?),
         };
         Ok(Grant {
             client,
@@ -120,15 +121,13 @@ impl Grant {
         let response = request.send().await.map_err(|e| self.transport_error(e))?;
         let status = response.status();
         let retry_after = parse_retry_after(response.headers());
-        let body = read_bounded(response)
-            .await
-            .map_err(|e| match e {
-                BodyError::Transport(e) => self.transport_error(e),
-                BodyError::TooLarge => Error::invalid_response(
-                    status,
-                    format!("the answer is larger than {MAX_TOKEN_RESPONSE_BYTES} bytes"),
-                ),
-            })?;
+        let body = read_bounded(response).await.map_err(|e| match e {
+            BodyError::Transport(e) => self.transport_error(e),
+            BodyError::TooLarge => Error::invalid_response(
+                status,
+                format!("the answer is larger than {MAX_TOKEN_RESPONSE_BYTES} bytes"),
+            ),
+        })?;
         parse_token_response(status, retry_after, &body, &self.requested_scopes)
     }
 
@@ -207,7 +206,13 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, BodyEr
 /// `Retry-After` in seconds (RFC 9110 also allows an HTTP date, which is ignored: the
 /// cache's own backoff applies then), clamped to [`MAX_RETRY_AFTER`].
 pub(crate) fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    let secs: u64 = headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
@@ -247,7 +252,8 @@ pub(crate) fn parse_token_response(
             retry_after,
         });
     }
-    let map = json.ok_or_else(|| Error::invalid_response(status, "the body is not a JSON object"))?;
+    let map =
+        json.ok_or_else(|| Error::invalid_response(status, "the body is not a JSON object"))?;
 
     match map.get("token_type") {
         // RFC 6749 requires it, but a missing type is taken as bearer: it is the only kind
@@ -259,23 +265,42 @@ pub(crate) fn parse_token_response(
                 token_type: sanitize_server_text(t),
             });
         }
-        Some(_) => return Err(Error::invalid_response(status, "token_type is not a string")),
+        Some(_) => {
+            return Err(Error::invalid_response(
+                status,
+                "token_type is not a string",
+            ));
+        }
     }
     let access_token = match map.get("access_token") {
         Some(Value::String(token)) => token,
-        Some(_) => return Err(Error::invalid_response(status, "access_token is not a string")),
-        None => return Err(Error::invalid_response(status, "the answer has no access_token")),
+        Some(_) => {
+            return Err(Error::invalid_response(
+                status,
+                "access_token is not a string",
+            ));
+        }
+        None => {
+            return Err(Error::invalid_response(
+                status,
+                "the answer has no access_token",
+            ));
+        }
     };
     let scopes = match map.get("scope") {
         Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
         // RFC 6749 section 5.1: no scope means the requested ones were granted.
         _ => requested_scopes.to_vec(),
     };
-    GrantedToken::new(access_token, parse_expires_in(map.get("expires_in")), scopes)
-        .map_err(|e| match e {
-            Error::InvalidResponse { reason, .. } => Error::InvalidResponse { status, reason },
-            other => other,
-        })
+    GrantedToken::new(
+        access_token,
+        parse_expires_in(map.get("expires_in")),
+        scopes,
+    )
+    .map_err(|e| match e {
+        Error::InvalidResponse { reason, .. } => Error::InvalidResponse { status, reason },
+        other => other,
+    })
 }
 
 /// `expires_in` as a number or numeric string, clamped to
@@ -288,9 +313,10 @@ fn parse_expires_in(value: Option<&Value>) -> Duration {
         _ => None,
     };
     match secs {
-        Some(secs) if !secs.is_nan() => Duration::from_secs_f64(
-            secs.clamp(MIN_TOKEN_LIFETIME.as_secs_f64(), MAX_TOKEN_LIFETIME.as_secs_f64()),
-        ),
+        Some(secs) if !secs.is_nan() => Duration::from_secs_f64(secs.clamp(
+            MIN_TOKEN_LIFETIME.as_secs_f64(),
+            MAX_TOKEN_LIFETIME.as_secs_f64(),
+        )),
         _ => {
             tracing::debug!("token answer has no usable expires_in; assuming the default lifetime");
             DEFAULT_TOKEN_LIFETIME
@@ -303,13 +329,20 @@ mod tests {
     use super::*;
 
     fn ok(body: &str) -> Result<GrantedToken, Error> {
-        parse_token_response(StatusCode::OK, None, body.as_bytes(), &["openid".to_owned()])
+        parse_token_response(
+            StatusCode::OK,
+            None,
+            body.as_bytes(),
+            &["openid".to_owned()],
+        )
     }
 
     fn lifetime(expires_in: &str) -> Duration {
-        ok(&format!(r#"{{"access_token":"t","token_type":"bearer","expires_in":{expires_in}}}"#))
-            .unwrap()
-            .lifetime()
+        ok(&format!(
+            r#"{{"access_token":"t","token_type":"bearer","expires_in":{expires_in}}}"#
+        ))
+        .unwrap()
+        .lifetime()
     }
 
     #[test]
@@ -346,13 +379,17 @@ mod tests {
         assert_eq!(lifetime("\"soon\""), DEFAULT_TOKEN_LIFETIME);
         assert_eq!(lifetime("null"), DEFAULT_TOKEN_LIFETIME);
         assert_eq!(lifetime("{}"), DEFAULT_TOKEN_LIFETIME);
-        assert_eq!(ok(r#"{"access_token":"t"}"#).unwrap().lifetime(), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(
+            ok(r#"{"access_token":"t"}"#).unwrap().lifetime(),
+            DEFAULT_TOKEN_LIFETIME
+        );
     }
 
     #[test]
     fn scope_missing_means_requested_and_unknown_fields_are_ignored() {
-        let t = ok(r#"{"access_token":"t","token_type":"bearer","id_token":"x","extra":{"a":[1]}}"#)
-            .unwrap();
+        let t =
+            ok(r#"{"access_token":"t","token_type":"bearer","id_token":"x","extra":{"a":[1]}}"#)
+                .unwrap();
         assert_eq!(t.scopes(), ["openid"]);
     }
 
@@ -370,7 +407,10 @@ mod tests {
             "",
         ] {
             let err = ok(body).unwrap_err();
-            assert!(matches!(err, Error::InvalidResponse { .. }), "{body}: {err}");
+            assert!(
+                matches!(err, Error::InvalidResponse { .. }),
+                "{body}: {err}"
+            );
             assert!(!err.to_string().contains("has space"));
             assert!(!err.to_string().contains("line\nbreak"));
         }
@@ -388,7 +428,9 @@ mod tests {
         assert_eq!(err.oauth_code(), Some("invalid_client"));
         assert!(!err.is_transient());
         let msg = err.to_string();
-        assert!(msg.contains("Client authentication failed.") && msg.contains("client id and secret"));
+        assert!(
+            msg.contains("Client authentication failed.") && msg.contains("client id and secret")
+        );
 
         let err = parse_token_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -407,11 +449,21 @@ mod tests {
 
     #[test]
     fn non_oauth_error_bodies() {
-        let err = parse_token_response(StatusCode::BAD_GATEWAY, None, b"<html>bad gateway</html>", &[])
-            .unwrap_err();
+        let err = parse_token_response(
+            StatusCode::BAD_GATEWAY,
+            None,
+            b"<html>bad gateway</html>",
+            &[],
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::Status { .. }) && err.is_transient());
-        let err = parse_token_response(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(60)), b"slow down", &[])
-            .unwrap_err();
+        let err = parse_token_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(Duration::from_secs(60)),
+            b"slow down",
+            &[],
+        )
+        .unwrap_err();
         assert!(err.is_transient());
         assert_eq!(err.retry_after(), Some(Duration::from_secs(60)));
         let err = parse_token_response(StatusCode::NOT_FOUND, None, b"", &[]).unwrap_err();
@@ -428,7 +480,10 @@ mod tests {
         assert_eq!(parse_retry_after(&headers), Some(Duration::from_secs(120)));
         headers.insert(RETRY_AFTER, HeaderValue::from_static("99999999999"));
         assert_eq!(parse_retry_after(&headers), Some(MAX_RETRY_AFTER));
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        headers.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
         assert_eq!(parse_retry_after(&headers), None);
         headers.insert(RETRY_AFTER, HeaderValue::from_static("-1"));
         assert_eq!(parse_retry_after(&headers), None);

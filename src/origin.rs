@@ -23,8 +23,7 @@ impl Origin {
     /// Parses `url` (what the user configured as `what`) and insists on HTTPS or loopback.
     pub(crate) fn parse(url: &str, what: &str) -> Result<Self, Error> {
         let parsed = parse_secure_url(url, what)?;
-        Origin::of_url(&parsed)
-            .ok_or_else(|| Error::config(format!("{what} {url:?} has no host")))
+        Origin::of_url(&parsed).ok_or_else(|| Error::config(format!("{what} {url:?} has no host")))
     }
 
     fn of_url(url: &Url) -> Option<Self> {
@@ -139,9 +138,18 @@ mod tests {
         assert!(!o.matches_url(&url("https://evil.com/?https://api.understory.io")));
 
         let uri = |s: &str| s.parse::<http::Uri>().unwrap();
-        assert_eq!(o.matches_uri(&uri("https://API.understory.io/v1")), Some(true));
-        assert_eq!(o.matches_uri(&uri("https://api.understory.io:443/")), Some(true));
-        assert_eq!(o.matches_uri(&uri("http://api.understory.io/")), Some(false));
+        assert_eq!(
+            o.matches_uri(&uri("https://API.understory.io/v1")),
+            Some(true)
+        );
+        assert_eq!(
+            o.matches_uri(&uri("https://api.understory.io:443/")),
+            Some(true)
+        );
+        assert_eq!(
+            o.matches_uri(&uri("http://api.understory.io/")),
+            Some(false)
+        );
         assert_eq!(o.matches_uri(&uri("https://other.io/")), Some(false));
         assert_eq!(o.matches_uri(&uri("/v1/me")), None);
 

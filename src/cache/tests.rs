@@ -133,10 +133,12 @@ async fn concurrent_cold_callers_make_one_request_and_share_its_token() {
     let source = Scripted::new([slow_token(3600, 200)]);
     let cache = cache(&source);
     let callers: Vec<_> = (0..500)
-        .map(|_| tokio::spawn({
-            let cache = cache.clone();
-            async move { cache.token().await }
-        }))
+        .map(|_| {
+            tokio::spawn({
+                let cache = cache.clone();
+                async move { cache.token().await }
+            })
+        })
         .collect();
     let mut ids = Vec::new();
     for caller in callers {
@@ -158,10 +160,12 @@ async fn concurrent_cold_callers_share_one_error() {
     }]);
     let cache = cache(&source);
     let callers: Vec<_> = (0..200)
-        .map(|_| tokio::spawn({
-            let cache = cache.clone();
-            async move { cache.token().await }
-        }))
+        .map(|_| {
+            tokio::spawn({
+                let cache = cache.clone();
+                async move { cache.token().await }
+            })
+        })
         .collect();
     for caller in callers {
         let err = caller.await.unwrap().unwrap_err();
@@ -200,7 +204,10 @@ async fn refresh_ahead_runs_in_the_background_while_callers_keep_the_valid_token
     // 100 s lifetime: margin 50 s (half the lifetime), skew 5 s, jitter up to 10 s, so
     // the refresh instant falls between 35 s and 45 s.
     advance(Duration::from_secs(34)).await;
-    assert_eq!(cache.token().now_or_never().unwrap().unwrap().id(), first.id());
+    assert_eq!(
+        cache.token().now_or_never().unwrap().unwrap().id(),
+        first.id()
+    );
     assert_eq!(source.calls(), 1, "no refresh before the margin");
 
     advance(Duration::from_secs(12)).await;
@@ -223,7 +230,12 @@ async fn refresh_ahead_runs_in_the_background_while_callers_keep_the_valid_token
 #[tokio::test(start_paused = true)]
 async fn a_failed_background_refresh_keeps_the_token_and_retries_before_expiry() {
     // The first refresh fails, then the auth server recovers.
-    let source = Scripted::new([token(600), fail(unavailable()), fail(unavailable()), token(600)]);
+    let source = Scripted::new([
+        token(600),
+        fail(unavailable()),
+        fail(unavailable()),
+        token(600),
+    ]);
     let cache = cache(&source);
     let first = cache.token().await.unwrap();
     let usable_until = first.usable_until();
@@ -237,7 +249,10 @@ async fn a_failed_background_refresh_keeps_the_token_and_retries_before_expiry()
         }
         sleep(Duration::from_millis(500)).await;
     }
-    assert!(replaced_at.is_some(), "replaced before the old token expired");
+    assert!(
+        replaced_at.is_some(),
+        "replaced before the old token expired"
+    );
     assert_eq!(source.calls(), 4);
     assert_eq!(cache.stats().fetch_failures, 2);
 }
@@ -370,13 +385,15 @@ async fn invalidation_compares_ids_so_many_rejections_cause_one_refresh() {
     let cache = cache(&source);
     let stale = cache.token().await.unwrap();
     let rejected: Vec<_> = (0..100)
-        .map(|_| tokio::spawn({
-            let (cache, stale) = (cache.clone(), stale.clone());
-            async move {
-                cache.invalidate(&stale);
-                cache.token().await.unwrap().id()
-            }
-        }))
+        .map(|_| {
+            tokio::spawn({
+                let (cache, stale) = (cache.clone(), stale.clone());
+                async move {
+                    cache.invalidate(&stale);
+                    cache.token().await.unwrap().id()
+                }
+            })
+        })
         .collect();
     let mut fresh = Vec::new();
     for task in rejected {
