@@ -175,7 +175,7 @@ where
 {
     type Response = Response<R>;
     type Error = BoxError;
-    type Future = ResponseFuture<S, B>;
+    type Future = BearerAuthFuture<S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -183,7 +183,7 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         if !self.should_authorize(&request) {
-            return ResponseFuture::calling(self.inner.call(request), None);
+            return BearerAuthFuture::calling(self.inner.call(request), None);
         }
         if let Some(token) = self.auth.cached_token() {
             request
@@ -193,7 +193,7 @@ where
                 auth: self.auth.clone(),
                 token,
             };
-            return ResponseFuture::calling(self.inner.call(request), Some(sent));
+            return BearerAuthFuture::calling(self.inner.call(request), Some(sent));
         }
         // The call happens once a token arrives, on the instance that was polled ready: take
         // it, and leave a fresh clone (which must be polled ready itself) in its place.
@@ -204,7 +204,7 @@ where
             let token = auth.token().await?;
             Ok(Sent { auth, token })
         });
-        ResponseFuture {
+        BearerAuthFuture {
             state: State::Fetching {
                 fetch,
                 pending: Some((service, request)),
@@ -227,7 +227,7 @@ struct TokenRejected;
 
 pin_project! {
     /// The response future of [`BearerAuth`].
-    pub struct ResponseFuture<S, B>
+    pub struct BearerAuthFuture<S, B>
     where
         S: Service<Request<B>>,
     {
@@ -253,19 +253,19 @@ pin_project! {
     }
 }
 
-impl<S, B> ResponseFuture<S, B>
+impl<S, B> BearerAuthFuture<S, B>
 where
     S: Service<Request<B>>,
 {
     fn calling(future: S::Future, sent: Option<Sent>) -> Self {
-        ResponseFuture {
+        BearerAuthFuture {
             state: State::Calling { future },
             sent,
         }
     }
 }
 
-impl<S, B, R> Future for ResponseFuture<S, B>
+impl<S, B, R> Future for BearerAuthFuture<S, B>
 where
     S: Service<Request<B>, Response = Response<R>>,
     S::Error: Into<BoxError>,
@@ -280,7 +280,7 @@ where
                     let sent = ready!(fetch.as_mut().poll(cx))?;
                     let (mut service, mut request) = pending
                         .take()
-                        .expect("BearerAuth's ResponseFuture polled after completion");
+                        .expect("BearerAuth's BearerAuthFuture polled after completion");
                     request
                         .headers_mut()
                         .insert(AUTHORIZATION, sent.token.header_value().clone());
@@ -303,7 +303,7 @@ where
     }
 }
 
-impl<S, B> fmt::Debug for ResponseFuture<S, B>
+impl<S, B> fmt::Debug for BearerAuthFuture<S, B>
 where
     S: Service<Request<B>>,
 {
@@ -312,7 +312,7 @@ where
             State::Fetching { .. } => "fetching a token",
             State::Calling { .. } => "calling the inner service",
         };
-        f.debug_struct("ResponseFuture")
+        f.debug_struct("BearerAuthFuture")
             .field("state", &state)
             .field("token_id", &self.sent.as_ref().map(|sent| sent.token.id()))
             .finish()

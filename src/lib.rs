@@ -83,7 +83,7 @@ pub use grant::{
 pub use token::{AccessToken, TokenId};
 
 #[cfg(feature = "tower")]
-pub use layer::{BearerAuth, BearerAuthLayer, RetryOnUnauthorized};
+pub use layer::{BearerAuth, BearerAuthFuture, BearerAuthLayer, RetryOnUnauthorized};
 #[cfg(feature = "middleware")]
 pub use middleware::SkipAuth;
 
