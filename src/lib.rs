@@ -26,6 +26,16 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # What happens on a 401
+//!
+//! When the API rejects a token, the integration drops it from the cache (only if it is
+//! still the cached one, so a burst of 401s causes one new token request), and the reqwest
+//! middleware resends the request once with a fresh token. That is safe for any method: a
+//! 401 means the server did not process the request (RFC 9110, section 15.5.2). A request
+//! whose body is a stream cannot be resent and gets its 401 back;
+//! [`UnderstoryAuth::with_unauthorized_retry`] turns the retry off. In tower stacks the
+//! retry is the [`RetryOnUnauthorized`] policy, placed outside [`BearerAuthLayer`].
+//!
 //! # Security
 //!
 //! The client secret and tokens never appear in `Debug`, `Display`, errors or logs; the
@@ -39,6 +49,8 @@
 //!   uses the platform's TLS.
 //! * `middleware` (default): the reqwest-middleware integration.
 //! * `tower` (default): [`BearerAuthLayer`].
+//! * `shared-cache`: a second-level token cache shared by a fleet of processes
+//!   ([`TokenStore`], [`UnderstoryAuthBuilder::shared_cache`]); `redis` adds [`RedisStore`].
 //! * `test-util`: [`testing::SandboxServer`], a local stand-in for Understory's auth server
 //!   and API for your integration tests.
 
@@ -57,6 +69,8 @@ mod token;
 
 #[cfg(feature = "tower")]
 mod layer;
+#[cfg(feature = "shared-cache")]
+mod store;
 #[cfg(feature = "middleware")]
 mod middleware;
 
@@ -86,6 +100,13 @@ pub use token::{AccessToken, TokenId};
 pub use layer::{BearerAuth, BearerAuthFuture, BearerAuthLayer, RetryOnUnauthorized};
 #[cfg(feature = "middleware")]
 pub use middleware::SkipAuth;
+#[cfg(feature = "redis")]
+pub use store::RedisStore;
+#[cfg(feature = "shared-cache")]
+pub use store::{
+    SHARED_FETCH_WAIT, SHARED_KEY_PREFIX, SHARED_POLL_INTERVAL, STORE_TIMEOUT, StoreError,
+    TokenStore,
+};
 
 /// The `http` crate, re-exported: its types appear in this crate's API.
 pub use http;
