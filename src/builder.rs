@@ -8,7 +8,7 @@ use http::HeaderValue;
 
 use crate::Error;
 use crate::auth::UnderstoryAuth;
-use crate::cache::TokenCache;
+use crate::cache::{TokenCache, TokenSource};
 use crate::credentials::Credentials;
 use crate::grant::{Grant, GrantConfig};
 use crate::origin::{AllowedOrigins, Origin, parse_secure_url};
@@ -52,6 +52,8 @@ pub struct UnderstoryAuthBuilder {
     extra_origins: Vec<String>,
     user_agent: Option<String>,
     token_timeout: Duration,
+    #[cfg(feature = "shared-cache")]
+    shared_cache: Option<crate::store::StoreHandle>,
 }
 
 impl UnderstoryAuthBuilder {
@@ -64,6 +66,8 @@ impl UnderstoryAuthBuilder {
             extra_origins: Vec::new(),
             user_agent: None,
             token_timeout: DEFAULT_TOKEN_TIMEOUT,
+            #[cfg(feature = "shared-cache")]
+            shared_cache: None,
         }
     }
 
@@ -160,6 +164,27 @@ impl UnderstoryAuthBuilder {
         self
     }
 
+    /// A second-level token cache shared with the other processes using `store` (feature
+    /// `shared-cache`): each token fetch asks the store first, and one process fetches for
+    /// all. A failing store never fails a token request. See [`TokenStore`](crate::TokenStore)
+    /// and the README's "Sharing tokens across processes"; default: none.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "redis")]
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use understory_auth::{Credentials, RedisStore, UnderstoryAuth};
+    ///
+    /// let auth = UnderstoryAuth::builder(Credentials::from_env()?)
+    ///     .shared_cache(RedisStore::new("redis://127.0.0.1/")?)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "shared-cache")]
+    pub fn shared_cache(mut self, store: impl crate::TokenStore) -> Self {
+        self.shared_cache = Some(crate::store::StoreHandle::new(store));
+        self
+    }
+
     /// Checks the settings and builds the [`UnderstoryAuth`]. Fails with [`Error::Config`]
     /// saying which setting is wrong: an empty client id or secret, a URL that is not
     /// HTTPS (or HTTP to loopback), carries a user name or password, an unusable
@@ -204,7 +229,23 @@ impl UnderstoryAuthBuilder {
             user_agent,
             timeout: self.token_timeout,
         })?;
-        let cache = TokenCache::new(Arc::new(grant), self.token_timeout);
+        let (source, load_timeout) = (Arc::new(grant) as Arc<dyn TokenSource>, self.token_timeout);
+        #[cfg(feature = "shared-cache")]
+        let (source, load_timeout) = match &self.shared_cache {
+            Some(store) => store.wrap(
+                source,
+                &crate::store::SharedKey {
+                    token_url: token_url.as_str(),
+                    client_id: self.credentials.client_id(),
+                    audience: &self.audience,
+                    scopes: self.credentials.scopes(),
+                },
+                self.credentials.client_secret(),
+                self.token_timeout,
+            )?,
+            None => (source, load_timeout),
+        };
+        let cache = TokenCache::new(source, load_timeout);
         Ok(UnderstoryAuth::from_parts(
             cache,
             AllowedOrigins::new(origins),

@@ -407,8 +407,8 @@ impl Drop for SharedCache {
 
 /// Places a token obtained at `obtained_at` with `lifetime` in time: see the module docs.
 fn schedule(obtained_at: Instant, lifetime: Duration) -> Schedule {
-    let skew = (lifetime / 20).min(MAX_EXPIRY_SKEW);
-    let margin = (lifetime / 10).max(MIN_REFRESH_MARGIN).min(lifetime / 2);
+    let skew = expiry_skew(lifetime);
+    let margin = refresh_margin(lifetime);
     let jitter = margin.mul_f64(fastrand::f64() * REFRESH_JITTER);
     // Lifetimes are clamped to a day, so this cannot overflow; if it did, the token would
     // simply count as expired.
@@ -423,6 +423,27 @@ fn schedule(obtained_at: Instant, lifetime: Duration) -> Schedule {
         usable_until,
         refresh_at,
     }
+}
+
+/// How long before its expiry a token of `lifetime` stops being handed out.
+fn expiry_skew(lifetime: Duration) -> Duration {
+    (lifetime / 20).min(MAX_EXPIRY_SKEW)
+}
+
+/// How long before a token of `lifetime` stops being handed out it is refreshed (before
+/// jitter).
+fn refresh_margin(lifetime: Duration) -> Duration {
+    (lifetime / 10).max(MIN_REFRESH_MARGIN).min(lifetime / 2)
+}
+
+/// How long before its expiry a token of `lifetime` may be due for refresh, whatever the
+/// jitter draws: a token with less left than this is due (or past due) by [`schedule`].
+///
+/// Never larger for a shorter lifetime, so a token handed on with its remaining lifetime is
+/// due for refresh no later than by its original schedule (see `store`).
+#[cfg(feature = "shared-cache")]
+pub(crate) fn refresh_lead(lifetime: Duration) -> Duration {
+    expiry_skew(lifetime) + refresh_margin(lifetime).mul_f64(1.0 + REFRESH_JITTER)
 }
 
 /// The failure window after the `attempt`-th consecutive failure: exponential, with half

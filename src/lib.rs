@@ -69,10 +69,10 @@ mod token;
 
 #[cfg(feature = "tower")]
 mod layer;
-#[cfg(feature = "shared-cache")]
-mod store;
 #[cfg(feature = "middleware")]
 mod middleware;
+#[cfg(feature = "shared-cache")]
+mod store;
 
 #[cfg(feature = "test-util")]
 pub mod testing;

@@ -90,12 +90,12 @@ impl GrantedToken {
         self.lifetime
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "shared-cache"))]
     pub(crate) fn secret(&self) -> &str {
         &self.secret
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "shared-cache"))]
     pub(crate) fn scopes(&self) -> &[String] {
         &self.scopes
     }
@@ -240,7 +240,9 @@ impl AccessToken {
     /// # Ok(()) }
     /// ```
     pub fn expires_in(&self) -> Duration {
-        self.inner.expires_at.saturating_duration_since(Instant::now())
+        self.inner
+            .expires_at
+            .saturating_duration_since(Instant::now())
     }
 
     /// The cache hands the token out until this instant (expiry minus the safety skew).
@@ -282,9 +284,12 @@ mod tests {
 
     #[test]
     fn header_is_sensitive_and_debug_is_redacted() {
-        let granted =
-            GrantedToken::new("tok.en~_-+/=", Duration::from_secs(60), vec!["openid".into()])
-                .unwrap();
+        let granted = GrantedToken::new(
+            "tok.en~_-+/=",
+            Duration::from_secs(60),
+            vec!["openid".into()],
+        )
+        .unwrap();
         let now = Instant::now();
         let token = AccessToken::new(
             granted,

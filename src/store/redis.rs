@@ -1,0 +1,139 @@
+//! [`RedisStore`]: the shared token cache on Redis (or any server speaking its protocol,
+//! such as Valkey).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, Cmd, FromRedisValue, cmd};
+use async_trait::async_trait;
+use tokio::sync::OnceCell;
+
+use super::{STORE_TIMEOUT, StoreError, TokenStore};
+
+/// Deletes a lock only if it still holds its owner's value, so a holder whose lock expired
+/// cannot release the next holder's.
+const UNLOCK_SCRIPT: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
+
+/// A [`TokenStore`] on Redis, for [`shared_cache`](crate::UnderstoryAuthBuilder::shared_cache)
+/// (feature `redis`).
+///
+/// It connects on first use and reconnects by itself after a failure; clones share one
+/// multiplexed connection. Entries are `SET … PX` with the token's remaining lifetime, locks
+/// `SET … NX PX`, released by a compare-and-delete script. Keys start with
+/// [`SHARED_KEY_PREFIX`](crate::SHARED_KEY_PREFIX).
+///
+/// ```no_run
+/// use understory_auth::{Credentials, RedisStore, UnderstoryAuth};
+///
+/// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let auth = UnderstoryAuth::builder(Credentials::from_env()?)
+///     .shared_cache(RedisStore::new("redis://:password@redis.internal:6379/0")?)
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    connection: OnceCell<ConnectionManager>,
+}
+
+impl RedisStore {
+    /// A store for the server at `url`: `redis://[[user]:password@]host[:port][/db]`, or
+    /// `redis+unix:///path/to/socket`. Nothing is connected until the first token fetch;
+    /// fails only on a URL that cannot be parsed (the error never holds the URL).
+    ///
+    /// ```
+    /// use understory_auth::RedisStore;
+    /// let store = RedisStore::new("redis://127.0.0.1:6379/")?;
+    /// assert!(RedisStore::new("not a url").is_err());
+    /// assert!(!format!("{:?}", RedisStore::new("redis://:hunter2@127.0.0.1/")?).contains("hunter2"));
+    /// # Ok::<(), understory_auth::StoreError>(())
+    /// ```
+    pub fn new(url: &str) -> Result<Self, StoreError> {
+        let client =
+            Client::open(url).map_err(|e| StoreError::with_source("invalid Redis URL", e))?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                client,
+                connection: OnceCell::new(),
+            }),
+        })
+    }
+
+    async fn query<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, StoreError> {
+        let connection = self
+            .inner
+            .connection
+            .get_or_try_init(|| async {
+                // Fail fast and let the next operation reconnect: every operation is bounded
+                // by STORE_TIMEOUT anyway, and a token fetch never waits for Redis to return.
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(STORE_TIMEOUT))
+                    .set_response_timeout(Some(STORE_TIMEOUT))
+                    .set_number_of_retries(0);
+                self.inner.client.get_connection_manager_lazy(config)
+            })
+            .await
+            .map_err(|e| StoreError::with_source("cannot set up the Redis connection", e))?;
+        command
+            .query_async(&mut connection.clone())
+            .await
+            .map_err(|e| StoreError::with_source("Redis command failed", e))
+    }
+}
+
+#[async_trait]
+impl TokenStore for RedisStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.query(cmd("GET").arg(key)).await
+    }
+
+    async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        self.query(cmd("SET").arg(key).arg(value).arg("PX").arg(millis(ttl)))
+            .await
+    }
+
+    async fn try_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let set = cmd("SET")
+            .arg(key)
+            .arg(owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl))
+            .take();
+        let answer: Option<String> = self.query(&set).await?;
+        Ok(answer.is_some())
+    }
+
+    async fn unlock(&self, key: &str, owner: &str) -> Result<(), StoreError> {
+        let eval = cmd("EVAL")
+            .arg(UNLOCK_SCRIPT)
+            .arg(1)
+            .arg(key)
+            .arg(owner)
+            .take();
+        let _deleted: i64 = self.query(&eval).await?;
+        Ok(())
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let info = self.inner.client.get_connection_info();
+        f.debug_struct("RedisStore")
+            .field("addr", &info.addr().to_string())
+            .field("db", &info.redis_settings().db())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whole milliseconds, at least 1 (Redis refuses `PX 0`).
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
