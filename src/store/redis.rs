@@ -81,10 +81,16 @@ impl RedisStore {
             })
             .await
             .map_err(|e| StoreError::with_source("cannot set up the Redis connection", e))?;
-        command
-            .query_async(&mut connection.clone())
-            .await
-            .map_err(|e| StoreError::with_source("Redis command failed", e))
+        let mut connection = connection.clone();
+        let result = match command.query_async(&mut connection).await {
+            // A lost connection fails one command and starts reconnecting: try the new one
+            // once, so a restarted Redis is used again by the very next operation.
+            Err(e) if e.is_io_error() || e.is_unrecoverable_error() => {
+                command.query_async(&mut connection).await
+            }
+            result => result,
+        };
+        result.map_err(|e| StoreError::with_source("Redis command failed", e))
     }
 }
 

@@ -6,3 +6,5 @@ mod grant;
 mod layer;
 mod middleware;
 mod sandbox;
+#[cfg(feature = "redis")]
+mod store;
