@@ -498,3 +498,6 @@ mod tests {
         assert_eq!(header, expected);
     }
 }
+
+#[cfg(test)]
+mod proptests;

@@ -2,9 +2,12 @@
 //! each test. One binary, a module per concern; shared helpers live in `common`.
 
 mod common;
+mod faults;
 mod grant;
+mod hygiene;
 mod layer;
 mod middleware;
 mod sandbox;
+mod soak;
 #[cfg(feature = "redis")]
 mod store;

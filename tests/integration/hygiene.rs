@@ -1,0 +1,554 @@
+//! Secret hygiene: during a full run (tokens fetched, rejected and replaced, a wrong secret,
+//! every kind of token endpoint fault, both client authentication methods, both
+//! integrations), neither the client secret nor any token appears in any `tracing` output
+//! (every level, every target, `log` records of reqwest included) nor in the `Debug` or
+//! `Display` of any public type.
+//!
+//! What is looked for is taken from the wire, as the sandbox recorded it: the secrets as sent
+//! (raw, form-encoded, inside the Basic header) and every token the sandbox issued or sent.
+//!
+//! Excluded on purpose: `testing::RecordedRequest` (and the lists of them), whose job is to
+//! show a test exactly what went over the wire, the `Authorization` header and the form body
+//! with the secret included. It is checked the other way round below: it *does* contain the
+//! secrets, which proves that what this test looks for is what a leak would look like.
+
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::AUTHORIZATION;
+use http::{Extensions, Request, Response};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
+use reqwest_tracing::TracingMiddleware;
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt, service_fn};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use understory_auth::testing::{ApiFault, ClientAuth, SandboxServer, TokenFault};
+use understory_auth::{
+    BearerAuthLayer, ClientAuthMethod, Credentials, RetryOnUnauthorized, SkipAuth, UnderstoryAuth,
+};
+
+/// The sandbox's secret: distinctive, with a `~` that form encoding changes.
+const SECRET: &str = "hyg1ene~Q7vX2kLm9pZt.sEcReT-post";
+/// A wrong secret, sent and refused.
+const WRONG_SECRET: &str = "wr0ng~J4hN8bVc3xRq.sEcReT-wrong";
+/// The secret of a sandbox whose client uses HTTP Basic.
+const BASIC_SECRET: &str = "b4sic~M5nB7vC9xZ1w.sEcReT-basic";
+/// A token that a faulty server sends and the crate refuses (it holds a space).
+const REFUSED_TOKEN: &str = "ory_at_HyGiEnEReFuSeD tok3n";
+
+// ---------------------------------------------------------------------------------------------
+// Capturing every tracing event and span of this test's thread
+// ---------------------------------------------------------------------------------------------
+
+thread_local! {
+    static CAPTURING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Everything captured while a thread was capturing.
+static CAPTURED: Mutex<String> = Mutex::new(String::new());
+
+/// A layer that writes down every event and span (all levels, all targets, every field, as
+/// `Display` for strings and errors and `Debug` for the rest) made on a capturing thread.
+struct Capture;
+
+impl<S> Layer<S> for Capture
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, _id: &Id, _ctx: Context<'_, S>) {
+        if CAPTURING.get() {
+            let meta = attrs.metadata();
+            let mut line = format!("span {} {} {}:", meta.level(), meta.target(), meta.name());
+            attrs.record(&mut Fields(&mut line));
+            push(line);
+        }
+    }
+
+    fn on_record(&self, _span: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
+        if CAPTURING.get() {
+            let mut line = "record:".to_owned();
+            values.record(&mut Fields(&mut line));
+            push(line);
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        if CAPTURING.get() {
+            let meta = event.metadata();
+            let mut line = format!("event {} {}:", meta.level(), meta.target());
+            event.record(&mut Fields(&mut line));
+            push(line);
+        }
+    }
+}
+
+fn push(line: String) {
+    let mut captured = CAPTURED.lock();
+    captured.push_str(&line);
+    captured.push('\n');
+}
+
+struct Fields<'a>(&'a mut String);
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let _ = write!(self.0, " {}={value}", field.name());
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        let _ = write!(self.0, " {}={value} {value:?}", field.name());
+        let mut source = value.source();
+        while let Some(error) = source {
+            let _ = write!(self.0, " caused by {error} {error:?}");
+            source = error.source();
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let _ = write!(self.0, " {}={value:?}", field.name());
+    }
+}
+
+/// Installs the capturing subscriber as the global default, once for the whole test binary,
+/// with `log` records (reqwest's) forwarded to it. Other tests' events are ignored: only a
+/// capturing thread's are written down, and this test runs everything on its own thread.
+fn install() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        tracing_subscriber::registry()
+            .with(Capture)
+            .try_init()
+            .expect("no other global subscriber or logger in this test binary");
+    });
+}
+
+/// Captures on this thread until dropped.
+struct Capturing;
+
+impl Capturing {
+    fn start() -> Self {
+        install();
+        CAPTURING.set(true);
+        Capturing
+    }
+}
+
+impl Drop for Capturing {
+    fn drop(&mut self) {
+        CAPTURING.set(false);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the run shows of itself: Debug and Display of everything public
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default, Clone)]
+struct Shown(std::sync::Arc<Mutex<Vec<String>>>);
+
+impl Shown {
+    fn debug(&self, what: &str, value: &dyn std::fmt::Debug) {
+        self.0
+            .lock()
+            .push(format!("{what}: {value:?}\n{what}: {value:#?}"));
+    }
+
+    fn both<T: std::fmt::Debug + std::fmt::Display>(&self, what: &str, value: &T) {
+        self.0.lock().push(format!(
+            "{what}: {value}\n{what}: {value:?}\n{what}: {value:#?}"
+        ));
+    }
+
+    fn error(&self, what: &str, error: &(dyn std::error::Error + 'static)) {
+        let mut text = format!("{what}: {error}\n{what}: {error:?}\n{what}: {error:#?}");
+        let mut source = error.source();
+        while let Some(inner) = source {
+            let _ = write!(text, "\ncaused by: {inner} / {inner:?}");
+            source = inner.source();
+        }
+        self.0.lock().push(text);
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().join("\n")
+    }
+}
+
+/// A middleware after `UnderstoryAuth`: shows the request as it is sent (the token in it).
+struct ShowRequest(Shown);
+
+#[async_trait::async_trait]
+impl Middleware for ShowRequest {
+    async fn handle(
+        &self,
+        request: reqwest::Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        if let Some(value) = request.headers().get(AUTHORIZATION) {
+            assert!(value.is_sensitive(), "the middleware's header is sensitive");
+            let shown = format!("{request:?}");
+            assert!(shown.contains("Sensitive"), "{shown}");
+            self.0.debug("reqwest::Request", &request);
+        }
+        next.run(request, extensions).await
+    }
+}
+
+fn reqwest_client(auth: &UnderstoryAuth, shown: &Shown) -> ClientWithMiddleware {
+    ClientBuilder::new(reqwest::Client::new())
+        .with(TracingMiddleware::default())
+        .with(auth.clone())
+        .with(ShowRequest(shown.clone()))
+        .build()
+}
+
+async fn via_reqwest(client: &ClientWithMiddleware, url: &str, shown: &Shown) -> Option<u16> {
+    match client.get(url).send().await {
+        Ok(response) => {
+            shown.debug("reqwest::Response", &response);
+            Some(response.status().as_u16())
+        }
+        Err(error) => {
+            shown.error("reqwest_middleware::Error", &error);
+            if let reqwest_middleware::Error::Middleware(inner) = &error {
+                let token_error = inner
+                    .downcast_ref::<understory_auth::Error>()
+                    .expect("a token error");
+                shown.both("Error", token_error);
+                shown.error("Error", token_error);
+            }
+            None
+        }
+    }
+}
+
+/// The tower stack: retry outside, the layer, a service that shows each request as the
+/// layer passes it on, and a hyper-util client.
+async fn via_tower(auth: &UnderstoryAuth, url: &str, shown: &Shown) -> Option<u16> {
+    let hyper = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let show = shown.clone();
+    let inner = service_fn(move |request: Request<Full<Bytes>>| {
+        let mut hyper = hyper.clone();
+        if let Some(value) = request.headers().get(AUTHORIZATION) {
+            assert!(value.is_sensitive(), "the layer's header is sensitive");
+            let shown = format!("{request:?}");
+            assert!(shown.contains("Sensitive"), "{shown}");
+            show.debug("http::Request", &request);
+        }
+        async move { hyper.call(request).await }
+    });
+    let layer = BearerAuthLayer::new(auth.clone());
+    shown.debug("BearerAuthLayer", &layer);
+    let mut service = ServiceBuilder::new()
+        .retry(RetryOnUnauthorized::default())
+        .layer(layer)
+        .service(inner);
+    shown.debug("Retry<RetryOnUnauthorized, BearerAuth<_>>", &service);
+    let request = Request::get(url).body(Full::default()).expect("a request");
+    let ready = service.ready().await.expect("ready");
+    let outcome: Result<Response<_>, BoxError> = ready.call(request).await;
+    match outcome {
+        Ok(response) => {
+            shown.debug("http::Response", &response);
+            Some(response.status().as_u16())
+        }
+        Err(error) => {
+            shown.both("BoxError", &error);
+            let token_error = error
+                .downcast_ref::<understory_auth::Error>()
+                .expect("a token error");
+            shown.error("Error", token_error);
+            None
+        }
+    }
+}
+
+/// A `BearerAuth` service and its future, shown while it waits for a token.
+async fn show_future(auth: &UnderstoryAuth, url: &str, shown: &Shown) {
+    let answer =
+        service_fn(|_: Request<()>| async { Ok::<_, std::convert::Infallible>(Response::new(())) });
+    let mut service = tower::Layer::layer(&BearerAuthLayer::new(auth.clone()), answer);
+    shown.debug("BearerAuth", &service);
+    let future = service.call(Request::get(url).body(()).expect("a request"));
+    shown.debug("BearerAuthFuture", &future);
+    let _ = future.await;
+}
+
+fn auth_for(server: &SandboxServer, credentials: Credentials) -> UnderstoryAuth {
+    UnderstoryAuth::builder(credentials)
+        .token_url(server.token_url())
+        .api_base(server.api_base())
+        .token_timeout(Duration::from_millis(500))
+        .build()
+        .expect("auth builds")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn neither_the_secret_nor_any_token_is_ever_shown() {
+    let capturing = Capturing::start();
+    let shown = Shown::default();
+
+    let server = SandboxServer::builder()
+        .client_secret(SECRET)
+        .start()
+        .await
+        .expect("sandbox starts");
+    shown.debug("SandboxServer", &server);
+    shown.debug(
+        "SandboxBuilder",
+        &SandboxServer::builder().client_secret(SECRET),
+    );
+    let me = format!("{}/v1/me", server.api_base());
+    let credentials = Credentials::new(server.client_id(), SECRET).with_scopes(["openid"]);
+    shown.debug("Credentials", &credentials);
+    let builder = UnderstoryAuth::builder(credentials.clone())
+        .token_url(server.token_url())
+        .api_base(server.api_base())
+        .user_agent("Hygiene-Test/1.0");
+    shown.debug("UnderstoryAuthBuilder", &builder);
+    let auth = builder.build().expect("auth builds");
+    shown.debug("UnderstoryAuth (cold)", &auth);
+    let client = reqwest_client(&auth, &shown);
+
+    // Tokens fetched and used, through both integrations and directly.
+    show_future(&auth, &me, &shown).await;
+    assert_eq!(via_reqwest(&client, &me, &shown).await, Some(200));
+    assert_eq!(via_tower(&auth, &me, &shown).await, Some(200));
+    let token = auth.token().await.expect("a token");
+    shown.debug("AccessToken", &token);
+    shown.both("TokenId", &token.id());
+    shown.debug("HeaderValue", token.header_value());
+    shown.debug("UnderstoryAuth (warm)", &auth);
+    shown.debug("CacheStats", &auth.stats());
+    shown.debug("SkipAuth", &SkipAuth);
+    shown.debug("ClientAuthMethod", &credentials.auth_method());
+    assert_eq!(
+        client
+            .get(&me)
+            .with_extension(SkipAuth)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .ok(),
+        Some(401)
+    );
+
+    // An `http::Request` carrying the header shows it as sensitive.
+    let request = Request::get(&me)
+        .header(AUTHORIZATION, token.header_value().clone())
+        .body(())
+        .expect("a request");
+    let debug = format!("{request:?}");
+    assert!(debug.contains("Sensitive"), "{debug}");
+    shown.debug("http::Request", &request);
+
+    // 401: the token is revoked, dropped, replaced and the request retried, in both.
+    server.revoke_token(token.secret());
+    assert_eq!(via_reqwest(&client, &me, &shown).await, Some(200));
+    // (A token that replaced a rejected one is kept for a while: use another handle.)
+    let other = auth_for(&server, credentials.clone());
+    server.revoke_token(other.token().await.expect("a token").secret());
+    assert_eq!(via_tower(&other, &me, &shown).await, Some(200));
+    server.push_api_fault(ApiFault::Unauthorized);
+    assert_eq!(via_reqwest(&client, &me, &shown).await, Some(200));
+    // An API that rejects everything: one retry, then the 401, and the cooldown.
+    server.set_api_always_unauthorized(true);
+    assert_eq!(via_reqwest(&client, &me, &shown).await, Some(401));
+    assert_eq!(via_tower(&auth, &me, &shown).await, Some(401));
+    server.set_api_always_unauthorized(false);
+    shown.debug("CacheStats", &auth.stats());
+
+    // Configuration errors, with the secret in the credentials.
+    for builder in [
+        UnderstoryAuth::builder(credentials.clone()).token_url("http://auth.example.com/token"),
+        UnderstoryAuth::builder(credentials.clone()).api_base("ftp://api.example.com"),
+        UnderstoryAuth::builder(Credentials::new("", SECRET)),
+        UnderstoryAuth::builder(credentials.clone()).user_agent("bad\nagent"),
+    ] {
+        shown.debug("UnderstoryAuthBuilder", &builder);
+        let error = builder.build().expect_err("a configuration error");
+        shown.both("Error", &error);
+    }
+
+    // A wrong secret.
+    let wrong = auth_for(&server, Credentials::new(server.client_id(), WRONG_SECRET));
+    assert_eq!(
+        via_reqwest(&reqwest_client(&wrong, &shown), &me, &shown).await,
+        None
+    );
+    assert_eq!(via_tower(&wrong, &me, &shown).await, None);
+    shown.debug("UnderstoryAuth (wrong secret)", &wrong);
+
+    // Every kind of token endpoint fault, each met by a fresh handle (no failure window).
+    let elsewhere = SandboxServer::start().await.expect("sandbox starts");
+    let faults = [
+        TokenFault::ServerError,
+        TokenFault::Unavailable,
+        TokenFault::TooManyRequests {
+            retry_after: Some(30),
+        },
+        TokenFault::InvalidClient,
+        TokenFault::InvalidScope,
+        TokenFault::HtmlError { status: 502 },
+        TokenFault::MalformedJson,
+        TokenFault::Body {
+            status: 200,
+            content_type: "application/json".into(),
+            body: format!(r#"{{"access_token":"{REFUSED_TOKEN}","token_type":"bearer"}}"#),
+        },
+        TokenFault::Body {
+            status: 400,
+            content_type: "application/json".into(),
+            body: r#"{"error":"invalid_request","error_description":"line one\nline two"}"#.into(),
+        },
+        TokenFault::WrongTokenType,
+        TokenFault::EmptyToken,
+        TokenFault::Redirect {
+            location: elsewhere.token_url(),
+        },
+        TokenFault::Hang,
+        TokenFault::ResetMidBody,
+        TokenFault::EndlessBody,
+    ];
+    for fault in faults {
+        let faulty = auth_for(&server, credentials.clone());
+        server.push_token_fault(fault.clone());
+        assert_eq!(
+            via_reqwest(&reqwest_client(&faulty, &shown), &me, &shown).await,
+            None,
+            "{fault:?}"
+        );
+        server.push_token_fault(fault.clone());
+        let error = faulty.token().await.expect_err("the fault is an error");
+        shown.both("Error", &error);
+        shown.error("Error", &error);
+        shown.debug("CacheStats", &faulty.stats());
+    }
+    assert_eq!(elsewhere.token_requests(), 0);
+
+    // A client registered for HTTP Basic.
+    let basic = SandboxServer::builder()
+        .client_auth_method(ClientAuth::Basic)
+        .client_secret(BASIC_SECRET)
+        .start()
+        .await
+        .expect("sandbox starts");
+    let basic_auth = auth_for(
+        &basic,
+        Credentials::new(basic.client_id(), BASIC_SECRET)
+            .with_auth_method(ClientAuthMethod::ClientSecretBasic),
+    );
+    shown.debug("UnderstoryAuth (basic)", &basic_auth);
+    let basic_me = format!("{}/v1/me", basic.api_base());
+    assert_eq!(
+        via_reqwest(&reqwest_client(&basic_auth, &shown), &basic_me, &shown).await,
+        Some(200)
+    );
+    assert_eq!(via_tower(&basic_auth, &basic_me, &shown).await, Some(200));
+    drop(capturing);
+
+    // What must never be shown, taken from the wire.
+    let mut forbidden: Vec<String> = vec![
+        SECRET.into(),
+        WRONG_SECRET.into(),
+        BASIC_SECRET.into(),
+        // The secrets' distinctive middles, which survive form encoding.
+        "Q7vX2kLm9pZt".into(),
+        "J4hN8bVc3xRq".into(),
+        "M5nB7vC9xZ1w".into(),
+        "HyGiEnEReFuSeD".into(),
+        "ory_at_sandbox-mac-token".into(),
+    ];
+    let token_requests = server.token_requests_received();
+    for request in &token_requests {
+        if let Some(secret) = request.form_value("client_secret") {
+            let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+            forbidden.extend([secret, encoded]);
+        }
+    }
+    let basic_requests = basic.token_requests_received();
+    for request in &basic_requests {
+        let header = request.header("authorization").expect("a Basic header");
+        let credentials = header.strip_prefix("Basic ").expect("Basic");
+        forbidden.extend([header.to_owned(), credentials.to_owned()]);
+    }
+    let issued: Vec<String> = [server.issued_tokens(), basic.issued_tokens()].concat();
+    assert!(issued.len() >= 5, "{} tokens issued", issued.len());
+    for token in &issued {
+        let random = token.strip_prefix("ory_at_").expect("a sandbox token");
+        forbidden.extend([token.clone(), random.to_owned(), random[..12].to_owned()]);
+    }
+
+    // The recordings of the wire hold them (which is why they are excluded): what is looked
+    // for is what a leak would look like.
+    let wire = format!(
+        "{token_requests:?}{:?}{basic_requests:?}",
+        server.api_requests_received()
+    );
+    let basic_header = basic_requests[0]
+        .header("authorization")
+        .expect("a Basic header");
+    for needle in ["Q7vX2kLm9pZt", "J4hN8bVc3xRq", basic_header] {
+        assert!(wire.contains(needle), "the wire recording lacks {needle}");
+    }
+    assert!(issued.iter().any(|token| wire.contains(token.as_str())));
+
+    let logs = CAPTURED.lock().clone();
+    let shown = shown.text();
+    // The capture works: the crate's own events and spans, reqwest's `log` records,
+    // hyper-util's events and reqwest-tracing's spans are all there. (hyper itself emits
+    // `tracing` events only when built with `--cfg hyper_unstable_tracing`.)
+    for expected in [
+        "obtained access token",
+        "token request failed",
+        "the API rejected the access token (HTTP 401)",
+        "access token rejected; it will be replaced",
+        "understory_auth.fetch_token",
+        "log.target=reqwest::connect",
+        "hyper_util::client::legacy",
+        "reqwest_tracing",
+    ] {
+        assert!(
+            logs.contains(expected),
+            "the capture lacks {expected:?}:\n{logs}"
+        );
+    }
+    for needle in &forbidden {
+        assert!(
+            !logs.contains(needle.as_str()),
+            "{needle:?} appeared in the tracing output:\n{}",
+            context(&logs, needle)
+        );
+        assert!(
+            !shown.contains(needle.as_str()),
+            "{needle:?} appeared in Debug or Display output:\n{}",
+            context(&shown, needle)
+        );
+    }
+}
+
+/// The lines of `text` holding `needle`.
+fn context(text: &str, needle: &str) -> String {
+    text.lines()
+        .filter(|line| line.contains(needle))
+        .take(5)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
