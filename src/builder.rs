@@ -206,11 +206,6 @@ impl UnderstoryAuthBuilder {
             return Err(Error::config("token_timeout is zero"));
         }
         let token_url = parse_secure_url(&self.token_url, "token_url")?;
-        if !token_url.username().is_empty() || token_url.password().is_some() {
-            return Err(Error::config(
-                "token_url must not hold a user name or password; put them in the Credentials",
-            ));
-        }
         let api_base = parse_secure_url(&self.api_base, "api_base")?;
         let mut origins = vec![Origin::parse(&self.api_base, "api_base")?];
         for extra in &self.extra_origins {

@@ -83,10 +83,17 @@ impl AllowedOrigins {
     }
 }
 
-/// Parses `url` and refuses anything but HTTPS, or plain HTTP to a loopback host.
+/// Parses `url` and refuses anything but HTTPS, or plain HTTP to a loopback host, and any
+/// URL holding a user name or password (which would end up in logs and `Debug` output).
+///
+/// Errors show the URL only once it is known to hold no credentials.
 pub(crate) fn parse_secure_url(url: &str, what: &str) -> Result<Url, Error> {
-    let parsed =
-        Url::parse(url).map_err(|e| Error::config(format!("{what} {url:?} is not a URL: {e}")))?;
+    let parsed = Url::parse(url).map_err(|e| Error::config(format!("{what} is not a URL: {e}")))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(Error::config(format!(
+            "{what} must not hold a user name or password; put credentials in the Credentials"
+        )));
+    }
     match parsed.scheme() {
         "https" => Ok(parsed),
         "http" if is_loopback(&parsed) => Ok(parsed),
@@ -124,6 +131,15 @@ mod tests {
         assert!(Origin::parse("http://10.0.0.1", "api_base").is_err());
         assert!(Origin::parse("ftp://api.understory.io", "api_base").is_err());
         assert!(Origin::parse("not a url", "api_base").is_err());
+        for with_credentials in [
+            "https://u:pw@api.understory.io",
+            "http://u:pw@example.com",
+            "https://u@x.io",
+        ] {
+            let err = Origin::parse(with_credentials, "api_base").unwrap_err();
+            assert!(err.to_string().contains("user name or password"), "{err}");
+            assert!(!err.to_string().contains("pw"), "{err}");
+        }
     }
 
     #[test]
