@@ -173,6 +173,18 @@ impl UnderstoryAuth {
         self.inner.cache.invalidate(token)
     }
 
+    /// Reports that a request carrying `token` was rejected (HTTP 401): drops the token if it
+    /// is still the cached one, and tells whether a retry would carry another token. It
+    /// would not while the rejected token is kept by the invalidation cooldown, and then a
+    /// retry is pointless.
+    #[cfg_attr(not(any(feature = "middleware", feature = "tower")), allow(dead_code))]
+    pub(crate) fn reject(&self, token: &AccessToken) -> bool {
+        self.invalidate(token)
+            || self
+                .cached_token()
+                .is_none_or(|cached| cached.id() != token.id())
+    }
+
     /// A snapshot of the cache's counters, for metrics.
     ///
     /// ```

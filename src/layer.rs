@@ -220,8 +220,8 @@ struct Sent {
     token: AccessToken,
 }
 
-/// Marks a 401 response to a request that carried this layer's token, for
-/// [`RetryOnUnauthorized`].
+/// Marks a 401 response to a request that carried this layer's token, when a resend would
+/// carry another token, for [`RetryOnUnauthorized`].
 #[derive(Debug, Clone, Copy)]
 struct TokenRejected;
 
@@ -292,8 +292,9 @@ where
                     let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
                     if response.status() == StatusCode::UNAUTHORIZED {
                         if let Some(Sent { auth, token }) = this.sent.take() {
-                            auth.invalidate(&token);
-                            response.extensions_mut().insert(TokenRejected);
+                            if auth.reject(&token) {
+                                response.extensions_mut().insert(TokenRejected);
+                            }
                         }
                     }
                     return Poll::Ready(Ok(response));

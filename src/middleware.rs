@@ -37,7 +37,10 @@
 //! gets a fresh one.
 //!
 //! A 401 from another origin, which a redirect led to, says nothing about the token (it was
-//! not sent there) and is returned as it is.
+//! not sent there) and is returned as it is. Nor is a request resent when it would carry the
+//! same token: a token fetched to replace a rejected one is kept for
+//! [`INVALIDATION_COOLDOWN`](crate::INVALIDATION_COOLDOWN), so an API that rejects every
+//! token costs one token request per cooldown, not one per request.
 //!
 //! [`UnderstoryAuth::with_unauthorized_retry(false)`](UnderstoryAuth::with_unauthorized_retry)
 //! turns the retry off, for instance when an outer middleware already retries 401s; the
@@ -215,10 +218,11 @@ impl Middleware for UnderstoryAuth {
         if !rejected(&response) {
             return Ok(response);
         }
-        let dropped = self.invalidate(&token);
+        let replaced = self.reject(&token);
+        let retry = retry.filter(|_| replaced);
         tracing::debug!(
             token_id = %token.id(),
-            dropped,
+            replaced,
             retry = retry.is_some(),
             "the API rejected the access token (HTTP 401)"
         );
@@ -231,7 +235,7 @@ impl Middleware for UnderstoryAuth {
         let token = self.current_token().await?;
         let response = next.run(with_token(request, &token), extensions).await?;
         if rejected(&response) {
-            self.invalidate(&token);
+            self.reject(&token);
         }
         Ok(response)
     }

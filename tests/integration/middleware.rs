@@ -259,6 +259,25 @@ async fn an_api_that_always_rejects_gets_exactly_two_requests() -> TestResult {
 }
 
 #[tokio::test]
+async fn an_api_that_always_rejects_costs_no_token_request_per_request() -> TestResult {
+    let server = sandbox().await;
+    server.set_api_always_unauthorized(true);
+    let client = client(auth(&server));
+    client.get(me(&server)).send().await?;
+    server.reset_counters();
+
+    // The replacement token is kept for the invalidation cooldown: resending with the same
+    // token would be pointless, so each request is sent once and no token is fetched.
+    for _ in 0..20 {
+        let response = client.get(me(&server)).send().await?;
+        assert_eq!(response.status(), 401);
+    }
+    assert_eq!(server.api_requests(), 20);
+    assert_eq!(server.token_requests(), 0);
+    Ok(())
+}
+
+#[tokio::test]
 async fn concurrent_rejections_of_one_stale_token_cause_one_refresh() -> TestResult {
     let server = sandbox().await;
     let auth = auth(&server);
