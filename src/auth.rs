@@ -219,6 +219,12 @@ impl UnderstoryAuth {
         self.inner.origins.allows_url(url)
     }
 
+    /// Which allowed origin a request to `url` goes to (an index), if any.
+    #[cfg_attr(not(feature = "middleware"), allow(dead_code))]
+    pub(crate) fn allowed_origin(&self, url: &Url) -> Option<usize> {
+        self.inner.origins.position_of_url(url)
+    }
+
     /// Whether a request to `uri` may carry the token; `None` for a relative URI, which
     /// names no origin.
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]

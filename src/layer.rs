@@ -207,7 +207,7 @@ where
         BearerAuthFuture {
             state: State::Fetching {
                 fetch,
-                pending: Some((service, request)),
+                pending: Some(Box::new((service, request))),
             },
             sent: None,
         }
@@ -243,7 +243,8 @@ pin_project! {
         // No usable token was cached: waiting for one, then calling `S` with the request.
         Fetching {
             fetch: BoxFuture<'static, Result<Sent, Error>>,
-            pending: Option<(S, Request<B>)>,
+            // Boxed, so that the cold path does not make every hot-path future larger.
+            pending: Option<Box<(S, Request<B>)>>,
         },
         // The inner service was called.
         Calling {
@@ -278,9 +279,9 @@ where
             match this.state.as_mut().project() {
                 StateProj::Fetching { fetch, pending } => {
                     let sent = ready!(fetch.as_mut().poll(cx))?;
-                    let (mut service, mut request) = pending
+                    let (mut service, mut request) = *pending
                         .take()
-                        .expect("BearerAuth's BearerAuthFuture polled after completion");
+                        .expect("BearerAuthFuture polled after completion");
                     request
                         .headers_mut()
                         .insert(AUTHORIZATION, sent.token.header_value().clone());

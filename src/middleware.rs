@@ -196,13 +196,13 @@ impl Middleware for UnderstoryAuth {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> Result<Response> {
-        if !self.should_authorize(&request, extensions) {
+        let Some(origin) = self.origin_to_authorize(&request, extensions) else {
             return next.run(request, extensions).await;
-        }
+        };
         // A 401 from the origin the token went to, not from one a redirect led to.
-        let origin = request.url().origin();
         let rejected = |response: &Response| {
-            response.status() == StatusCode::UNAUTHORIZED && response.url().origin() == origin
+            response.status() == StatusCode::UNAUTHORIZED
+                && self.allowed_origin(response.url()) == Some(origin)
         };
         let retry = if self.retries_unauthorized() {
             request.try_clone()
@@ -242,10 +242,12 @@ impl Middleware for UnderstoryAuth {
 }
 
 impl UnderstoryAuth {
-    fn should_authorize(&self, request: &Request, extensions: &Extensions) -> bool {
-        extensions.get::<SkipAuth>().is_none()
-            && !request.headers().contains_key(AUTHORIZATION)
-            && self.is_allowed(request.url())
+    /// The allowed origin the request goes to, unless it is to be sent untouched.
+    fn origin_to_authorize(&self, request: &Request, extensions: &Extensions) -> Option<usize> {
+        if extensions.get::<SkipAuth>().is_some() || request.headers().contains_key(AUTHORIZATION) {
+            return None;
+        }
+        self.allowed_origin(request.url())
     }
 
     /// The cached token without awaiting anything, or else the outcome of a token request.
