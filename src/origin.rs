@@ -95,7 +95,7 @@ impl AllowedOrigins {
     /// `None` when the URI names no origin (relative), else whether it is allowed.
     pub(crate) fn allows_uri(&self, uri: &http::Uri) -> Option<bool> {
         uri.scheme()?;
-        uri.host()?;
+        uri.authority()?;
         Some(self.0.iter().any(|o| o.matches_uri(uri) == Some(true)))
     }
 }
