@@ -239,7 +239,9 @@ impl UnderstoryAuth {
     }
 
     /// Turns the reqwest middleware's single retry after a 401 on or off for this handle
-    /// (on by default). The token is invalidated either way. Clones made from the
+    /// (on by default). The token is invalidated either way. Being able to resend costs a
+    /// copy of each request made before it is sent (about 0.3 µs and 3 allocations, see
+    /// BENCHMARKS.md); turning the retry off saves it. Clones made from the
     /// returned handle keep the setting and still share the cache.
     ///
     /// ```
