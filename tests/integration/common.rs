@@ -1,6 +1,9 @@
 //! Helpers shared by the integration test modules.
 #![allow(dead_code)]
 
+use std::io;
+use std::sync::Arc;
+
 use understory_auth::testing::SandboxServer;
 use understory_auth::{Credentials, UnderstoryAuth};
 
@@ -26,4 +29,34 @@ pub fn auth_with(sandbox: &SandboxServer, credentials: Credentials) -> Understor
         .api_base(sandbox.api_base())
         .build()
         .expect("auth builds")
+}
+
+/// Everything written through a test's tracing subscriber (a `MakeWriter`).
+#[derive(Clone, Default)]
+pub struct Logs(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl Logs {
+    /// What was written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock()).into_owned()
+    }
+}
+
+impl io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
 }

@@ -3,7 +3,6 @@
 #![cfg(all(feature = "test-util", feature = "middleware"))]
 
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +15,7 @@ use reqwest_tracing::TracingMiddleware;
 use understory_auth::testing::{ApiFault, SandboxServer};
 use understory_auth::{Credentials, Error, SkipAuth, UnderstoryAuth};
 
-use crate::common::{auth, auth_with, credentials, sandbox};
+use crate::common::{Logs, auth, auth_with, credentials, sandbox};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -503,33 +502,4 @@ async fn reqwest_tracing_outside_and_the_token_never_logged() -> TestResult {
         assert!(!logs.contains(secret), "a secret was logged:\n{logs}");
     }
     Ok(())
-}
-
-/// Everything written through the test's tracing subscriber.
-#[derive(Clone, Default)]
-struct Logs(Arc<parking_lot::Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock()).into_owned()
-    }
-}
-
-impl io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
 }

@@ -6,10 +6,8 @@
 //! `redis-server` must be installed (`.ci/run` installs it): without it these tests fail,
 //! they do not skip.
 
-use std::io;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -17,7 +15,7 @@ use redis::AsyncCommands;
 use understory_auth::testing::SandboxServer;
 use understory_auth::{Credentials, RedisStore, SHARED_KEY_PREFIX, UnderstoryAuth};
 
-use crate::common::{credentials, sandbox};
+use crate::common::{Logs, credentials, sandbox};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -179,34 +177,6 @@ fn capture_logs() -> CapturedLogs {
         _guard: tracing::subscriber::set_default(subscriber),
         _second: second,
         logs,
-    }
-}
-
-#[derive(Clone, Default)]
-struct Logs(Arc<parking_lot::Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock()).into_owned()
-    }
-}
-
-impl io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
     }
 }
 
