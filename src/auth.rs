@@ -272,6 +272,18 @@ impl fmt::Debug for UnderstoryAuth {
 mod tests {
     use super::*;
 
+    #[test]
+    fn public_types_are_thread_safe_and_cheap_to_share() {
+        fn shared<T: Clone + Send + Sync + 'static>() {}
+        fn error<E: std::error::Error + Clone + Send + Sync + 'static>() {}
+        shared::<UnderstoryAuth>();
+        shared::<Credentials>();
+        shared::<AccessToken>();
+        shared::<crate::UnderstoryAuthBuilder>();
+        shared::<CacheStats>();
+        error::<Error>();
+    }
+
     #[tokio::test]
     async fn new_reports_unusable_credentials_on_every_token_request() {
         let auth = UnderstoryAuth::new(Credentials::new("", "secret"));
