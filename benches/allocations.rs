@@ -18,14 +18,13 @@
 //! Run: `cargo bench --all-features --bench allocations` (prints a table; no timing).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::convert::Infallible;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use http::{Extensions, HeaderValue, Request, Response, Uri};
-use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
-use tower::{Layer, Service, service_fn};
+use http::{HeaderValue, Request, Response, Uri};
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use tower::{Layer, Service};
 use tower_http::auth::AddAuthorizationLayer;
 use tower_http::set_header::SetRequestHeaderLayer;
 use understory_auth::{BearerAuthLayer, Credentials, UnderstoryAuth};
@@ -94,36 +93,6 @@ where
     *request.uri_mut() = uri.clone();
     common::poll_ready_now(std::future::poll_fn(|cx| service.poll_ready(cx))).expect("ready");
     black_box(common::poll_ready_now(service.call(request)).expect("response"));
-}
-
-fn inner() -> impl Service<
-    Request<()>,
-    Response = Response<()>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<()>, Infallible>>,
-> + Clone {
-    service_fn(|request: Request<()>| {
-        black_box(&request);
-        std::future::ready(Ok::<_, Infallible>(Response::new(())))
-    })
-}
-
-/// Ends a middleware chain with `200 OK`, sending nothing.
-struct Answer200;
-
-#[async_trait::async_trait]
-impl Middleware for Answer200 {
-    async fn handle(
-        &self,
-        request: reqwest::Request,
-        _extensions: &mut Extensions,
-        _next: Next<'_>,
-    ) -> reqwest_middleware::Result<reqwest::Response> {
-        black_box(&request);
-        Ok(reqwest::Response::from(http::Response::new(
-            reqwest::Body::from(""),
-        )))
-    }
 }
 
 struct Table {
@@ -198,13 +167,13 @@ fn main() {
     // The tower layer.
     t.group("tower, one call through the layer (request built per call)");
     let uri: Uri = format!("{base}/v1/me").parse().expect("uri");
-    let mut plain = inner();
+    let mut plain = common::inner();
     let r = per_call(calls, || one_call(&mut plain, &uri));
     t.row("no layer", r, None);
-    let mut fixed = AddAuthorizationLayer::bearer(&token).layer(inner());
+    let mut fixed = AddAuthorizationLayer::bearer(&token).layer(common::inner());
     let floor = per_call(calls, || one_call(&mut fixed, &uri));
     t.row("AddAuthorizationLayer::bearer (floor)", floor, None);
-    let mut ours = BearerAuthLayer::new(auth.clone()).layer(inner());
+    let mut ours = BearerAuthLayer::new(auth.clone()).layer(common::inner());
     let r = per_call(calls, || one_call(&mut ours, &uri));
     t.row("BearerAuthLayer", r, Some(floor.0));
     let cache = Arc::new(Mutex::new(Some(token.clone())));
@@ -213,7 +182,7 @@ fn main() {
             let token = cache.lock().expect("not poisoned").clone()?;
             HeaderValue::try_from(format!("Bearer {token}")).ok()
         })
-        .layer(inner());
+        .layer(common::inner());
     let r = per_call(calls, || one_call(&mut hand, &uri));
     t.row("hand-rolled Mutex<Option<String>> layer", r, Some(floor.0));
 
@@ -232,10 +201,12 @@ fn main() {
     .expect("auth");
     rt.block_on(prod.token()).expect("token");
     let api = "https://api.understory.io/v1/me";
-    let rm_plain: ClientWithMiddleware = ClientBuilder::new(http.clone()).with(Answer200).build();
+    let rm_plain: ClientWithMiddleware = ClientBuilder::new(http.clone())
+        .with(common::Answer200)
+        .build();
     let rm_auth: ClientWithMiddleware = ClientBuilder::new(http.clone())
         .with(prod)
-        .with(Answer200)
+        .with(common::Answer200)
         .build();
     let floor = per_call(calls, || {
         let r = rt.block_on(rm_plain.get(api).bearer_auth(&token).send());

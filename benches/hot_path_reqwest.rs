@@ -27,30 +27,11 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use http::Extensions;
-use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use tokio::runtime::Runtime;
 use understory_auth::{Credentials, UnderstoryAuth};
 
 mod common;
-
-/// Ends a middleware chain with `200 OK` and an empty body, sending nothing.
-struct Answer200;
-
-#[async_trait::async_trait]
-impl Middleware for Answer200 {
-    async fn handle(
-        &self,
-        request: reqwest::Request,
-        _extensions: &mut Extensions,
-        _next: Next<'_>,
-    ) -> reqwest_middleware::Result<reqwest::Response> {
-        std::hint::black_box(&request);
-        Ok(reqwest::Response::from(http::Response::new(
-            reqwest::Body::from(""),
-        )))
-    }
-}
 
 #[derive(Clone, Copy)]
 enum Variant {
@@ -140,7 +121,7 @@ fn setup() -> Setup {
         };
 
         // Tokens from the sandbox, for Understory's real API origin: nothing is sent there,
-        // `Answer200` answers first.
+        // `common::Answer200` answers first.
         let prod = UnderstoryAuth::builder(Credentials::new(
             sandbox.client_id(),
             sandbox.client_secret(),
@@ -153,8 +134,13 @@ fn setup() -> Setup {
             url: "https://api.understory.io/v1/me".to_owned(),
             token: token.clone(),
             plain: plain.clone(),
-            rm_plain: ClientBuilder::new(plain.clone()).with(Answer200).build(),
-            rm_auth: ClientBuilder::new(plain).with(prod).with(Answer200).build(),
+            rm_plain: ClientBuilder::new(plain.clone())
+                .with(common::Answer200)
+                .build(),
+            rm_auth: ClientBuilder::new(plain)
+                .with(prod)
+                .with(common::Answer200)
+                .build(),
         };
         (sandbox, loopback, in_process)
     });

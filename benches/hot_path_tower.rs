@@ -23,14 +23,13 @@
 //! exits; run it under `valgrind --tool=callgrind` with two call counts and take the
 //! difference (see BENCHMARKS.md).
 
-use std::convert::Infallible;
 use std::hint::black_box;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use http::{HeaderValue, Request, Response, Uri};
-use tower::{Layer, Service, service_fn};
+use tower::{Layer, Service};
 use tower_http::auth::AddAuthorizationLayer;
 use tower_http::set_header::SetRequestHeaderLayer;
 use understory_auth::BearerAuthLayer;
@@ -49,18 +48,6 @@ where
     common::poll_ready_now(std::future::poll_fn(|cx| service.poll_ready(cx))).expect("ready");
     let response = common::poll_ready_now(service.call(request)).expect("response");
     black_box(response);
-}
-
-fn inner() -> impl Service<
-    Request<()>,
-    Response = Response<()>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<()>, Infallible>>,
-> + Clone {
-    service_fn(|request: Request<()>| {
-        black_box(&request);
-        std::future::ready(Ok::<_, Infallible>(Response::new(())))
-    })
 }
 
 /// Runs `calls` calls through `service`, returning the time they took.
@@ -127,16 +114,16 @@ fn bench(c: &mut Criterion, s: &Setup) {
         .sample_size(30)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    let mut plain = inner();
+    let mut plain = common::inner();
     group.bench_function("no_layer", |b| b.iter(|| one_call(&mut plain, uri)));
-    let mut fixed = AddAuthorizationLayer::bearer(&s.token).layer(inner());
+    let mut fixed = AddAuthorizationLayer::bearer(&s.token).layer(common::inner());
     group.bench_function("static_header", |b| b.iter(|| one_call(&mut fixed, uri)));
-    let mut ours = BearerAuthLayer::new(s.auth.clone()).layer(inner());
+    let mut ours = BearerAuthLayer::new(s.auth.clone()).layer(common::inner());
     group.bench_function("bearer_auth_layer", |b| b.iter(|| one_call(&mut ours, uri)));
     let cache = Arc::new(Mutex::new(Some(s.token.clone())));
     let mut hand =
         SetRequestHeaderLayer::overriding(http::header::AUTHORIZATION, hand_rolled(cache))
-            .layer(inner());
+            .layer(common::inner());
     group.bench_function("hand_rolled_mutex", |b| b.iter(|| one_call(&mut hand, uri)));
     group.finish();
 }
@@ -148,13 +135,13 @@ fn interleaved(s: &Setup) {
         (2, 1_000)
     };
     let uri = &s.uri;
-    let mut plain = inner();
-    let mut fixed = AddAuthorizationLayer::bearer(&s.token).layer(inner());
-    let mut ours = BearerAuthLayer::new(s.auth.clone()).layer(inner());
+    let mut plain = common::inner();
+    let mut fixed = AddAuthorizationLayer::bearer(&s.token).layer(common::inner());
+    let mut ours = BearerAuthLayer::new(s.auth.clone()).layer(common::inner());
     let cache = Arc::new(Mutex::new(Some(s.token.clone())));
     let mut hand =
         SetRequestHeaderLayer::overriding(http::header::AUTHORIZATION, hand_rolled(cache))
-            .layer(inner());
+            .layer(common::inner());
     let mut variants: Vec<common::Runner<'_>> = vec![
         ("no_layer", Box::new(|n| run(&mut plain, uri, n))),
         ("static_header", Box::new(|n| run(&mut fixed, uri, n))),
@@ -178,14 +165,14 @@ fn only(s: &Setup, spec: &str) {
     let calls: u64 = calls.parse().expect("a number of calls");
     let uri = &s.uri;
     match name {
-        "no_layer" => run(&mut inner(), uri, calls),
+        "no_layer" => run(&mut common::inner(), uri, calls),
         "static_header" => run(
-            &mut AddAuthorizationLayer::bearer(&s.token).layer(inner()),
+            &mut AddAuthorizationLayer::bearer(&s.token).layer(common::inner()),
             uri,
             calls,
         ),
         "bearer_auth_layer" => run(
-            &mut BearerAuthLayer::new(s.auth.clone()).layer(inner()),
+            &mut BearerAuthLayer::new(s.auth.clone()).layer(common::inner()),
             uri,
             calls,
         ),
@@ -193,7 +180,7 @@ fn only(s: &Setup, spec: &str) {
             let cache = Arc::new(Mutex::new(Some(s.token.clone())));
             let layer =
                 SetRequestHeaderLayer::overriding(http::header::AUTHORIZATION, hand_rolled(cache));
-            run(&mut layer.layer(inner()), uri, calls)
+            run(&mut layer.layer(common::inner()), uri, calls)
         }
         other => panic!("unknown variant {other}"),
     };

@@ -177,3 +177,35 @@ pub fn poll_ready_now<F: std::future::Future>(future: F) -> F::Output {
         std::task::Poll::Pending => panic!("the future was expected to complete at once"),
     }
 }
+
+/// A tower service that answers every request at once: the innermost service of the
+/// tower hot-path benches.
+pub fn inner() -> impl tower::Service<
+    http::Request<()>,
+    Response = http::Response<()>,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<http::Response<()>, Infallible>>,
+> + Clone {
+    tower::service_fn(|request: http::Request<()>| {
+        std::hint::black_box(&request);
+        std::future::ready(Ok::<_, Infallible>(http::Response::new(())))
+    })
+}
+
+/// Ends a reqwest-middleware chain with `200 OK` and an empty body, sending nothing.
+pub struct Answer200;
+
+#[async_trait::async_trait]
+impl reqwest_middleware::Middleware for Answer200 {
+    async fn handle(
+        &self,
+        request: reqwest::Request,
+        _extensions: &mut http::Extensions,
+        _next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        std::hint::black_box(&request);
+        Ok(reqwest::Response::from(http::Response::new(
+            reqwest::Body::from(""),
+        )))
+    }
+}
