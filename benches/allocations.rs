@@ -22,9 +22,9 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Request, Uri};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
-use tower::{Layer, Service};
+use tower::Layer;
 use tower_http::auth::AddAuthorizationLayer;
 use tower_http::set_header::SetRequestHeaderLayer;
 use understory_auth::{BearerAuthLayer, Credentials, UnderstoryAuth};
@@ -82,17 +82,6 @@ fn per_call(calls: u64, mut f: impl FnMut()) -> (f64, f64) {
         (a1 - a0) as f64 / calls as f64,
         (b1 - b0) as f64 / calls as f64,
     )
-}
-
-fn one_call<S>(service: &mut S, uri: &Uri)
-where
-    S: Service<Request<()>, Response = Response<()>>,
-    S::Error: std::fmt::Debug,
-{
-    let mut request = Request::new(());
-    *request.uri_mut() = uri.clone();
-    common::poll_ready_now(std::future::poll_fn(|cx| service.poll_ready(cx))).expect("ready");
-    black_box(common::poll_ready_now(service.call(request)).expect("response"));
 }
 
 struct Table {
@@ -168,13 +157,13 @@ fn main() {
     t.group("tower, one call through the layer (request built per call)");
     let uri: Uri = format!("{base}/v1/me").parse().expect("uri");
     let mut plain = common::inner();
-    let r = per_call(calls, || one_call(&mut plain, &uri));
+    let r = per_call(calls, || common::one_call(&mut plain, &uri));
     t.row("no layer", r, None);
     let mut fixed = AddAuthorizationLayer::bearer(&token).layer(common::inner());
-    let floor = per_call(calls, || one_call(&mut fixed, &uri));
+    let floor = per_call(calls, || common::one_call(&mut fixed, &uri));
     t.row("AddAuthorizationLayer::bearer (floor)", floor, None);
     let mut ours = BearerAuthLayer::new(auth.clone()).layer(common::inner());
-    let r = per_call(calls, || one_call(&mut ours, &uri));
+    let r = per_call(calls, || common::one_call(&mut ours, &uri));
     t.row("BearerAuthLayer", r, Some(floor.0));
     let cache = Arc::new(Mutex::new(Some(token.clone())));
     let mut hand =
@@ -183,7 +172,7 @@ fn main() {
             HeaderValue::try_from(format!("Bearer {token}")).ok()
         })
         .layer(common::inner());
-    let r = per_call(calls, || one_call(&mut hand, &uri));
+    let r = per_call(calls, || common::one_call(&mut hand, &uri));
     t.row("hand-rolled Mutex<Option<String>> layer", r, Some(floor.0));
 
     // The reqwest middleware's header step, without I/O.

@@ -23,7 +23,6 @@
 //! exits; run it under `valgrind --tool=callgrind` with two call counts and take the
 //! difference (see BENCHMARKS.md).
 
-use std::hint::black_box;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,20 +35,6 @@ use understory_auth::BearerAuthLayer;
 
 mod common;
 
-/// One request through `service`, polled by hand.
-#[inline(always)]
-fn one_call<S>(service: &mut S, uri: &Uri)
-where
-    S: Service<Request<()>, Response = Response<()>>,
-    S::Error: std::fmt::Debug,
-{
-    let mut request = Request::new(());
-    *request.uri_mut() = uri.clone();
-    common::poll_ready_now(std::future::poll_fn(|cx| service.poll_ready(cx))).expect("ready");
-    let response = common::poll_ready_now(service.call(request)).expect("response");
-    black_box(response);
-}
-
 /// Runs `calls` calls through `service`, returning the time they took.
 fn run<S>(service: &mut S, uri: &Uri, calls: u64) -> Duration
 where
@@ -58,7 +43,7 @@ where
 {
     let start = Instant::now();
     for _ in 0..calls {
-        one_call(service, uri);
+        common::one_call(service, uri);
     }
     start.elapsed()
 }
@@ -115,16 +100,22 @@ fn bench(c: &mut Criterion, s: &Setup) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
     let mut plain = common::inner();
-    group.bench_function("no_layer", |b| b.iter(|| one_call(&mut plain, uri)));
+    group.bench_function("no_layer", |b| b.iter(|| common::one_call(&mut plain, uri)));
     let mut fixed = AddAuthorizationLayer::bearer(&s.token).layer(common::inner());
-    group.bench_function("static_header", |b| b.iter(|| one_call(&mut fixed, uri)));
+    group.bench_function("static_header", |b| {
+        b.iter(|| common::one_call(&mut fixed, uri))
+    });
     let mut ours = BearerAuthLayer::new(s.auth.clone()).layer(common::inner());
-    group.bench_function("bearer_auth_layer", |b| b.iter(|| one_call(&mut ours, uri)));
+    group.bench_function("bearer_auth_layer", |b| {
+        b.iter(|| common::one_call(&mut ours, uri))
+    });
     let cache = Arc::new(Mutex::new(Some(s.token.clone())));
     let mut hand =
         SetRequestHeaderLayer::overriding(http::header::AUTHORIZATION, hand_rolled(cache))
             .layer(common::inner());
-    group.bench_function("hand_rolled_mutex", |b| b.iter(|| one_call(&mut hand, uri)));
+    group.bench_function("hand_rolled_mutex", |b| {
+        b.iter(|| common::one_call(&mut hand, uri))
+    });
     group.finish();
 }
 

@@ -250,15 +250,12 @@ impl UnderstoryAuth {
         self.allowed_origin(request.url())
     }
 
-    /// The cached token without awaiting anything, or else the outcome of a token request.
+    /// A usable token (the cached one, without awaiting, or the single fetch's outcome),
+    /// with a token error as a middleware error.
     async fn current_token(&self) -> Result<AccessToken> {
-        match self.cached_token() {
-            Some(token) => Ok(token),
-            None => self
-                .token()
-                .await
-                .map_err(reqwest_middleware::Error::middleware),
-        }
+        self.token()
+            .await
+            .map_err(reqwest_middleware::Error::middleware)
     }
 }
 

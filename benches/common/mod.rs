@@ -209,3 +209,16 @@ impl reqwest_middleware::Middleware for Answer200 {
         )))
     }
 }
+
+/// One request to `uri` through `service`, polled by hand (no executor).
+#[inline(always)]
+pub fn one_call<S>(service: &mut S, uri: &http::Uri)
+where
+    S: tower::Service<http::Request<()>, Response = http::Response<()>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut request = http::Request::new(());
+    *request.uri_mut() = uri.clone();
+    poll_ready_now(std::future::poll_fn(|cx| service.poll_ready(cx))).expect("ready");
+    std::hint::black_box(poll_ready_now(service.call(request)).expect("response"));
+}
