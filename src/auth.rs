@@ -8,7 +8,7 @@ use url::Url;
 
 use crate::Error;
 use crate::builder::UnderstoryAuthBuilder;
-use crate::cache::{CacheStats, TokenCache};
+use crate::cache::{CacheStats, Held, TokenCache};
 use crate::credentials::Credentials;
 use crate::origin::{AllowedOrigins, Origin};
 use crate::token::AccessToken;
@@ -179,10 +179,21 @@ impl UnderstoryAuth {
     /// retry is pointless.
     #[cfg_attr(not(any(feature = "middleware", feature = "tower")), allow(dead_code))]
     pub(crate) fn reject(&self, token: &AccessToken) -> bool {
-        self.invalidate(token)
-            || self
-                .cached_token()
-                .is_none_or(|cached| cached.id() != token.id())
+        self.inner.cache.reject(token)
+    }
+
+    /// [`UnderstoryAuth::cached_token`] with the handle a 401 needs: one reference-counted
+    /// pointer, owned by this thread's copy of the token.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn cached_held(&self) -> Option<Arc<Held>> {
+        self.inner.cache.fresh_held()
+    }
+
+    /// [`UnderstoryAuth::token`] with the handle a 401 needs.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) async fn held(&self) -> Result<Arc<Held>, Error> {
+        let token = self.token().await?;
+        Ok(self.inner.cache.hold(token))
     }
 
     /// A snapshot of the cache's counters, for metrics.

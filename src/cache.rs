@@ -49,6 +49,9 @@ use tracing::Instrument;
 use crate::Error;
 use crate::token::{AccessToken, GrantedToken, Schedule, TokenId};
 
+mod local;
+pub(crate) use local::Held;
+
 /// The smallest refresh-ahead margin for tokens that live long enough to afford it (a
 /// token's margin is never more than half its lifetime).
 pub const MIN_REFRESH_MARGIN: Duration = Duration::from_secs(60);
@@ -83,8 +86,11 @@ pub(crate) struct TokenCache {
 }
 
 struct SharedCache {
-    /// The current token: the hot path reads only this.
+    /// The current token, the source of truth. The hot path reads `current` and its own
+    /// thread's copy of the token first (see `local`).
     slot: RwLock<Option<AccessToken>>,
+    /// The id of the token in `slot`, published with every write to it.
+    current: local::Current,
     state: Mutex<FetchState>,
     source: Arc<dyn TokenSource>,
     load_timeout: Duration,
@@ -159,6 +165,7 @@ impl TokenCache {
         TokenCache {
             shared: Arc::new(SharedCache {
                 slot: RwLock::new(None),
+                current: local::Current::default(),
                 state: Mutex::new(FetchState::default()),
                 source,
                 load_timeout,
@@ -168,14 +175,20 @@ impl TokenCache {
     }
 
     /// The hot path: the cached token if it is still usable, without waiting for anything.
-    /// Past the token's refresh instant, it also starts a background refresh.
+    /// Past the token's refresh instant, it also starts a background refresh. The token is
+    /// this thread's copy (see `local`): handing it out writes nothing shared.
     pub(crate) fn fresh(&self) -> Option<AccessToken> {
-        let now = Instant::now();
-        let token = self.usable(now)?;
-        if now >= token.refresh_at() {
-            self.refresh_in_background(now);
-        }
-        Some(token)
+        local::lookup(self, |held| held.token().clone())
+    }
+
+    /// [`TokenCache::fresh`] with the handle a 401 needs.
+    pub(crate) fn fresh_held(&self) -> Option<Arc<Held>> {
+        local::lookup(self, Arc::clone)
+    }
+
+    /// The handle a 401 needs, for a token obtained some other way (a fetch).
+    pub(crate) fn hold(&self, token: AccessToken) -> Arc<Held> {
+        Held::new(self, token)
     }
 
     /// A usable token: the cached one, or the outcome of a fetch (joined or started).
@@ -200,10 +213,19 @@ impl TokenCache {
             return false;
         }
         *slot = None;
+        self.shared.current.publish(None);
         state.invalidated = true;
         self.shared.counters.invalidations.fetch_add(1, Relaxed);
         tracing::debug!(token_id = %token.id(), "access token rejected; it will be replaced");
         true
+    }
+
+    /// Reports that a request carrying `token` was rejected (HTTP 401): drops the token if it
+    /// is still the cached one, and tells whether a retry would carry another token. It
+    /// would not while the rejected token is kept by the invalidation cooldown, and then a
+    /// retry is pointless.
+    pub(crate) fn reject(&self, token: &AccessToken) -> bool {
+        self.invalidate(token) || self.fresh().is_none_or(|cached| cached.id() != token.id())
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
@@ -341,7 +363,10 @@ impl FlightGuard {
         state.inflight = None;
         match &result {
             Ok(token) => {
-                *cache.slot.write() = Some(token.clone());
+                let mut slot = cache.slot.write();
+                *slot = Some(token.clone());
+                cache.current.publish(slot.as_ref());
+                drop(slot);
                 state.failure = None;
                 state.consecutive_failures = 0;
                 state.protected = self

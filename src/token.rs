@@ -37,6 +37,11 @@ impl fmt::Display for TokenId {
 }
 
 impl TokenId {
+    /// The number itself (never 0).
+    pub(crate) fn get(self) -> u64 {
+        self.0
+    }
+
     fn next() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         TokenId(NEXT.fetch_add(1, Ordering::Relaxed))
@@ -243,6 +248,27 @@ impl AccessToken {
         self.inner
             .expires_at
             .saturating_duration_since(Instant::now())
+    }
+
+    /// The same token (same id, secret, header and instants) in new memory: its own
+    /// reference count and header bytes, so that one thread handing out clones of the copy
+    /// writes nothing another thread reads (see `cache::local`).
+    pub(crate) fn thread_copy(&self) -> AccessToken {
+        let inner = &self.inner;
+        let mut granted = inner.granted.clone();
+        if let Ok(mut header) = HeaderValue::from_bytes(inner.granted.header.as_bytes()) {
+            header.set_sensitive(true);
+            granted.header = header;
+        }
+        AccessToken {
+            inner: Arc::new(Inner {
+                id: inner.id,
+                granted,
+                expires_at: inner.expires_at,
+                usable_until: inner.usable_until,
+                refresh_at: inner.refresh_at,
+            }),
+        }
     }
 
     /// The cache hands the token out until this instant (expiry minus the safety skew).
