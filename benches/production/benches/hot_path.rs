@@ -223,8 +223,8 @@ fn compare(
     print_rows(&title, unit, variants[baseline].0, &rows);
 }
 
-/// `HOT_PATH_ONLY=<no_layer|static_header|bearer_auth_layer>:<calls>`: one tower variant's
-/// loop alone, for callgrind.
+/// `HOT_PATH_ONLY=<variant>:<calls>`: one variant's loop alone, for callgrind (a tower
+/// variant, or `cached_token`, `token`).
 fn only(s: &Setup, spec: &str) {
     let (name, calls) = spec
         .split_once(':')
@@ -241,6 +241,8 @@ fn only(s: &Setup, spec: &str) {
             let mut service = BearerAuthLayer::new(s.auth.clone()).layer(inner());
             timed(calls, || one_call(&mut service, uri))
         }
+        "cached_token" => timed(calls, || drop(black_box(s.auth.cached_token()))),
+        "token" => timed(calls, || drop(black_box(poll_now(s.auth.token())))),
         other => panic!("unknown variant {other}"),
     };
 }
