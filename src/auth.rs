@@ -177,7 +177,7 @@ impl UnderstoryAuth {
     /// is still the cached one, and tells whether a retry would carry another token. It
     /// would not while the rejected token is kept by the invalidation cooldown, and then a
     /// retry is pointless.
-    #[cfg_attr(not(any(feature = "middleware", feature = "tower")), allow(dead_code))]
+    #[cfg_attr(not(feature = "middleware"), allow(dead_code))]
     pub(crate) fn reject(&self, token: &AccessToken) -> bool {
         self.inner.cache.reject(token)
     }

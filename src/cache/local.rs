@@ -80,6 +80,7 @@ impl Held {
 
     /// Reports that a request carrying this token was rejected (HTTP 401); see
     /// [`TokenCache::reject`]. False if the cache is gone.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn reject(&self) -> bool {
         self.cache
             .upgrade()
