@@ -4,8 +4,20 @@
 use std::io;
 use std::sync::Arc;
 
-use understory_auth::testing::SandboxServer;
+use understory_auth::testing::{EchoIn, SandboxServer};
 use understory_auth::{Credentials, UnderstoryAuth};
+
+/// Every place [`TokenFault::Echo`](understory_auth::testing::TokenFault::Echo) can put the
+/// echoed request.
+pub const ECHO_PLACES: [EchoIn; 7] = [
+    EchoIn::Error,
+    EchoIn::ErrorDescription,
+    EchoIn::ErrorUri,
+    EchoIn::TokenType,
+    EchoIn::Scope,
+    EchoIn::HtmlPage,
+    EchoIn::Headers,
+];
 
 /// A sandbox server with its default settings.
 pub async fn sandbox() -> SandboxServer {

@@ -12,6 +12,8 @@ use understory_auth::testing::{
     TokenFault,
 };
 
+use crate::common::ECHO_PLACES;
+
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 const FORM: &str = "application/x-www-form-urlencoded";
@@ -698,15 +700,6 @@ async fn echoed_text(response: reqwest::Response, into: EchoIn) -> TestResult<St
 
 #[tokio::test]
 async fn echo_faults_repeat_the_secrets_and_the_latest_token() -> TestResult {
-    const EVERY_PLACE: [EchoIn; 7] = [
-        EchoIn::Error,
-        EchoIn::ErrorDescription,
-        EchoIn::ErrorUri,
-        EchoIn::TokenType,
-        EchoIn::Scope,
-        EchoIn::HtmlPage,
-        EchoIn::Headers,
-    ];
     for method in [ClientAuth::Post, ClientAuth::Basic] {
         let server = Sandbox::from(SandboxServer::builder().client_auth_method(method)).await?;
         let (body, authorization) = match method {
@@ -731,7 +724,7 @@ async fn echo_faults_repeat_the_secrets_and_the_latest_token() -> TestResult {
             request.send()
         };
         assert_eq!(send().await?.status(), 200, "{method:?}");
-        for into in EVERY_PLACE {
+        for into in ECHO_PLACES {
             let latest = server.issued_tokens().pop().ok_or("a token was issued")?;
             server.push_token_fault(TokenFault::Echo(into));
             let echoed = echoed_text(send().await?, into).await?;
