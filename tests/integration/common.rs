@@ -36,9 +36,8 @@ pub fn auth(sandbox: &SandboxServer) -> UnderstoryAuth {
 
 /// An `UnderstoryAuth` pointed at `sandbox`, with the given credentials.
 pub fn auth_with(sandbox: &SandboxServer, credentials: Credentials) -> UnderstoryAuth {
-    UnderstoryAuth::builder(credentials)
-        .token_url(sandbox.token_url())
-        .api_base(sandbox.api_base())
+    sandbox
+        .auth_builder(credentials)
         .build()
         .expect("auth builds")
 }

@@ -35,7 +35,7 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-use understory_auth::testing::{ApiFault, ClientAuth, EchoIn, SandboxServer, TokenFault};
+use understory_auth::testing::{ApiFault, EchoIn, SandboxServer, TokenFault};
 
 use crate::common::ECHO_PLACES;
 use understory_auth::{
@@ -299,9 +299,8 @@ async fn show_future(auth: &UnderstoryAuth, url: &str, shown: &Shown) {
 }
 
 fn auth_for(server: &SandboxServer, credentials: Credentials) -> UnderstoryAuth {
-    UnderstoryAuth::builder(credentials)
-        .token_url(server.token_url())
-        .api_base(server.api_base())
+    server
+        .auth_builder(credentials)
         .token_timeout(Duration::from_millis(500))
         .build()
         .expect("auth builds")
@@ -329,7 +328,7 @@ impl Scenario {
     }
 
     /// A sandbox whose client uses `method` and `secret`, watched by this scenario.
-    async fn server(&mut self, method: ClientAuth, secret: &str) -> SandboxServer {
+    async fn server(&mut self, method: ClientAuthMethod, secret: &str) -> SandboxServer {
         let server = SandboxServer::builder()
             .client_auth_method(method)
             .client_secret(secret)
@@ -432,7 +431,7 @@ fn context(text: &str, needle: &str) -> String {
 async fn tokens_in_use_are_never_shown() {
     let mut run = Scenario::start();
     let shown = run.shown.clone();
-    let server = run.server(ClientAuth::Post, SECRET).await;
+    let server = run.server(ClientAuthMethod::ClientSecretPost, SECRET).await;
     shown.debug("SandboxServer", &server);
     shown.debug(
         "SandboxBuilder",
@@ -493,7 +492,7 @@ async fn tokens_in_use_are_never_shown() {
 async fn rejected_tokens_are_replaced_without_being_shown() {
     let mut run = Scenario::start();
     let shown = run.shown.clone();
-    let server = run.server(ClientAuth::Post, SECRET).await;
+    let server = run.server(ClientAuthMethod::ClientSecretPost, SECRET).await;
     let me = format!("{}/v1/me", server.api_base());
     let credentials = Credentials::new(server.client_id(), SECRET);
     let auth = auth_for(&server, credentials.clone());
@@ -528,7 +527,7 @@ async fn rejected_tokens_are_replaced_without_being_shown() {
 async fn configuration_errors_never_show_the_secret() {
     let mut run = Scenario::start();
     let shown = run.shown.clone();
-    let server = run.server(ClientAuth::Post, SECRET).await;
+    let server = run.server(ClientAuthMethod::ClientSecretPost, SECRET).await;
     let credentials = Credentials::new(server.client_id(), SECRET);
     // One token request, so that the wire holds the secret looked for.
     auth_for(&server, credentials.clone())
@@ -552,7 +551,7 @@ async fn configuration_errors_never_show_the_secret() {
 async fn a_wrong_secret_is_never_shown() {
     let mut run = Scenario::start();
     let shown = run.shown.clone();
-    let server = run.server(ClientAuth::Post, SECRET).await;
+    let server = run.server(ClientAuthMethod::ClientSecretPost, SECRET).await;
     let me = format!("{}/v1/me", server.api_base());
     let wrong = auth_for(&server, Credentials::new(server.client_id(), WRONG_SECRET));
     assert_eq!(
@@ -568,7 +567,7 @@ async fn a_wrong_secret_is_never_shown() {
 async fn token_endpoint_faults_never_show_a_secret() {
     let mut run = Scenario::start();
     let shown = run.shown.clone();
-    let server = run.server(ClientAuth::Post, SECRET).await;
+    let server = run.server(ClientAuthMethod::ClientSecretPost, SECRET).await;
     let me = format!("{}/v1/me", server.api_base());
     let credentials = Credentials::new(server.client_id(), SECRET).with_scopes(["openid"]);
     // Every kind of token endpoint fault, each met by a fresh handle (no failure window).
@@ -625,7 +624,9 @@ async fn token_endpoint_faults_never_show_a_secret() {
 async fn a_basic_client_never_shows_its_secret() {
     let mut run = Scenario::start();
     let shown = run.shown.clone();
-    let basic = run.server(ClientAuth::Basic, BASIC_SECRET).await;
+    let basic = run
+        .server(ClientAuthMethod::ClientSecretBasic, BASIC_SECRET)
+        .await;
     let basic_auth = auth_for(
         &basic,
         Credentials::new(basic.client_id(), BASIC_SECRET)
@@ -644,11 +645,11 @@ async fn a_basic_client_never_shows_its_secret() {
 /// For each echo place: a handle obtains a token (so it holds one), the token is dropped, and
 /// the next token request, made through the middleware, meets the echo of the request (the
 /// secret as the method sends it, and the token the handle holds). Then directly again.
-async fn echoes_never_show_a_secret(method: ClientAuth) {
+async fn echoes_never_show_a_secret(method: ClientAuthMethod) {
     let mut run = Scenario::start();
     let shown = run.shown.clone();
     let (secret, auth_method) = match method {
-        ClientAuth::Basic => (BASIC_SECRET, ClientAuthMethod::ClientSecretBasic),
+        ClientAuthMethod::ClientSecretBasic => (BASIC_SECRET, ClientAuthMethod::ClientSecretBasic),
         _ => (SECRET, ClientAuthMethod::ClientSecretPost),
     };
     let server = run.server(method, secret).await;
@@ -699,10 +700,10 @@ async fn echoes_never_show_a_secret(method: ClientAuth) {
 
 #[tokio::test]
 async fn echoed_requests_never_show_a_secret_with_client_secret_post() {
-    echoes_never_show_a_secret(ClientAuth::Post).await;
+    echoes_never_show_a_secret(ClientAuthMethod::ClientSecretPost).await;
 }
 
 #[tokio::test]
 async fn echoed_requests_never_show_a_secret_with_client_secret_basic() {
-    echoes_never_show_a_secret(ClientAuth::Basic).await;
+    echoes_never_show_a_secret(ClientAuthMethod::ClientSecretBasic).await;
 }

@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use understory_auth::scope;
 use understory_auth::testing::{
-    AUDIENCE, ApiFault, ClientAuth, DEFAULT_CLIENT_SECRET, EchoIn, SandboxBuilder, SandboxServer,
-    TokenFault,
+    AUDIENCE, ApiFault, DEFAULT_CLIENT_SECRET, EchoIn, SandboxBuilder, SandboxServer, TokenFault,
 };
+use understory_auth::{ClientAuthMethod, scope};
 
 use crate::common::ECHO_PLACES;
 
@@ -334,7 +333,10 @@ async fn the_default_secret_survives_form_encoding() -> TestResult {
 #[tokio::test]
 async fn basic_auth_is_refused_for_a_post_client() -> TestResult {
     let server = Sandbox::start().await?;
-    assert_eq!(server.client_auth_method(), ClientAuth::Post);
+    assert_eq!(
+        server.client_auth_method(),
+        ClientAuthMethod::ClientSecretPost
+    );
     let response = server
         .http
         .post(server.token_url())
@@ -361,7 +363,7 @@ async fn basic_auth_is_accepted_for_a_basic_client() -> TestResult {
         SandboxServer::builder()
             .client_id("id with spaces")
             .client_secret("p@ss:w+rd%~.")
-            .client_auth_method(ClientAuth::Basic),
+            .client_auth_method(ClientAuthMethod::ClientSecretBasic),
     )
     .await?;
     let response = server
@@ -386,8 +388,10 @@ async fn basic_auth_is_accepted_for_a_basic_client() -> TestResult {
 
 #[tokio::test]
 async fn basic_auth_with_a_wrong_secret_is_invalid_client() -> TestResult {
-    let server =
-        Sandbox::from(SandboxServer::builder().client_auth_method(ClientAuth::Basic)).await?;
+    let server = Sandbox::from(
+        SandboxServer::builder().client_auth_method(ClientAuthMethod::ClientSecretBasic),
+    )
+    .await?;
     for authorization in [
         basic_authorization(server.client_id(), "wrong"),
         "Basic not*base64".to_owned(),
@@ -411,8 +415,10 @@ async fn basic_auth_with_a_wrong_secret_is_invalid_client() -> TestResult {
 
 #[tokio::test]
 async fn post_credentials_are_refused_for_a_basic_client() -> TestResult {
-    let server =
-        Sandbox::from(SandboxServer::builder().client_auth_method(ClientAuth::Basic)).await?;
+    let server = Sandbox::from(
+        SandboxServer::builder().client_auth_method(ClientAuthMethod::ClientSecretBasic),
+    )
+    .await?;
     let description = assert_oauth_error(
         server.post_token(server.valid_form("")).await?,
         401,
@@ -700,10 +706,13 @@ async fn echoed_text(response: reqwest::Response, into: EchoIn) -> TestResult<St
 
 #[tokio::test]
 async fn echo_faults_repeat_the_secrets_and_the_latest_token() -> TestResult {
-    for method in [ClientAuth::Post, ClientAuth::Basic] {
+    for method in [
+        ClientAuthMethod::ClientSecretPost,
+        ClientAuthMethod::ClientSecretBasic,
+    ] {
         let server = Sandbox::from(SandboxServer::builder().client_auth_method(method)).await?;
         let (body, authorization) = match method {
-            ClientAuth::Post => (server.valid_form("openid"), None),
+            ClientAuthMethod::ClientSecretPost => (server.valid_form("openid"), None),
             _ => (
                 form(&[("grant_type", "client_credentials"), ("audience", AUDIENCE)]),
                 Some(basic_authorization(
