@@ -512,6 +512,50 @@ mod tests {
     }
 
     #[test]
+    fn echoed_secrets_and_tokens_are_redacted_and_said_so() {
+        let secrets = secrets();
+        let body = format!(r#"{{"access_token":"ory_at_first-token-1234","token_type":"bearer"}}"#);
+        parse_token_response(StatusCode::OK, None, body.as_bytes(), &[], &secrets).unwrap();
+        let echo = format!(
+            r#"{{"error":"invalid_request","error_description":"got client_secret={SECRET} and ory_at_first-token-1234\u202e"}}"#
+        );
+        let err = parse_token_response(
+            StatusCode::BAD_REQUEST,
+            None,
+            echo.as_bytes(),
+            &[],
+            &secrets,
+        )
+        .unwrap_err();
+        let shown = format!("{err} {err:?}");
+        assert!(
+            !shown.contains("Secret.value") && !shown.contains("first-token"),
+            "{shown}"
+        );
+        assert!(!shown.contains('\u{202e}'), "{shown}");
+        assert!(
+            shown.contains("got client_secret=[REDACTED] and [REDACTED]"),
+            "{shown}"
+        );
+        assert!(shown.contains("replaced here by [REDACTED]"), "{shown}");
+    }
+
+    #[test]
+    fn unusable_server_words_are_not_kept() {
+        // An `error` outside RFC 6749's syntax is no OAuth2 error.
+        let err = parse(StatusCode::BAD_REQUEST, None, br#"{"error":"a\"b"}"#, &[]).unwrap_err();
+        assert!(matches!(err, Error::Status { .. }), "{err:?}");
+        // A refused token type is not repeated unless registered.
+        let err = ok(r#"{"access_token":"t","token_type":"x-evil\u001b[31m"}"#).unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("evil"), "{err}");
+        // A granted scope with control or bidi characters means the requested ones.
+        for scope in [r"openid\u001b[31m", r"openid \u202edaer.gnikoob"] {
+            let token = ok(&format!(r#"{{"access_token":"t","scope":"{scope}"}}"#)).unwrap();
+            assert_eq!(token.scopes(), ["openid"], "{scope:?}");
+        }
+    }
+
+    #[test]
     fn retry_after_seconds_only_and_clamped() {
         let limited = StatusCode::TOO_MANY_REQUESTS;
         let mut headers = HeaderMap::new();
