@@ -514,8 +514,8 @@ mod tests {
     #[test]
     fn echoed_secrets_and_tokens_are_redacted_and_said_so() {
         let secrets = secrets();
-        let body = format!(r#"{{"access_token":"ory_at_first-token-1234","token_type":"bearer"}}"#);
-        parse_token_response(StatusCode::OK, None, body.as_bytes(), &[], &secrets).unwrap();
+        let body = br#"{"access_token":"ory_at_first-token-1234","token_type":"bearer"}"#;
+        parse_token_response(StatusCode::OK, None, body, &[], &secrets).unwrap();
         let echo = format!(
             r#"{{"error":"invalid_request","error_description":"got client_secret={SECRET} and ory_at_first-token-1234\u202e"}}"#
         );
