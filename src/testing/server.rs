@@ -418,7 +418,8 @@ impl SandboxServer {
     }
 
     /// Every access token issued so far, oldest first (answers hit by a [`TokenFault`] issue
-    /// none). Not cleared by [`reset_counters`](Self::reset_counters).
+    /// none, except two echoes: see [`TokenFault::Echo`]). Not cleared by
+    /// [`reset_counters`](Self::reset_counters).
     ///
     /// ```
     /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
