@@ -14,6 +14,14 @@
 //!   Callers that find no usable token join the fetch in flight or start one; all of them
 //!   get its outcome. A caller dropped while waiting changes nothing for the others, and the
 //!   task is bounded by the load timeout, so a hung auth server cannot wedge the cache.
+//! * **Any runtime.** The task runs on the runtime of the caller that started it, which may
+//!   stop driving it (a current-thread runtime left idle between `block_on` calls) or shut
+//!   down. Callers therefore wait on their own clock, at most until the fetch's deadline plus
+//!   [`STRANDED_FETCH_GRACE`]; a fetch past that is replaced by the next caller, and every
+//!   fetch is numbered, so a late one never overwrites a newer token. A fetch dropped before
+//!   it ended is started again once for its callers; a caller whose own runtime is shutting
+//!   down gets an error at once. The task is spawned only after the lock is released, since a
+//!   runtime that is shutting down drops it inside `spawn`.
 //! * **Refresh ahead.** Each token carries a refresh instant, a margin before its expiry
 //!   ([`MIN_REFRESH_MARGIN`], 10 % of the lifetime, at most half of it, minus up to
 //!   [`REFRESH_JITTER`] of the margin so a fleet does not refresh in lockstep). The first
@@ -67,6 +75,12 @@ pub const PERMANENT_BACKOFF_BASE: Duration = Duration::from_secs(5);
 pub const PERMANENT_BACKOFF_MAX: Duration = Duration::from_secs(120);
 /// How long a token fetched to replace a rejected one cannot itself be invalidated.
 pub const INVALIDATION_COOLDOWN: Duration = Duration::from_secs(5);
+/// How long past a fetch's deadline (its start plus the load timeout) its callers still
+/// wait for it. A fetch runs on the runtime of the caller that started it; if nobody drives
+/// that runtime (a current-thread runtime left idle between `block_on` calls), its own
+/// timeout never fires, so callers give up on it at its deadline plus this grace, and the
+/// next caller starts a new fetch in its place.
+const STRANDED_FETCH_GRACE: Duration = Duration::from_secs(1);
 
 /// Where tokens come from: one fetch per call, no caching (that is the cache's job).
 pub(crate) trait TokenSource: Send + Sync + 'static {
@@ -74,7 +88,16 @@ pub(crate) trait TokenSource: Send + Sync + 'static {
     fn fetch(self: Arc<Self>) -> BoxFuture<'static, Result<GrantedToken, Error>>;
 }
 
-type Outcome = Shared<BoxFuture<'static, Result<AccessToken, Error>>>;
+/// How a flight ended, as every caller waiting for it sees it.
+#[derive(Clone)]
+enum Landed {
+    /// The fetch ran to its end (a panic counts as a failure).
+    Done(Result<AccessToken, Error>),
+    /// The fetch was dropped before it ended: its runtime shut down, or it was replaced.
+    Cancelled,
+}
+
+type Outcome = Shared<BoxFuture<'static, Landed>>;
 
 /// A handle to the shared cache; clones share it.
 #[derive(Clone)]
@@ -85,31 +108,62 @@ pub(crate) struct TokenCache {
 struct SharedCache {
     /// The current token: the hot path reads only this.
     slot: RwLock<Option<AccessToken>>,
+    /// Lock order: `state` before `slot`. No code holding `state` runs anything that could
+    /// drop a fetch (spawn, abort, the source's own code), so it is never taken re-entrantly.
     state: Mutex<FetchState>,
     source: Arc<dyn TokenSource>,
     load_timeout: Duration,
+    /// Draws the random fractions of the refresh margin and the backoff (injectable, so tests
+    /// assert exact instants).
+    jitter: fn() -> f64,
     counters: Counters,
 }
 
 #[derive(Default)]
 struct FetchState {
     inflight: Option<Inflight>,
+    /// The number of the last flight started; each flight has its own.
+    flights: u64,
+    /// The flight whose token is in the slot: an older flight never overwrites it.
+    stored_flight: u64,
     failure: Option<Failure>,
     consecutive_failures: u32,
-    /// Set by an invalidation; the next fetch replaces a rejected token.
+    /// Set by an invalidation, cleared when the next token is stored: that token replaces a
+    /// rejected one, whichever fetch (already running or not) produced it.
     invalidated: bool,
     /// A token that replaced a rejected one, and until when it cannot be invalidated.
     protected: Option<(TokenId, Instant)>,
 }
 
 struct Inflight {
+    flight: u64,
     outcome: Outcome,
-    abort: AbortHandle,
+    /// When the fetch's own timeout fires, if its runtime drives it.
+    deadline: Instant,
+    abort: Option<AbortHandle>,
+}
+
+impl Inflight {
+    /// Whether waiting for this flight any longer is pointless: it should have ended by now,
+    /// so its runtime is not driving it.
+    fn stranded(&self, now: Instant) -> bool {
+        now >= self.deadline + STRANDED_FETCH_GRACE
+    }
 }
 
 struct Failure {
     error: Error,
     retry_at: Instant,
+}
+
+/// What a caller without a usable token does.
+enum Next {
+    Ready(AccessToken),
+    Wait {
+        flight: u64,
+        outcome: Outcome,
+        give_up: Instant,
+    },
 }
 
 #[derive(Default)]
@@ -156,12 +210,21 @@ pub struct CacheStats {
 
 impl TokenCache {
     pub(crate) fn new(source: Arc<dyn TokenSource>, load_timeout: Duration) -> Self {
+        Self::with_jitter(source, load_timeout, fastrand::f64)
+    }
+
+    pub(crate) fn with_jitter(
+        source: Arc<dyn TokenSource>,
+        load_timeout: Duration,
+        jitter: fn() -> f64,
+    ) -> Self {
         TokenCache {
             shared: Arc::new(SharedCache {
                 slot: RwLock::new(None),
                 state: Mutex::new(FetchState::default()),
                 source,
                 load_timeout,
+                jitter,
                 counters: Counters::default(),
             }),
         }
@@ -179,10 +242,47 @@ impl TokenCache {
     }
 
     /// A usable token: the cached one, or the outcome of a fetch (joined or started).
+    ///
+    /// A caller waits for a fetch at most until the fetch's deadline plus
+    /// [`STRANDED_FETCH_GRACE`], on its own runtime's clock, whichever runtime the fetch runs
+    /// on. A fetch dropped before it ended (its runtime shut down) is started again once.
     pub(crate) async fn token(&self) -> Result<AccessToken, Error> {
-        match self.fresh() {
-            Some(token) => Ok(token),
-            None => self.fetch_or_join()?.await,
+        if let Some(token) = self.fresh() {
+            return Ok(token);
+        }
+        let mut restarted = false;
+        loop {
+            let (flight, outcome, give_up) = match self.fetch_or_join()? {
+                Next::Ready(token) => return Ok(token),
+                Next::Wait {
+                    flight,
+                    outcome,
+                    give_up,
+                } => (flight, outcome, give_up),
+            };
+            // Checked first, so that no timer is made for an outcome already known (a
+            // runtime that is shutting down has none to offer).
+            let landed = match outcome.clone().now_or_never() {
+                Some(landed) => landed,
+                None => match tokio::time::timeout_at(give_up, outcome).await {
+                    Ok(landed) => landed,
+                    Err(_) => {
+                        self.forget_stranded(flight);
+                        return Err(Error::Timeout {
+                            after: self.shared.load_timeout,
+                        });
+                    }
+                },
+            };
+            match landed {
+                Landed::Done(result) => return result,
+                Landed::Cancelled if !restarted => restarted = true,
+                Landed::Cancelled => {
+                    return Err(Error::Interrupted {
+                        reason: "the token request was cancelled: its runtime is shutting down",
+                    });
+                }
+            }
         }
     }
 
@@ -228,53 +328,104 @@ impl TokenCache {
     }
 
     /// Joins the fetch in flight, answers from the failure window, or starts a fetch.
-    fn fetch_or_join(&self) -> Result<Outcome, Error> {
-        let mut state = self.shared.state.lock();
+    fn fetch_or_join(&self) -> Result<Next, Error> {
+        // Without a runtime there is neither a fetch to run nor a timer to wait with.
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::Interrupted {
+            reason: "no Tokio runtime to run the token request on",
+        })?;
         let now = Instant::now();
+        let mut state = self.shared.state.lock();
         if let Some(token) = self.usable(now) {
             // A fetch finished between our look at the slot and taking the lock.
-            return Ok(futures_util::future::ready(Ok(token)).boxed().shared());
+            return Ok(Next::Ready(token));
         }
+        let mut stranded = None;
         if let Some(inflight) = &state.inflight {
-            self.shared.counters.coalesced_waits.fetch_add(1, Relaxed);
-            return Ok(inflight.outcome.clone());
+            if !inflight.stranded(now) {
+                self.shared.counters.coalesced_waits.fetch_add(1, Relaxed);
+                return Ok(Next::Wait {
+                    flight: inflight.flight,
+                    outcome: inflight.outcome.clone(),
+                    give_up: inflight.deadline + STRANDED_FETCH_GRACE,
+                });
+            }
+            stranded = state.inflight.take();
         }
         if let Some(failure) = state.failure.as_ref().filter(|f| now < f.retry_at) {
             self.shared.counters.failed_fast.fetch_add(1, Relaxed);
             return Err(failure.error.clone());
         }
-        self.start_fetch(&mut state, false)
+        let launch = self.record_flight(&mut state, now, false);
+        drop(state);
+        abort(stranded);
+        Ok(self.launch(&runtime, launch))
     }
 
     /// Starts a background refresh unless one is running or the failure window forbids it.
     fn refresh_in_background(&self, now: Instant) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // the next caller on a runtime will start it
+        };
         // Whoever holds the lock is already deciding; nobody waits on the hot path.
         let Some(mut state) = self.shared.state.try_lock() else {
             return;
         };
         let in_window = state.failure.as_ref().is_some_and(|f| now < f.retry_at);
-        if state.inflight.is_none() && !in_window {
-            // If no runtime is available the next caller simply tries again.
-            let _ = self.start_fetch(&mut state, true);
+        let running = state.inflight.as_ref().is_some_and(|f| !f.stranded(now));
+        if running || in_window {
+            return;
         }
+        let stranded = state.inflight.take();
+        let launch = self.record_flight(&mut state, now, true);
+        drop(state);
+        abort(stranded);
+        self.launch(&runtime, launch);
     }
 
-    /// Spawns the fetch task and records it as the flight everyone joins.
-    fn start_fetch(&self, state: &mut FetchState, background: bool) -> Result<Outcome, Error> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::Interrupted {
-            reason: "no Tokio runtime to run the token request on",
-        })?;
+    /// Records a new flight as the one everyone joins; [`Self::launch`] starts it once the
+    /// lock is released.
+    fn record_flight(&self, state: &mut FetchState, now: Instant, background: bool) -> Launch {
         let counters = &self.shared.counters;
         counters.fetches.fetch_add(1, Relaxed);
         if background {
             counters.background_refreshes.fetch_add(1, Relaxed);
         }
-        let replaces_rejected = std::mem::take(&mut state.invalidated);
-        let guard = FlightGuard {
-            cache: Arc::downgrade(&self.shared),
-            replaces_rejected,
-            finished: false,
-        };
+        state.flights += 1;
+        let flight = state.flights;
+        let deadline = now + self.shared.load_timeout;
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let outcome = receiver
+            .map(|landed| landed.unwrap_or(Landed::Cancelled))
+            .boxed()
+            .shared();
+        state.inflight = Some(Inflight {
+            flight,
+            outcome: outcome.clone(),
+            deadline,
+            abort: None,
+        });
+        Launch {
+            guard: FlightGuard {
+                cache: Arc::downgrade(&self.shared),
+                flight,
+                sender: Some(sender),
+            },
+            background,
+            outcome,
+            give_up: deadline + STRANDED_FETCH_GRACE,
+        }
+    }
+
+    /// Spawns a recorded flight's task. Called without any lock held: a runtime that is
+    /// shutting down drops the task inside `spawn`, and its guard then takes the lock.
+    fn launch(&self, runtime: &tokio::runtime::Handle, launch: Launch) -> Next {
+        let Launch {
+            guard,
+            background,
+            outcome,
+            give_up,
+        } = launch;
+        let flight = guard.flight;
         let fetch = Arc::clone(&self.shared.source).fetch();
         let load_timeout = self.shared.load_timeout;
         let span = tracing::info_span!("understory_auth.fetch_token", background);
@@ -287,67 +438,138 @@ impl TokenCache {
                         after: load_timeout,
                     }),
                 };
-                guard.finish(started, result)
+                guard.finish(started, result);
             }
             .instrument(span),
         );
-        let abort = task.abort_handle();
-        let outcome = async move {
-            task.await.unwrap_or_else(|join_error| {
-                Err(Error::Interrupted {
-                    reason: if join_error.is_panic() {
-                        "the token request panicked"
-                    } else {
-                        "the token request was cancelled"
-                    },
-                })
-            })
+        let mut state = self.shared.state.lock();
+        match state.inflight.as_mut().filter(|f| f.flight == flight) {
+            Some(inflight) => inflight.abort = Some(task.abort_handle()),
+            None => drop(state), // already over
         }
-        .boxed()
-        .shared();
-        state.inflight = Some(Inflight {
-            outcome: outcome.clone(),
-            abort,
-        });
-        Ok(outcome)
+        Next::Wait {
+            flight,
+            outcome,
+            give_up,
+        }
+    }
+
+    /// Forgets `flight` if it is still the one in flight, so that the next caller starts a
+    /// new one; its task is aborted.
+    fn forget_stranded(&self, flight: u64) {
+        let stranded = {
+            let mut state = self.shared.state.lock();
+            match &state.inflight {
+                Some(inflight) if inflight.flight == flight => state.inflight.take(),
+                _ => None,
+            }
+        };
+        if stranded.is_some() {
+            tracing::warn!(
+                grace_ms = STRANDED_FETCH_GRACE.as_millis() as u64,
+                "a token request was not driven by its runtime past its deadline; it will be replaced"
+            );
+        }
+        abort(stranded);
     }
 }
 
-/// Owned by the fetch task: records the outcome in the cache, and clears the flight even if
-/// the task is aborted or panics, so the cache can never be left waiting for it.
+/// Aborts a flight's task; called without any lock held.
+fn abort(inflight: Option<Inflight>) {
+    if let Some(abort) = inflight.and_then(|f| f.abort) {
+        abort.abort();
+    }
+}
+
+/// A recorded flight, not yet spawned.
+struct Launch {
+    guard: FlightGuard,
+    background: bool,
+    outcome: Outcome,
+    give_up: Instant,
+}
+
+/// Owned by the fetch task: records the outcome in the cache and hands it to the waiters.
+/// If the task is dropped before it ends (aborted, its runtime shut down, a panic), the
+/// waiters learn it too, so the cache can never be left waiting for it.
 struct FlightGuard {
     cache: Weak<SharedCache>,
-    replaces_rejected: bool,
-    finished: bool,
+    flight: u64,
+    sender: Option<tokio::sync::oneshot::Sender<Landed>>,
 }
 
 impl FlightGuard {
-    fn finish(
-        mut self,
+    fn finish(mut self, started: Instant, result: Result<GrantedToken, Error>) {
+        let elapsed = started.elapsed();
+        // Without the cache nobody is waiting: the outcome only needs a shape.
+        let result = match self.cache.upgrade() {
+            Some(cache) => cache.land(self.flight, started, elapsed, result),
+            None => result.map(|granted| {
+                let schedule = schedule(started, granted.lifetime(), 0.0);
+                AccessToken::new(granted, schedule)
+            }),
+        };
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.send(Landed::Done(result));
+        }
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        let Some(sender) = self.sender.take() else {
+            return;
+        };
+        // Whoever drops the task holds no lock of ours (see `SharedCache::state`).
+        if let Some(cache) = self.cache.upgrade() {
+            let mut state = cache.state.lock();
+            if state
+                .inflight
+                .as_ref()
+                .is_some_and(|f| f.flight == self.flight)
+            {
+                state.inflight = None;
+            }
+        }
+        let landed = if std::thread::panicking() {
+            Landed::Done(Err(Error::Interrupted {
+                reason: "the token request panicked",
+            }))
+        } else {
+            Landed::Cancelled
+        };
+        let _ = sender.send(landed);
+    }
+}
+
+impl SharedCache {
+    /// Records the outcome of `flight` and returns it as its callers see it.
+    fn land(
+        &self,
+        flight: u64,
         started: Instant,
+        elapsed: Duration,
         result: Result<GrantedToken, Error>,
     ) -> Result<AccessToken, Error> {
-        self.finished = true;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let elapsed_ms = elapsed.as_millis() as u64;
         let result = result.map(|granted| {
-            let schedule = schedule(started, granted.lifetime());
+            let schedule = schedule(started, granted.lifetime(), (self.jitter)());
             AccessToken::new(granted, schedule)
         });
-        let Some(cache) = self.cache.upgrade() else {
-            return result;
-        };
         let now = Instant::now();
-        let mut state = cache.state.lock();
-        state.inflight = None;
+        let mut state = self.state.lock();
+        let current = state.inflight.as_ref().is_some_and(|f| f.flight == flight);
+        if current {
+            state.inflight = None;
+        }
         match &result {
             Ok(token) => {
-                *cache.slot.write() = Some(token.clone());
-                state.failure = None;
-                state.consecutive_failures = 0;
-                state.protected = self
-                    .replaces_rejected
-                    .then(|| (token.id(), now + INVALIDATION_COOLDOWN));
-                cache.counters.successes.fetch_add(1, Relaxed);
+                self.counters.successes.fetch_add(1, Relaxed);
+                if flight < state.stored_flight {
+                    tracing::debug!(token_id = %token.id(), "a newer token is cached; not storing a late one");
+                    return result;
+                }
+                self.store(&mut state, flight, token, now);
                 tracing::info!(
                     token_id = %token.id(),
                     lifetime_secs = token.lifetime().as_secs(),
@@ -357,20 +579,12 @@ impl FlightGuard {
                 );
             }
             Err(error) => {
-                state.consecutive_failures = state.consecutive_failures.saturating_add(1);
-                let mut delay = backoff(error, state.consecutive_failures);
-                // With a valid token left, retry soon enough to replace it before it expires.
-                if let Some(current) = cache.slot.read().as_ref() {
-                    let left = current.usable_until().saturating_duration_since(now);
-                    if !left.is_zero() {
-                        delay = delay.min(left / 2);
-                    }
-                }
-                state.failure = Some(Failure {
-                    error: error.clone(),
-                    retry_at: now + delay,
-                });
-                cache.counters.failures.fetch_add(1, Relaxed);
+                self.counters.failures.fetch_add(1, Relaxed);
+                let delay = if current {
+                    self.open_failure_window(&mut state, error, now)
+                } else {
+                    Duration::ZERO // a replaced flight: its successor decides
+                };
                 tracing::warn!(
                     error = %error,
                     transient = error.is_transient(),
@@ -382,34 +596,48 @@ impl FlightGuard {
         }
         result
     }
-}
 
-impl Drop for FlightGuard {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
+    /// Makes `token` the cached one.
+    fn store(&self, state: &mut FetchState, flight: u64, token: &AccessToken, now: Instant) {
+        *self.slot.write() = Some(token.clone());
+        state.stored_flight = flight;
+        state.failure = None;
+        state.consecutive_failures = 0;
+        state.protected = std::mem::take(&mut state.invalidated)
+            .then(|| (token.id(), now + INVALIDATION_COOLDOWN));
+    }
+
+    /// Remembers a failure until its retry instant; returns the delay.
+    fn open_failure_window(&self, state: &mut FetchState, error: &Error, now: Instant) -> Duration {
+        state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+        let mut delay = backoff(error, state.consecutive_failures, (self.jitter)());
+        // With a valid token left, retry soon enough to replace it before it expires.
+        if let Some(current) = self.slot.read().as_ref() {
+            let left = current.usable_until().saturating_duration_since(now);
+            if !left.is_zero() {
+                delay = delay.min(left / 2);
+            }
         }
-        if let Some(cache) = self.cache.upgrade() {
-            let mut state = cache.state.lock();
-            state.inflight = None;
-            state.invalidated |= self.replaces_rejected;
-        }
+        state.failure = Some(Failure {
+            error: error.clone(),
+            retry_at: now + delay,
+        });
+        delay
     }
 }
 
 impl Drop for SharedCache {
     fn drop(&mut self) {
-        if let Some(inflight) = self.state.get_mut().inflight.take() {
-            inflight.abort.abort();
-        }
+        abort(self.state.get_mut().inflight.take());
     }
 }
 
-/// Places a token obtained at `obtained_at` with `lifetime` in time: see the module docs.
-fn schedule(obtained_at: Instant, lifetime: Duration) -> Schedule {
+/// Places a token obtained at `obtained_at` with `lifetime` in time (see the module docs);
+/// `jitter` in `0.0..1.0` draws the random part of the refresh margin.
+fn schedule(obtained_at: Instant, lifetime: Duration, jitter: f64) -> Schedule {
     let skew = expiry_skew(lifetime);
     let margin = refresh_margin(lifetime);
-    let jitter = margin.mul_f64(fastrand::f64() * REFRESH_JITTER);
+    let jitter = margin.mul_f64(jitter * REFRESH_JITTER);
     // Lifetimes are clamped to a day, so this cannot overflow; if it did, the token would
     // simply count as expired.
     let expires_at = obtained_at.checked_add(lifetime).unwrap_or(obtained_at);
@@ -447,8 +675,9 @@ pub(crate) fn refresh_lead(lifetime: Duration) -> Duration {
 }
 
 /// The failure window after the `attempt`-th consecutive failure: exponential, with half
-/// of it random, and never shorter than the server's `Retry-After`.
-fn backoff(error: &Error, attempt: u32) -> Duration {
+/// of it random (`jitter` in `0.0..1.0` draws it), and never shorter than the server's
+/// `Retry-After`.
+fn backoff(error: &Error, attempt: u32, jitter: f64) -> Duration {
     let (base, max) = if error.is_transient() {
         (TRANSIENT_BACKOFF_BASE, TRANSIENT_BACKOFF_MAX)
     } else {
@@ -456,7 +685,7 @@ fn backoff(error: &Error, attempt: u32) -> Duration {
     };
     let exponent = attempt.saturating_sub(1).min(16);
     let delay = base.saturating_mul(1 << exponent).min(max);
-    let jittered = delay.mul_f64(0.5 + fastrand::f64() * 0.5);
+    let jittered = delay.mul_f64(0.5 + jitter * 0.5);
     jittered.max(error.retry_after().unwrap_or_default())
 }
 

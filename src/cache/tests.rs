@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use futures_util::FutureExt;
 use http::StatusCode;
-use tokio::time::{advance, sleep};
+use tokio::time::{advance, sleep, sleep_until};
 
 use super::*;
 
@@ -476,15 +476,15 @@ fn schedule_scales_with_the_lifetime() {
     let now = Instant::now();
     let at = |secs: f64| now + Duration::from_secs_f64(secs);
     for _ in 0..100 {
-        let hour = schedule(now, Duration::from_secs(3600));
+        let hour = schedule(now, Duration::from_secs(3600), fastrand::f64());
         assert_eq!(hour.usable_until, at(3595.0));
         assert!(hour.refresh_at >= at(3595.0 - 360.0 * 1.2) && hour.refresh_at <= at(3235.0));
 
-        let four = schedule(now, Duration::from_secs(4));
+        let four = schedule(now, Duration::from_secs(4), fastrand::f64());
         assert_eq!(four.usable_until, at(3.8));
         assert!(four.refresh_at >= at(1.4) && four.refresh_at <= at(1.8));
 
-        let second = schedule(now, Duration::from_secs(1));
+        let second = schedule(now, Duration::from_secs(1), fastrand::f64());
         assert!(second.refresh_at > now && second.refresh_at < second.usable_until);
     }
 }
@@ -492,17 +492,170 @@ fn schedule_scales_with_the_lifetime() {
 #[test]
 fn backoff_grows_is_capped_and_honours_retry_after() {
     for attempt in 1..40 {
-        let transient = backoff(&unavailable(), attempt);
+        let transient = backoff(&unavailable(), attempt, fastrand::f64());
         assert!(transient <= TRANSIENT_BACKOFF_MAX);
         assert!(transient >= TRANSIENT_BACKOFF_BASE / 2);
-        let permanent = backoff(&invalid_client(), attempt);
+        let permanent = backoff(&invalid_client(), attempt, fastrand::f64());
         assert!(permanent <= PERMANENT_BACKOFF_MAX);
         assert!(permanent >= PERMANENT_BACKOFF_BASE / 2);
     }
-    assert!(backoff(&unavailable(), 30) >= TRANSIENT_BACKOFF_MAX / 2);
+    assert!(backoff(&unavailable(), 30, fastrand::f64()) >= TRANSIENT_BACKOFF_MAX / 2);
     let limited = Error::Status {
         status: StatusCode::TOO_MANY_REQUESTS,
         retry_after: Some(Duration::from_secs(600)),
     };
-    assert_eq!(backoff(&limited, 1), Duration::from_secs(600));
+    assert_eq!(
+        backoff(&limited, 1, fastrand::f64()),
+        Duration::from_secs(600)
+    );
+}
+
+/// Runs `f` on its own thread and waits at most `limit` for it, so that a deadlock fails the
+/// test instead of hanging it.
+fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).expect("the cache is stuck")
+}
+
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn cache_with_timeout(source: &Arc<Scripted>, load_timeout: Duration) -> TokenCache {
+    TokenCache::new(Arc::clone(source) as Arc<dyn TokenSource>, load_timeout)
+}
+
+#[test]
+fn a_caller_on_a_dropped_runtime_gets_an_error_and_healthy_callers_are_unaffected() {
+    let source = Scripted::new([token(3600)]);
+    let cache = cache(&source);
+    let dead = current_thread_runtime();
+    let handle = dead.handle().clone();
+    drop(dead);
+    let on_dead = bounded(Duration::from_secs(10), {
+        let cache = cache.clone();
+        move || {
+            let _entered = handle.enter();
+            cache.token().now_or_never()
+        }
+    });
+    let err = on_dead.expect("answers at once").unwrap_err();
+    assert!(matches!(err, Error::Interrupted { .. }), "{err}");
+    let healthy = bounded(Duration::from_secs(10), move || {
+        let result = current_thread_runtime().block_on(cache.token());
+        (result.map(|t| t.id()), cache.stats().token_id)
+    });
+    let (id, cached) = healthy;
+    assert_eq!(Some(id.unwrap()), cached);
+}
+
+#[test]
+fn a_fetch_stranded_on_an_idle_runtime_is_replaced_after_its_deadline() {
+    let load_timeout = Duration::from_millis(200);
+    let source = Scripted::new([token(3600)]);
+    let cache = cache_with_timeout(&source, load_timeout);
+    // A sync bridge: one poll on runtime A starts the fetch there, then A sits idle.
+    let idle = current_thread_runtime();
+    idle.block_on(async {
+        let mut first = Box::pin(cache.token());
+        assert!((&mut first).now_or_never().is_none());
+    });
+    assert_eq!(source.calls(), 1);
+    let outcome = bounded(Duration::from_secs(20), {
+        let cache = cache.clone();
+        move || {
+            current_thread_runtime().block_on(async {
+                // The caller that joins the stranded fetch gives up after its deadline...
+                let joined = cache.token().await.map(|t| t.id());
+                // ...and the next caller replaces the fetch instead of joining it.
+                let next = cache.token().await.map(|t| t.id());
+                (joined, next)
+            })
+        }
+    });
+    match outcome {
+        (Err(Error::Timeout { after }), Ok(_)) => assert_eq!(after, load_timeout),
+        (joined, next) => panic!("joined: {joined:?}, next: {next:?}"),
+    }
+    assert_eq!(source.calls(), 2);
+    drop(idle);
+}
+
+#[test]
+fn waiters_of_a_fetch_cancelled_with_its_runtime_are_served_by_a_new_fetch() {
+    let source = Scripted::new([token(3600)]);
+    let cache = cache(&source);
+    let doomed = current_thread_runtime();
+    doomed.block_on(async {
+        let mut first = Box::pin(cache.token());
+        assert!((&mut first).now_or_never().is_none());
+    });
+    let healthy = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let waiter = healthy.spawn({
+        let cache = cache.clone();
+        async move { cache.token().await.map(|t| t.id()) }
+    });
+    while cache.stats().coalesced_waits == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(doomed);
+    let result = bounded(Duration::from_secs(20), move || {
+        healthy.block_on(async { tokio::time::timeout(Duration::from_secs(10), waiter).await })
+    });
+    let id = result.expect("the waiter is served").unwrap();
+    assert!(id.is_ok(), "{id:?}");
+    assert_eq!(source.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejection_during_a_background_refresh_marks_that_refresh_as_the_replacement() {
+    let source = Scripted::new([token(100), slow_token(100, 2000), token(100)]);
+    let cache = cache(&source);
+    let first = cache.token().await.unwrap();
+    sleep_until(first.refresh_at()).await;
+    cache.fresh(); // starts the background refresh
+    settle().await;
+    assert!(cache.invalidate(&first));
+    let second = cache.token().await.unwrap();
+    assert_eq!(source.calls(), 2, "the callers joined the refresh");
+    assert!(
+        !cache.invalidate(&second),
+        "the refresh replaced a rejected token"
+    );
+    // A token lifetime later, the routine refresh's token is not protected.
+    sleep_until(second.refresh_at()).await;
+    cache.fresh();
+    settle().await;
+    let third = cache.token().await.unwrap();
+    assert_ne!(third.id(), second.id());
+    assert!(
+        cache.invalidate(&third),
+        "a routine token is dropped at its first rejection"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_replacement_fetch_passes_its_role_to_the_next_one() {
+    let source = Scripted::new([token(3600), fail(unavailable()), token(3600)]);
+    let cache = cache(&source);
+    let first = cache.token().await.unwrap();
+    assert!(cache.invalidate(&first));
+    assert!(cache.token().await.is_err());
+    sleep(TRANSIENT_BACKOFF_MAX).await;
+    let second = cache.token().await.unwrap();
+    assert_eq!(source.calls(), 3);
+    assert!(
+        !cache.invalidate(&second),
+        "the token replacing a rejected one is protected"
+    );
 }
