@@ -659,3 +659,22 @@ async fn a_failed_replacement_fetch_passes_its_role_to_the_next_one() {
         "the token replacing a rejected one is protected"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_late_fetch_never_overwrites_a_newer_token() {
+    let source = Scripted::new([token(3600)]);
+    let cache = cache(&source);
+    let newer = cache.token().await.unwrap();
+    // A fetch numbered before the one that produced the cached token ends late.
+    let late = FlightGuard {
+        cache: Arc::downgrade(&cache.shared),
+        flight: 0,
+        sender: None,
+    };
+    late.finish(
+        Instant::now(),
+        GrantedToken::new("late", Duration::from_secs(3600), vec![]),
+    );
+    assert_eq!(cache.stats().token_id, Some(newer.id()));
+    assert_eq!(cache.token().await.unwrap().id(), newer.id());
+}
