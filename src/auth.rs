@@ -8,7 +8,7 @@ use url::Url;
 
 use crate::Error;
 use crate::builder::UnderstoryAuthBuilder;
-use crate::cache::{CacheStats, TokenCache};
+use crate::cache::{CacheStats, Rejection, TokenCache};
 use crate::credentials::Credentials;
 use crate::origin::{AllowedOrigins, Origin};
 use crate::token::AccessToken;
@@ -152,14 +152,11 @@ impl UnderstoryAuth {
         self.inner.cache.fresh()
     }
 
-    /// Drops `token` from the cache if it is still the cached one, because a request that
-    /// carried it was rejected (HTTP 401). Returns whether it was dropped. The next
-    /// [`token`](Self::token) fetches a new one; concurrent callers reporting the same
-    /// token cause one new fetch, not one each.
-    ///
-    /// A token that was itself fetched to replace a rejected one is kept for
-    /// [`INVALIDATION_COOLDOWN`](crate::INVALIDATION_COOLDOWN), so an API that rejects
-    /// every token cannot turn each request into a token request.
+    /// Reports that a request carrying `token` was rejected (HTTP 401), as the integrations
+    /// do on their own: the token is judged by the rule in the crate docs ("What happens on a
+    /// 401") and dropped from the cache if the rule says so. Returns whether it was dropped;
+    /// the next [`token`](Self::token) then fetches a new one. Concurrent callers reporting
+    /// the same token cause one new fetch, not one each.
     ///
     /// ```
     /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
@@ -170,19 +167,16 @@ impl UnderstoryAuth {
     /// # Ok(()) }
     /// ```
     pub fn invalidate(&self, token: &AccessToken) -> bool {
-        self.inner.cache.invalidate(token)
+        self.inner.cache.reject(token) == Rejection::Dropped
     }
 
-    /// Reports that a request carrying `token` was rejected (HTTP 401): drops the token if it
-    /// is still the cached one, and tells whether a retry would carry another token. It
-    /// would not while the rejected token is kept by the invalidation cooldown, and then a
-    /// retry is pointless.
+    /// The one place both integrations report the API's answer to a request that carried
+    /// `token`: records a non-401 as evidence the token works (one atomic load per call),
+    /// judges a 401 by the rule in the crate docs, and tells whether the request should be
+    /// resent, because the resend would carry another token.
     #[cfg_attr(not(any(feature = "middleware", feature = "tower")), allow(dead_code))]
-    pub(crate) fn reject(&self, token: &AccessToken) -> bool {
-        self.invalidate(token)
-            || self
-                .cached_token()
-                .is_none_or(|cached| cached.id() != token.id())
+    pub(crate) fn answered(&self, token: &AccessToken, status: http::StatusCode) -> bool {
+        self.inner.cache.answered(token, status)
     }
 
     /// A snapshot of the cache's counters, for metrics.

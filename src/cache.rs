@@ -36,11 +36,10 @@
 //!   [`PERMANENT_BACKOFF_BASE`] to [`PERMANENT_BACKOFF_MAX`]) and is at least the server's
 //!   `Retry-After`. While a valid token remains, a failed background refresh keeps it and
 //!   retries within half of the time it has left.
-//! * **Invalidation.** A caller whose token was rejected drops it only if it is still the
-//!   cached one (compare by [`TokenId`](crate::TokenId)), so a hundred 401s for one stale
-//!   token cause one new fetch. A token fetched to replace a rejected one is protected from
-//!   invalidation for [`INVALIDATION_COOLDOWN`], so an API that rejects every token cannot
-//!   turn each request into a token request.
+//! * **Invalidation.** What a 401 means is decided here, in [`TokenCache::answered`], by
+//!   the rule documented in the crate docs ("What happens on a 401"). A token is dropped
+//!   only if it is still the cached one (compare by [`TokenId`](crate::TokenId)), so a
+//!   hundred 401s for one stale token cause one new fetch.
 //! * **Lifetime.** The fetch task holds the cache weakly; dropping the last clone aborts it.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -73,7 +72,9 @@ pub const TRANSIENT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub const PERMANENT_BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// The longest retry delay after permanent failures.
 pub const PERMANENT_BACKOFF_MAX: Duration = Duration::from_secs(120);
-/// How long a token fetched to replace a rejected one cannot itself be invalidated.
+/// How long a token fetched to replace a rejected one must be rejected, with no request
+/// carrying it accepted in between, before it is dropped in turn; it doubles with each
+/// replacement dropped in a row, up to the token's lifetime.
 pub const INVALIDATION_COOLDOWN: Duration = Duration::from_secs(5);
 /// How long past a fetch's deadline (its start plus the load timeout) its callers still
 /// wait for it. A fetch runs on the runtime of the caller that started it; if nobody drives
@@ -131,8 +132,39 @@ struct FetchState {
     /// Set by an invalidation, cleared when the next token is stored: that token replaces a
     /// rejected one, whichever fetch (already running or not) produced it.
     invalidated: bool,
-    /// A token that replaced a rejected one, and until when it cannot be invalidated.
-    protected: Option<(TokenId, Instant)>,
+    /// The cached token, if it replaced a rejected one.
+    replacement: Option<Replacement>,
+    /// How many replacement tokens in a row were dropped: the next one's cooldown doubles
+    /// with each. Reset once a routine token lives to its refresh without a rejection.
+    dropped_replacements: u32,
+}
+
+/// A token fetched to replace a rejected one: a 401 for it more likely means the endpoint
+/// refuses the key (Understory answers 401 for a missing scope) than that it is stale.
+struct Replacement {
+    id: TokenId,
+    /// How long it must be rejected, with no acceptance in between, before it is dropped.
+    cooldown: Duration,
+    /// Its first rejection since it last worked (meaningful while the token is doubted).
+    doubted_since: Instant,
+}
+
+/// What a 401 did to the token the rejected request carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// It was the cached token and was dropped: the next request gets a new one.
+    Dropped,
+    /// It is no longer the cached token: a resend carries another one.
+    Superseded,
+    /// It stays: it works elsewhere, or its cooldown has not run out.
+    Kept,
+}
+
+impl Rejection {
+    /// Whether resending the request would carry another token.
+    pub(crate) fn resend(self) -> bool {
+        self != Rejection::Kept
+    }
 }
 
 struct Inflight {
@@ -286,24 +318,51 @@ impl TokenCache {
         }
     }
 
-    /// Drops `token` if it is still the cached one. Returns whether it was dropped.
-    pub(crate) fn invalidate(&self, token: &AccessToken) -> bool {
-        let now = Instant::now();
-        let mut state = self.shared.state.lock();
-        if let Some((id, until)) = state.protected {
-            if id == token.id() && now < until {
-                return false;
+    /// The one place that decides what an API answer to a request carrying `token` means:
+    /// any answer but 401 is evidence the token works; a 401 is judged by
+    /// [`Self::reject`]. Returns whether the request should be resent with another token.
+    pub(crate) fn answered(&self, token: &AccessToken, status: http::StatusCode) -> bool {
+        if status != http::StatusCode::UNAUTHORIZED {
+            // A 5xx may come from a proxy that never looked at the token.
+            if !status.is_server_error() {
+                token.note_accepted();
             }
-        }
-        let mut slot = self.shared.slot.write();
-        if slot.as_ref().map(AccessToken::id) != Some(token.id()) {
             return false;
         }
-        *slot = None;
+        self.reject(token).resend()
+    }
+
+    /// A request carrying `token` was answered 401: the rule in the crate docs ("What
+    /// happens on a 401"). A routine token is dropped at once; a token that replaced a
+    /// rejected one is kept while it works elsewhere, and dropped only once it has been
+    /// rejected, with no acceptance in between, for its cooldown.
+    pub(crate) fn reject(&self, token: &AccessToken) -> Rejection {
+        let now = Instant::now();
+        let mut state = self.shared.state.lock();
+        // Under `state`, nobody else writes the slot.
+        if self.shared.slot.read().as_ref().map(AccessToken::id) != Some(token.id()) {
+            return Rejection::Superseded;
+        }
+        if let Some(replacement) = state.replacement.as_mut().filter(|r| r.id == token.id()) {
+            let doubted = token.doubt();
+            if !doubted {
+                replacement.doubted_since = now;
+            }
+            if !doubted || now < replacement.doubted_since + replacement.cooldown {
+                tracing::debug!(
+                    token_id = %token.id(),
+                    "a 401 for a token that replaced a rejected one; kept (the endpoint may need a scope the key lacks)"
+                );
+                return Rejection::Kept;
+            }
+            state.dropped_replacements = state.dropped_replacements.saturating_add(1);
+        }
+        *self.shared.slot.write() = None;
         state.invalidated = true;
+        state.replacement = None;
         self.shared.counters.invalidations.fetch_add(1, Relaxed);
         tracing::debug!(token_id = %token.id(), "access token rejected; it will be replaced");
-        true
+        Rejection::Dropped
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
@@ -603,8 +662,16 @@ impl SharedCache {
         state.stored_flight = flight;
         state.failure = None;
         state.consecutive_failures = 0;
-        state.protected = std::mem::take(&mut state.invalidated)
-            .then(|| (token.id(), now + INVALIDATION_COOLDOWN));
+        if std::mem::take(&mut state.invalidated) {
+            state.replacement = Some(Replacement {
+                id: token.id(),
+                cooldown: replacement_cooldown(state.dropped_replacements, token.lifetime()),
+                doubted_since: now,
+            });
+        } else if state.replacement.take().is_none() {
+            // A routine token follows one that lived to its refresh without a rejection.
+            state.dropped_replacements = 0;
+        }
     }
 
     /// Remembers a failure until its retry instant; returns the delay.
@@ -651,6 +718,15 @@ fn schedule(obtained_at: Instant, lifetime: Duration, jitter: f64) -> Schedule {
         usable_until,
         refresh_at,
     }
+}
+
+/// How long a replacement token must be rejected, with no acceptance in between, before it
+/// is dropped, after `dropped` replacements in a row were: [`INVALIDATION_COOLDOWN`],
+/// doubling with each, at most the token's lifetime (so that a token that keeps being
+/// rejected is kept until its regular refresh).
+fn replacement_cooldown(dropped: u32, lifetime: Duration) -> Duration {
+    let factor = 1u32.checked_shl(dropped.min(31)).unwrap_or(u32::MAX);
+    INVALIDATION_COOLDOWN.saturating_mul(factor).min(lifetime)
 }
 
 /// How long before its expiry a token of `lifetime` stops being handed out.

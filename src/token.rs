@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -135,6 +135,10 @@ struct Inner {
     expires_at: Instant,
     usable_until: Instant,
     refresh_at: Instant,
+    /// Set by a 401 the cache did not act on, cleared by a later answer that accepted the
+    /// token: whether the token has been rejected since it last worked (see the cache's 401
+    /// rule).
+    doubted: AtomicBool,
 }
 
 /// When a token was obtained and when the cache stops using it and starts replacing it.
@@ -153,6 +157,7 @@ impl AccessToken {
                 expires_at: schedule.expires_at,
                 usable_until: schedule.usable_until,
                 refresh_at: schedule.refresh_at,
+                doubted: AtomicBool::new(false),
             }),
         }
     }
@@ -253,6 +258,20 @@ impl AccessToken {
     /// From this instant on, the cache replaces the token in the background.
     pub(crate) fn refresh_at(&self) -> Instant {
         self.inner.refresh_at
+    }
+
+    /// Records that a request carrying the token was accepted. Called for every response, so
+    /// it costs one load, and a store only when the token was doubted.
+    pub(crate) fn note_accepted(&self) {
+        if self.inner.doubted.load(Ordering::Relaxed) {
+            self.inner.doubted.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Records that a request carrying the token was rejected; returns whether it already
+    /// was, with no acceptance since.
+    pub(crate) fn doubt(&self) -> bool {
+        self.inner.doubted.swap(true, Ordering::Relaxed)
     }
 }
 

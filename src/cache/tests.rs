@@ -61,6 +61,8 @@ struct Scripted {
     calls: AtomicUsize,
     script: parking_lot::Mutex<VecDeque<Step>>,
     dropped: Arc<AtomicBool>,
+    /// The scopes the auth server grants right now.
+    scopes: parking_lot::Mutex<Vec<String>>,
 }
 
 impl Scripted {
@@ -69,6 +71,7 @@ impl Scripted {
             calls: AtomicUsize::new(0),
             script: parking_lot::Mutex::new(steps.into_iter().collect()),
             dropped: Arc::new(AtomicBool::new(false)),
+            scopes: parking_lot::Mutex::new(vec![]),
         })
     }
 
@@ -97,12 +100,13 @@ impl TokenSource for Scripted {
             }
         };
         let flag = DropFlag(Arc::clone(&self.dropped));
+        let scopes = self.scopes.lock().clone();
         Box::pin(async move {
             let _flag = flag;
             match step {
                 Some(Step::Token { lifetime, delay }) => {
                     sleep(delay).await;
-                    GrantedToken::new(&format!("token-{n}"), lifetime, vec![])
+                    GrantedToken::new(&format!("token-{n}"), lifetime, scopes)
                 }
                 Some(Step::Fail { error, delay }) => {
                     sleep(delay).await;
@@ -112,6 +116,13 @@ impl TokenSource for Scripted {
                 Some(Step::Panic) => panic!("scripted panic"),
             }
         })
+    }
+}
+
+impl TokenCache {
+    /// What `UnderstoryAuth::invalidate` does: reports a 401, tells whether it dropped.
+    fn invalidate(&self, token: &AccessToken) -> bool {
+        self.reject(token) == Rejection::Dropped
     }
 }
 
@@ -677,4 +688,214 @@ async fn a_late_fetch_never_overwrites_a_newer_token() {
     );
     assert_eq!(cache.stats().token_id, Some(newer.id()));
     assert_eq!(cache.token().await.unwrap().id(), newer.id());
+}
+
+// The 401 rule, against a model of Understory's API: an endpoint may need a scope, and a
+// revoked token is refused everywhere.
+
+const BOOKINGS: Option<&str> = Some("booking.read");
+const CONSENTS: Option<&str> = Some("marketing.read");
+
+#[derive(Default)]
+struct Api {
+    revoked: parking_lot::Mutex<Vec<TokenId>>,
+    requests: AtomicUsize,
+}
+
+impl Api {
+    fn answer(&self, token: &AccessToken, needs: Option<&str>) -> StatusCode {
+        self.requests.fetch_add(1, Relaxed);
+        let revoked = self.revoked.lock().contains(&token.id());
+        let allowed = needs.is_none_or(|scope| token.scopes().iter().any(|s| s == scope));
+        if revoked || !allowed {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::OK
+        }
+    }
+
+    fn revoke(&self, token: &AccessToken) {
+        self.revoked.lock().push(token.id());
+    }
+}
+
+/// One request as both integrations make it: the current token, the answer reported to
+/// the cache, and one resend when the cache says so.
+async fn request(cache: &TokenCache, api: &Api, needs: Option<&str>) -> StatusCode {
+    let token = cache.token().await.unwrap();
+    let status = api.answer(&token, needs);
+    if !cache.answered(&token, status) {
+        return status;
+    }
+    let token = cache.token().await.unwrap();
+    let status = api.answer(&token, needs);
+    cache.answered(&token, status);
+    status
+}
+
+fn unjittered(source: &Arc<Scripted>) -> TokenCache {
+    TokenCache::with_jitter(
+        Arc::clone(source) as Arc<dyn TokenSource>,
+        LOAD_TIMEOUT,
+        || 0.0,
+    )
+}
+
+fn granting(scopes: &[&str], lifetime_secs: u64) -> Arc<Scripted> {
+    let source = Scripted::new([token(lifetime_secs)]);
+    *source.scopes.lock() = scopes.iter().map(|s| (*s).to_owned()).collect();
+    source
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forbidden_endpoint_costs_at_most_one_token_request_per_token_lifetime() {
+    let source = granting(&["marketing.read"], 120);
+    let cache = unjittered(&source);
+    let api = Api::default();
+    // Ten minutes of /v1/bookings 20 times a second, /v1/marketing-consents once a second.
+    for tick in 0..12_000 {
+        assert_eq!(
+            request(&cache, &api, BOOKINGS).await,
+            StatusCode::UNAUTHORIZED
+        );
+        if tick % 20 == 0 {
+            assert_eq!(request(&cache, &api, CONSENTS).await, StatusCode::OK);
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    let stats = cache.stats();
+    // 120 s tokens are refreshed 55 s into their life: 10 refreshes in 10 minutes, and one
+    // extra token for each routine token the forbidden endpoint rejects.
+    assert_eq!(stats.background_refreshes, 10);
+    assert_eq!(stats.invalidations, stats.background_refreshes + 1);
+    assert_eq!(
+        stats.fetches,
+        1 + stats.background_refreshes + stats.invalidations
+    );
+    // A request is resent only when its token was dropped.
+    let sent = api.requests.load(Relaxed) as u64;
+    assert_eq!(sent, 12_000 + 600 + stats.invalidations);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_other_traffic_the_cooldown_grows_to_the_token_lifetime() {
+    let source = granting(&["marketing.read"], 120);
+    let cache = unjittered(&source);
+    let api = Api::default();
+    let mut dropped_at = Vec::new();
+    for _ in 0..12_000 {
+        let before = cache.stats().invalidations;
+        request(&cache, &api, BOOKINGS).await;
+        if cache.stats().invalidations > before {
+            dropped_at.push(Instant::now());
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    let start = dropped_at[0];
+    let secs: Vec<u64> = dropped_at
+        .iter()
+        .map(|at| (*at - start).as_secs())
+        .collect();
+    // The first replacement is dropped after 5 s of rejections, the next after 10 s, 20 s,
+    // 40 s; from then on each replacement is kept until its refresh (55 s into its life),
+    // and only each routine token costs one extra.
+    assert_eq!(&secs[..5], &[0, 5, 15, 35, 75]);
+    let stats = cache.stats();
+    assert_eq!(stats.invalidations as usize, dropped_at.len());
+    assert_eq!(
+        stats.invalidations,
+        stats.background_refreshes + 5,
+        "{secs:?} {stats:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revoked_token_heals_with_one_token_request_and_one_resend() {
+    let source = granting(&["marketing.read"], 3600);
+    let cache = unjittered(&source);
+    let api = Api::default();
+    let first = cache.token().await.unwrap();
+    api.revoke(&first);
+    assert_eq!(request(&cache, &api, CONSENTS).await, StatusCode::OK);
+    assert_eq!((source.calls(), api.requests.load(Relaxed)), (2, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_rejections_causes_one_token_request() {
+    let source = granting(&["marketing.read"], 3600);
+    let cache = unjittered(&source);
+    let api = Arc::new(Api::default());
+    let revoked = cache.token().await.unwrap();
+    api.revoke(&revoked);
+    // All 100 requests carry the revoked token before the first answer is reported.
+    let barrier = Arc::new(tokio::sync::Barrier::new(100));
+    let burst: Vec<_> = (0..100)
+        .map(|_| {
+            let (cache, api, barrier) = (cache.clone(), Arc::clone(&api), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                let token = cache.token().await.unwrap();
+                let status = api.answer(&token, CONSENTS);
+                barrier.wait().await;
+                assert!(cache.answered(&token, status));
+                let token = cache.token().await.unwrap();
+                api.answer(&token, CONSENTS)
+            })
+        })
+        .collect();
+    for request in burst {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(source.calls(), 2);
+    assert_eq!(api.requests.load(Relaxed), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revoked_replacement_is_dropped_after_its_cooldown() {
+    let source = granting(&["marketing.read"], 3600);
+    let cache = unjittered(&source);
+    let api = Api::default();
+    api.revoke(&cache.token().await.unwrap());
+    assert_eq!(request(&cache, &api, CONSENTS).await, StatusCode::OK);
+    // The replacement worked, then it is revoked too: it may be a forbidden endpoint, so it
+    // is kept while it keeps being rejected, for its cooldown.
+    let replacement = cache.token().await.unwrap();
+    api.revoke(&replacement);
+    let started = Instant::now();
+    while request(&cache, &api, CONSENTS).await != StatusCode::OK {
+        sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(Instant::now() - started, INVALIDATION_COOLDOWN);
+    assert_eq!(source.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scope_gained_works_at_the_latest_after_the_next_regular_refresh() {
+    let source = granting(&["marketing.read"], 600);
+    let cache = unjittered(&source);
+    let api = Api::default();
+    let mut granted_refresh_at = None;
+    let mut first_ok = None;
+    for tick in 0..12_000 {
+        if tick == 2_000 {
+            // The key is given the scope in Backoffice, 100 s in.
+            source.scopes.lock().push("booking.read".to_owned());
+            granted_refresh_at = Some(cache.token().await.unwrap().refresh_at());
+        }
+        if request(&cache, &api, BOOKINGS).await == StatusCode::OK {
+            first_ok = Some(Instant::now());
+            break;
+        }
+        if tick % 20 == 0 {
+            request(&cache, &api, CONSENTS).await;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    let (refresh_at, ok_at) = (granted_refresh_at.unwrap(), first_ok.unwrap());
+    // The caller that starts the refresh still carries the old token; the next one (one tick
+    // later) carries the new one.
+    assert!(
+        ok_at <= refresh_at + Duration::from_millis(50),
+        "{:?}",
+        ok_at - refresh_at
+    );
 }
