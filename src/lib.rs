@@ -88,6 +88,7 @@ mod credentials;
 mod error;
 mod grant;
 mod origin;
+pub mod scope;
 mod token;
 
 #[cfg(feature = "tower")]

@@ -219,8 +219,7 @@ impl SandboxBuilder {
             client_id: self.client_id,
             client_secret: self.client_secret,
             client_auth: self.client_auth,
-            allowed_scopes: self.allowed_scopes,
         };
-        SandboxServer::spawn(config, self.token_lifetime).await
+        SandboxServer::spawn(config, self.allowed_scopes, self.token_lifetime).await
     }
 }

@@ -18,14 +18,14 @@ use super::{AUDIENCE, basic_auth};
 pub(crate) async fn handle(shared: &Shared, head: &Parts, body: RequestBody) -> SandboxResponse {
     let recorded = RecordedRequest::new(head, body.clone().unwrap_or_default());
     let delay = shared.with(|state| {
-        state.token_requests.record(recorded);
+        state.token_requests.record(recorded.clone());
         state.token_delay
     });
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     if let Some(fault) = shared.with(State::next_token_fault) {
-        return fault.respond().await;
+        return fault.respond(shared, &recorded).await;
     }
     match grant(shared, head, body) {
         Ok(issued) => success(&issued),
@@ -68,18 +68,7 @@ fn grant(shared: &Shared, head: &Parts, body: RequestBody) -> Result<Issued, OAu
         )));
     }
 
-    let mut scopes: Vec<String> = Vec::new();
-    for scope in form.get("scope").unwrap_or_default().split(' ') {
-        if scope.is_empty() || scopes.iter().any(|granted| granted == scope) {
-            continue;
-        }
-        if !config.allowed_scopes.iter().any(|allowed| allowed == scope) {
-            return Err(OAuthError::InvalidScope(format!(
-                "The OAuth 2.0 Client is not allowed to request scope '{scope}'."
-            )));
-        }
-        scopes.push(scope.to_owned());
-    }
+    let scopes = shared.with(|state| grant_scopes(state, form.get("scope").unwrap_or_default()))?;
 
     match form.get("audience") {
         Some(AUDIENCE) => {}
@@ -96,6 +85,28 @@ fn grant(shared: &Shared, head: &Parts, body: RequestBody) -> Result<Issued, OAu
     }
 
     Ok(shared.with(|state| state.issue_token(scopes)))
+}
+
+/// The scopes to grant for the space-separated `requested` ones (duplicates dropped). As in
+/// Hydra, a scope the client may not request refuses the whole request with `invalid_scope`,
+/// unless the sandbox is set to leave such scopes out of the grant instead.
+fn grant_scopes(state: &State, requested: &str) -> Result<Vec<String>, OAuthError> {
+    let mut scopes: Vec<String> = Vec::new();
+    for scope in requested.split(' ') {
+        if scope.is_empty() || scopes.iter().any(|granted| granted == scope) {
+            continue;
+        }
+        if !state.allowed_scopes.iter().any(|allowed| allowed == scope) {
+            if state.omit_unallowed_scopes {
+                continue;
+            }
+            return Err(OAuthError::InvalidScope(format!(
+                "The OAuth 2.0 Client is not allowed to request scope '{scope}'."
+            )));
+        }
+        scopes.push(scope.to_owned());
+    }
+    Ok(scopes)
 }
 
 /// Whether the request says its body is `application/x-www-form-urlencoded`.
