@@ -32,20 +32,23 @@ enum Integration {
 }
 
 impl Integration {
-    fn both(auth: &UnderstoryAuth) -> [Integration; 2] {
-        let middleware = ClientBuilder::new(reqwest::Client::new())
-            .with(auth.clone())
-            .build();
-        let tower = ServiceBuilder::new()
-            .retry(RetryOnUnauthorized::default())
-            .service(
-                BearerAuthLayer::new(auth.clone())
-                    .layer(Client::builder(TokioExecutor::new()).build_http()),
-            );
-        [
-            Integration::Middleware(middleware),
-            Integration::Tower(tower),
-        ]
+    fn middleware(auth: &UnderstoryAuth) -> Integration {
+        Integration::Middleware(
+            ClientBuilder::new(reqwest::Client::new())
+                .with(auth.clone())
+                .build(),
+        )
+    }
+
+    fn tower(auth: &UnderstoryAuth) -> Integration {
+        Integration::Tower(
+            ServiceBuilder::new()
+                .retry(RetryOnUnauthorized::default())
+                .service(
+                    BearerAuthLayer::new(auth.clone())
+                        .layer(Client::builder(TokioExecutor::new()).build_http()),
+                ),
+        )
     }
 
     fn name(&self) -> &'static str {
@@ -90,6 +93,17 @@ async fn key_without_bookings() -> (SandboxServer, UnderstoryAuth) {
     (server, auth)
 }
 
+/// Each integration with its own sandbox (see [`key_without_bookings`]) and cache.
+async fn each_integration() -> Vec<(SandboxServer, UnderstoryAuth, Integration)> {
+    let mut all = Vec::new();
+    for make in [Integration::middleware, Integration::tower] {
+        let (server, auth) = key_without_bookings().await;
+        let client = make(&auth);
+        all.push((server, auth, client));
+    }
+    all
+}
+
 /// What the sandbox answers to `path` with `token`, asked directly.
 async fn direct(
     server: &SandboxServer,
@@ -107,12 +121,7 @@ async fn direct(
 #[tokio::test]
 async fn a_forbidden_endpoint_costs_one_extra_token_request_and_returns_understorys_401()
 -> TestResult {
-    for integration in 0..2 {
-        let (server, auth) = key_without_bookings().await;
-        let client = Integration::both(&auth)
-            .into_iter()
-            .nth(integration)
-            .unwrap();
+    for (server, auth, client) in each_integration().await {
         let name = client.name();
         for _ in 0..50 {
             let (status, body) = client.get(&server, BOOKINGS).await?;
@@ -139,12 +148,7 @@ async fn a_forbidden_endpoint_costs_one_extra_token_request_and_returns_understo
 
 #[tokio::test]
 async fn a_revoked_token_heals_with_one_token_request_and_one_resend() -> TestResult {
-    for integration in 0..2 {
-        let (server, auth) = key_without_bookings().await;
-        let client = Integration::both(&auth)
-            .into_iter()
-            .nth(integration)
-            .unwrap();
+    for (server, auth, client) in each_integration().await {
         server.revoke_token(auth.token().await?.secret());
         let (tokens, requests) = (server.token_requests(), server.api_requests());
         let (status, _) = client.get(&server, CONSENTS).await?;
@@ -157,13 +161,8 @@ async fn a_revoked_token_heals_with_one_token_request_and_one_resend() -> TestRe
 
 #[tokio::test]
 async fn a_scope_gained_works_by_the_next_regular_refresh() -> TestResult {
-    for integration in 0..2 {
-        let (server, auth) = key_without_bookings().await;
+    for (server, _auth, client) in each_integration().await {
         server.set_token_lifetime(Duration::from_secs(3));
-        let client = Integration::both(&auth)
-            .into_iter()
-            .nth(integration)
-            .unwrap();
         for _ in 0..10 {
             assert_eq!(
                 client.get(&server, BOOKINGS).await?.0,
