@@ -146,7 +146,25 @@ impl Error {
         }
     }
 
-    /// How long the server asked clients to wait (`Retry-After`), if it said.
+    /// Whether the auth server is rate limiting this key: it answered HTTP 429 Too Many
+    /// Requests. Such an error is also [transient](Self::is_transient); Understory asks
+    /// clients to back off for at least a minute before trying again.
+    ///
+    /// ```
+    /// use understory_auth::{Error, http::StatusCode};
+    ///
+    /// let limited = Error::Status { status: StatusCode::TOO_MANY_REQUESTS, retry_after: None };
+    /// assert!(limited.is_rate_limited() && limited.is_transient());
+    /// let unavailable = Error::Status { status: StatusCode::SERVICE_UNAVAILABLE, retry_after: None };
+    /// assert!(!unavailable.is_rate_limited());
+    /// ```
+    pub fn is_rate_limited(&self) -> bool {
+        self.status() == Some(StatusCode::TOO_MANY_REQUESTS)
+    }
+
+    /// How long the server asked clients to wait (`Retry-After`), if it said. Honoured only
+    /// on 429 and 503 answers (ignored on any other), in whole seconds, and at most 5
+    /// minutes: a larger value is taken as 5 minutes.
     ///
     /// ```
     /// use understory_auth::{Error, http::StatusCode};

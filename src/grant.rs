@@ -37,8 +37,10 @@ pub const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(1);
 /// The longest lifetime believed: larger `expires_in` values are clamped, so absurd
 /// numbers cannot overflow a clock, and the token is still replaced daily.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
-/// The longest `Retry-After` honoured; larger values are clamped to it.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// The longest `Retry-After` honoured: 5 minutes; larger values are clamped to it. A server
+/// answering `Retry-After: 99999` to a process without a valid token would otherwise make
+/// every caller fail at once for a day.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(5 * 60);
 
 /// Everything needed to send the token request, prepared once at build time.
 pub(crate) struct Grant {
@@ -120,7 +122,7 @@ impl Grant {
         }
         let response = request.send().await.map_err(|e| self.transport_error(e))?;
         let status = response.status();
-        let retry_after = parse_retry_after(response.headers());
+        let retry_after = parse_retry_after(status, response.headers());
         let body = read_bounded(response).await.map_err(|e| match e {
             BodyError::Transport(e) => self.transport_error(e),
             BodyError::TooLarge => Error::invalid_response(
@@ -198,9 +200,14 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, BodyEr
     Ok(body)
 }
 
-/// `Retry-After` in seconds (RFC 9110 also allows an HTTP date, which is ignored: the
-/// cache's own backoff applies then), clamped to [`MAX_RETRY_AFTER`].
-pub(crate) fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+/// `Retry-After` in seconds, honoured only on 429 and 503 (the statuses RFC 9110 and RFC 6585
+/// give it a meaning for; on any other answer it is ignored), clamped to
+/// [`MAX_RETRY_AFTER`]. RFC 9110 also allows an HTTP date, which is ignored: the cache's own
+/// backoff applies then.
+pub(crate) fn parse_retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+    if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE {
+        return None;
+    }
     let secs: u64 = headers
         .get(RETRY_AFTER)?
         .to_str()
@@ -469,19 +476,42 @@ mod tests {
 
     #[test]
     fn retry_after_seconds_only_and_clamped() {
+        let limited = StatusCode::TOO_MANY_REQUESTS;
         let mut headers = HeaderMap::new();
-        assert_eq!(parse_retry_after(&headers), None);
+        assert_eq!(parse_retry_after(limited, &headers), None);
         headers.insert(RETRY_AFTER, HeaderValue::from_static(" 120 "));
-        assert_eq!(parse_retry_after(&headers), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after(limited, &headers),
+            Some(Duration::from_secs(120))
+        );
         headers.insert(RETRY_AFTER, HeaderValue::from_static("99999999999"));
-        assert_eq!(parse_retry_after(&headers), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after(limited, &headers), Some(MAX_RETRY_AFTER));
+        assert_eq!(MAX_RETRY_AFTER, Duration::from_secs(300));
         headers.insert(
             RETRY_AFTER,
             HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
         );
-        assert_eq!(parse_retry_after(&headers), None);
+        assert_eq!(parse_retry_after(limited, &headers), None);
         headers.insert(RETRY_AFTER, HeaderValue::from_static("-1"));
-        assert_eq!(parse_retry_after(&headers), None);
+        assert_eq!(parse_retry_after(limited, &headers), None);
+    }
+
+    #[test]
+    fn retry_after_only_on_429_and_503() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("30"));
+        for status in [429, 503] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(
+                parse_retry_after(status, &headers),
+                Some(Duration::from_secs(30)),
+                "{status}"
+            );
+        }
+        for status in [200, 301, 400, 401, 500, 502, 504] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(parse_retry_after(status, &headers), None, "{status}");
+        }
     }
 
     #[test]
