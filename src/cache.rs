@@ -34,8 +34,11 @@
 //!   grows exponentially with jitter (transient failures from [`TRANSIENT_BACKOFF_BASE`] to
 //!   [`TRANSIENT_BACKOFF_MAX`], rejected credentials or scopes from
 //!   [`PERMANENT_BACKOFF_BASE`] to [`PERMANENT_BACKOFF_MAX`]) and is at least the server's
-//!   `Retry-After`. While a valid token remains, a failed background refresh keeps it and
-//!   retries within half of the time it has left.
+//!   `Retry-After`. A rate limit (HTTP 429) waits for its `Retry-After`, or else
+//!   [`RATE_LIMIT_BACKOFF`] plus up to [`RATE_LIMIT_JITTER`], and its callers get
+//!   [`Error::RateLimited`] saying when the next attempt is. While a valid token remains, a
+//!   failed background refresh keeps it and retries within half of the time it has left
+//!   (but never sooner than a rate limit allows).
 //! * **Invalidation.** What a 401 means is decided here, in [`TokenCache::answered`], by
 //!   the rule documented in the crate docs ("What happens on a 401"). A token is dropped
 //!   only if it is still the cached one (compare by [`TokenId`](crate::TokenId)), so a
@@ -76,6 +79,11 @@ pub const PERMANENT_BACKOFF_MAX: Duration = Duration::from_secs(120);
 /// carrying it accepted in between, before it is dropped in turn; it doubles with each
 /// replacement dropped in a row, up to the token's lifetime.
 pub const INVALIDATION_COOLDOWN: Duration = Duration::from_secs(5);
+/// How long callers wait after the auth server answered 429 without `Retry-After`, before
+/// the random part ([`RATE_LIMIT_JITTER`]) is added: Understory asks for at least a minute.
+const RATE_LIMIT_BACKOFF: Duration = Duration::from_secs(60);
+/// The most added at random to [`RATE_LIMIT_BACKOFF`], so a fleet does not return in lockstep.
+const RATE_LIMIT_JITTER: Duration = Duration::from_secs(30);
 /// How long past a fetch's deadline (its start plus the load timeout) its callers still
 /// wait for it. A fetch runs on the runtime of the caller that started it; if nobody drives
 /// that runtime (a current-thread runtime left idle between `block_on` calls), its own
@@ -188,6 +196,19 @@ struct Failure {
     retry_at: Instant,
 }
 
+impl Failure {
+    /// The error as a caller at `now` gets it: a rate limit says when the next attempt is.
+    fn error_at(&self, now: Instant) -> Error {
+        if !self.error.is_rate_limited() {
+            return self.error.clone();
+        }
+        Error::RateLimited {
+            next_attempt_in: self.retry_at.saturating_duration_since(now),
+            cause: Box::new(self.error.clone()),
+        }
+    }
+}
+
 /// What a caller without a usable token does.
 enum Next {
     Ready(AccessToken),
@@ -207,6 +228,7 @@ struct Counters {
     coalesced_waits: AtomicU64,
     failed_fast: AtomicU64,
     invalidations: AtomicU64,
+    rate_limited: AtomicU64,
 }
 
 /// A snapshot of the cache's counters, cheap to take, for export to metrics.
@@ -234,6 +256,9 @@ pub struct CacheStats {
     pub failed_fast: u64,
     /// Tokens dropped because a request carrying them was rejected.
     pub invalidations: u64,
+    /// Of [`CacheStats::fetch_failures`], those the auth server refused with HTTP 429 (it is
+    /// rate limiting this key).
+    pub rate_limited: u64,
     /// The cached token's id, if there is one.
     pub token_id: Option<TokenId>,
     /// When the cached token expires, if there is one.
@@ -376,6 +401,7 @@ impl TokenCache {
             coalesced_waits: c.coalesced_waits.load(Relaxed),
             failed_fast: c.failed_fast.load(Relaxed),
             invalidations: c.invalidations.load(Relaxed),
+            rate_limited: c.rate_limited.load(Relaxed),
             token_id: slot.as_ref().map(AccessToken::id),
             expires_at: slot.as_ref().map(AccessToken::expires_at),
         }
@@ -412,7 +438,7 @@ impl TokenCache {
         }
         if let Some(failure) = state.failure.as_ref().filter(|f| now < f.retry_at) {
             self.shared.counters.failed_fast.fetch_add(1, Relaxed);
-            return Err(failure.error.clone());
+            return Err(failure.error_at(now));
         }
         let launch = self.record_flight(&mut state, now, false);
         drop(state);
@@ -639,15 +665,28 @@ impl SharedCache {
             }
             Err(error) => {
                 self.counters.failures.fetch_add(1, Relaxed);
-                let delay = if current {
-                    self.open_failure_window(&mut state, error, now)
-                } else {
-                    Duration::ZERO // a replaced flight: its successor decides
-                };
+                if !current {
+                    // A replaced flight: its successor decides.
+                    tracing::warn!(error = %error, elapsed_ms, "token request failed");
+                    return result;
+                }
+                let failure = self.open_failure_window(&mut state, error, now);
+                let retry_in_ms = (failure.retry_at - now).as_millis() as u64;
+                if error.is_rate_limited() {
+                    self.counters.rate_limited.fetch_add(1, Relaxed);
+                    tracing::warn!(
+                        error = %error,
+                        rate_limited = true,
+                        retry_in_ms,
+                        elapsed_ms,
+                        "token request rate limited by the auth server (HTTP 429)"
+                    );
+                    return Err(failure.error_at(now));
+                }
                 tracing::warn!(
                     error = %error,
                     transient = error.is_transient(),
-                    retry_in_ms = delay.as_millis() as u64,
+                    retry_in_ms,
                     elapsed_ms,
                     "token request failed"
                 );
@@ -674,22 +713,27 @@ impl SharedCache {
         }
     }
 
-    /// Remembers a failure until its retry instant; returns the delay.
-    fn open_failure_window(&self, state: &mut FetchState, error: &Error, now: Instant) -> Duration {
+    /// Remembers a failure until its retry instant, and returns it.
+    fn open_failure_window<'s>(
+        &self,
+        state: &'s mut FetchState,
+        error: &Error,
+        now: Instant,
+    ) -> &'s Failure {
         state.consecutive_failures = state.consecutive_failures.saturating_add(1);
         let mut delay = backoff(error, state.consecutive_failures, (self.jitter)());
-        // With a valid token left, retry soon enough to replace it before it expires.
+        // With a valid token left, retry soon enough to replace it before it expires, though
+        // never sooner than a rate limit allows.
         if let Some(current) = self.slot.read().as_ref() {
             let left = current.usable_until().saturating_duration_since(now);
             if !left.is_zero() {
-                delay = delay.min(left / 2);
+                delay = delay.min((left / 2).max(rate_limit_floor(error)));
             }
         }
-        state.failure = Some(Failure {
+        state.failure.insert(Failure {
             error: error.clone(),
             retry_at: now + delay,
-        });
-        delay
+        })
     }
 }
 
@@ -750,10 +794,16 @@ pub(crate) fn refresh_lead(lifetime: Duration) -> Duration {
     expiry_skew(lifetime) + refresh_margin(lifetime).mul_f64(1.0 + REFRESH_JITTER)
 }
 
-/// The failure window after the `attempt`-th consecutive failure: exponential, with half
-/// of it random (`jitter` in `0.0..1.0` draws it), and never shorter than the server's
-/// `Retry-After`.
+/// The failure window after the `attempt`-th consecutive failure (`jitter` in `0.0..1.0`
+/// draws its random part). A rate limit (HTTP 429) waits for the server's `Retry-After`, or
+/// else [`RATE_LIMIT_BACKOFF`] plus up to [`RATE_LIMIT_JITTER`]. Other failures grow
+/// exponentially, half of the window random, and are never shorter than a `Retry-After`.
 fn backoff(error: &Error, attempt: u32, jitter: f64) -> Duration {
+    if error.is_rate_limited() {
+        return error
+            .retry_after()
+            .unwrap_or_else(|| RATE_LIMIT_BACKOFF + RATE_LIMIT_JITTER.mul_f64(jitter));
+    }
     let (base, max) = if error.is_transient() {
         (TRANSIENT_BACKOFF_BASE, TRANSIENT_BACKOFF_MAX)
     } else {
@@ -763,6 +813,15 @@ fn backoff(error: &Error, attempt: u32, jitter: f64) -> Duration {
     let delay = base.saturating_mul(1 << exponent).min(max);
     let jittered = delay.mul_f64(0.5 + jitter * 0.5);
     jittered.max(error.retry_after().unwrap_or_default())
+}
+
+/// The shortest wait after `error`, even with a token about to expire: the server's
+/// `Retry-After` or [`RATE_LIMIT_BACKOFF`] for a rate limit, nothing otherwise.
+fn rate_limit_floor(error: &Error) -> Duration {
+    match error.is_rate_limited() {
+        true => error.retry_after().unwrap_or(RATE_LIMIT_BACKOFF),
+        false => Duration::ZERO,
+    }
 }
 
 #[cfg(test)]

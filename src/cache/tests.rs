@@ -270,12 +270,13 @@ async fn a_failed_background_refresh_keeps_the_token_and_retries_before_expiry()
 
 #[tokio::test(start_paused = true)]
 async fn background_retries_are_bounded_by_the_time_the_token_has_left() {
-    // A 429 asking for an hour must not outlive a token with minutes left.
-    let limited = Error::Status {
-        status: StatusCode::TOO_MANY_REQUESTS,
+    // A 503 asking for an hour must not outlive a token with minutes left (a 429 is
+    // honoured: see the rate-limit tests).
+    let unavailable = Error::Status {
+        status: StatusCode::SERVICE_UNAVAILABLE,
         retry_after: Some(Duration::from_secs(3600)),
     };
-    let source = Scripted::new([token(300), fail(limited), token(300)]);
+    let source = Scripted::new([token(300), fail(unavailable), token(300)]);
     let cache = cache(&source);
     let first = cache.token().await.unwrap();
     let usable_until = first.usable_until();
@@ -898,4 +899,126 @@ async fn a_scope_gained_works_at_the_latest_after_the_next_regular_refresh() {
         "{:?}",
         ok_at - refresh_at
     );
+}
+
+// Rate limits (HTTP 429) from the token endpoint, with the jitter drawn as 0.5.
+
+fn rate_limited(retry_after: Option<u64>) -> Error {
+    Error::Status {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        retry_after: retry_after.map(Duration::from_secs),
+    }
+}
+
+fn half_jittered(source: &Arc<Scripted>) -> TokenCache {
+    TokenCache::with_jitter(
+        Arc::clone(source) as Arc<dyn TokenSource>,
+        LOAD_TIMEOUT,
+        || 0.5,
+    )
+}
+
+fn next_attempt_in(error: &Error) -> Duration {
+    match error {
+        Error::RateLimited {
+            next_attempt_in, ..
+        } => *next_attempt_in,
+        other => panic!("not a rate limit: {other}"),
+    }
+}
+
+/// Captures what the cache logs while it lives.
+#[derive(Clone, Default)]
+struct Captured(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_without_retry_after_backs_off_a_minute_and_a_random_part() {
+    let logs = Captured::default();
+    let _subscriber = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer({
+                let logs = logs.clone();
+                move || logs.clone()
+            })
+            .with_ansi(false)
+            .finish(),
+    );
+    let source = Scripted::new([fail(rate_limited(None)), token(3600)]);
+    let cache = half_jittered(&source);
+    // 60 s, and half of the 30 s random part.
+    let err = cache.token().await.unwrap_err();
+    assert_eq!(next_attempt_in(&err), Duration::from_secs(75));
+    assert!(err.is_transient() && err.is_rate_limited());
+    let message = err.to_string();
+    assert!(message.contains("rate limiting this key"), "{message}");
+    assert!(
+        message.contains("next attempt will be made in 75s"),
+        "{message}"
+    );
+
+    sleep(Duration::from_secs(74)).await;
+    let err = cache.token().await.unwrap_err();
+    assert_eq!(next_attempt_in(&err), Duration::from_secs(1));
+    assert_eq!(source.calls(), 1);
+
+    sleep(Duration::from_secs(1)).await;
+    assert!(cache.token().await.is_ok());
+    assert_eq!(source.calls(), 2);
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.rate_limited, stats.fetch_failures, stats.failed_fast),
+        (1, 1, 1)
+    );
+    let logs = String::from_utf8_lossy(&logs.0.lock()).into_owned();
+    assert!(
+        logs.contains("rate limited by the auth server (HTTP 429)"),
+        "{logs}"
+    );
+    assert!(logs.contains("retry_in_ms=75000"), "{logs}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_with_retry_after_waits_exactly_that_long() {
+    let source = Scripted::new([fail(rate_limited(Some(10))), token(3600)]);
+    let cache = half_jittered(&source);
+    let err = cache.token().await.unwrap_err();
+    assert_eq!(next_attempt_in(&err), Duration::from_secs(10));
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(10)));
+    sleep(Duration::from_millis(9_999)).await;
+    assert!(cache.token().await.is_err());
+    sleep(Duration::from_millis(1)).await;
+    assert!(cache.token().await.is_ok());
+    assert_eq!(source.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limited_refresh_keeps_the_valid_token_and_waits_its_minute() {
+    let source = Scripted::new([token(3600), fail(rate_limited(None)), token(3600)]);
+    let cache = half_jittered(&source);
+    let first = cache.token().await.unwrap();
+    sleep_until(first.refresh_at()).await;
+    assert_eq!(cache.token().await.unwrap().id(), first.id());
+    settle().await;
+    assert_eq!((source.calls(), cache.stats().rate_limited), (2, 1));
+    // Callers keep the valid token, and no request is made for 75 s...
+    sleep(Duration::from_millis(74_999)).await;
+    assert_eq!(cache.token().await.unwrap().id(), first.id());
+    settle().await;
+    assert_eq!(source.calls(), 2);
+    // ...then the next caller starts one.
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(cache.token().await.unwrap().id(), first.id());
+    settle().await;
+    assert_eq!(source.calls(), 3);
+    assert_ne!(cache.token().await.unwrap().id(), first.id());
 }
