@@ -98,7 +98,7 @@ impl UnderstoryAuth {
     /// The `new` fallback: a handle whose every token request reports `error`.
     fn failed(client_id: String, error: Error) -> Self {
         struct Failing(Error);
-        impl crate::cache::TokenSource for Failing {
+        impl crate::source::TokenSource for Failing {
             fn fetch(
                 self: Arc<Self>,
             ) -> futures_util::future::BoxFuture<'static, Result<crate::token::GrantedToken, Error>>

@@ -8,7 +8,7 @@ use http::HeaderValue;
 
 use crate::Error;
 use crate::auth::UnderstoryAuth;
-use crate::cache::{TokenCache, TokenSource};
+use crate::cache::TokenCache;
 use crate::credentials::Credentials;
 use crate::grant::{Grant, GrantConfig};
 use crate::origin::{AllowedOrigins, Origin, parse_secure_url};
@@ -224,23 +224,7 @@ impl UnderstoryAuthBuilder {
             user_agent,
             timeout: self.token_timeout,
         })?;
-        let (source, load_timeout) = (Arc::new(grant) as Arc<dyn TokenSource>, self.token_timeout);
-        #[cfg(feature = "shared-cache")]
-        let (source, load_timeout) = match &self.shared_cache {
-            Some(store) => store.wrap(
-                source,
-                &crate::store::SharedKey {
-                    token_url: token_url.as_str(),
-                    client_id: self.credentials.client_id(),
-                    audience: &self.audience,
-                    scopes: self.credentials.scopes(),
-                },
-                self.credentials.client_secret(),
-                self.token_timeout,
-            )?,
-            None => (source, load_timeout),
-        };
-        let cache = TokenCache::new(source, load_timeout);
+        let cache = self.cache_over(grant, &token_url)?;
         Ok(UnderstoryAuth::from_parts(
             cache,
             AllowedOrigins::new(origins),
@@ -248,6 +232,27 @@ impl UnderstoryAuthBuilder {
             token_url,
             self.credentials.client_id().to_owned(),
         ))
+    }
+}
+
+impl UnderstoryAuthBuilder {
+    /// The token cache over `grant`, asking the shared store first when one is configured.
+    #[cfg_attr(not(feature = "shared-cache"), allow(unused_variables))]
+    fn cache_over(&self, grant: Grant, token_url: &url::Url) -> Result<TokenCache, Error> {
+        let grant = Arc::new(grant);
+        #[cfg(feature = "shared-cache")]
+        if let Some(store) = &self.shared_cache {
+            let key = crate::store::SharedKey {
+                token_url: token_url.as_str(),
+                client_id: self.credentials.client_id(),
+                audience: &self.audience,
+                scopes: self.credentials.scopes(),
+            };
+            let secret = self.credentials.client_secret();
+            let (source, max_fetch_time) = store.wrap(grant, &key, secret, self.token_timeout)?;
+            return Ok(TokenCache::new(source, max_fetch_time));
+        }
+        Ok(TokenCache::new(grant, self.token_timeout))
     }
 }
 

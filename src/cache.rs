@@ -57,6 +57,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::Error;
+use crate::source::TokenSource;
 use crate::token::{AccessToken, GrantedToken, Schedule, TokenId};
 
 /// The smallest refresh-ahead margin for tokens that live long enough to afford it (a
@@ -90,12 +91,6 @@ const RATE_LIMIT_JITTER: Duration = Duration::from_secs(30);
 /// timeout never fires, so callers give up on it at its deadline plus this grace, and the
 /// next caller starts a new fetch in its place.
 const STRANDED_FETCH_GRACE: Duration = Duration::from_secs(1);
-
-/// Where tokens come from: one fetch per call, no caching (that is the cache's job).
-pub(crate) trait TokenSource: Send + Sync + 'static {
-    /// Starts one token request.
-    fn fetch(self: Arc<Self>) -> BoxFuture<'static, Result<GrantedToken, Error>>;
-}
 
 /// How a flight ended, as every caller waiting for it sees it.
 #[derive(Clone)]

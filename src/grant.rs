@@ -21,9 +21,9 @@ use url::Url;
 use url::form_urlencoded::{Serializer, byte_serialize};
 
 use crate::Error;
-use crate::cache::TokenSource;
 use crate::credentials::{ClientAuthMethod, Credentials};
 use crate::error::sanitize_server_text;
+use crate::source::TokenSource;
 use crate::token::GrantedToken;
 
 /// The largest token answer read; a longer body is refused (a token answer is ~1 KiB).

@@ -89,6 +89,7 @@ mod error;
 mod grant;
 mod origin;
 pub mod scope;
+mod source;
 mod token;
 
 #[cfg(feature = "tower")]

@@ -43,12 +43,15 @@ impl TokenId {
     }
 }
 
+/// What precedes the token in its `Authorization` header value.
+const BEARER: &str = "Bearer ";
+
 /// What a token source produced: a validated token secret, its lifetime and its scopes.
 ///
 /// The cache turns it into an [`AccessToken`] by placing it in time.
 #[derive(Clone)]
 pub(crate) struct GrantedToken {
-    secret: Box<str>,
+    /// `Bearer <secret>`, marked sensitive: the only copy of the token.
     header: HeaderValue,
     lifetime: Duration,
     scopes: Vec<String>,
@@ -75,11 +78,10 @@ impl GrantedToken {
                 "access_token holds characters that cannot be sent in an HTTP header",
             ));
         }
-        let mut header = HeaderValue::try_from(format!("Bearer {secret}"))
+        let mut header = HeaderValue::try_from(format!("{BEARER}{secret}"))
             .map_err(|_| Error::invalid_response(ok, "access_token is not a valid header value"))?;
         header.set_sensitive(true);
         Ok(GrantedToken {
-            secret: secret.into(),
             header,
             lifetime,
             scopes,
@@ -90,9 +92,15 @@ impl GrantedToken {
         self.lifetime
     }
 
-    #[cfg(any(test, feature = "shared-cache"))]
+    /// The token, read back from its header value.
     pub(crate) fn secret(&self) -> &str {
-        &self.secret
+        // `new` built the header from `Bearer ` and visible ASCII, so neither step can fail;
+        // if one did, the empty string would simply be rejected by the API.
+        self.header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix(BEARER))
+            .unwrap_or_default()
     }
 
     #[cfg(any(test, feature = "shared-cache"))]
@@ -171,7 +179,7 @@ impl AccessToken {
     /// # let _ = s; Ok(()) }
     /// ```
     pub fn secret(&self) -> &str {
-        &self.inner.granted.secret
+        self.inner.granted.secret()
     }
 
     /// The ready-made `Authorization` header value, `Bearer <secret>`, marked sensitive.
