@@ -128,8 +128,13 @@ impl TokenCache {
 
 const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A cache over `source` whose random draws are all 0.0: no jitter, exact instants.
 fn cache(source: &Arc<Scripted>) -> TokenCache {
-    TokenCache::new(Arc::clone(source) as Arc<dyn TokenSource>, LOAD_TIMEOUT)
+    TokenCache::with_jitter(
+        Arc::clone(source) as Arc<dyn TokenSource>,
+        LOAD_TIMEOUT,
+        || 0.0,
+    )
 }
 
 /// Lets spawned tasks run without moving the paused clock.
@@ -212,16 +217,18 @@ async fn refresh_ahead_runs_in_the_background_while_callers_keep_the_valid_token
     let source = Scripted::new([token(100), slow_token(100, 2000)]);
     let cache = cache(&source);
     let first = cache.token().await.unwrap();
-    // 100 s lifetime: margin 50 s (half the lifetime), skew 5 s, jitter up to 10 s, so
-    // the refresh instant falls between 35 s and 45 s.
-    advance(Duration::from_secs(34)).await;
+    // 100 s lifetime: margin 50 s (half the lifetime), skew 5 s, no jitter drawn: the
+    // refresh instant is 45 s.
+    assert_eq!(first.refresh_at() - Instant::now(), Duration::from_secs(45));
+    advance(Duration::from_millis(44_999)).await;
     assert_eq!(
         cache.token().now_or_never().unwrap().unwrap().id(),
         first.id()
     );
+    settle().await;
     assert_eq!(source.calls(), 1, "no refresh before the margin");
 
-    advance(Duration::from_secs(12)).await;
+    advance(Duration::from_millis(1)).await;
     // Past the refresh instant: callers get the valid token at once, without waiting...
     for _ in 0..100 {
         let token = cache.token().now_or_never().expect("never waits").unwrap();
@@ -324,10 +331,10 @@ async fn a_four_second_token_is_used_for_most_of_its_life_and_refreshed_ahead() 
             waited += 1;
         }
     }
-    // 20 s of 4 s tokens refreshed halfway (between 1.4 s and 1.8 s into their life):
-    // 12 to 15 fetches, none of which made a caller wait.
-    let calls = source.calls();
-    assert!((10..=16).contains(&calls), "{calls} fetches");
+    // 20 s of 4 s tokens refreshed 1.8 s after their request started (half of the life,
+    // less the 5 % skew): the first fetch and one at each 1.8 s up to 19.8 s, none of which
+    // made a caller wait.
+    assert_eq!(source.calls(), 12);
     assert_eq!(waited, 0, "no caller waited for a refresh");
 }
 
@@ -343,9 +350,9 @@ async fn wrong_credentials_under_load_make_a_handful_of_requests_a_minute() {
         }
         sleep(Duration::from_secs(1)).await;
     }
-    // Windows of 2.5-5 s, 5-10 s, 10-20 s, 20-40 s, ...: at most 6 requests in 60 s.
-    let calls = source.calls();
-    assert!((3..=6).contains(&calls), "{calls} token requests");
+    // Windows of 2.5 s, 5 s, 10 s, 20 s, 40 s (the lower half of each, as drawn): requests
+    // at 0, 2.5, 7.5, 17.5 and 37.5 s.
+    assert_eq!(source.calls(), 5);
     assert!(cache.stats().failed_fast > 59_000);
 }
 
@@ -484,41 +491,65 @@ fn outside_a_runtime_it_reports_an_error_instead_of_panicking() {
 }
 
 #[test]
-fn schedule_scales_with_the_lifetime() {
+fn schedule_places_tokens_by_their_lifetime_and_the_jitter_drawn() {
     let now = Instant::now();
-    let at = |secs: f64| now + Duration::from_secs_f64(secs);
-    for _ in 0..100 {
-        let hour = schedule(now, Duration::from_secs(3600), fastrand::f64());
-        assert_eq!(hour.usable_until, at(3595.0));
-        assert!(hour.refresh_at >= at(3595.0 - 360.0 * 1.2) && hour.refresh_at <= at(3235.0));
-
-        let four = schedule(now, Duration::from_secs(4), fastrand::f64());
-        assert_eq!(four.usable_until, at(3.8));
-        assert!(four.refresh_at >= at(1.4) && four.refresh_at <= at(1.8));
-
-        let second = schedule(now, Duration::from_secs(1), fastrand::f64());
-        assert!(second.refresh_at > now && second.refresh_at < second.usable_until);
+    let at = |millis: u64| now + Duration::from_millis(millis);
+    // (lifetime, usable until, refresh at with no jitter, with the most jitter)
+    let cases = [
+        (3600, at(3_595_000), at(3_235_000), at(3_163_000)),
+        (600, at(595_000), at(535_000), at(523_000)),
+        (4, at(3_800), at(1_800), at(1_400)),
+        (1, at(950), at(450), at(350)),
+    ];
+    for (lifetime, usable_until, earliest, latest) in cases {
+        let lifetime = Duration::from_secs(lifetime);
+        let calm = schedule(now, lifetime, 0.0);
+        assert_eq!(calm.expires_at, now + lifetime);
+        assert_eq!(calm.usable_until, usable_until, "{lifetime:?}");
+        assert_eq!(calm.refresh_at, earliest, "{lifetime:?}");
+        assert_eq!(
+            schedule(now, lifetime, 1.0).refresh_at,
+            latest,
+            "{lifetime:?}"
+        );
     }
 }
 
 #[test]
 fn backoff_grows_is_capped_and_honours_retry_after() {
-    for attempt in 1..40 {
-        let transient = backoff(&unavailable(), attempt, fastrand::f64());
-        assert!(transient <= TRANSIENT_BACKOFF_MAX);
-        assert!(transient >= TRANSIENT_BACKOFF_BASE / 2);
-        let permanent = backoff(&invalid_client(), attempt, fastrand::f64());
-        assert!(permanent <= PERMANENT_BACKOFF_MAX);
-        assert!(permanent >= PERMANENT_BACKOFF_BASE / 2);
+    let secs = Duration::from_secs_f64;
+    // (attempt, transient with no jitter, with the most, permanent with no jitter)
+    let cases = [
+        (1, secs(0.25), secs(0.5), secs(2.5)),
+        (2, secs(0.5), secs(1.0), secs(5.0)),
+        (7, secs(15.0), secs(30.0), secs(60.0)),
+        (40, secs(15.0), secs(30.0), secs(60.0)),
+    ];
+    for (attempt, calm, most, permanent) in cases {
+        assert_eq!(backoff(&unavailable(), attempt, 0.0), calm, "{attempt}");
+        assert_eq!(backoff(&unavailable(), attempt, 1.0), most, "{attempt}");
+        assert_eq!(
+            backoff(&invalid_client(), attempt, 0.0),
+            permanent,
+            "{attempt}"
+        );
     }
-    assert!(backoff(&unavailable(), 30, fastrand::f64()) >= TRANSIENT_BACKOFF_MAX / 2);
-    let limited = Error::Status {
-        status: StatusCode::TOO_MANY_REQUESTS,
+    let asked = Error::Status {
+        status: StatusCode::SERVICE_UNAVAILABLE,
         retry_after: Some(Duration::from_secs(600)),
     };
+    assert_eq!(backoff(&asked, 1, 1.0), Duration::from_secs(600));
     assert_eq!(
-        backoff(&limited, 1, fastrand::f64()),
-        Duration::from_secs(600)
+        backoff(&rate_limited(None), 1, 0.0),
+        Duration::from_secs(60)
+    );
+    assert_eq!(
+        backoff(&rate_limited(None), 1, 1.0),
+        Duration::from_secs(90)
+    );
+    assert_eq!(
+        backoff(&rate_limited(Some(5)), 3, 1.0),
+        Duration::from_secs(5)
     );
 }
 
@@ -734,14 +765,6 @@ async fn request(cache: &TokenCache, api: &Api, needs: Option<&str>) -> StatusCo
     status
 }
 
-fn unjittered(source: &Arc<Scripted>) -> TokenCache {
-    TokenCache::with_jitter(
-        Arc::clone(source) as Arc<dyn TokenSource>,
-        LOAD_TIMEOUT,
-        || 0.0,
-    )
-}
-
 fn granting(scopes: &[&str], lifetime_secs: u64) -> Arc<Scripted> {
     let source = Scripted::new([token(lifetime_secs)]);
     *source.scopes.lock() = scopes.iter().map(|s| (*s).to_owned()).collect();
@@ -751,7 +774,7 @@ fn granting(scopes: &[&str], lifetime_secs: u64) -> Arc<Scripted> {
 #[tokio::test(start_paused = true)]
 async fn a_forbidden_endpoint_costs_at_most_one_token_request_per_token_lifetime() {
     let source = granting(&["marketing.read"], 120);
-    let cache = unjittered(&source);
+    let cache = cache(&source);
     let api = Api::default();
     // Ten minutes of /v1/bookings 20 times a second, /v1/marketing-consents once a second.
     for tick in 0..12_000 {
@@ -781,7 +804,7 @@ async fn a_forbidden_endpoint_costs_at_most_one_token_request_per_token_lifetime
 #[tokio::test(start_paused = true)]
 async fn without_other_traffic_the_cooldown_grows_to_the_token_lifetime() {
     let source = granting(&["marketing.read"], 120);
-    let cache = unjittered(&source);
+    let cache = cache(&source);
     let api = Api::default();
     let mut dropped_at = Vec::new();
     for _ in 0..12_000 {
@@ -813,7 +836,7 @@ async fn without_other_traffic_the_cooldown_grows_to_the_token_lifetime() {
 #[tokio::test(start_paused = true)]
 async fn a_revoked_token_heals_with_one_token_request_and_one_resend() {
     let source = granting(&["marketing.read"], 3600);
-    let cache = unjittered(&source);
+    let cache = cache(&source);
     let api = Api::default();
     let first = cache.token().await.unwrap();
     api.revoke(&first);
@@ -824,7 +847,7 @@ async fn a_revoked_token_heals_with_one_token_request_and_one_resend() {
 #[tokio::test(start_paused = true)]
 async fn a_burst_of_rejections_causes_one_token_request() {
     let source = granting(&["marketing.read"], 3600);
-    let cache = unjittered(&source);
+    let cache = cache(&source);
     let api = Arc::new(Api::default());
     let revoked = cache.token().await.unwrap();
     api.revoke(&revoked);
@@ -853,7 +876,7 @@ async fn a_burst_of_rejections_causes_one_token_request() {
 #[tokio::test(start_paused = true)]
 async fn a_revoked_replacement_is_dropped_after_its_cooldown() {
     let source = granting(&["marketing.read"], 3600);
-    let cache = unjittered(&source);
+    let cache = cache(&source);
     let api = Api::default();
     api.revoke(&cache.token().await.unwrap());
     assert_eq!(request(&cache, &api, CONSENTS).await, StatusCode::OK);
@@ -872,7 +895,7 @@ async fn a_revoked_replacement_is_dropped_after_its_cooldown() {
 #[tokio::test(start_paused = true)]
 async fn a_scope_gained_works_at_the_latest_after_the_next_regular_refresh() {
     let source = granting(&["marketing.read"], 600);
-    let cache = unjittered(&source);
+    let cache = cache(&source);
     let api = Api::default();
     let mut granted_refresh_at = None;
     let mut first_ok = None;
