@@ -632,62 +632,83 @@ impl SharedCache {
         result: Result<GrantedToken, Error>,
     ) -> Result<AccessToken, Error> {
         let elapsed_ms = elapsed.as_millis() as u64;
-        let result = result.map(|granted| {
-            let schedule = schedule(started, granted.lifetime(), (self.jitter)());
-            AccessToken::new(granted, schedule)
-        });
         let now = Instant::now();
         let mut state = self.state.lock();
         let current = state.inflight.as_ref().is_some_and(|f| f.flight == flight);
         if current {
             state.inflight = None;
         }
-        match &result {
-            Ok(token) => {
-                self.counters.successes.fetch_add(1, Relaxed);
-                if flight < state.stored_flight {
-                    tracing::debug!(token_id = %token.id(), "a newer token is cached; not storing a late one");
-                    return result;
-                }
-                self.store(&mut state, flight, token, now);
-                tracing::info!(
-                    token_id = %token.id(),
-                    lifetime_secs = token.lifetime().as_secs(),
-                    scopes = %token.scopes().join(" "),
-                    elapsed_ms,
-                    "obtained access token"
-                );
+        match result {
+            Ok(granted) => {
+                let schedule = schedule(started, granted.lifetime(), (self.jitter)());
+                let token = AccessToken::new(granted, schedule);
+                self.land_token(&mut state, flight, &token, elapsed_ms, now);
+                Ok(token)
             }
-            Err(error) => {
-                self.counters.failures.fetch_add(1, Relaxed);
-                if !current {
-                    // A replaced flight: its successor decides.
-                    tracing::warn!(error = %error, elapsed_ms, "token request failed");
-                    return result;
-                }
-                let failure = self.open_failure_window(&mut state, error, now);
-                let retry_in_ms = (failure.retry_at - now).as_millis() as u64;
-                if error.is_rate_limited() {
-                    self.counters.rate_limited.fetch_add(1, Relaxed);
-                    tracing::warn!(
-                        error = %error,
-                        rate_limited = true,
-                        retry_in_ms,
-                        elapsed_ms,
-                        "token request rate limited by the auth server (HTTP 429)"
-                    );
-                    return Err(failure.error_at(now));
-                }
-                tracing::warn!(
-                    error = %error,
-                    transient = error.is_transient(),
-                    retry_in_ms,
-                    elapsed_ms,
-                    "token request failed"
-                );
-            }
+            Err(error) => Err(self.land_failure(&mut state, current, error, elapsed_ms, now)),
         }
-        result
+    }
+
+    /// A fetch produced `token`: it is cached unless a newer flight's token already is.
+    fn land_token(
+        &self,
+        state: &mut FetchState,
+        flight: u64,
+        token: &AccessToken,
+        elapsed_ms: u64,
+        now: Instant,
+    ) {
+        self.counters.successes.fetch_add(1, Relaxed);
+        if flight < state.stored_flight {
+            tracing::debug!(token_id = %token.id(), "a newer token is cached; not storing a late one");
+            return;
+        }
+        self.store(state, flight, token, now);
+        tracing::info!(
+            token_id = %token.id(),
+            lifetime_secs = token.lifetime().as_secs(),
+            scopes = %token.scopes().join(" "),
+            elapsed_ms,
+            "obtained access token"
+        );
+    }
+
+    /// A fetch failed: the failure window opens (unless the flight was replaced, and its
+    /// successor decides). Returns the error as the flight's callers get it.
+    fn land_failure(
+        &self,
+        state: &mut FetchState,
+        current: bool,
+        error: Error,
+        elapsed_ms: u64,
+        now: Instant,
+    ) -> Error {
+        self.counters.failures.fetch_add(1, Relaxed);
+        if !current {
+            tracing::warn!(error = %error, elapsed_ms, "token request failed");
+            return error;
+        }
+        let failure = self.open_failure_window(state, &error, now);
+        let retry_in_ms = (failure.retry_at - now).as_millis() as u64;
+        if error.is_rate_limited() {
+            self.counters.rate_limited.fetch_add(1, Relaxed);
+            tracing::warn!(
+                error = %error,
+                rate_limited = true,
+                retry_in_ms,
+                elapsed_ms,
+                "token request rate limited by the auth server (HTTP 429)"
+            );
+            return failure.error_at(now);
+        }
+        tracing::warn!(
+            error = %error,
+            transient = error.is_transient(),
+            retry_in_ms,
+            elapsed_ms,
+            "token request failed"
+        );
+        error
     }
 
     /// Makes `token` the cached one.
