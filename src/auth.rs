@@ -8,7 +8,7 @@ use url::Url;
 
 use crate::Error;
 use crate::builder::UnderstoryAuthBuilder;
-use crate::cache::{CacheStats, Rejection, TokenCache};
+use crate::cache::{CacheStats, Rejection, Timing, TokenCache};
 use crate::credentials::Credentials;
 use crate::origin::{AllowedOrigins, Origin};
 use crate::token::AccessToken;
@@ -114,7 +114,11 @@ impl UnderstoryAuth {
         let (Ok(api_base), Ok(token_url), Ok(origin)) = defaults else {
             unreachable!("the default URLs are valid constants");
         };
-        let cache = TokenCache::new(Arc::new(Failing(error)), crate::DEFAULT_TOKEN_TIMEOUT);
+        let cache = TokenCache::new(
+            Arc::new(Failing(error)),
+            crate::DEFAULT_TOKEN_TIMEOUT,
+            Timing::default(),
+        );
         // The API origin stays allowed so that requests to it report the error.
         let origins = AllowedOrigins::new(vec![origin]);
         Self::from_parts(cache, origins, api_base, token_url, client_id)

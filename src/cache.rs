@@ -60,13 +60,15 @@ use crate::Error;
 use crate::source::TokenSource;
 use crate::token::{AccessToken, GrantedToken, Schedule, TokenId};
 
-/// The smallest refresh-ahead margin for tokens that live long enough to afford it (a
-/// token's margin is never more than half its lifetime).
+/// The default smallest refresh-ahead margin, for tokens that live long enough to afford it
+/// (a token's margin is never more than half its lifetime); set it with
+/// [`refresh_ahead`](crate::UnderstoryAuthBuilder::refresh_ahead).
 pub const MIN_REFRESH_MARGIN: Duration = Duration::from_secs(60);
 /// The fraction of the refresh margin drawn at random and added to it, per token.
 pub const REFRESH_JITTER: f64 = 0.2;
-/// The most a token's usable life is cut short before its expiry, to cover clock skew and
-/// request latency (for short-lived tokens: 5 % of the lifetime).
+/// The default for the most a token's usable life is cut short before its expiry, to cover
+/// clock skew and request latency (for short-lived tokens: 5 % of the lifetime); set it with
+/// [`expiry_margin`](crate::UnderstoryAuthBuilder::expiry_margin).
 pub const MAX_EXPIRY_SKEW: Duration = Duration::from_secs(5);
 /// The first retry delay after a transient failure (timeout, network, 5xx, 429).
 pub const TRANSIENT_BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -91,6 +93,24 @@ const RATE_LIMIT_JITTER: Duration = Duration::from_secs(30);
 /// timeout never fires, so callers give up on it at its deadline plus this grace, and the
 /// next caller starts a new fetch in its place.
 const STRANDED_FETCH_GRACE: Duration = Duration::from_secs(1);
+
+/// When tokens are refreshed and stop being handed out, as set on the builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timing {
+    /// The smallest refresh-ahead margin (default [`MIN_REFRESH_MARGIN`]).
+    pub(crate) refresh_ahead: Duration,
+    /// The most a token's usable life is cut short (default [`MAX_EXPIRY_SKEW`]).
+    pub(crate) expiry_margin: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            refresh_ahead: MIN_REFRESH_MARGIN,
+            expiry_margin: MAX_EXPIRY_SKEW,
+        }
+    }
+}
 
 /// How a flight ended, as every caller waiting for it sees it.
 #[derive(Clone)]
@@ -117,6 +137,7 @@ struct SharedCache {
     state: Mutex<FetchState>,
     source: Arc<dyn TokenSource>,
     load_timeout: Duration,
+    timing: Timing,
     /// Draws the random fractions of the refresh margin and the backoff (injectable, so tests
     /// assert exact instants).
     jitter: fn() -> f64,
@@ -257,17 +278,23 @@ pub struct CacheStats {
     /// The cached token's id, if there is one.
     pub token_id: Option<TokenId>,
     /// When the cached token expires, if there is one.
-    pub expires_at: Option<Instant>,
+    pub expires_at: Option<std::time::Instant>,
 }
 
 impl TokenCache {
-    pub(crate) fn new(source: Arc<dyn TokenSource>, load_timeout: Duration) -> Self {
-        Self::with_jitter(source, load_timeout, fastrand::f64)
-    }
-
-    pub(crate) fn with_jitter(
+    pub(crate) fn new(
         source: Arc<dyn TokenSource>,
         load_timeout: Duration,
+        timing: Timing,
+    ) -> Self {
+        Self::build(source, load_timeout, timing, fastrand::f64)
+    }
+
+    /// `jitter` draws each random fraction in `0.0..1.0` (tests inject a constant).
+    fn build(
+        source: Arc<dyn TokenSource>,
+        load_timeout: Duration,
+        timing: Timing,
         jitter: fn() -> f64,
     ) -> Self {
         TokenCache {
@@ -276,6 +303,7 @@ impl TokenCache {
                 state: Mutex::new(FetchState::default()),
                 source,
                 load_timeout,
+                timing,
                 jitter,
                 counters: Counters::default(),
             }),
@@ -585,7 +613,7 @@ impl FlightGuard {
         let result = match self.cache.upgrade() {
             Some(cache) => cache.land(self.flight, started, elapsed, result),
             None => result.map(|granted| {
-                let schedule = schedule(started, granted.lifetime(), 0.0);
+                let schedule = schedule(started, granted.lifetime(), 0.0, Timing::default());
                 AccessToken::new(granted, schedule)
             }),
         };
@@ -640,7 +668,8 @@ impl SharedCache {
         }
         match result {
             Ok(granted) => {
-                let schedule = schedule(started, granted.lifetime(), (self.jitter)());
+                let jitter = (self.jitter)();
+                let schedule = schedule(started, granted.lifetime(), jitter, self.timing);
                 let token = AccessToken::new(granted, schedule);
                 self.land_token(&mut state, flight, &token, elapsed_ms, now);
                 Ok(token)
@@ -761,9 +790,9 @@ impl Drop for SharedCache {
 
 /// Places a token obtained at `obtained_at` with `lifetime` in time (see the module docs);
 /// `jitter` in `0.0..1.0` draws the random part of the refresh margin.
-fn schedule(obtained_at: Instant, lifetime: Duration, jitter: f64) -> Schedule {
-    let skew = expiry_skew(lifetime);
-    let margin = refresh_margin(lifetime);
+fn schedule(obtained_at: Instant, lifetime: Duration, jitter: f64, timing: Timing) -> Schedule {
+    let skew = expiry_skew(lifetime, timing);
+    let margin = refresh_margin(lifetime, timing);
     let jitter = margin.mul_f64(jitter * REFRESH_JITTER);
     // Lifetimes are clamped to a day, so this cannot overflow; if it did, the token would
     // simply count as expired.
@@ -789,25 +818,28 @@ fn replacement_cooldown(dropped: u32, lifetime: Duration) -> Duration {
     INVALIDATION_COOLDOWN.saturating_mul(factor).min(lifetime)
 }
 
-/// How long before its expiry a token of `lifetime` stops being handed out.
-fn expiry_skew(lifetime: Duration) -> Duration {
-    (lifetime / 20).min(MAX_EXPIRY_SKEW)
+/// How long before its expiry a token of `lifetime` stops being handed out: 5 % of the
+/// lifetime, at most the expiry margin.
+fn expiry_skew(lifetime: Duration, timing: Timing) -> Duration {
+    (lifetime / 20).min(timing.expiry_margin)
 }
 
 /// How long before a token of `lifetime` stops being handed out it is refreshed (before
-/// jitter).
-fn refresh_margin(lifetime: Duration) -> Duration {
-    (lifetime / 10).max(MIN_REFRESH_MARGIN).min(lifetime / 2)
+/// jitter): 10 % of the lifetime, at least the refresh-ahead margin, at most half of it.
+fn refresh_margin(lifetime: Duration, timing: Timing) -> Duration {
+    (lifetime / 10).max(timing.refresh_ahead).min(lifetime / 2)
 }
 
-/// How long before its expiry a token of `lifetime` may be due for refresh, whatever the
-/// jitter draws: a token with less left than this is due (or past due) by [`schedule`].
+/// How long before its expiry a token of `lifetime` may be due for refresh with the default
+/// timing, whatever the jitter draws: a token with less left than this is due (or past due)
+/// by [`schedule`].
 ///
 /// Never larger for a shorter lifetime, so a token handed on with its remaining lifetime is
 /// due for refresh no later than by its original schedule (see `store`).
 #[cfg(feature = "shared-cache")]
 pub(crate) fn refresh_lead(lifetime: Duration) -> Duration {
-    expiry_skew(lifetime) + refresh_margin(lifetime).mul_f64(1.0 + REFRESH_JITTER)
+    let timing = Timing::default();
+    expiry_skew(lifetime, timing) + refresh_margin(lifetime, timing).mul_f64(1.0 + REFRESH_JITTER)
 }
 
 /// The failure window after the `attempt`-th consecutive failure (`jitter` in `0.0..1.0`

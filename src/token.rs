@@ -37,6 +37,17 @@ impl fmt::Display for TokenId {
 }
 
 impl TokenId {
+    /// The id as a number, e.g. for a metric label.
+    ///
+    /// ```
+    /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
+    /// let id: u64 = auth.token().await?.id().get();
+    /// # let _ = id; Ok(()) }
+    /// ```
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
     fn next() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         TokenId(NEXT.fetch_add(1, Ordering::Relaxed))
@@ -238,11 +249,11 @@ impl AccessToken {
     /// ```
     /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
     /// let token = auth.token().await?;
-    /// assert!(token.expires_at() > tokio::time::Instant::now());
+    /// assert!(token.expires_at() > std::time::Instant::now());
     /// # Ok(()) }
     /// ```
-    pub fn expires_at(&self) -> Instant {
-        self.inner.expires_at
+    pub fn expires_at(&self) -> std::time::Instant {
+        self.inner.expires_at.into_std()
     }
 
     /// How long until [`AccessToken::expires_at`] (zero once expired).

@@ -128,13 +128,15 @@ impl TokenCache {
 
 const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A cache over `source` with the default timing, whose random draws all return `jitter`.
+fn cache_with(source: &Arc<Scripted>, load_timeout: Duration, jitter: fn() -> f64) -> TokenCache {
+    let source = Arc::clone(source) as Arc<dyn TokenSource>;
+    TokenCache::build(source, load_timeout, Timing::default(), jitter)
+}
+
 /// A cache over `source` whose random draws are all 0.0: no jitter, exact instants.
 fn cache(source: &Arc<Scripted>) -> TokenCache {
-    TokenCache::with_jitter(
-        Arc::clone(source) as Arc<dyn TokenSource>,
-        LOAD_TIMEOUT,
-        || 0.0,
-    )
+    cache_with(source, LOAD_TIMEOUT, || 0.0)
 }
 
 /// Lets spawned tasks run without moving the paused clock.
@@ -503,16 +505,32 @@ fn schedule_places_tokens_by_their_lifetime_and_the_jitter_drawn() {
     ];
     for (lifetime, usable_until, earliest, latest) in cases {
         let lifetime = Duration::from_secs(lifetime);
-        let calm = schedule(now, lifetime, 0.0);
+        let calm = schedule(now, lifetime, 0.0, Timing::default());
         assert_eq!(calm.expires_at, now + lifetime);
         assert_eq!(calm.usable_until, usable_until, "{lifetime:?}");
         assert_eq!(calm.refresh_at, earliest, "{lifetime:?}");
         assert_eq!(
-            schedule(now, lifetime, 1.0).refresh_at,
+            schedule(now, lifetime, 1.0, Timing::default()).refresh_at,
             latest,
             "{lifetime:?}"
         );
     }
+}
+
+#[test]
+fn the_builder_timing_moves_the_refresh_and_the_end_of_use() {
+    let now = Instant::now();
+    let timing = Timing {
+        refresh_ahead: Duration::from_secs(600),
+        expiry_margin: Duration::from_secs(30),
+    };
+    let hour = schedule(now, Duration::from_secs(3600), 0.0, timing);
+    assert_eq!(hour.usable_until, now + Duration::from_secs(3570));
+    assert_eq!(hour.refresh_at, now + Duration::from_secs(2970));
+    // Short tokens keep their proportional margins: 5 % and at most half the life.
+    let short = schedule(now, Duration::from_secs(60), 0.0, timing);
+    assert_eq!(short.usable_until, now + Duration::from_secs(57));
+    assert_eq!(short.refresh_at, now + Duration::from_secs(27));
 }
 
 #[test]
@@ -570,10 +588,6 @@ fn current_thread_runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn cache_with_timeout(source: &Arc<Scripted>, load_timeout: Duration) -> TokenCache {
-    TokenCache::new(Arc::clone(source) as Arc<dyn TokenSource>, load_timeout)
-}
-
 #[test]
 fn a_caller_on_a_dropped_runtime_gets_an_error_and_healthy_callers_are_unaffected() {
     let source = Scripted::new([token(3600)]);
@@ -602,7 +616,7 @@ fn a_caller_on_a_dropped_runtime_gets_an_error_and_healthy_callers_are_unaffecte
 fn a_fetch_stranded_on_an_idle_runtime_is_replaced_after_its_deadline() {
     let load_timeout = Duration::from_millis(200);
     let source = Scripted::new([token(3600)]);
-    let cache = cache_with_timeout(&source, load_timeout);
+    let cache = cache_with(&source, load_timeout, || 0.0);
     // A sync bridge: one poll on runtime A starts the fetch there, then A sits idle.
     let idle = current_thread_runtime();
     idle.block_on(async {
@@ -934,11 +948,7 @@ fn rate_limited(retry_after: Option<u64>) -> Error {
 }
 
 fn half_jittered(source: &Arc<Scripted>) -> TokenCache {
-    TokenCache::with_jitter(
-        Arc::clone(source) as Arc<dyn TokenSource>,
-        LOAD_TIMEOUT,
-        || 0.5,
-    )
+    cache_with(source, LOAD_TIMEOUT, || 0.5)
 }
 
 fn next_attempt_in(error: &Error) -> Duration {

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
-use tokio::time::Instant;
+use std::time::Instant;
 use tower::retry::Retry;
 use tower::{ServiceBuilder, ServiceExt};
 use understory_auth::testing::{SandboxServer, TokenFault};
