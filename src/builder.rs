@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use crate::Error;
-use crate::auth::UnderstoryAuth;
+use crate::auth::{Endpoints, UnderstoryAuth};
 use crate::cache::{Timing, TokenCache};
 use crate::credentials::Credentials;
 use crate::grant::{Grant, GrantConfig};
@@ -276,35 +276,49 @@ impl UnderstoryAuthBuilder {
             user_agent,
             timeout: self.token_timeout,
         })?;
-        let cache = self.cache_over(grant, &token_url)?;
-        Ok(UnderstoryAuth::from_parts(
-            cache,
-            AllowedOrigins::new(origins),
+        let endpoints = Endpoints {
+            origins: AllowedOrigins::new(origins),
             api_base,
             token_url,
-            self.credentials.client_id().to_owned(),
+            client_id: self.credentials.client_id().to_owned(),
+        };
+        Ok(UnderstoryAuth::from_cache(
+            self.cache_over(grant, endpoints)?,
         ))
     }
 }
 
 impl UnderstoryAuthBuilder {
     /// The token cache over `grant`, asking the shared store first when one is configured.
-    #[cfg_attr(not(feature = "shared-cache"), allow(unused_variables))]
-    fn cache_over(&self, grant: Grant, token_url: &url::Url) -> Result<TokenCache, Error> {
+    fn cache_over(
+        &self,
+        grant: Grant,
+        endpoints: Endpoints,
+    ) -> Result<TokenCache<Endpoints>, Error> {
         let grant = Arc::new(grant);
         #[cfg(feature = "shared-cache")]
         if let Some(store) = &self.shared_cache {
             let key = crate::store::SharedKey {
-                token_url: token_url.as_str(),
+                token_url: endpoints.token_url.as_str(),
                 client_id: self.credentials.client_id(),
                 audience: &self.audience,
                 scopes: self.credentials.scopes(),
             };
             let secret = self.credentials.client_secret();
             let (source, max_fetch_time) = store.wrap(grant, &key, secret, self.token_timeout)?;
-            return Ok(TokenCache::new(source, max_fetch_time, self.timing));
+            return Ok(TokenCache::new(
+                source,
+                max_fetch_time,
+                self.timing,
+                endpoints,
+            ));
         }
-        Ok(TokenCache::new(grant, self.token_timeout, self.timing))
+        Ok(TokenCache::new(
+            grant,
+            self.token_timeout,
+            self.timing,
+            endpoints,
+        ))
     }
 }
 

@@ -123,13 +123,22 @@ enum Landed {
 
 type Outcome = Shared<BoxFuture<'static, Landed>>;
 
-/// A handle to the shared cache; clones share it.
-#[derive(Clone)]
-pub(crate) struct TokenCache {
-    shared: Arc<SharedCache>,
+/// A handle to the shared cache; clones share it. `M` is what its owner keeps beside the
+/// cache, behind the same `Arc` (`UnderstoryAuth` keeps its endpoints there), so that a
+/// handle is one `Arc`.
+pub(crate) struct TokenCache<M = ()> {
+    shared: Arc<SharedCache<M>>,
 }
 
-struct SharedCache {
+impl<M> Clone for TokenCache<M> {
+    fn clone(&self) -> Self {
+        TokenCache {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+struct SharedCache<M> {
     /// The current token: the hot path reads only this.
     slot: RwLock<Option<AccessToken>>,
     /// Lock order: `state` before `slot`. No code holding `state` runs anything that could
@@ -142,6 +151,7 @@ struct SharedCache {
     /// assert exact instants).
     jitter: fn() -> f64,
     counters: Counters,
+    meta: M,
 }
 
 #[derive(Default)]
@@ -281,13 +291,14 @@ pub struct CacheStats {
     pub expires_at: Option<std::time::Instant>,
 }
 
-impl TokenCache {
+impl<M: Send + Sync + 'static> TokenCache<M> {
     pub(crate) fn new(
         source: Arc<dyn TokenSource>,
         load_timeout: Duration,
         timing: Timing,
+        meta: M,
     ) -> Self {
-        Self::build(source, load_timeout, timing, fastrand::f64)
+        Self::build(source, load_timeout, timing, fastrand::f64, meta)
     }
 
     /// `jitter` draws each random fraction in `0.0..1.0` (tests inject a constant).
@@ -296,6 +307,7 @@ impl TokenCache {
         load_timeout: Duration,
         timing: Timing,
         jitter: fn() -> f64,
+        meta: M,
     ) -> Self {
         TokenCache {
             shared: Arc::new(SharedCache {
@@ -306,8 +318,14 @@ impl TokenCache {
                 timing,
                 jitter,
                 counters: Counters::default(),
+                meta,
             }),
         }
+    }
+
+    /// What the owner keeps beside the cache.
+    pub(crate) fn meta(&self) -> &M {
+        &self.shared.meta
     }
 
     /// The hot path: the cached token if it is still usable, without waiting for anything.
@@ -492,7 +510,7 @@ impl TokenCache {
 
     /// Records a new flight as the one everyone joins; [`Self::launch`] starts it once the
     /// lock is released.
-    fn record_flight(&self, state: &mut FetchState, now: Instant, background: bool) -> Launch {
+    fn record_flight(&self, state: &mut FetchState, now: Instant, background: bool) -> Launch<M> {
         let counters = &self.shared.counters;
         counters.fetches.fetch_add(1, Relaxed);
         if background {
@@ -526,7 +544,7 @@ impl TokenCache {
 
     /// Spawns a recorded flight's task. Called without any lock held: a runtime that is
     /// shutting down drops the task inside `spawn`, and its guard then takes the lock.
-    fn launch(&self, runtime: &tokio::runtime::Handle, launch: Launch) -> Next {
+    fn launch(&self, runtime: &tokio::runtime::Handle, launch: Launch<M>) -> Next {
         let Launch {
             guard,
             background,
@@ -590,8 +608,8 @@ fn abort(inflight: Option<Inflight>) {
 }
 
 /// A recorded flight, not yet spawned.
-struct Launch {
-    guard: FlightGuard,
+struct Launch<M> {
+    guard: FlightGuard<M>,
     background: bool,
     outcome: Outcome,
     give_up: Instant,
@@ -600,13 +618,13 @@ struct Launch {
 /// Owned by the fetch task: records the outcome in the cache and hands it to the waiters.
 /// If the task is dropped before it ends (aborted, its runtime shut down, a panic), the
 /// waiters learn it too, so the cache can never be left waiting for it.
-struct FlightGuard {
-    cache: Weak<SharedCache>,
+struct FlightGuard<M> {
+    cache: Weak<SharedCache<M>>,
     flight: u64,
     sender: Option<tokio::sync::oneshot::Sender<Landed>>,
 }
 
-impl FlightGuard {
+impl<M> FlightGuard<M> {
     fn finish(mut self, started: Instant, result: Result<GrantedToken, Error>) {
         let elapsed = started.elapsed();
         // Without the cache nobody is waiting: the outcome only needs a shape.
@@ -623,7 +641,7 @@ impl FlightGuard {
     }
 }
 
-impl Drop for FlightGuard {
+impl<M> Drop for FlightGuard<M> {
     fn drop(&mut self) {
         let Some(sender) = self.sender.take() else {
             return;
@@ -650,7 +668,7 @@ impl Drop for FlightGuard {
     }
 }
 
-impl SharedCache {
+impl<M> SharedCache<M> {
     /// Records the outcome of `flight` and returns it as its callers see it.
     fn land(
         &self,
@@ -782,7 +800,7 @@ impl SharedCache {
     }
 }
 
-impl Drop for SharedCache {
+impl<M> Drop for SharedCache<M> {
     fn drop(&mut self) {
         abort(self.state.get_mut().inflight.take());
     }

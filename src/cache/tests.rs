@@ -131,7 +131,7 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// A cache over `source` with the default timing, whose random draws all return `jitter`.
 fn cache_with(source: &Arc<Scripted>, load_timeout: Duration, jitter: fn() -> f64) -> TokenCache {
     let source = Arc::clone(source) as Arc<dyn TokenSource>;
-    TokenCache::build(source, load_timeout, Timing::default(), jitter)
+    TokenCache::build(source, load_timeout, Timing::default(), jitter, ())
 }
 
 /// A cache over `source` whose random draws are all 0.0: no jitter, exact instants.
