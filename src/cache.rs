@@ -79,8 +79,8 @@ pub const PERMANENT_BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// The longest retry delay after permanent failures.
 pub const PERMANENT_BACKOFF_MAX: Duration = Duration::from_secs(120);
 /// How long a token fetched to replace a rejected one must be rejected, with no request
-/// carrying it accepted in between, before it is dropped in turn; it doubles with each
-/// replacement dropped in a row, up to the token's lifetime.
+/// carrying it accepted in between, before it is dropped in turn; four times longer with
+/// each replacement dropped in a row, up to the token's lifetime.
 pub const INVALIDATION_COOLDOWN: Duration = Duration::from_secs(5);
 /// How long callers wait after the auth server answered 429 without `Retry-After`, before
 /// the random part ([`RATE_LIMIT_JITTER`]) is added: Understory asks for at least a minute.
@@ -168,8 +168,8 @@ struct FetchState {
     invalidated: bool,
     /// The cached token, if it replaced a rejected one.
     replacement: Option<Replacement>,
-    /// How many replacement tokens in a row were dropped: the next one's cooldown doubles
-    /// with each. Reset once a routine token lives to its refresh without a rejection.
+    /// How many replacement tokens in a row were dropped: the next one's cooldown is four
+    /// times longer with each. Reset once a routine token lives to its refresh without a rejection.
     dropped_replacements: u32,
 }
 
@@ -828,11 +828,11 @@ fn schedule(obtained_at: Instant, lifetime: Duration, jitter: f64, timing: Timin
 }
 
 /// How long a replacement token must be rejected, with no acceptance in between, before it
-/// is dropped, after `dropped` replacements in a row were: [`INVALIDATION_COOLDOWN`],
-/// doubling with each, at most the token's lifetime (so that a token that keeps being
+/// is dropped, after `dropped` replacements in a row were: [`INVALIDATION_COOLDOWN`], four
+/// times longer with each, at most the token's lifetime (so that a token that keeps being
 /// rejected is kept until its regular refresh).
 fn replacement_cooldown(dropped: u32, lifetime: Duration) -> Duration {
-    let factor = 1u32.checked_shl(dropped.min(31)).unwrap_or(u32::MAX);
+    let factor = 4u32.saturating_pow(dropped);
     INVALIDATION_COOLDOWN.saturating_mul(factor).min(lifetime)
 }
 

@@ -42,16 +42,19 @@
 //!    a 5xx) since its last 401. Its 401s are returned to the caller as they came, status and
 //!    body, without a resend. It is dropped only once it has been rejected, with no such
 //!    acceptance in between, for its cooldown: 5 s
-//!    ([`INVALIDATION_COOLDOWN`]) for the first replacement, doubling with each replacement
-//!    dropped in a row, at most the token's lifetime. The count of replacements dropped in a
-//!    row starts again once a routine token lives to its refresh without a 401.
+//!    ([`INVALIDATION_COOLDOWN`]) for the first replacement, four times longer for each
+//!    replacement dropped in a row (20 s, 80 s, 320 s, ...), at most the token's lifetime.
+//!    The count of replacements dropped in a row starts again once a routine token lives to
+//!    its refresh without a 401.
 //!
 //! So an endpoint the key may not use, called 20 times a second for hours while other
 //! endpoints accept the token, costs one extra token request per token lifetime (the first
-//! 401 for each routine token) and one extra API request each time; if nothing else is
-//! called, the warm-up costs four more (after 5, 10, 20 and 40 s of rejections). A key that
-//! gains the missing scope uses it at the latest with the next regular refresh, about
-//! 10 % of the token's lifetime before it expires.
+//! 401 for each routine token) and one extra API request each time. If nothing else is
+//! called at all, nothing tells a forbidden endpoint from a rejected token, and the growing
+//! cooldown costs a few more at first: with hour-long tokens, five more in the first half
+//! hour (after 5, 20, 80, 320 and 1280 s of rejections). A revoked replacement heals after
+//! its cooldown. A key that gains the missing scope uses it at the latest with the next
+//! regular refresh, about 10 % of the token's lifetime (at least 60 s) before it expires.
 //!
 //! Resending is safe for any method: a 401 means the server did not process the request
 //! (RFC 9110, section 15.5.2). A request whose body is a stream cannot be resent and gets its
