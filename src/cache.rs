@@ -23,12 +23,15 @@
 //!   down gets an error at once. The task is spawned only after the lock is released, since a
 //!   runtime that is shutting down drops it inside `spawn`.
 //! * **Refresh ahead.** Each token carries a refresh instant, a margin before its expiry
-//!   ([`MIN_REFRESH_MARGIN`], 10 % of the lifetime, at most half of it, minus up to
-//!   [`REFRESH_JITTER`] of the margin so a fleet does not refresh in lockstep). The first
-//!   caller past it starts a background fetch and, like everyone else, keeps using the valid
-//!   token meanwhile.
+//!   (10 % of the lifetime, at least the builder's `refresh_ahead`, default
+//!   [`MIN_REFRESH_MARGIN`], at most half of it, minus up to [`REFRESH_JITTER`] of the margin
+//!   so a fleet does not refresh in lockstep). The first caller past it starts a background
+//!   fetch and, like everyone else, keeps using the valid token meanwhile.
 //! * **Expired means expired.** A token is handed out only until its expiry minus a skew
-//!   (5 % of its lifetime, at most [`MAX_EXPIRY_SKEW`]), so it does not expire in flight.
+//!   (5 % of its lifetime, at most the builder's `expiry_margin`, default
+//!   [`MAX_EXPIRY_SKEW`]), so it does not expire in flight.
+//! * **Jitter** is drawn by a function the cache is built with, so tests inject a constant
+//!   and assert exact instants.
 //! * **Failure window.** A failed fetch is remembered until its retry instant: callers in
 //!   that window get the same error at once instead of sending another request. The window
 //!   grows exponentially with jitter (transient failures from [`TRANSIENT_BACKOFF_BASE`] to
@@ -366,8 +369,8 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
                     Ok(landed) => landed,
                     Err(_) => {
                         self.forget_stranded(flight);
-                        return Err(Error::Timeout {
-                            after: self.shared.load_timeout,
+                        return Err(Error::Interrupted {
+                            reason: "the runtime it was started on did not run it before its deadline",
                         });
                     }
                 },
