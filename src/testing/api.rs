@@ -6,7 +6,6 @@ use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::json;
 
-use super::recorded::RecordedRequest;
 use super::response::{self, SandboxResponse, api_error, api_json};
 use super::routes::{BodyError, RequestBody};
 use super::state::{Shared, TokenStatus};
@@ -99,17 +98,9 @@ const ENDPOINTS: &[Endpoint] = &[
     ),
 ];
 
-/// Answers a request under `/v1`: record it, wait, apply a fault if one is queued, check the
-/// bearer token, then route.
+/// Answers a request under `/v1` (already recorded and delayed by the prelude): apply a fault
+/// if one is queued, check the bearer token, then route.
 pub(crate) async fn handle(shared: &Shared, head: &Parts, body: RequestBody) -> SandboxResponse {
-    let recorded = RecordedRequest::new(head, body.clone().unwrap_or_default());
-    let delay = shared.with(|state| {
-        state.api_requests.record(recorded);
-        state.api_delay
-    });
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
     let (fault, always_unauthorized) = shared.with(|state| {
         (
             state.queued_api_faults.pop_front(),

@@ -23,7 +23,8 @@ use super::state::Shared;
 /// [`SandboxServer::push_token_fault`](super::SandboxServer::push_token_fault), or make every
 /// token request fail with
 /// [`SandboxServer::set_token_fault`](super::SandboxServer::set_token_fault). A faulted request
-/// is still counted and recorded, but no token is issued for it.
+/// is still counted and recorded, but no token is issued for it (except by the echoes in
+/// [`EchoIn::TokenType`] and [`EchoIn::Scope`], which answer 200).
 ///
 /// ```
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {

@@ -53,43 +53,40 @@
 //!
 //! # Example
 //!
-//! Fetch a token the way Understory documents it, then call `GET /v1/me` with it:
+//! Test an application's own client against the sandbox: [`SandboxServer::auth_builder`] gives
+//! an [`UnderstoryAuthBuilder`](crate::UnderstoryAuthBuilder) already pointed at it, and
+//! [`SandboxServer::credentials`] the sandbox's key.
 //!
 //! ```
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! use understory_auth::testing::SandboxServer;
+//! use understory_auth::{UnderstoryAuth, scope};
 //!
 //! let server = SandboxServer::start().await?;
+//! let credentials = server.credentials().with_scopes([scope::OPENID, scope::BOOKING_READ]);
+//! let auth: UnderstoryAuth = server.auth_builder(credentials).build()?;
+//!
+//! // What the reqwest middleware and the tower layer do for every request:
+//! let token = auth.token().await?;
+//! assert_eq!(token.scopes(), [scope::OPENID, scope::BOOKING_READ]);
 //! let http = reqwest::Client::new();
-//!
-//! let form = url::form_urlencoded::Serializer::new(String::new())
-//!     .append_pair("grant_type", "client_credentials")
-//!     .append_pair("scope", "openid booking.read")
-//!     .append_pair("audience", "https://api.understory.io")
-//!     .append_pair("client_id", server.client_id())
-//!     .append_pair("client_secret", server.client_secret())
-//!     .finish();
-//! let response = http
-//!     .post(server.token_url())
-//!     .header("content-type", "application/x-www-form-urlencoded")
-//!     .body(form)
+//! let bookings = http
+//!     .get(format!("{}/v1/bookings", server.api_base()))
+//!     .header("authorization", token.header_value().clone())
 //!     .send()
 //!     .await?;
-//! assert_eq!(response.status(), 200);
-//! let token: serde_json::Value = serde_json::from_slice(&response.bytes().await?)?;
-//! assert_eq!(token["token_type"], "bearer");
-//! assert_eq!(token["scope"], "openid booking.read");
-//! let access_token = token["access_token"].as_str().ok_or("no access token")?;
+//! assert_eq!(bookings.status(), 200);
 //!
-//! let me = http
-//!     .get(format!("{}/v1/me", server.api_base()))
-//!     .bearer_auth(access_token)
+//! // A scope the token was not granted: 401, as Understory answers.
+//! let orders = http
+//!     .get(format!("{}/v1/orders", server.api_base()))
+//!     .header("authorization", token.header_value().clone())
 //!     .send()
 //!     .await?;
-//! assert_eq!(me.status(), 200);
+//! assert_eq!(orders.status(), 401);
 //!
 //! assert_eq!(server.token_requests(), 1);
-//! assert_eq!(server.api_requests(), 1);
+//! assert_eq!(server.api_requests(), 2);
 //! # Ok(())
 //! # }
 //! # tokio::runtime::Runtime::new()?.block_on(example())?;
@@ -111,7 +108,7 @@ mod server;
 mod state;
 mod token_endpoint;
 
-pub use builder::{ClientAuth, SandboxBuilder};
+pub use builder::SandboxBuilder;
 pub use faults::{ApiFault, EchoIn, TokenFault};
 pub use recorded::RecordedRequest;
 pub use server::SandboxServer;

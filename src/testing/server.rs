@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::TOKEN_PATH;
-use super::builder::{ClientAuth, SandboxBuilder};
+use super::builder::SandboxBuilder;
 use super::faults::{ApiFault, TokenFault};
 use super::recorded::RecordedRequest;
 use super::routes;
@@ -251,16 +251,17 @@ impl SandboxServer {
     ///
     /// ```
     /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-    /// use understory_auth::testing::{ClientAuth, SandboxServer};
+    /// use understory_auth::ClientAuthMethod;
+    /// use understory_auth::testing::SandboxServer;
     ///
     /// let server = SandboxServer::start().await?;
-    /// assert_eq!(server.client_auth_method(), ClientAuth::Post);
+    /// assert_eq!(server.client_auth_method(), ClientAuthMethod::ClientSecretPost);
     /// # Ok(())
     /// # }
     /// # tokio::runtime::Runtime::new()?.block_on(example())?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn client_auth_method(&self) -> ClientAuth {
+    pub fn client_auth_method(&self) -> ClientAuthMethod {
         self.running.shared.config.client_auth
     }
 
@@ -270,10 +271,10 @@ impl SandboxServer {
     /// ```
     /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
     /// use understory_auth::ClientAuthMethod;
-    /// use understory_auth::testing::{ClientAuth, SandboxServer};
+    /// use understory_auth::testing::SandboxServer;
     ///
     /// let server = SandboxServer::builder()
-    ///     .client_auth_method(ClientAuth::Basic)
+    ///     .client_auth_method(ClientAuthMethod::ClientSecretBasic)
     ///     .start()
     ///     .await?;
     /// let credentials = server.credentials().with_scopes(["openid"]);
@@ -285,11 +286,8 @@ impl SandboxServer {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn credentials(&self) -> Credentials {
-        let method = match self.client_auth_method() {
-            ClientAuth::Post => ClientAuthMethod::ClientSecretPost,
-            ClientAuth::Basic => ClientAuthMethod::ClientSecretBasic,
-        };
-        Credentials::new(self.client_id(), self.client_secret()).with_auth_method(method)
+        Credentials::new(self.client_id(), self.client_secret())
+            .with_auth_method(self.client_auth_method())
     }
 
     /// An [`UnderstoryAuthBuilder`] for `credentials`, already pointed at this sandbox: its
@@ -420,7 +418,8 @@ impl SandboxServer {
     }
 
     /// Every access token issued so far, oldest first (answers hit by a [`TokenFault`] issue
-    /// none). Not cleared by [`reset_counters`](Self::reset_counters).
+    /// none, except two echoes: see [`TokenFault::Echo`]). Not cleared by
+    /// [`reset_counters`](Self::reset_counters).
     ///
     /// ```
     /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {

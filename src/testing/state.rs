@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::builder::ClientAuth;
 use super::faults::{ApiFault, TokenFault};
 use super::recorded::RecordedRequest;
+use crate::ClientAuthMethod;
 
 /// How many requests of each kind are kept for inspection; the oldest are dropped first.
 const RECORD_LIMIT: usize = 100_000;
@@ -23,7 +23,7 @@ pub(crate) struct Shared {
 pub(crate) struct Config {
     pub(crate) client_id: String,
     pub(crate) client_secret: String,
-    pub(crate) client_auth: ClientAuth,
+    pub(crate) client_auth: ClientAuthMethod,
 }
 
 /// The part of the sandbox that changes while it runs.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use understory_auth::testing::{ClientAuth, SandboxServer, TokenFault};
+use understory_auth::testing::{SandboxServer, TokenFault};
 use understory_auth::{ClientAuthMethod, Credentials, Error, UnderstoryAuth};
 
 use crate::common::{auth, auth_with, credentials, sandbox};
@@ -26,13 +26,11 @@ async fn with_fault(fault: TokenFault) -> (SandboxServer, Error) {
 #[tokio::test]
 async fn the_request_is_exactly_what_understory_documents() {
     let server = sandbox().await;
-    let auth =
-        UnderstoryAuth::builder(credentials(&server).with_scopes(["openid", "marketing.read"]))
-            .token_url(server.token_url())
-            .api_base(server.api_base())
-            .user_agent("My-Company/Marketing-Automation-App")
-            .build()
-            .unwrap();
+    let auth = server
+        .auth_builder(credentials(&server).with_scopes(["openid", "marketing.read"]))
+        .user_agent("My-Company/Marketing-Automation-App")
+        .build()
+        .unwrap();
     let token = auth.token().await.unwrap();
 
     assert_eq!(server.token_requests(), 1);
@@ -92,7 +90,7 @@ async fn no_scopes_means_no_scope_field() {
 #[tokio::test]
 async fn client_secret_basic_sends_the_secret_in_the_header_only() {
     let server = SandboxServer::builder()
-        .client_auth_method(ClientAuth::Basic)
+        .client_auth_method(ClientAuthMethod::ClientSecretBasic)
         .start()
         .await
         .unwrap();
@@ -149,8 +147,8 @@ async fn a_scope_the_key_lacks_is_named() {
 #[tokio::test]
 async fn a_wrong_audience_is_invalid_request() {
     let server = sandbox().await;
-    let err = UnderstoryAuth::builder(credentials(&server))
-        .token_url(server.token_url())
+    let err = server
+        .auth_builder(credentials(&server))
         .audience("https://elsewhere.example")
         .build()
         .unwrap()
@@ -306,8 +304,8 @@ async fn a_redirect_is_never_followed() {
 async fn a_hanging_server_times_out() {
     let server = sandbox().await;
     server.push_token_fault(TokenFault::Hang);
-    let err = UnderstoryAuth::builder(credentials(&server))
-        .token_url(server.token_url())
+    let err = server
+        .auth_builder(credentials(&server))
         .token_timeout(Duration::from_millis(300))
         .build()
         .unwrap()

@@ -4,13 +4,16 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use understory_auth::scope;
 use understory_auth::testing::{
-    AUDIENCE, ApiFault, ClientAuth, DEFAULT_CLIENT_SECRET, EchoIn, SandboxBuilder, SandboxServer,
-    TokenFault,
+    AUDIENCE, ApiFault, DEFAULT_CLIENT_SECRET, EchoIn, SandboxBuilder, SandboxServer, TokenFault,
 };
+use understory_auth::{ClientAuthMethod, scope};
+
+use crate::common::ECHO_PLACES;
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
@@ -150,26 +153,7 @@ fn basic_authorization(client_id: &str, client_secret: &str) -> String {
     let encode =
         |value: &str| url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>();
     let credentials = format!("{}:{}", encode(client_id), encode(client_secret));
-    format!("Basic {}", base64(credentials.as_bytes()))
-}
-
-/// Standard, padded base64.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut encoded = String::new();
-    for chunk in bytes.chunks(3) {
-        let byte = |index: usize| u32::from(chunk.get(index).copied().unwrap_or(0));
-        let bits = (byte(0) << 16) | (byte(1) << 8) | byte(2);
-        for position in 0..4 {
-            if position <= chunk.len() {
-                let sextet = (bits >> (18 - 6 * position)) & 0x3f;
-                encoded.push(char::from(ALPHABET[sextet as usize]));
-            } else {
-                encoded.push('=');
-            }
-        }
-    }
-    encoded
+    format!("Basic {}", STANDARD.encode(credentials))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -332,7 +316,10 @@ async fn the_default_secret_survives_form_encoding() -> TestResult {
 #[tokio::test]
 async fn basic_auth_is_refused_for_a_post_client() -> TestResult {
     let server = Sandbox::start().await?;
-    assert_eq!(server.client_auth_method(), ClientAuth::Post);
+    assert_eq!(
+        server.client_auth_method(),
+        ClientAuthMethod::ClientSecretPost
+    );
     let response = server
         .http
         .post(server.token_url())
@@ -354,12 +341,11 @@ async fn basic_auth_is_refused_for_a_post_client() -> TestResult {
 
 #[tokio::test]
 async fn basic_auth_is_accepted_for_a_basic_client() -> TestResult {
-    assert_eq!(base64(b"foo:bar"), "Zm9vOmJhcg==", "the test's own encoder");
     let server = Sandbox::from(
         SandboxServer::builder()
             .client_id("id with spaces")
             .client_secret("p@ss:w+rd%~.")
-            .client_auth_method(ClientAuth::Basic),
+            .client_auth_method(ClientAuthMethod::ClientSecretBasic),
     )
     .await?;
     let response = server
@@ -384,12 +370,14 @@ async fn basic_auth_is_accepted_for_a_basic_client() -> TestResult {
 
 #[tokio::test]
 async fn basic_auth_with_a_wrong_secret_is_invalid_client() -> TestResult {
-    let server =
-        Sandbox::from(SandboxServer::builder().client_auth_method(ClientAuth::Basic)).await?;
+    let server = Sandbox::from(
+        SandboxServer::builder().client_auth_method(ClientAuthMethod::ClientSecretBasic),
+    )
+    .await?;
     for authorization in [
         basic_authorization(server.client_id(), "wrong"),
         "Basic not*base64".to_owned(),
-        format!("Basic {}", base64(b"no-colon")),
+        format!("Basic {}", STANDARD.encode("no-colon")),
     ] {
         let response = server
             .http
@@ -409,8 +397,10 @@ async fn basic_auth_with_a_wrong_secret_is_invalid_client() -> TestResult {
 
 #[tokio::test]
 async fn post_credentials_are_refused_for_a_basic_client() -> TestResult {
-    let server =
-        Sandbox::from(SandboxServer::builder().client_auth_method(ClientAuth::Basic)).await?;
+    let server = Sandbox::from(
+        SandboxServer::builder().client_auth_method(ClientAuthMethod::ClientSecretBasic),
+    )
+    .await?;
     let description = assert_oauth_error(
         server.post_token(server.valid_form("")).await?,
         401,
@@ -698,19 +688,13 @@ async fn echoed_text(response: reqwest::Response, into: EchoIn) -> TestResult<St
 
 #[tokio::test]
 async fn echo_faults_repeat_the_secrets_and_the_latest_token() -> TestResult {
-    const EVERY_PLACE: [EchoIn; 7] = [
-        EchoIn::Error,
-        EchoIn::ErrorDescription,
-        EchoIn::ErrorUri,
-        EchoIn::TokenType,
-        EchoIn::Scope,
-        EchoIn::HtmlPage,
-        EchoIn::Headers,
-    ];
-    for method in [ClientAuth::Post, ClientAuth::Basic] {
+    for method in [
+        ClientAuthMethod::ClientSecretPost,
+        ClientAuthMethod::ClientSecretBasic,
+    ] {
         let server = Sandbox::from(SandboxServer::builder().client_auth_method(method)).await?;
         let (body, authorization) = match method {
-            ClientAuth::Post => (server.valid_form("openid"), None),
+            ClientAuthMethod::ClientSecretPost => (server.valid_form("openid"), None),
             _ => (
                 form(&[("grant_type", "client_credentials"), ("audience", AUDIENCE)]),
                 Some(basic_authorization(
@@ -731,7 +715,7 @@ async fn echo_faults_repeat_the_secrets_and_the_latest_token() -> TestResult {
             request.send()
         };
         assert_eq!(send().await?.status(), 200, "{method:?}");
-        for into in EVERY_PLACE {
+        for into in ECHO_PLACES {
             let latest = server.issued_tokens().pop().ok_or("a token was issued")?;
             server.push_token_fault(TokenFault::Echo(into));
             let echoed = echoed_text(send().await?, into).await?;
