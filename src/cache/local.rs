@@ -58,19 +58,34 @@ impl Current {
     }
 }
 
-/// A token as handed out by one thread: its own copy, and the cache to report it to if a
-/// request carrying it is rejected.
+/// A token as handed out by one thread: its own copy, and the cache to report the API's
+/// answer to.
 pub(crate) struct Held {
     token: AccessToken,
-    cache: Weak<SharedCache>,
+    cache: Weak<dyn Rejections>,
+}
+
+/// What a [`Held`] needs of its cache, whatever the cache's owner keeps beside it.
+trait Rejections: Send + Sync {
+    /// [`TokenCache::reject`] for a 401 to a request carrying `token`: whether to resend.
+    fn rejected(self: Arc<Self>, token: &AccessToken) -> bool;
+}
+
+impl<M: Send + Sync + 'static> Rejections for SharedCache<M> {
+    fn rejected(self: Arc<Self>, token: &AccessToken) -> bool {
+        TokenCache { shared: self }.reject(token).resend()
+    }
 }
 
 impl Held {
     /// A handle for `token`, which did not come from a thread's table (a freshly fetched one).
-    pub(super) fn new(cache: &TokenCache, token: AccessToken) -> Arc<Held> {
+    pub(super) fn new<M: Send + Sync + 'static>(
+        cache: &TokenCache<M>,
+        token: AccessToken,
+    ) -> Arc<Held> {
         Arc::new(Held {
             token,
-            cache: Arc::downgrade(&cache.shared),
+            cache: Arc::downgrade(&cache.shared) as Weak<dyn Rejections>,
         })
     }
 
@@ -78,13 +93,15 @@ impl Held {
         &self.token
     }
 
-    /// Reports that a request carrying this token was rejected (HTTP 401); see
-    /// [`TokenCache::reject`]. False if the cache is gone.
+    /// [`TokenCache::answered`] for this token: whether the request should be resent. The
+    /// cache is reached (a shared reference count) only for a 401; false if it is gone.
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn reject(&self) -> bool {
-        self.cache
-            .upgrade()
-            .is_some_and(|shared| TokenCache { shared }.reject(&self.token))
+    pub(crate) fn answered(&self, status: http::StatusCode) -> bool {
+        super::is_rejection(&self.token, status)
+            && self
+                .cache
+                .upgrade()
+                .is_some_and(|cache| cache.rejected(&self.token))
     }
 }
 
@@ -101,7 +118,10 @@ thread_local! {
 
 /// The usable token of `cache`, read by `read`, and a background refresh started if it is
 /// due: the thread's copy when it has one of the current token.
-pub(super) fn lookup<R>(cache: &TokenCache, read: impl Fn(&Arc<Held>) -> R) -> Option<R> {
+pub(super) fn lookup<M: Send + Sync + 'static, R>(
+    cache: &TokenCache<M>,
+    read: impl Fn(&Arc<Held>) -> R,
+) -> Option<R> {
     let current = cache.shared.current.0.load(Ordering::Acquire);
     let found = COPIES
         .try_with(|copies| {
@@ -132,17 +152,14 @@ pub(super) fn lookup<R>(cache: &TokenCache, read: impl Fn(&Arc<Held>) -> R) -> O
 }
 
 /// Copies the slot's token for this thread, if it is usable, and keeps the copy.
-fn copy_current(cache: &TokenCache) -> Option<Arc<Held>> {
+fn copy_current<M: Send + Sync + 'static>(cache: &TokenCache<M>) -> Option<Arc<Held>> {
     let token = cache.shared.slot.read().clone()?;
     let now = Instant::now();
     if now >= token.usable_until() {
         return None;
     }
     let lead = token.refresh_at().saturating_duration_since(now);
-    let held = Arc::new(Held {
-        token: token.thread_copy(),
-        cache: Arc::downgrade(&cache.shared),
-    });
+    let held = Held::new(cache, token.thread_copy());
     let copy = ThreadCopy {
         id: token.id().get(),
         held: Arc::clone(&held),

@@ -6,9 +6,10 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio::time::sleep;
 
-use super::super::{TokenCache, TokenSource};
+use super::super::{Rejection, Timing, TokenCache};
 use super::*;
 use crate::Error;
+use crate::source::TokenSource;
 use crate::token::GrantedToken;
 
 /// A source answering fetches with a new token of `lifetime`, or, once `tokens` ran out,
@@ -37,7 +38,7 @@ fn cache_of(lifetime: Duration, tokens: u64) -> TokenCache {
         lifetime,
         tokens: AtomicU64::new(tokens),
     });
-    TokenCache::new(source, Duration::from_secs(10))
+    TokenCache::new(source, Duration::from_secs(10), Timing::default(), ())
 }
 
 fn cache(lifetime: Duration) -> TokenCache {
@@ -81,7 +82,7 @@ async fn a_copy_is_dropped_with_the_token_it_copies() {
     let cache = cache(Duration::from_secs(3600));
     let first = cache.token().await.unwrap();
     assert_eq!(cache.fresh().unwrap().id(), first.id()); // this thread's copy exists now
-    assert!(cache.invalidate(&first));
+    assert_eq!(cache.reject(&first), Rejection::Dropped);
     assert!(
         cache.fresh().is_none(),
         "the invalidated token is not handed out"
@@ -125,18 +126,35 @@ async fn a_thread_keeps_copies_for_many_caches() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn reject_reports_to_the_cache_of_the_copy() {
+async fn a_401_is_reported_to_the_cache_of_the_copy() {
     let cache = cache(Duration::from_secs(3600));
     let first = cache.token().await.unwrap();
     let held = cache.fresh_held().unwrap();
+    assert!(!held.answered(http::StatusCode::OK));
+    assert_eq!(cache.fresh().unwrap().id(), first.id());
+    let unauthorized = http::StatusCode::UNAUTHORIZED;
     assert!(
-        held.reject(),
-        "the cached token was dropped: a retry carries another"
+        held.answered(unauthorized),
+        "dropped: a resend carries another token"
     );
     assert!(cache.fresh().is_none());
     assert_ne!(cache.token().await.unwrap().id(), first.id());
     drop(cache);
-    assert!(!held.reject(), "the cache is gone");
+    assert!(!held.answered(unauthorized), "the cache is gone");
+}
+
+#[tokio::test(start_paused = true)]
+async fn copies_share_what_the_401_rule_remembers() {
+    let cache = cache(Duration::from_secs(3600));
+    let token = cache.token().await.unwrap();
+    let copy = token.thread_copy();
+    assert!(!copy.doubt());
+    assert!(
+        token.doubt(),
+        "the doubt set through the copy is the token's"
+    );
+    copy.note_accepted();
+    assert!(!token.doubt());
 }
 
 /// The coarse clock's error, which `COARSE_CLOCK_TOLERANCE` must cover: it never runs ahead
