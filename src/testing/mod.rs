@@ -84,11 +84,15 @@ mod routes;
 mod server;
 mod state;
 mod token_endpoint;
+#[cfg(feature = "webhooks")]
+mod webhooks;
 
 pub use builder::{ClientAuth, SandboxBuilder};
 pub use faults::{ApiFault, TokenFault};
 pub use recorded::RecordedRequest;
 pub use server::SandboxServer;
+#[cfg(feature = "webhooks")]
+pub use webhooks::{WebhookMessage, WebhookSandbox};
 
 /// The `audience` the sandbox's token endpoint requires, as Understory's does.
 ///
