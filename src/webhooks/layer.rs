@@ -440,3 +440,6 @@ where
         f.debug_struct("WebhookFuture").finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests;
