@@ -11,3 +11,5 @@ mod sandbox;
 mod soak;
 #[cfg(feature = "redis")]
 mod store;
+#[cfg(feature = "webhooks")]
+mod webhooks;
