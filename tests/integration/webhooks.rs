@@ -436,3 +436,101 @@ async fn a_body_over_the_limit_is_a_413_before_it_is_all_read() {
         "{produced} of {OFFERED} bytes were produced"
     );
 }
+
+/// `RedisWebhookDedup`: a fleet of receivers sharing one real `redis-server` (started by
+/// the test on a free loopback port, killed when it ends).
+#[cfg(feature = "redis")]
+mod redis_dedup {
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    use understory_auth::{RedisWebhookDedup, WebhookDedup};
+
+    use super::*;
+
+    /// A `redis-server` on 127.0.0.1, killed on drop.
+    struct Redis {
+        url: String,
+        child: Child,
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn start_redis() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (apt-get install redis-server)");
+        let redis = Redis {
+            url: format!("redis://127.0.0.1:{port}/"),
+            child,
+        };
+        let up = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "redis-server did not start on port {port}");
+        redis
+    }
+
+    #[tokio::test]
+    async fn claims_are_shared_by_the_fleet_and_expire() {
+        let redis = start_redis();
+        let a = RedisWebhookDedup::new(&redis.url).unwrap();
+        let b = RedisWebhookDedup::new(&redis.url)
+            .unwrap()
+            .ttl(Duration::from_millis(300));
+        assert!(a.claim("msg_1").await.unwrap());
+        assert!(!b.claim("msg_1").await.unwrap());
+        a.release("msg_1").await.unwrap();
+        assert!(b.claim("msg_1").await.unwrap());
+        assert!(!a.claim("msg_1").await.unwrap());
+        // b's claim had a 300 ms lifetime: gone once Redis expired it.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(a.claim("msg_1").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_to_another_receiver_of_the_fleet_is_acknowledged_unprocessed() {
+        let redis = start_redis();
+        let sandbox = WebhookSandbox::new();
+        let dedup = || RedisWebhookDedup::new(&redis.url).unwrap();
+        let first = Receiver::start(layer_for(&sandbox).dedup(dedup())).await;
+        let second = Receiver::start(layer_for(&sandbox).dedup(dedup())).await;
+        let message = sandbox.booking_created();
+        assert_eq!(deliver(&sandbox, &first, &message).await, 204);
+        assert_eq!(deliver(&sandbox, &second, &message.retry()).await, 200);
+        assert_eq!(first.processed() + second.processed(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_answers_503_so_the_webhook_is_redelivered() {
+        let redis = start_redis();
+        let url = redis.url.clone();
+        drop(redis);
+        let sandbox = WebhookSandbox::new();
+        let dedup = RedisWebhookDedup::new(&url).unwrap();
+        let receiver = Receiver::start(layer_for(&sandbox).dedup(dedup)).await;
+        let message = sandbox.booking_created();
+        assert_eq!(deliver(&sandbox, &receiver, &message).await, 503);
+        assert_eq!(receiver.processed(), 0);
+    }
+}
