@@ -120,8 +120,12 @@ fn main() {
 
     let mut c = Criterion::default().configure_from_args();
     let mut group = c.benchmark_group("webhooks");
-    group.bench_function("bare_hmac", |b| b.iter(|| assert!(bare_hmac(black_box(&m)))));
-    group.bench_function("verify", |b| b.iter(|| assert!(verify(&verifier, black_box(&m)))));
+    group.bench_function("bare_hmac", |b| {
+        b.iter(|| assert!(bare_hmac(black_box(&m))))
+    });
+    group.bench_function("verify", |b| {
+        b.iter(|| assert!(verify(&verifier, black_box(&m))))
+    });
     group.bench_function("layer", |b| {
         b.iter(|| assert!(through_layer(&mut layered, black_box(&m))))
     });
@@ -137,7 +141,10 @@ fn main() {
     let mut variants: Vec<common::Runner<'_>> = vec![
         ("bare_hmac", Box::new(|n| timed(n, || bare_hmac(&m)))),
         ("verify", Box::new(|n| timed(n, || verify(&verifier, &m)))),
-        ("layer", Box::new(|n| timed(n, || through_layer(&mut layered, &m)))),
+        (
+            "layer",
+            Box::new(|n| timed(n, || through_layer(&mut layered, &m))),
+        ),
     ];
     let rows = common::interleave(rounds, iters, &mut variants, 0);
     common::print_rows(

@@ -42,3 +42,21 @@ pub(crate) use secret::WebhookSecret;
 pub use verifier::{DEFAULT_WEBHOOK_BODY_LIMIT, DEFAULT_WEBHOOK_TOLERANCE, WebhookVerifier};
 #[cfg(feature = "test-util")]
 pub(crate) use verifier::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_public_types_are_thread_safe() {
+        fn shared<T: Clone + Send + Sync + 'static>() {}
+        fn error<E: std::error::Error + Send + Sync + 'static>() {}
+        shared::<WebhookVerifier>();
+        shared::<WebhookLayer>();
+        shared::<VerifyWebhook<()>>();
+        shared::<MemoryWebhookDedup>();
+        shared::<WebhookEvent>();
+        error::<WebhookError>();
+        error::<WebhookDedupError>();
+    }
+}

@@ -33,7 +33,7 @@ const BOOKING_CREATED: &str = "v1.booking.created";
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(from = "RawEvent")]
+#[serde(try_from = "Value")]
 #[non_exhaustive]
 pub struct WebhookEvent {
     /// The event's id (a UUID).
@@ -82,7 +82,7 @@ pub enum WebhookPayload {
 /// assert_eq!(ids.other_fields["channel"], "web");
 /// # Ok::<(), serde_json::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct BookingCreated {
     /// The booking (`GET /v1/bookings/{booking_id}`).
@@ -94,38 +94,70 @@ pub struct BookingCreated {
     /// The event (the occurrence of the experience) booked.
     pub event_id: String,
     /// Payload fields not listed above, untouched.
-    #[serde(flatten)]
     pub other_fields: Map<String, Value>,
 }
 
-/// The event as it arrives, before its payload is typed.
-#[derive(Deserialize)]
-struct RawEvent {
-    id: String,
-    #[serde(rename = "type")]
-    event_type: String,
-    timestamp: String,
-    payload: Value,
-    #[serde(flatten)]
-    other_fields: Map<String, Value>,
+// Parsed through a `Value` and taken apart field by field: unknown fields stay behind in
+// the maps, untouched (cheaper than `#[serde(flatten)]`, which buffers every field).
+impl TryFrom<Value> for WebhookEvent {
+    type Error = String;
+
+    fn try_from(value: Value) -> Result<Self, String> {
+        let Value::Object(mut fields) = value else {
+            return Err("a webhook event is a JSON object".to_owned());
+        };
+        let id = take_string(&mut fields, "id")?;
+        let event_type = take_string(&mut fields, "type")?;
+        let timestamp = take_string(&mut fields, "timestamp")?;
+        let payload = fields
+            .remove("payload")
+            .ok_or_else(|| "missing field `payload`".to_owned())?;
+        let payload = match event_type.as_str() {
+            BOOKING_CREATED => BookingCreated::from_payload(payload),
+            _ => WebhookPayload::Other(payload),
+        };
+        Ok(WebhookEvent {
+            id,
+            event_type,
+            timestamp,
+            payload,
+            other_fields: fields,
+        })
+    }
 }
 
-impl From<RawEvent> for WebhookEvent {
-    fn from(raw: RawEvent) -> Self {
-        let payload = match raw.event_type.as_str() {
-            BOOKING_CREATED => BookingCreated::deserialize(&raw.payload).map_or(
-                WebhookPayload::Other(raw.payload),
-                WebhookPayload::BookingCreated,
-            ),
-            _ => WebhookPayload::Other(raw.payload),
+impl BookingCreated {
+    /// The typed payload, or the payload untouched if an identifier is missing.
+    fn from_payload(payload: Value) -> WebhookPayload {
+        const IDS: [&str; 4] = ["booking_id", "host_id", "experience_id", "event_id"];
+        let mut fields = match payload {
+            Value::Object(fields)
+                if IDS
+                    .iter()
+                    .all(|id| fields.get(*id).is_some_and(Value::is_string)) =>
+            {
+                fields
+            }
+            other => return WebhookPayload::Other(other),
         };
-        WebhookEvent {
-            id: raw.id,
-            event_type: raw.event_type,
-            timestamp: raw.timestamp,
-            payload,
-            other_fields: raw.other_fields,
-        }
+        let [booking_id, host_id, experience_id, event_id] =
+            IDS.map(|id| take_string(&mut fields, id).unwrap_or_default());
+        WebhookPayload::BookingCreated(BookingCreated {
+            booking_id,
+            host_id,
+            experience_id,
+            event_id,
+            other_fields: fields,
+        })
+    }
+}
+
+/// Removes the string field `name` from `fields`.
+fn take_string(fields: &mut Map<String, Value>, name: &str) -> Result<String, String> {
+    match fields.remove(name) {
+        Some(Value::String(value)) => Ok(value),
+        Some(_) => Err(format!("field `{name}` is not a string")),
+        None => Err(format!("missing field `{name}`")),
     }
 }
 
