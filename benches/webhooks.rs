@@ -78,12 +78,15 @@ fn verify(verifier: &WebhookVerifier, m: &Message) -> bool {
     verifier.verify(&m.headers, &m.body).is_ok()
 }
 
+/// The inner service's answer, ready at once.
+type Answer = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>;
+
 /// An inner service that answers at once.
 fn answer() -> impl Service<
     Request<Full<Bytes>>,
     Response = Response<Full<Bytes>>,
     Error = Infallible,
-    Future = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,
+    Future = Answer,
 > + Clone {
     tower::service_fn(|_: Request<Full<Bytes>>| {
         std::future::ready(Ok(Response::new(Full::default())))
