@@ -306,6 +306,36 @@ async fn every_missing_or_malformed_header_is_a_400_before_the_handler() {
     assert_eq!(send(good).await.unwrap().status(), 204);
 }
 
+#[tokio::test]
+async fn refusals_are_logged_without_the_secrets() {
+    // A second subscriber keeps tracing from caching another thread's verdict on our
+    // callsites (see the same note in `middleware.rs`).
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
+    let logs = crate::common::Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(logs.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let receiving = WebhookSandbox::new();
+    let stranger = WebhookSandbox::new();
+    let receiver = Receiver::start(layer_for(&receiving)).await;
+    let message = stranger.booking_created();
+    assert_eq!(deliver(&stranger, &receiver, &message).await, 401);
+    let mine = receiving.booking_created().tampered();
+    assert_eq!(deliver(&receiving, &receiver, &mine).await, 401);
+
+    let logs = logs.text();
+    assert!(logs.contains("refused a webhook"), "{logs}");
+    assert!(logs.contains("no signature matches"), "{logs}");
+    for sandbox in [&receiving, &stranger] {
+        let key = sandbox.secret().trim_start_matches("whsec_");
+        assert!(!logs.contains(key), "a secret was logged:\n{logs}");
+    }
+}
+
 /// `WebhookLayer` around a plain `tower::service_fn`, served by hyper alone. `calls`
 /// counts the calls of the inner service, `read` the request body bytes the layer read.
 async fn start_hyper_receiver(
