@@ -64,6 +64,7 @@ use async_trait::async_trait;
 
 use crate::Error;
 use crate::cache::TokenSource;
+use crate::error::sanitize_server_text;
 
 mod entry;
 #[cfg(feature = "redis")]
@@ -193,13 +194,15 @@ impl StoreError {
     }
 }
 
+/// The text is the store's and its server's (a Redis error reply, say): it is shown as
+/// one line of printable characters, cut short, so that a store cannot forge or flood logs.
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "token store: {}", self.message)?;
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
-        }
-        Ok(())
+        let text = match &self.source {
+            Some(source) => format!("{}: {source}", self.message),
+            None => self.message.clone(),
+        };
+        write!(f, "token store: {}", sanitize_server_text(&text))
     }
 }
 

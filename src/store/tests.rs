@@ -363,3 +363,21 @@ async fn garbage_and_foreign_entries_are_treated_as_missing() {
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+#[test]
+fn store_error_text_is_one_short_printable_line() {
+    let reply = std::io::Error::other(format!(
+        "ERR boom\r\n2026-01-01T00:00:00Z WARN forged line\u{1b}[31m{}",
+        "x".repeat(5000)
+    ));
+    let shown = StoreError::with_source("Redis command failed", reply).to_string();
+    assert!(shown.starts_with("token store: Redis command failed: ERR boom"));
+    assert!(!shown.contains(['\r', '\n', '\u{1b}']), "{shown:?}");
+    assert!(
+        shown.chars().count() < 400,
+        "cut short: {} chars",
+        shown.chars().count()
+    );
+    let plain = StoreError::new("the store\nis read-only").to_string();
+    assert_eq!(plain, "token store: the store is read-only");
+}
