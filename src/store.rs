@@ -86,11 +86,14 @@ pub const STORE_TIMEOUT: Duration = Duration::from_millis(500);
 pub const SHARED_FETCH_WAIT: Duration = Duration::from_secs(2);
 /// How often a waiting process looks for the token another process is fetching.
 pub const SHARED_POLL_INTERVAL: Duration = Duration::from_millis(50);
-/// The prefix of every store key this crate writes (entries and their locks).
+/// The prefix of every store key this crate writes (entries, their locks and counters).
 pub const SHARED_KEY_PREFIX: &str = "understory-auth:token:v1:";
+/// At most one warning about an invalid shared entry (tampered with, corrupt, oversized) is
+/// logged per interval and `UnderstoryAuth`; the others go to debug level.
+const INVALID_ENTRY_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Where a fleet's processes share their tokens: a key-value store with expiring entries
-/// and an expiring lock. [`RedisStore`] (feature `redis`) is the ready-made one.
+/// Where a fleet's processes share their tokens: a key-value store with expiring entries,
+/// a counter and an expiring lock. [`RedisStore`] (feature `redis`) is the ready-made one.
 ///
 /// Values are opaque bytes (ciphertext: the store never sees a token). Implementations
 /// need not bound their own latency: every call is made under [`STORE_TIMEOUT`] and any
@@ -98,34 +101,46 @@ pub const SHARED_KEY_PREFIX: &str = "understory-auth:token:v1:";
 ///
 /// ```
 /// use std::collections::HashMap;
-/// use std::time::Duration;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::time::{Duration, Instant};
 /// use understory_auth::{StoreError, TokenStore};
 ///
 /// /// A store shared by the `UnderstoryAuth` handles of one process (for tests).
 /// #[derive(Default)]
-/// struct MemoryStore(parking_lot::Mutex<HashMap<String, Vec<u8>>>);
+/// struct MemoryStore {
+///     entries: parking_lot::Mutex<HashMap<String, (Vec<u8>, Instant)>>,
+///     generation: AtomicU64,
+/// }
 ///
 /// #[async_trait::async_trait]
 /// impl TokenStore for MemoryStore {
-///     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-///         Ok(self.0.lock().get(key).cloned())
+///     async fn get(&self, key: &str, max_len: usize) -> Result<Option<(Vec<u8>, Duration)>, StoreError> {
+///         let entries = self.entries.lock();
+///         let Some((value, expires)) = entries.get(key) else { return Ok(None) };
+///         let left = expires.saturating_duration_since(Instant::now());
+///         let read = &value[..value.len().min(max_len + 1)];
+///         Ok((!left.is_zero()).then(|| (read.to_vec(), left)))
 ///     }
-///     async fn put(&self, key: &str, value: &[u8], _ttl: Duration) -> Result<(), StoreError> {
-///         self.0.lock().insert(key.to_owned(), value.to_vec());
+///     async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
+///         let expires = Instant::now() + ttl;
+///         self.entries.lock().insert(key.to_owned(), (value.to_vec(), expires));
 ///         Ok(())
 ///     }
-///     async fn try_lock(&self, key: &str, owner: &str, _ttl: Duration) -> Result<bool, StoreError> {
-///         let mut map = self.0.lock();
-///         if map.contains_key(key) {
+///     async fn next_generation(&self, _key: &str) -> Result<u64, StoreError> {
+///         Ok(self.generation.fetch_add(1, Ordering::Relaxed) + 1)
+///     }
+///     async fn try_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+///         let mut entries = self.entries.lock();
+///         if entries.get(key).is_some_and(|(_, expires)| *expires > Instant::now()) {
 ///             return Ok(false);
 ///         }
-///         map.insert(key.to_owned(), owner.as_bytes().to_vec());
+///         entries.insert(key.to_owned(), (owner.as_bytes().to_vec(), Instant::now() + ttl));
 ///         Ok(true)
 ///     }
 ///     async fn unlock(&self, key: &str, owner: &str) -> Result<(), StoreError> {
-///         let mut map = self.0.lock();
-///         if map.get(key).is_some_and(|v| v == owner.as_bytes()) {
-///             map.remove(key);
+///         let mut entries = self.entries.lock();
+///         if entries.get(key).is_some_and(|(value, _)| value == owner.as_bytes()) {
+///             entries.remove(key);
 ///         }
 ///         Ok(())
 ///     }
@@ -133,11 +148,25 @@ pub const SHARED_KEY_PREFIX: &str = "understory-auth:token:v1:";
 /// ```
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {
-    /// The value stored under `key`, if there is one and it has not expired.
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The value stored under `key` and the time it has left to live (`Duration::MAX` if it
+    /// never expires), if there is one and it has not expired.
+    ///
+    /// Of a value longer than `max_len` bytes, return only the first `max_len + 1` (or all of
+    /// it, if that is no cheaper): it is refused unread, and a shared store should not let
+    /// whoever can write to it make every process read megabytes.
+    async fn get(
+        &self,
+        key: &str,
+        max_len: usize,
+    ) -> Result<Option<(Vec<u8>, Duration)>, StoreError>;
 
     /// Stores `value` under `key`, replacing any value, until `ttl` has passed.
     async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError>;
+
+    /// Increments the counter named `key` and returns its new value, which must be larger
+    /// than every value it returned before, to any process, even after the store lost its
+    /// data (seed a missing counter from a clock, as [`RedisStore`] does).
+    async fn next_generation(&self, key: &str) -> Result<u64, StoreError>;
 
     /// Takes the lock named `key` for `owner` (a random string) if nobody holds it; it
     /// expires after `ttl` unless released first. Returns whether it was taken.

@@ -16,6 +16,31 @@ use super::{STORE_TIMEOUT, StoreError, TokenStore};
 /// cannot release the next holder's.
 const UNLOCK_SCRIPT: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
 
+/// At most the first `ARGV[1] + 1` bytes of the value and its `PTTL`, in one atomic step, or
+/// nil when there is no value (`GETRANGE` of a missing key is empty; entries never are).
+const GET_SCRIPT: &str = r#"
+local value = redis.call("GETRANGE", KEYS[1], 0, ARGV[1])
+if value == "" then return false end
+return {value, redis.call("PTTL", KEYS[1])}
+"#;
+
+/// `INCR` on a counter that, when missing (never used, expired, or Redis lost its data), is
+/// first seeded with the server's clock in microseconds, so it never goes back. It lives
+/// `ARGV[1]` ms past its last use.
+const NEXT_GENERATION_SCRIPT: &str = r#"
+if redis.call("EXISTS", KEYS[1]) == 0 then
+  local now = redis.call("TIME")
+  redis.call("SET", KEYS[1], now[1] .. string.format("%06d", now[2]))
+end
+local generation = redis.call("INCR", KEYS[1])
+redis.call("PEXPIRE", KEYS[1], ARGV[1])
+return generation
+"#;
+
+/// How long a generation counter outlives its last use (a missing one is reseeded from the
+/// clock, so this only keeps Redis tidy).
+const GENERATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// A [`TokenStore`] on Redis, for [`shared_cache`](crate::UnderstoryAuthBuilder::shared_cache)
 /// (feature `redis`).
 ///
@@ -96,13 +121,30 @@ impl RedisStore {
 
 #[async_trait]
 impl TokenStore for RedisStore {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.query(cmd("GET").arg(key)).await
+    async fn get(
+        &self,
+        key: &str,
+        max_len: usize,
+    ) -> Result<Option<(Vec<u8>, Duration)>, StoreError> {
+        let eval = eval(GET_SCRIPT, key).arg(max_len).take();
+        let found: Option<(Vec<u8>, i64)> = self.query(&eval).await?;
+        // PTTL: -1 for a value without expiry (the crate never writes one), -2 for none.
+        Ok(found.and_then(|(value, pttl)| match pttl {
+            -1 => Some((value, Duration::MAX)),
+            _ => Some((value, Duration::from_millis(u64::try_from(pttl).ok()?))),
+        }))
     }
 
     async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
         self.query(cmd("SET").arg(key).arg(value).arg("PX").arg(millis(ttl)))
             .await
+    }
+
+    async fn next_generation(&self, key: &str) -> Result<u64, StoreError> {
+        let eval = eval(NEXT_GENERATION_SCRIPT, key)
+            .arg(millis(GENERATION_TTL))
+            .take();
+        self.query(&eval).await
     }
 
     async fn try_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
@@ -118,12 +160,7 @@ impl TokenStore for RedisStore {
     }
 
     async fn unlock(&self, key: &str, owner: &str) -> Result<(), StoreError> {
-        let eval = cmd("EVAL")
-            .arg(UNLOCK_SCRIPT)
-            .arg(1)
-            .arg(key)
-            .arg(owner)
-            .take();
+        let eval = eval(UNLOCK_SCRIPT, key).arg(owner).take();
         let _deleted: i64 = self.query(&eval).await?;
         Ok(())
     }
@@ -137,6 +174,11 @@ impl fmt::Debug for RedisStore {
             .field("db", &info.redis_settings().db())
             .finish_non_exhaustive()
     }
+}
+
+/// `EVAL script 1 key`, for the caller to add the script's arguments.
+fn eval(script: &str, key: &str) -> Cmd {
+    cmd("EVAL").arg(script).arg(1).arg(key).take()
 }
 
 /// Whole milliseconds, at least 1 (Redis refuses `PX 0`).

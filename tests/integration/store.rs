@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use redis::AsyncCommands;
 use understory_auth::testing::SandboxServer;
-use understory_auth::{Credentials, RedisStore, SHARED_KEY_PREFIX, UnderstoryAuth};
+use understory_auth::{Credentials, RedisStore, SHARED_KEY_PREFIX, TokenStore, UnderstoryAuth};
 
 use crate::common::{Logs, credentials, sandbox};
 
@@ -82,11 +82,17 @@ impl RedisServer {
         keys
     }
 
+    /// The token entries' keys (not their locks and generation counters), sorted.
+    async fn entry_keys(&self) -> Vec<String> {
+        let mut keys = self.keys().await;
+        keys.retain(|k| !k.ends_with(":lock") && !k.ends_with(":generation"));
+        keys
+    }
+
     /// The one token entry's key (there must be exactly one).
     async fn entry_key(&self) -> String {
-        let keys = self.keys().await;
-        let entries: Vec<_> = keys.iter().filter(|k| !k.ends_with(":lock")).collect();
-        assert_eq!(entries.len(), 1, "one entry expected: {keys:?}");
+        let entries = self.entry_keys().await;
+        assert_eq!(entries.len(), 1, "one entry expected: {entries:?}");
         entries[0].clone()
     }
 }
@@ -143,6 +149,17 @@ fn process(sandbox: &SandboxServer, redis: &RedisServer, creds: Credentials) -> 
         .expect("auth builds")
 }
 
+/// Has a process fetch and share a token; returns its entry's key.
+async fn shared_entry(
+    sandbox: &SandboxServer,
+    redis: &RedisServer,
+) -> Result<String, understory_auth::Error> {
+    process(sandbox, redis, credentials(sandbox))
+        .token()
+        .await?;
+    Ok(redis.entry_key().await)
+}
+
 fn client(auth: UnderstoryAuth) -> reqwest_middleware::ClientWithMiddleware {
     reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(auth)
@@ -195,9 +212,13 @@ async fn processes_sharing_redis_make_one_token_request() -> TestResult {
     assert_eq!(server.token_requests(), 1);
     assert!(secrets.iter().all(|s| *s == secrets[0]));
 
-    // Redis holds one entry, no lock, and neither the token nor the secret in the clear.
+    // Redis holds one entry and its generation counter, no lock, and neither the token nor
+    // the secret in the clear.
     let key = redis.entry_key().await;
-    assert_eq!(redis.keys().await, std::slice::from_ref(&key));
+    assert_eq!(
+        redis.keys().await,
+        [key.clone(), format!("{key}:generation")]
+    );
     let value: Vec<u8> = redis.connection().await.get(&key).await?;
     assert!(!contains(&value, &secrets[0]) && !contains(&value, server.client_secret()));
     assert!(!key.contains(server.client_id()) && !key.contains(server.client_secret()));
@@ -369,7 +390,7 @@ async fn different_scopes_use_different_entries_and_scope_order_does_not_matter(
     let both = with(&["openid", "booking.read"]).token().await?;
     assert_ne!(openid.secret(), both.secret());
     assert_eq!(server.token_requests(), 2);
-    assert_eq!(redis.keys().await.len(), 2);
+    assert_eq!(redis.entry_keys().await.len(), 2);
 
     let reordered = with(&["booking.read", "openid"]).token().await?;
     assert_eq!(reordered.secret(), both.secret());
@@ -379,12 +400,15 @@ async fn different_scopes_use_different_entries_and_scope_order_does_not_matter(
 }
 
 #[tokio::test]
-async fn a_wrong_secret_cannot_read_the_entry() -> TestResult {
+async fn a_wrong_secret_cannot_read_the_entry_and_uses_its_own_quietly() -> TestResult {
     let (server, redis) = (sandbox().await, RedisServer::start());
     let token = process(&server, &redis, credentials(&server))
         .token()
         .await?;
 
+    // Another secret of the same key (a rotation in progress, here one the sandbox refuses)
+    // has its own entry and lock: it neither reads nor waits for ours, nor calls it tampered.
+    let captured = capture_logs();
     let intruder = process(
         &server,
         &redis,
@@ -394,8 +418,15 @@ async fn a_wrong_secret_cannot_read_the_entry() -> TestResult {
         .token()
         .await
         .expect_err("no token without the secret");
+    let logs = captured.logs.text();
+    drop(captured);
     assert_eq!(error.oauth_code(), Some("invalid_client"));
     assert_eq!(server.token_requests(), 2, "it had to ask the auth server");
+    assert!(!logs.contains("failed authentication"), "{logs}");
+    assert!(
+        !logs.contains("no token from the process fetching"),
+        "{logs}"
+    );
 
     let rightful = process(&server, &redis, credentials(&server));
     assert_eq!(
@@ -404,5 +435,91 @@ async fn a_wrong_secret_cannot_read_the_entry() -> TestResult {
         "entry intact"
     );
     assert_eq!(server.token_requests(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_older_entry_put_back_is_not_taken_after_a_rejection() -> TestResult {
+    let (server, redis) = (sandbox().await, RedisServer::start());
+    let me = format!("{}/v1/me", server.api_base());
+    // The fleet's first and second entries, captured by someone who can read Redis.
+    let writer = client(process(&server, &redis, credentials(&server)));
+    assert_eq!(writer.get(&me).send().await?.status(), 200);
+    let key = redis.entry_key().await;
+    let mut connection = redis.connection().await;
+    let first: Vec<u8> = connection.get(&key).await?;
+    server.revoke_all_tokens();
+    assert_eq!(writer.get(&me).send().await?.status(), 200);
+    assert_eq!(server.token_requests(), 2);
+
+    // A process takes the second; both tokens are then revoked and the first put back.
+    let victim = client(process(&server, &redis, credentials(&server)));
+    assert_eq!(victim.get(&me).send().await?.status(), 200);
+    assert_eq!(server.token_requests(), 2, "took the shared token");
+    server.revoke_all_tokens();
+    let _: () = connection.set_ex(&key, &first, 3600).await?;
+
+    // Its 401 makes it fetch, not take the older (revoked) entry and fail again.
+    assert_eq!(victim.get(&me).send().await?.status(), 200);
+    assert_eq!(server.token_requests(), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_huge_value_under_the_key_is_not_read_and_is_replaced() -> TestResult {
+    let (server, redis) = (sandbox().await, RedisServer::start());
+    let key = shared_entry(&server, &redis).await?;
+    let huge = vec![0x02_u8; 8 << 20];
+    let _: () = redis.connection().await.set_ex(&key, &huge, 3600).await?;
+
+    // The store hands over no more than asked for...
+    let store = RedisStore::new(&redis.url())?;
+    let (read, ttl) = store.get(&key, 1000).await?.expect("a value");
+    assert_eq!(read.len(), 1001);
+    assert_eq!(read, huge[..1001]);
+    assert!(ttl > Duration::ZERO && ttl <= Duration::from_secs(3600));
+    assert_eq!(
+        store.get("understory-auth:token:v1:missing", 1000).await?,
+        None
+    );
+
+    // ...and a cold process refuses the value unread, fetches and replaces it.
+    let captured = capture_logs();
+    process(&server, &redis, credentials(&server))
+        .token()
+        .await?;
+    let logs = captured.logs.text();
+    drop(captured);
+    assert!(logs.contains("larger than 98304 bytes, unread"), "{logs}");
+    assert_eq!(server.token_requests(), 2);
+    let value: Vec<u8> = redis.connection().await.get(&key).await?;
+    assert!(value.len() < 1000, "replaced by a real entry");
+    Ok(())
+}
+
+#[tokio::test]
+async fn redis_expiry_bounds_a_shared_token_whatever_the_writers_clock_says() -> TestResult {
+    let (server, redis) = (sandbox().await, RedisServer::start());
+    let key = shared_entry(&server, &redis).await?;
+    let mut connection = redis.connection().await;
+
+    // Sealed to last an hour, but Redis drops it in 2 minutes: it is then due for refresh
+    // (the lead time of an hour-long token is longer), so a cold process fetches.
+    let _: () = connection.pexpire(&key, 120_000).await?;
+    let cold = process(&server, &redis, credentials(&server));
+    cold.token().await?;
+    assert_eq!(server.token_requests(), 2);
+
+    // With 50 minutes left in Redis a cold process takes it, with no more than that left.
+    let _: () = connection.pexpire(&key, 3_000_000).await?;
+    let token = process(&server, &redis, credentials(&server))
+        .token()
+        .await?;
+    assert_eq!(server.token_requests(), 2);
+    assert!(
+        token.expires_in() <= Duration::from_secs(3000),
+        "{:?}",
+        token.expires_in()
+    );
     Ok(())
 }
