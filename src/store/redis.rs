@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, Cmd, FromRedisValue, cmd};
+use ::redis::{Client, Cmd, FromRedisValue, TlsCertificates, cmd};
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
@@ -44,8 +44,8 @@ const GENERATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// A [`TokenStore`] on Redis, for [`shared_cache`](crate::UnderstoryAuthBuilder::shared_cache)
 /// (feature `redis`).
 ///
-/// It connects on first use and reconnects by itself after a failure; clones share one
-/// multiplexed connection. Entries are `SET … PX` with the token's remaining lifetime, locks
+/// It connects on first use, over TLS for `rediss://` URLs, and reconnects by itself after a
+/// failure; clones share one multiplexed connection. Entries are `SET … PX` with the token's remaining lifetime, locks
 /// `SET … NX PX`, released by a compare-and-delete script. Keys start with
 /// [`SHARED_KEY_PREFIX`](crate::SHARED_KEY_PREFIX).
 ///
@@ -69,13 +69,21 @@ struct Inner {
 }
 
 impl RedisStore {
-    /// A store for the server at `url`: `redis://[[user]:password@]host[:port][/db]`, or
-    /// `redis+unix:///path/to/socket`. Nothing is connected until the first token fetch;
-    /// fails only on a URL that cannot be parsed (the error never holds the URL).
+    /// A store for the server at `url`: `redis://[[user]:password@]host[:port][/db]`,
+    /// `rediss://…` for TLS, or `redis+unix:///path/to/socket`. Nothing is connected until
+    /// the first token fetch; fails only on a URL that cannot be parsed (the error never holds
+    /// the URL).
+    ///
+    /// With `rediss://` the server's certificate must be valid for the host and signed by
+    /// one of the public certificate authorities that browsers trust (Mozilla's list, built
+    /// in), as managed Redis services' are; for a private one, see
+    /// [`with_root_certificates`](Self::with_root_certificates). There is no way to turn
+    /// certificate verification off.
     ///
     /// ```
     /// use understory_auth::RedisStore;
     /// let store = RedisStore::new("redis://127.0.0.1:6379/")?;
+    /// let tls = RedisStore::new("rediss://:password@redis.example.com:6380/")?;
     /// assert!(RedisStore::new("not a url").is_err());
     /// assert!(!format!("{:?}", RedisStore::new("redis://:hunter2@127.0.0.1/")?).contains("hunter2"));
     /// # Ok::<(), understory_auth::StoreError>(())
@@ -83,12 +91,40 @@ impl RedisStore {
     pub fn new(url: &str) -> Result<Self, StoreError> {
         let client =
             Client::open(url).map_err(|e| StoreError::with_source("invalid Redis URL", e))?;
-        Ok(RedisStore {
+        Ok(Self::from_client(client))
+    }
+
+    /// A store for the `rediss://` server at `url` whose certificate is signed by a private
+    /// certificate authority: `root_certificates` is that authority's certificate (or
+    /// several), PEM-encoded, trusted *instead of* the public ones. Fails on a URL that
+    /// cannot be parsed or is not `rediss://`, and on PEM that cannot be parsed (the error
+    /// never holds the URL).
+    ///
+    /// ```no_run
+    /// use understory_auth::RedisStore;
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("/etc/redis/tls/ca.crt")?;
+    /// let store = RedisStore::with_root_certificates("rediss://redis.internal:6380/", &ca)?;
+    /// # let _ = store; Ok(()) }
+    /// ```
+    pub fn with_root_certificates(url: &str, root_certificates: &[u8]) -> Result<Self, StoreError> {
+        let certificates = TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_certificates.to_vec()),
+        };
+        let client = Client::build_with_tls(url, certificates).map_err(|e| {
+            StoreError::with_source("invalid rediss:// URL or root certificates", e)
+        })?;
+        Ok(Self::from_client(client))
+    }
+
+    fn from_client(client: Client) -> Self {
+        RedisStore {
             inner: Arc::new(Inner {
                 client,
                 connection: OnceCell::new(),
             }),
-        })
+        }
     }
 
     async fn query<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, StoreError> {

@@ -7,6 +7,7 @@
 //! they do not skip.
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -26,17 +27,57 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 /// A `redis-server` child process on 127.0.0.1, without persistence; killed on drop.
 struct RedisServer {
     port: u16,
+    tls: Option<Tls>,
     child: Option<Child>,
+}
+
+/// A TLS-only server's certificate authority and the files `redis-server` reads.
+struct Tls {
+    ca_pem: String,
+    dir: PathBuf,
 }
 
 impl RedisServer {
     /// Starts a server on a free port (retrying if another test took the port meanwhile).
     fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts a server speaking only TLS (`--port 0 --tls-port …`), with a certificate for
+    /// 127.0.0.1 signed by a certificate authority made up for the test.
+    fn start_tls() -> Self {
+        let ca_key = rcgen::KeyPair::generate().expect("a CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).expect("CA params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("a CA certificate");
+        let key = rcgen::KeyPair::generate().expect("a server key");
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let certificate = params
+            .signed_by(&key, &issuer)
+            .expect("a server certificate");
+
+        let dir = std::env::temp_dir().join(format!(
+            "understory-auth-redis-tls-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        std::fs::write(dir.join("server.crt"), certificate.pem()).expect("writes the certificate");
+        std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("writes the key");
+        Self::start_with(Some(Tls {
+            ca_pem: ca.pem(),
+            dir,
+        }))
+    }
+
+    fn start_with(tls: Option<Tls>) -> Self {
         for _ in 0..5 {
             let port = free_port();
-            if let Some(child) = spawn_redis(port) {
+            if let Some(child) = spawn_redis(port, tls.as_ref()) {
                 return RedisServer {
                     port,
+                    tls,
                     child: Some(child),
                 };
             }
@@ -45,7 +86,17 @@ impl RedisServer {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
+    }
+
+    /// The PEM of the certificate authority that signed a TLS server's certificate.
+    fn ca_pem(&self) -> &[u8] {
+        self.tls.as_ref().expect("a TLS server").ca_pem.as_bytes()
     }
 
     fn stop(&mut self) {
@@ -58,12 +109,23 @@ impl RedisServer {
     /// Starts the server again on the same port, empty.
     fn restart(&mut self) {
         self.stop();
-        self.child = Some(spawn_redis(self.port).expect("redis-server restarts on its port"));
+        let child = spawn_redis(self.port, self.tls.as_ref());
+        self.child = Some(child.expect("redis-server restarts on its port"));
     }
 
     /// A direct connection, to look at and meddle with what the store holds.
     async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
+        let client = match &self.tls {
+            None => redis::Client::open(self.url()),
+            Some(tls) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(tls.ca_pem.clone().into_bytes()),
+                },
+            ),
+        };
+        client
             .expect("valid URL")
             .get_multiplexed_async_connection()
             .await
@@ -100,6 +162,9 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        if let Some(tls) = &self.tls {
+            let _ = std::fs::remove_dir_all(&tls.dir);
+        }
     }
 }
 
@@ -110,11 +175,22 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts `redis-server` on `port` and waits until it accepts connections; `None` if it
-/// exited (the port was taken). Panics if the binary is missing.
-fn spawn_redis(port: u16) -> Option<Child> {
-    let mut child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+/// Starts `redis-server` on `port` (TLS only, with `tls`) and waits until it accepts
+/// connections; `None` if it exited (the port was taken). Panics if the binary is missing.
+fn spawn_redis(port: u16, tls: Option<&Tls>) -> Option<Child> {
+    let mut command = Command::new("redis-server");
+    match tls {
+        None => command.args(["--port", &port.to_string()]),
+        Some(tls) => command
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(tls.dir.join("server.crt"))
+            .arg("--tls-key-file")
+            .arg(tls.dir.join("server.key"))
+            .args(["--tls-auth-clients", "no"]),
+    };
+    let mut child = command
+        .args(["--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -521,5 +597,41 @@ async fn redis_expiry_bounds_a_shared_token_whatever_the_writers_clock_says() ->
         "{:?}",
         token.expires_in()
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn processes_share_over_tls_to_a_redis_with_a_private_certificate_authority() -> TestResult {
+    let (server, redis) = (sandbox().await, RedisServer::start_tls());
+    let over_tls = || {
+        let store = RedisStore::with_root_certificates(&redis.url(), redis.ca_pem())?;
+        let auth = UnderstoryAuth::builder(credentials(&server))
+            .token_url(server.token_url())
+            .api_base(server.api_base())
+            .shared_cache(store)
+            .build()?;
+        Ok::<_, Box<dyn std::error::Error>>(auth)
+    };
+    let first = over_tls()?.token().await?;
+    let second = over_tls()?.token().await?;
+    assert_eq!(second.secret(), first.secret());
+    assert_eq!(server.token_requests(), 1, "shared over TLS");
+    assert_eq!(redis.entry_keys().await.len(), 1);
+
+    // With only the public roots the certificate is not trusted: no connection, so the
+    // process fetches directly (and says why).
+    let captured = capture_logs();
+    let untrusting = process(&server, &redis, credentials(&server));
+    untrusting.token().await?;
+    let logs = captured.logs.text();
+    drop(captured);
+    assert_eq!(server.token_requests(), 2);
+    assert!(
+        logs.contains("the shared token cache is unavailable"),
+        "{logs}"
+    );
+
+    // A certificate authority goes with TLS only.
+    assert!(RedisStore::with_root_certificates("redis://127.0.0.1:6379/", redis.ca_pem()).is_err());
     Ok(())
 }
