@@ -635,3 +635,50 @@ async fn processes_share_over_tls_to_a_redis_with_a_private_certificate_authorit
     assert!(RedisStore::with_root_certificates("redis://127.0.0.1:6379/", redis.ca_pem()).is_err());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_hostile_redis_cannot_forge_log_lines() -> TestResult {
+    // A "Redis" on loopback whose every answer is an error reply carrying a line break and
+    // a terminal escape, as anyone on the path of a plain redis:// connection could send.
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let url = format!("redis://{}/", listener.local_addr()?);
+    let fake = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = [0; 4096];
+                while let Ok(n @ 1..) = socket.read(&mut buffer).await {
+                    // One error per command (an array header), pipelined ones included.
+                    let read = &buffer[..n];
+                    let commands = (0..n)
+                        .filter(|&i| read[i] == b'*' && (i == 0 || read[..i].ends_with(b"\r\n")))
+                        .count();
+                    let reply = b"-ERR forged\n2026-01-01T00:00:00Z  WARN fake line\x1b[2J\r\n";
+                    if socket.write_all(&reply.repeat(commands)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+
+    let server = sandbox().await;
+    let captured = capture_logs();
+    let auth = UnderstoryAuth::builder(credentials(&server))
+        .token_url(server.token_url())
+        .api_base(server.api_base())
+        .shared_cache(RedisStore::new(&url)?)
+        .build()?;
+    auth.token().await?;
+    let logs = captured.logs.text();
+    drop(captured);
+    fake.abort();
+    assert_eq!(server.token_requests(), 1, "fetched directly");
+    assert!(logs.contains("forged"), "the reply reached the log: {logs}");
+    assert!(
+        !logs.contains("\n2026-01-01T00:00:00Z"),
+        "forged line: {logs}"
+    );
+    assert!(!logs.contains('\u{1b}'), "escape sequence: {logs:?}");
+    Ok(())
+}
