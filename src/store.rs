@@ -27,21 +27,38 @@
 //! The in-process cache keeps doing single flight, refresh ahead and backoff; its token
 //! source is wrapped so that each of its fetches first asks the store:
 //!
-//! * **Key.** `understory-auth:token:v1:` and the hex SHA-256 of everything that changes the
-//!   token: token URL, client id, audience and the sorted scopes. Never the secret.
-//! * **Value.** One version byte, a random 96-bit nonce, and the ChaCha20-Poly1305
-//!   encryption of the token, its scopes, its original lifetime and its absolute expiry,
-//!   under a key derived from the client secret (HKDF-SHA256), with the store key as
-//!   associated data. The store holds only ciphertext; only holders of the secret can read
-//!   or forge an entry, and an entry moved to another key is rejected. An entry that fails
-//!   authentication is logged (without its contents) and treated as missing.
+//! * **Key.** `understory-auth:token:v1:`, the hex SHA-256 of everything that changes the
+//!   token (token URL, client id, audience and the sorted scopes), `:` and a key id: 16
+//!   bytes derived from the client secret with HKDF-SHA256 under an `info` of its own (not
+//!   the secret, and not the encryption key). So each secret of a key being rotated has its
+//!   own entry, lock and counter: old and new secrets running side by side each share among
+//!   their own processes and never wait for, read or overwrite the other's.
+//! * **Value.** One version byte, the key id, a random 96-bit nonce, and the
+//!   ChaCha20-Poly1305 encryption of the token, its scopes, its original lifetime, its
+//!   absolute expiry and its generation, under a key derived from the client secret
+//!   (HKDF-SHA256), with the store key as associated data. The store holds only
+//!   ciphertext; only holders of the secret can read or forge an entry, and an entry moved
+//!   to another key is rejected. A value longer than 96 KiB (a token is at most 64 KiB) is
+//!   neither read whole (Redis: `GETRANGE`) nor decrypted. A value that fails
+//!   authentication (or is too long) is treated as missing and logged, without its contents,
+//!   as a warning at most once a minute per `UnderstoryAuth` (the others at debug level); one
+//!   sealed under another secret or by another version of the crate is passed over at debug
+//!   level.
+//! * **Generations.** Each entry written carries the next value of a counter shared by the
+//!   fleet (Redis: `INCR`, seeded from the server's clock when missing, so it never goes
+//!   back), sealed with the token, so that nobody without the secret can change it. A
+//!   process remembers the newest generation it has taken or written, and takes only a
+//!   strictly newer entry: an entry put back by someone who captured it earlier is never
+//!   taken after a newer one, and the token a process holds (which it asks to replace only
+//!   when it is due or rejected) is never handed back to it.
 //! * **Freshness.** An entry is taken only while it is not yet due for refresh by its
 //!   original lifetime's schedule (more left than the refresh margin, skew and jitter the
 //!   in-process cache would allow it), and is handed over with its *remaining* lifetime, so
 //!   the in-process cache refreshes it no later than the original schedule: the next fetch
-//!   then finds it due and replaces it, instead of taking it again. An entry holding the
-//!   token this process handed over last is also skipped: the cache only asks again for a
-//!   token due for refresh or rejected by the API.
+//!   then finds it due and replaces it. The remaining lifetime is the least of what the
+//!   entry says (by the wall clocks of its writer and its reader) and the time the store
+//!   keeps it (Redis: `PTTL`, by the store's clock), so a clock running ahead cannot
+//!   stretch a token past its life.
 //! * **Cross-process single flight.** When the entry is missing or due, one process fetches
 //!   under a lock with an expiry (Redis: `SET NX PX`, released by compare-and-delete only by
 //!   its owner) and stores the result; the others poll for the entry every
@@ -50,11 +67,12 @@
 //! * **Never worse than without.** Every store operation is bounded by [`STORE_TIMEOUT`]. A
 //!   store that is down, slow or failing never fails a token request: the process fetches
 //!   directly, as it would without a shared cache, and logs a warning once per failure
-//!   streak (and an info line when the store answers again).
+//!   streak (and an info line when the store answers again). The store's error text is
+//!   logged as one short line of printable characters.
 //!
-//! It relies on the processes' wall clocks agreeing to within a few seconds (NTP), and on the
-//! client secret being a high-entropy random string, as Understory's are: HKDF is not a
-//! password hash.
+//! It relies on the client secret being a high-entropy random string, as Understory's are:
+//! HKDF is not a password hash. What someone who can read or write the store, or sits
+//! between it and the processes, can and cannot do is in `SECURITY.md`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -163,9 +181,9 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Stores `value` under `key`, replacing any value, until `ttl` has passed.
     async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError>;
 
-    /// Increments the counter named `key` and returns its new value, which must be larger
-    /// than every value it returned before, to any process, even after the store lost its
-    /// data (seed a missing counter from a clock, as [`RedisStore`] does).
+    /// Increments the counter named `key` and returns its new value, which must be at least
+    /// 1 and larger than every value it returned before, to any process, even after the
+    /// store lost its data (seed a missing counter from a clock, as [`RedisStore`] does).
     async fn next_generation(&self, key: &str) -> Result<u64, StoreError>;
 
     /// Takes the lock named `key` for `owner` (a random string) if nobody holds it; it

@@ -45,9 +45,13 @@ const GENERATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// (feature `redis`).
 ///
 /// It connects on first use, over TLS for `rediss://` URLs, and reconnects by itself after a
-/// failure; clones share one multiplexed connection. Entries are `SET … PX` with the token's remaining lifetime, locks
-/// `SET … NX PX`, released by a compare-and-delete script. Keys start with
-/// [`SHARED_KEY_PREFIX`](crate::SHARED_KEY_PREFIX).
+/// failure; clones share one multiplexed connection. Entries are written with `SET … PX`
+/// (the token's remaining lifetime) and read with one script doing `GETRANGE` (never more
+/// than the size bound) and `PTTL`; generations come from `INCR` on a counter seeded from
+/// the server's `TIME`; locks are `SET … NX PX`, released by a compare-and-delete script.
+/// Keys start with [`SHARED_KEY_PREFIX`](crate::SHARED_KEY_PREFIX). Scripts run with `EVAL`,
+/// so the Redis user needs `EVAL` besides `GET`, `SET`, `GETRANGE`, `PTTL`, `INCR`,
+/// `PEXPIRE`, `EXISTS`, `TIME` and `DEL` on those keys.
 ///
 /// ```no_run
 /// use understory_auth::{Credentials, RedisStore, UnderstoryAuth};

@@ -188,7 +188,7 @@ impl SharedStoreSource {
 
     /// Fetches a token and stores it for the other processes as the fleet's newest entry.
     async fn fetch_and_share(&self) -> Result<GrantedToken, Error> {
-        let requested_at = SystemTime::now();
+        let (requested_at, started) = (SystemTime::now(), Instant::now());
         let token = self.fetch_directly().await?;
         let next = self.store.next_generation(self.codec.generation_key());
         let Ok(generation) = self.call(next).await else {
@@ -200,7 +200,9 @@ impl SharedStoreSource {
             .seal(&token, requested_at + token.lifetime(), generation)
         {
             Some(value) => {
-                let put = self.store.put(self.codec.key(), &value, token.lifetime());
+                // The store's expiry counts from the request too, by its own clock.
+                let ttl = token.lifetime().saturating_sub(started.elapsed());
+                let put = self.store.put(self.codec.key(), &value, ttl);
                 let _ = self.call(put).await;
             }
             None => tracing::warn!("cannot encrypt the token for the shared cache; not sharing it"),
