@@ -65,6 +65,7 @@ mod credentials;
 mod error;
 mod grant;
 mod origin;
+pub mod scope;
 mod token;
 
 #[cfg(feature = "tower")]
@@ -91,8 +92,7 @@ pub use credentials::{
 };
 pub use error::Error;
 pub use grant::{
-    DEFAULT_TOKEN_LIFETIME, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME, MAX_TOKEN_RESPONSE_BYTES,
-    MIN_TOKEN_LIFETIME,
+    DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME, MAX_TOKEN_RESPONSE_BYTES, MIN_TOKEN_LIFETIME,
 };
 pub use token::{AccessToken, TokenId};
 

@@ -82,7 +82,7 @@ use async_trait::async_trait;
 
 use crate::Error;
 use crate::cache::TokenSource;
-use crate::error::sanitize_server_text;
+use crate::grant::sanitize::Secrets;
 
 mod entry;
 #[cfg(feature = "redis")]
@@ -249,7 +249,7 @@ impl fmt::Display for StoreError {
             Some(source) => format!("{}: {source}", self.message),
             None => self.message.clone(),
         };
-        write!(f, "token store: {}", sanitize_server_text(&text))
+        write!(f, "token store: {}", Secrets::empty().clean(&text))
     }
 }
 
