@@ -117,6 +117,20 @@ pub enum Error {
         source: Arc<reqwest::Error>,
     },
 
+    /// The auth server is rate limiting this key (HTTP 429): until the next attempt, no token
+    /// request is made and callers without a usable token get this error at once.
+    #[error(
+        "the auth server is rate limiting this key's token requests (HTTP 429); the next attempt will be made in {}s, until then requests that need a new token fail at once",
+        next_attempt_in.as_secs()
+    )]
+    RateLimited {
+        /// How long after this error was made the next token request will be made.
+        next_attempt_in: Duration,
+        /// The auth server's answer.
+        #[source]
+        cause: Box<Error>,
+    },
+
     /// The token fetch stopped before it finished (its runtime shut down, or it panicked).
     #[error("the token fetch was interrupted before it finished ({reason}); it will be retried")]
     Interrupted {
@@ -145,6 +159,7 @@ impl Error {
             }
             Error::Status { status, .. } => transient_status(*status),
             Error::InvalidResponse { .. }
+            | Error::RateLimited { .. }
             | Error::Timeout { .. }
             | Error::Network { .. }
             | Error::Interrupted { .. } => true,
@@ -180,6 +195,7 @@ impl Error {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::OAuth { retry_after, .. } | Error::Status { retry_after, .. } => *retry_after,
+            Error::RateLimited { cause, .. } => cause.retry_after(),
             _ => None,
         }
     }
@@ -200,6 +216,7 @@ impl Error {
     pub fn oauth_code(&self) -> Option<&str> {
         match self {
             Error::OAuth { code, .. } => Some(code),
+            Error::RateLimited { cause, .. } => cause.oauth_code(),
             _ => None,
         }
     }
@@ -215,6 +232,7 @@ impl Error {
             Error::OAuth { status, .. }
             | Error::Status { status, .. }
             | Error::InvalidResponse { status, .. } => Some(*status),
+            Error::RateLimited { cause, .. } => cause.status(),
             _ => None,
         }
     }

@@ -23,8 +23,8 @@ use url::Url;
 use url::form_urlencoded::Serializer;
 
 use crate::Error;
-use crate::cache::TokenSource;
 use crate::credentials::{ClientAuthMethod, Credentials};
+use crate::source::TokenSource;
 use crate::token::GrantedToken;
 
 pub(crate) mod sanitize;

@@ -81,8 +81,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::Error;
-use crate::cache::TokenSource;
 use crate::grant::sanitize::Secrets;
+use crate::source::TokenSource;
 
 mod entry;
 #[cfg(feature = "redis")]

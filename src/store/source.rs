@@ -16,7 +16,8 @@ use super::{
     StoreError, TokenStore,
 };
 use crate::Error;
-use crate::cache::{TokenSource, refresh_lead};
+use crate::cache::refresh_lead;
+use crate::source::TokenSource;
 use crate::token::GrantedToken;
 
 pub(crate) struct SharedStoreSource {
