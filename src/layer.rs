@@ -15,7 +15,7 @@ use std::task::{Context, Poll, ready};
 
 use futures_util::future::BoxFuture;
 use http::header::AUTHORIZATION;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::BoxError;
 use tower::retry::Policy;
@@ -35,8 +35,9 @@ use crate::{AccessToken, Error, UnderstoryAuth};
 /// * leaves a request alone if it already carries an `Authorization` header;
 /// * gives no token to a relative URI (one without scheme and authority) unless
 ///   [`authorize_relative_uris`](Self::authorize_relative_uris) says so;
-/// * on a 401 answer, drops the token the request carried from the cache, so the next
-///   request uses a fresh one (wrap it in a [`RetryOnUnauthorized`] retry to resend the
+/// * reports each answer to a request that carried the token to the cache, which drops the
+///   token after a 401 by the rule in the crate docs ("What happens on a 401"), so the next
+///   request uses a new one (wrap it in a [`RetryOnUnauthorized`] retry to resend the
 ///   request itself);
 /// * fails with a [`tower::BoxError`]: the inner service's error, or an
 ///   [`understory_auth::Error`](crate::Error) when no token could be obtained.
@@ -291,11 +292,9 @@ where
                 }
                 StateProj::Calling { future } => {
                     let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if response.status() == StatusCode::UNAUTHORIZED {
-                        if let Some(Sent { auth, token }) = this.sent.take() {
-                            if auth.reject(&token) {
-                                response.extensions_mut().insert(TokenRejected);
-                            }
+                    if let Some(Sent { auth, token }) = this.sent.take() {
+                        if auth.answered(&token, response.status()) {
+                            response.extensions_mut().insert(TokenRejected);
                         }
                     }
                     return Poll::Ready(Ok(response));
@@ -322,7 +321,8 @@ where
 }
 
 /// A [`tower::retry::Policy`] that resends a request once when the API rejected the token
-/// it carried (HTTP 401), so that it goes out again with a fresh token.
+/// it carried (HTTP 401) and the cache replaced it, so that it goes out again with a new
+/// token (see the crate docs, "What happens on a 401").
 ///
 /// Place it *outside* the [`BearerAuthLayer`]: the retry then clones the request before the
 /// token is added, and the layer adds the new one. It retries only 401s to requests that
@@ -403,6 +403,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
 
     fn response(status: StatusCode, rejected: bool) -> Result<Response<()>, ()> {
         let mut response = Response::new(());

@@ -11,5 +11,7 @@ mod sandbox;
 mod soak;
 #[cfg(feature = "redis")]
 mod store;
+#[cfg(all(feature = "test-util", feature = "middleware", feature = "tower"))]
+mod unauthorized;
 #[cfg(feature = "webhooks")]
 mod webhooks;
