@@ -24,6 +24,7 @@ use crate::Error;
 use crate::cache::TokenSource;
 use crate::credentials::{ClientAuthMethod, Credentials};
 use crate::error::sanitize_server_text;
+use crate::origin::origin_and_path;
 use crate::token::GrantedToken;
 
 /// The largest token answer read; a longer body is refused (a token answer is ~1 KiB).
@@ -153,7 +154,7 @@ impl TokenSource for Grant {
 impl fmt::Debug for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Grant")
-            .field("token_url", &self.token_url.as_str())
+            .field("token_url", &origin_and_path(&self.token_url))
             .field("body", &"[REDACTED]")
             .field("timeout", &self.timeout)
             .field("requested_scopes", &self.requested_scopes)
@@ -482,6 +483,27 @@ mod tests {
         assert_eq!(parse_retry_after(&headers), None);
         headers.insert(RETRY_AFTER, HeaderValue::from_static("-1"));
         assert_eq!(parse_retry_after(&headers), None);
+    }
+
+    #[test]
+    fn debug_shows_the_token_url_without_its_query() {
+        let grant = Grant::new(GrantConfig {
+            credentials: &Credentials::new("id", "secret"),
+            token_url: Url::parse("https://auth.example.com/oauth2/token?key=k-456#frag").unwrap(),
+            audience: "https://api.understory.io",
+            user_agent: HeaderValue::from_static("test"),
+            timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        let debug = format!("{grant:?}");
+        assert!(
+            debug.contains("\"https://auth.example.com/oauth2/token\""),
+            "{debug}"
+        );
+        assert!(
+            !debug.contains("k-456") && !debug.contains("frag"),
+            "{debug}"
+        );
     }
 
     #[test]

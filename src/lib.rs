@@ -98,8 +98,8 @@ pub use token::{AccessToken, TokenId};
 
 #[cfg(feature = "tower")]
 pub use layer::{BearerAuth, BearerAuthFuture, BearerAuthLayer, RetryOnUnauthorized};
-#[cfg(feature = "middleware")]
-pub use middleware::SkipAuth;
+#[cfg(any(feature = "middleware", feature = "tower"))]
+pub use origin::SkipAuth;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 #[cfg(feature = "shared-cache")]

@@ -18,7 +18,7 @@ use tower::retry::Retry;
 use tower::{BoxError, Layer, ServiceBuilder, ServiceExt, service_fn};
 use tower_http::trace::TraceLayer;
 use understory_auth::testing::SandboxServer;
-use understory_auth::{BearerAuth, BearerAuthLayer, Credentials, RetryOnUnauthorized};
+use understory_auth::{BearerAuth, BearerAuthLayer, Credentials, RetryOnUnauthorized, SkipAuth};
 
 use crate::common::{auth, auth_with, sandbox};
 
@@ -80,6 +80,20 @@ fn recording() -> (
         async { Ok::<_, Infallible>(Response::new(())) }
     });
     (service, seen)
+}
+
+/// A recording service behind a layer for `sandbox` that authorizes relative URIs.
+fn recording_opted_in(
+    sandbox: &SandboxServer,
+) -> (
+    BearerAuth<
+        impl tower::Service<Request<()>, Response = Response<()>, Error = Infallible> + Clone,
+    >,
+    Seen,
+) {
+    let (inner, seen) = recording();
+    let layer = BearerAuthLayer::new(auth(sandbox)).authorize_relative_uris(true);
+    (layer.layer(inner), seen)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -343,6 +357,83 @@ async fn relative_uris_get_the_token_only_when_opted_in() -> TestResult {
     assert!(header.is_sensitive());
     assert_eq!(seen[1], None);
     assert_eq!(sandbox.token_requests(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn uris_with_an_authority_but_no_scheme_get_no_token() -> TestResult {
+    let sandbox = sandbox().await;
+    let (opted_in, seen) = recording_opted_in(&sandbox);
+    let api_authority = sandbox.api_base().trim_start_matches("http://").to_owned();
+
+    for uri in [
+        api_authority.clone(),
+        "evil.example:443".to_owned(),
+        format!("//{api_authority}/v1/me"),
+        "//evil.example/v1/me".to_owned(),
+    ] {
+        let request = Request::builder()
+            .method(if uri.starts_with("//") {
+                "GET"
+            } else {
+                "CONNECT"
+            })
+            .uri(uri)
+            .body(())?;
+        opted_in.clone().oneshot(request).await?;
+    }
+
+    assert_eq!(
+        *seen.lock().expect("not poisoned"),
+        [None, None, None, None]
+    );
+    assert_eq!(sandbox.token_requests(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_host_header_naming_another_host_gets_no_token() -> TestResult {
+    let sandbox = sandbox().await;
+    let (opted_in, seen) = recording_opted_in(&sandbox);
+    let with_host = |uri: String, host: &str| {
+        Request::get(uri)
+            .header(http::header::HOST, host)
+            .body(())
+            .expect("a valid request")
+    };
+    let api_authority = sandbox.api_base().trim_start_matches("http://").to_owned();
+
+    for request in [
+        with_host(format!("{}/v1/me", sandbox.api_base()), "evil.example"),
+        with_host("/v1/me".to_owned(), "evil.example"),
+        with_host(format!("{}/v1/me", sandbox.api_base()), &api_authority),
+    ] {
+        opted_in.clone().oneshot(request).await?;
+    }
+
+    let seen = seen.lock().expect("not poisoned");
+    assert_eq!(seen[..2], [None, None]);
+    assert_eq!(
+        seen[2].as_ref(),
+        Some(&HeaderValue::try_from(bearer(&sandbox, 0))?)
+    );
+    assert_eq!(sandbox.token_requests(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn skip_auth_sends_no_token() -> TestResult {
+    let sandbox = sandbox().await;
+    let (inner, seen) = recording();
+    let service = BearerAuthLayer::new(auth(&sandbox)).layer(inner);
+
+    let request = Request::get(format!("{}/v1/me", sandbox.api_base()))
+        .extension(SkipAuth)
+        .body(())?;
+    service.oneshot(request).await?;
+
+    assert_eq!(*seen.lock().expect("not poisoned"), [None]);
+    assert_eq!(sandbox.token_requests(), 0);
     Ok(())
 }
 

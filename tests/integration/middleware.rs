@@ -145,6 +145,33 @@ async fn skip_auth_sends_no_token() -> TestResult {
 }
 
 #[tokio::test]
+async fn a_host_header_naming_another_host_gets_no_token() -> TestResult {
+    let server = sandbox().await;
+    let client = client(auth(&server));
+
+    let response = client
+        .get(me(&server))
+        .header("host", "evil.example")
+        .send()
+        .await?;
+    let agreeing = format!("127.0.0.1:{}", server.addr().port());
+    let same = client
+        .get(me(&server))
+        .header("host", agreeing)
+        .send()
+        .await?;
+
+    assert_eq!(response.status(), 401);
+    assert_eq!(same.status(), 200);
+    assert_eq!(
+        authorizations(&server),
+        [None, bearer(&latest_token(&server))]
+    );
+    assert_eq!(server.token_requests(), 1);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_same_origin_redirect_keeps_the_token() -> TestResult {
     let server = sandbox().await;
     let redirect = format!("{}/redirect?to={}", server.api_base(), me(&server));
