@@ -23,7 +23,7 @@ use url::form_urlencoded::{Serializer, byte_serialize};
 use crate::Error;
 use crate::cache::TokenSource;
 use crate::credentials::{ClientAuthMethod, Credentials};
-use crate::error::sanitize_server_text;
+use crate::error::{error_chain, sanitize_server_text};
 use crate::origin::origin_and_path;
 use crate::token::GrantedToken;
 
@@ -61,6 +61,23 @@ pub(crate) struct GrantConfig<'a> {
     pub(crate) audience: &'a str,
     pub(crate) user_agent: HeaderValue,
     pub(crate) timeout: Duration,
+    pub(crate) client_hook: Option<&'a ClientHook>,
+}
+
+/// The user's say in the token client: a function given the `reqwest::ClientBuilder` the
+/// crate starts from (see
+/// [`configure_token_client`](crate::UnderstoryAuthBuilder::configure_token_client)).
+#[derive(Clone)]
+pub(crate) struct ClientHook(pub(crate) std::sync::Arc<ConfigureClient>);
+
+/// What [`ClientHook`] holds.
+pub(crate) type ConfigureClient =
+    dyn Fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder + Send + Sync;
+
+impl fmt::Debug for ClientHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientHook(..)")
+    }
 }
 
 impl Grant {
@@ -71,13 +88,31 @@ impl Grant {
             audience,
             user_agent,
             timeout,
+            client_hook,
         } = config;
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder();
+        // With both TLS features on, rustls (the default one); the hook may choose the other.
+        #[cfg(feature = "rustls")]
+        {
+            client = client.tls_backend_rustls();
+        }
+        if let Some(ClientHook(configure)) = client_hook {
+            client = configure(client);
+        }
+        // What the crate owns, set after the hook so that it cannot be weakened: no redirects
+        // (the secret must not follow one) and the timeouts. The body limit is enforced
+        // while reading the answer, whatever the client.
+        let client = client
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()
-            .map_err(|e| Error::config(format!("cannot build the token HTTP client: {e}")))?;
+            .map_err(|e| {
+                Error::config(format!(
+                    "cannot build the token HTTP client: {}",
+                    error_chain(&e)
+                ))
+            })?;
 
         let mut form = Serializer::new(String::new());
         form.append_pair("grant_type", "client_credentials");
@@ -493,6 +528,7 @@ mod tests {
             audience: "https://api.understory.io",
             user_agent: HeaderValue::from_static("test"),
             timeout: Duration::from_secs(1),
+            client_hook: None,
         })
         .unwrap();
         let debug = format!("{grant:?}");

@@ -46,7 +46,9 @@
 //! # Features
 //!
 //! * `rustls` (default): TLS for the crate's token client via rustls; `native-tls` instead
-//!   uses the platform's TLS.
+//!   uses the platform's TLS (with both on, rustls is used, unless
+//!   [`UnderstoryAuthBuilder::configure_token_client`] picks `tls_backend_native()`). Only
+//!   with rustls is a TLS setup failure told apart as not transient.
 //! * `middleware` (default): the reqwest-middleware integration.
 //! * `tower` (default): [`BearerAuthLayer`].
 //! * `shared-cache`: a second-level token cache shared by a fleet of processes

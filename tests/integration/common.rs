@@ -60,3 +60,39 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
         self.clone()
     }
 }
+
+/// What a test's tracing subscriber (every level) wrote, while this is alive on this thread.
+pub struct CapturedLogs {
+    logs: Logs,
+    _guard: tracing::subscriber::DefaultGuard,
+    _second: tracing::Dispatch,
+}
+
+impl CapturedLogs {
+    /// What was written so far.
+    pub fn text(&self) -> String {
+        self.logs.text()
+    }
+}
+
+/// Captures the current thread's log events, at every level, until the result is dropped
+/// (the tests run on tokio's current-thread runtime, so a token fetch's spawned task logs
+/// here too).
+pub fn capture_logs() -> CapturedLogs {
+    // While only one subscriber exists, tracing asks the *registering thread's* subscriber
+    // whether a callsite is enabled, and caches the answer: another test thread reaching one
+    // of our events first would switch it off for good. With a second subscriber alive,
+    // tracing asks all of them.
+    let second = tracing::Dispatch::new(tracing_subscriber::registry());
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(logs.clone())
+        .finish();
+    CapturedLogs {
+        _guard: tracing::subscriber::set_default(subscriber),
+        _second: second,
+        logs,
+    }
+}

@@ -15,7 +15,7 @@ use reqwest_tracing::TracingMiddleware;
 use understory_auth::testing::{ApiFault, SandboxServer};
 use understory_auth::{Credentials, Error, SkipAuth, UnderstoryAuth};
 
-use crate::common::{Logs, auth, auth_with, credentials, sandbox};
+use crate::common::{auth, auth_with, capture_logs, credentials, sandbox};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -494,18 +494,7 @@ async fn through_reqwest_retry_a_token_error_is_one_level_deeper() -> TestResult
 
 #[tokio::test]
 async fn reqwest_tracing_outside_and_the_token_never_logged() -> TestResult {
-    // While only one subscriber exists, tracing asks the *registering thread's* subscriber
-    // whether a callsite is enabled, and caches the answer: another test thread reaching one
-    // of our events first would switch it off for good. With a second subscriber alive,
-    // tracing asks all of them.
-    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
-    let logs = Logs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(logs.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = capture_logs();
 
     let server = sandbox().await;
     let client = ClientBuilder::new(reqwest::Client::new())

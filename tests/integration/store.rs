@@ -15,7 +15,7 @@ use redis::AsyncCommands;
 use understory_auth::testing::SandboxServer;
 use understory_auth::{Credentials, RedisStore, SHARED_KEY_PREFIX, UnderstoryAuth};
 
-use crate::common::{Logs, credentials, sandbox};
+use crate::common::{capture_logs, credentials, sandbox};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -153,31 +153,6 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
-}
-
-/// Everything logged on this thread while it lives (the tests run on tokio's current-thread
-/// runtime, so the token fetch's spawned task logs here too).
-struct CapturedLogs {
-    logs: Logs,
-    _guard: tracing::subscriber::DefaultGuard,
-    _second: tracing::Dispatch,
-}
-
-fn capture_logs() -> CapturedLogs {
-    // With a second subscriber alive, tracing asks each for every callsite instead of caching
-    // the first thread's answer (see the middleware tests).
-    let second = tracing::Dispatch::new(tracing_subscriber::registry());
-    let logs = Logs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(logs.clone())
-        .finish();
-    CapturedLogs {
-        _guard: tracing::subscriber::set_default(subscriber),
-        _second: second,
-        logs,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -337,7 +312,7 @@ async fn a_tampered_entry_is_rejected_logged_without_contents_and_replaced() -> 
     let second = process(&server, &redis, credentials(&server))
         .token()
         .await?;
-    let logs = captured.logs.text();
+    let logs = captured.text();
     drop(captured);
     assert_ne!(second.secret(), first.secret());
     assert_eq!(server.token_requests(), 2);
