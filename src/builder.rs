@@ -178,8 +178,9 @@ impl UnderstoryAuthBuilder {
     /// requests go through your own client.
     ///
     /// What already works without code: `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and
-    /// `NO_PROXY` are honoured (read when [`build`](Self::build) runs); see the README's
-    /// "Corporate networks" for the trust store and `SSL_CERT_FILE`.
+    /// `NO_PROXY` are honoured (read when [`build`](Self::build) runs; a proxy set here
+    /// replaces them); see the README's "Corporate networks" for the trust store and
+    /// `SSL_CERT_FILE`.
     ///
     /// A proxy (it sees only the host name of the token endpoint: HTTPS is tunnelled):
     ///

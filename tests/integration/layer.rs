@@ -17,10 +17,12 @@ use hyper_util::rt::TokioExecutor;
 use tower::retry::Retry;
 use tower::{BoxError, Layer, ServiceBuilder, ServiceExt, service_fn};
 use tower_http::trace::TraceLayer;
-use understory_auth::testing::SandboxServer;
-use understory_auth::{BearerAuth, BearerAuthLayer, Credentials, RetryOnUnauthorized, SkipAuth};
+use understory_auth::testing::{SandboxServer, TokenFault};
+use understory_auth::{
+    BearerAuth, BearerAuthLayer, Credentials, RetryOnUnauthorized, SkipAuth, UnderstoryAuth,
+};
 
-use crate::common::{auth, auth_with, sandbox};
+use crate::common::{auth, auth_with, credentials, sandbox};
 
 type TestResult = Result<(), BoxError>;
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -293,6 +295,50 @@ async fn a_timeout_around_the_layer_fires() -> TestResult {
 
     assert!(error.is::<tower::timeout::error::Elapsed>(), "{error}");
     assert_eq!(sandbox.api_requests(), 1);
+    Ok(())
+}
+
+/// Where a `TimeoutLayer` goes: outside `BearerAuthLayer` it bounds the whole call, the
+/// token wait included; inside it bounds only the inner call, so a hanging token endpoint
+/// is cut off by `token_timeout` instead. Told by which error each order returns.
+#[tokio::test]
+async fn a_timeout_inside_the_layer_does_not_bound_the_token_wait() -> TestResult {
+    let sandbox = sandbox().await;
+    sandbox.push_token_fault(TokenFault::Hang);
+    sandbox.push_token_fault(TokenFault::Hang);
+    let auth = || {
+        UnderstoryAuth::builder(credentials(&sandbox))
+            .token_url(sandbox.token_url())
+            .api_base(sandbox.api_base())
+            .token_timeout(Duration::from_secs(2))
+            .build()
+            .expect("auth builds")
+    };
+    let timeout = Duration::from_millis(300);
+    let outside = ServiceBuilder::new()
+        .timeout(timeout)
+        .layer(BearerAuthLayer::new(auth()))
+        .service(http_client());
+    let inside = ServiceBuilder::new()
+        .layer(BearerAuthLayer::new(auth()))
+        .timeout(timeout)
+        .service(http_client());
+
+    let outside = outside.oneshot(get(&sandbox, "/v1/me")).await;
+    let inside = inside.oneshot(get(&sandbox, "/v1/me")).await;
+
+    let outside = outside.expect_err("the token endpoint never answers");
+    assert!(outside.is::<tower::timeout::error::Elapsed>(), "{outside}");
+    let inside = inside.expect_err("the token endpoint never answers");
+    let inside = inside
+        .downcast_ref::<understory_auth::Error>()
+        .expect("the token request's own timeout, not the TimeoutLayer's");
+    assert!(
+        matches!(inside, understory_auth::Error::Timeout { .. }),
+        "{inside}"
+    );
+    assert_eq!(sandbox.token_requests(), 2);
+    assert_eq!(sandbox.api_requests(), 0);
     Ok(())
 }
 
