@@ -258,16 +258,16 @@ impl AllowedOrigins {
                 false => Destination::Untouched,
             };
         }
-        let (Some(origin), Some((scheme, host, port))) =
-            (self.allowed_origin(target), target.origin_parts())
-        else {
+        let Some(origin) = self.allowed_origin(target) else {
             return Destination::Untouched;
         };
         // A `Host` header, if there is one, must name the URI's host and port.
         let agrees = |named: &Authority| {
-            named.host().eq_ignore_ascii_case(host)
-                && named.port_u16().or_else(|| default_port(scheme))
-                    == port.or_else(|| default_port(scheme))
+            target.origin_parts().is_some_and(|(scheme, host, port)| {
+                named.host().eq_ignore_ascii_case(host)
+                    && named.port_u16().or_else(|| default_port(scheme))
+                        == port.or_else(|| default_port(scheme))
+            })
         };
         match every_host_header(headers, agrees) {
             true => Destination::Origin(origin),
