@@ -8,7 +8,7 @@ use url::Url;
 
 use crate::Error;
 use crate::builder::UnderstoryAuthBuilder;
-use crate::cache::{CacheStats, TokenCache};
+use crate::cache::{CacheStats, Rejection, Timing, TokenCache};
 use crate::credentials::Credentials;
 use crate::origin::{AllowedOrigins, Destination, Origin, Target, origin_and_path};
 use crate::token::AccessToken;
@@ -32,16 +32,17 @@ use crate::token::AccessToken;
 /// ```
 #[derive(Clone)]
 pub struct UnderstoryAuth {
-    inner: Arc<Inner>,
+    /// The cache, with the endpoints behind the same `Arc`.
+    cache: TokenCache<Endpoints>,
     retry_unauthorized: bool,
 }
 
-struct Inner {
-    cache: TokenCache,
-    origins: AllowedOrigins,
-    api_base: Url,
-    token_url: Url,
-    client_id: String,
+/// Where tokens come from and where they may go, kept beside the cache.
+pub(crate) struct Endpoints {
+    pub(crate) origins: AllowedOrigins,
+    pub(crate) api_base: Url,
+    pub(crate) token_url: Url,
+    pub(crate) client_id: String,
 }
 
 impl UnderstoryAuth {
@@ -76,21 +77,9 @@ impl UnderstoryAuth {
         UnderstoryAuthBuilder::new(credentials)
     }
 
-    pub(crate) fn from_parts(
-        cache: TokenCache,
-        origins: AllowedOrigins,
-        api_base: Url,
-        token_url: Url,
-        client_id: String,
-    ) -> Self {
+    pub(crate) fn from_cache(cache: TokenCache<Endpoints>) -> Self {
         UnderstoryAuth {
-            inner: Arc::new(Inner {
-                cache,
-                origins,
-                api_base,
-                token_url,
-                client_id,
-            }),
+            cache,
             retry_unauthorized: true,
         }
     }
@@ -98,7 +87,7 @@ impl UnderstoryAuth {
     /// The `new` fallback: a handle whose every token request reports `error`.
     fn failed(client_id: String, error: Error) -> Self {
         struct Failing(Error);
-        impl crate::cache::TokenSource for Failing {
+        impl crate::source::TokenSource for Failing {
             fn fetch(
                 self: Arc<Self>,
             ) -> futures_util::future::BoxFuture<'static, Result<crate::token::GrantedToken, Error>>
@@ -114,10 +103,21 @@ impl UnderstoryAuth {
         let (Ok(api_base), Ok(token_url), Ok(origin)) = defaults else {
             unreachable!("the default URLs are valid constants");
         };
-        let cache = TokenCache::new(Arc::new(Failing(error)), crate::DEFAULT_TOKEN_TIMEOUT);
-        // The API origin stays allowed so that requests to it report the error.
-        let origins = AllowedOrigins::new(vec![origin]);
-        Self::from_parts(cache, origins, api_base, token_url, client_id)
+        let endpoints = Endpoints {
+            // The API origin stays allowed so that requests to it report the error.
+            origins: AllowedOrigins::new(vec![origin]),
+            api_base,
+            token_url,
+            client_id,
+        };
+        let source = Arc::new(Failing(error));
+        let timeout = crate::DEFAULT_TOKEN_TIMEOUT;
+        Self::from_cache(TokenCache::new(
+            source,
+            timeout,
+            Timing::default(),
+            endpoints,
+        ))
     }
 
     /// A valid access token: the cached one, or a freshly fetched one. However many tasks
@@ -137,7 +137,7 @@ impl UnderstoryAuth {
     /// # }).unwrap();
     /// ```
     pub async fn token(&self) -> Result<AccessToken, Error> {
-        self.inner.cache.token().await
+        self.cache.token().await
     }
 
     /// The cached token if it is usable now, without waiting or fetching (though it may
@@ -149,17 +149,14 @@ impl UnderstoryAuth {
     /// assert!(auth.cached_token().is_none()); // nothing fetched yet
     /// ```
     pub fn cached_token(&self) -> Option<AccessToken> {
-        self.inner.cache.fresh()
+        self.cache.fresh()
     }
 
-    /// Drops `token` from the cache if it is still the cached one, because a request that
-    /// carried it was rejected (HTTP 401). Returns whether it was dropped. The next
-    /// [`token`](Self::token) fetches a new one; concurrent callers reporting the same
-    /// token cause one new fetch, not one each.
-    ///
-    /// A token that was itself fetched to replace a rejected one is kept for
-    /// [`INVALIDATION_COOLDOWN`](crate::INVALIDATION_COOLDOWN), so an API that rejects
-    /// every token cannot turn each request into a token request.
+    /// Reports that a request carrying `token` was rejected (HTTP 401), as the integrations
+    /// do on their own: the token is judged by the rule in the crate docs ("What happens on a
+    /// 401") and dropped from the cache if the rule says so. Returns whether it was dropped;
+    /// the next [`token`](Self::token) then fetches a new one. Concurrent callers reporting
+    /// the same token cause one new fetch, not one each.
     ///
     /// ```
     /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
@@ -170,19 +167,16 @@ impl UnderstoryAuth {
     /// # Ok(()) }
     /// ```
     pub fn invalidate(&self, token: &AccessToken) -> bool {
-        self.inner.cache.invalidate(token)
+        self.cache.reject(token) == Rejection::Dropped
     }
 
-    /// Reports that a request carrying `token` was rejected (HTTP 401): drops the token if it
-    /// is still the cached one, and tells whether a retry would carry another token. It
-    /// would not while the rejected token is kept by the invalidation cooldown, and then a
-    /// retry is pointless.
+    /// The one place both integrations report the API's answer to a request that carried
+    /// `token`: records a non-401 as evidence the token works (one atomic load per call),
+    /// judges a 401 by the rule in the crate docs, and tells whether the request should be
+    /// resent, because the resend would carry another token.
     #[cfg_attr(not(any(feature = "middleware", feature = "tower")), allow(dead_code))]
-    pub(crate) fn reject(&self, token: &AccessToken) -> bool {
-        self.invalidate(token)
-            || self
-                .cached_token()
-                .is_none_or(|cached| cached.id() != token.id())
+    pub(crate) fn answered(&self, token: &AccessToken, status: http::StatusCode) -> bool {
+        self.cache.answered(token, status)
     }
 
     /// A snapshot of the cache's counters, for metrics.
@@ -193,7 +187,7 @@ impl UnderstoryAuth {
     /// assert_eq!(auth.stats().fetches, 0);
     /// ```
     pub fn stats(&self) -> CacheStats {
-        self.inner.cache.stats()
+        self.cache.stats()
     }
 
     /// The API base the token is sent to.
@@ -204,7 +198,7 @@ impl UnderstoryAuth {
     /// assert_eq!(auth.api_base().as_str(), "https://api.understory.io/");
     /// ```
     pub fn api_base(&self) -> &Url {
-        &self.inner.api_base
+        &self.cache.meta().api_base
     }
 
     /// Whether a request to `url` may carry the token (its origin is an allowed one).
@@ -216,13 +210,13 @@ impl UnderstoryAuth {
     /// assert!(!auth.is_allowed(&"https://example.com/".parse().unwrap()));
     /// ```
     pub fn is_allowed(&self, url: &Url) -> bool {
-        self.inner.origins.allowed_origin(url).is_some()
+        self.cache.meta().origins.allowed_origin(url).is_some()
     }
 
     /// Which allowed origin (an index) a URL or URI goes to, if any.
     #[cfg_attr(not(feature = "middleware"), allow(dead_code))]
     pub(crate) fn allowed_origin<'a>(&self, target: impl Into<Target<'a>>) -> Option<usize> {
-        self.inner.origins.allowed_origin(target)
+        self.cache.meta().origins.allowed_origin(target)
     }
 
     /// Whether a request gets the token: the one decision both integrations ask (see
@@ -234,7 +228,8 @@ impl UnderstoryAuth {
         headers: &http::HeaderMap,
         extensions: &http::Extensions,
     ) -> Destination {
-        self.inner
+        self.cache
+            .meta()
             .origins
             .destination(target.into(), headers, extensions)
     }
@@ -266,11 +261,11 @@ impl UnderstoryAuth {
 impl fmt::Debug for UnderstoryAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UnderstoryAuth")
-            .field("client_id", &self.inner.client_id)
-            .field("token_url", &origin_and_path(&self.inner.token_url))
-            .field("api_base", &self.inner.api_base.as_str())
+            .field("client_id", &self.cache.meta().client_id)
+            .field("token_url", &origin_and_path(&self.cache.meta().token_url))
+            .field("api_base", &self.cache.meta().api_base.as_str())
             .field("retry_unauthorized", &self.retry_unauthorized)
-            .field("stats", &self.inner.cache.stats())
+            .field("stats", &self.cache.stats())
             .finish()
     }
 }

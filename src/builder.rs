@@ -7,8 +7,8 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use crate::Error;
-use crate::auth::UnderstoryAuth;
-use crate::cache::{TokenCache, TokenSource};
+use crate::auth::{Endpoints, UnderstoryAuth};
+use crate::cache::{Timing, TokenCache};
 use crate::credentials::Credentials;
 use crate::grant::{ClientHook, Grant, GrantConfig};
 use crate::origin::{AllowedOrigins, Origin, parse_secure_url};
@@ -52,6 +52,7 @@ pub struct UnderstoryAuthBuilder {
     extra_origins: Vec<String>,
     user_agent: Option<String>,
     token_timeout: Duration,
+    timing: Timing,
     client_hook: Option<ClientHook>,
     #[cfg(feature = "shared-cache")]
     shared_cache: Option<crate::store::StoreHandle>,
@@ -67,6 +68,7 @@ impl UnderstoryAuthBuilder {
             extra_origins: Vec::new(),
             user_agent: None,
             token_timeout: DEFAULT_TOKEN_TIMEOUT,
+            timing: Timing::default(),
             client_hook: None,
             #[cfg(feature = "shared-cache")]
             shared_cache: None,
@@ -166,6 +168,45 @@ impl UnderstoryAuthBuilder {
         self
     }
 
+    /// How long before a token expires, at least, it is replaced in the background, so that
+    /// no request waits for a new one; default [`MIN_REFRESH_MARGIN`](crate::MIN_REFRESH_MARGIN)
+    /// (60 s). A token is refreshed 10 % of its lifetime before it stops being handed out,
+    /// or this long if that is more, but never earlier than halfway through its life, and up
+    /// to a fifth of that margin earlier at random, so a fleet does not refresh in lockstep.
+    /// Must not be zero, and must be longer than the
+    /// [`expiry_margin`](Self::expiry_margin).
+    ///
+    /// ```
+    /// # use understory_auth::{Credentials, UnderstoryAuth};
+    /// // Tokens live an hour: replace them 5 minutes before they expire.
+    /// let auth = UnderstoryAuth::builder(Credentials::new("id", "secret"))
+    ///     .refresh_ahead(std::time::Duration::from_secs(300))
+    ///     .build()?;
+    /// # Ok::<(), understory_auth::Error>(())
+    /// ```
+    pub fn refresh_ahead(mut self, margin: Duration) -> Self {
+        self.timing.refresh_ahead = margin;
+        self
+    }
+
+    /// The safety margin before a token's expiry in which it is no longer handed out, so that
+    /// it does not expire in flight or by a clock a little ahead of ours; default
+    /// [`MAX_EXPIRY_SKEW`](crate::MAX_EXPIRY_SKEW) (5 s), and never more than 5 % of a
+    /// token's lifetime. Must be shorter than [`refresh_ahead`](Self::refresh_ahead).
+    ///
+    /// ```
+    /// # use understory_auth::{Credentials, UnderstoryAuth};
+    /// // Requests through a slow proxy: stop using a token 30 s before it expires.
+    /// let auth = UnderstoryAuth::builder(Credentials::new("id", "secret"))
+    ///     .expiry_margin(std::time::Duration::from_secs(30))
+    ///     .build()?;
+    /// # Ok::<(), understory_auth::Error>(())
+    /// ```
+    pub fn expiry_margin(mut self, margin: Duration) -> Self {
+        self.timing.expiry_margin = margin;
+        self
+    }
+
     /// Configures the HTTP client of the token request, for corporate networks: a proxy,
     /// extra root certificates (a private CA, a TLS-inspecting proxy), a client certificate
     /// (mTLS), a DNS resolver. `configure` receives the `reqwest::ClientBuilder` the crate
@@ -243,7 +284,8 @@ impl UnderstoryAuthBuilder {
     /// Checks the settings and builds the [`UnderstoryAuth`]. Fails with [`Error::Config`]
     /// saying which setting is wrong: an empty client id or secret, a URL that is not
     /// HTTPS (or HTTP to loopback), carries a user name or password, an unusable
-    /// `User-Agent`, or a zero timeout.
+    /// `User-Agent`, a zero timeout, or a refresh margin that does not leave room for the
+    /// expiry margin.
     ///
     /// ```
     /// # use understory_auth::{Credentials, Error, UnderstoryAuth};
@@ -259,6 +301,16 @@ impl UnderstoryAuthBuilder {
         }
         if self.token_timeout.is_zero() {
             return Err(Error::config("token_timeout is zero"));
+        }
+        if self.timing.refresh_ahead.is_zero() {
+            return Err(Error::config(
+                "refresh_ahead is zero: tokens would be replaced only once expired, making requests wait",
+            ));
+        }
+        if self.timing.expiry_margin >= self.timing.refresh_ahead {
+            return Err(Error::config(
+                "expiry_margin is not shorter than refresh_ahead: tokens would stop being handed out before they are refreshed",
+            ));
         }
         let token_url = parse_secure_url(&self.token_url, "token_url")?;
         let api_base = parse_secure_url(&self.api_base, "api_base")?;
@@ -280,29 +332,48 @@ impl UnderstoryAuthBuilder {
             timeout: self.token_timeout,
             client_hook: self.client_hook.as_ref(),
         })?;
-        let (source, load_timeout) = (Arc::new(grant) as Arc<dyn TokenSource>, self.token_timeout);
-        #[cfg(feature = "shared-cache")]
-        let (source, load_timeout) = match &self.shared_cache {
-            Some(store) => store.wrap(
-                source,
-                &crate::store::SharedKey {
-                    token_url: token_url.as_str(),
-                    client_id: self.credentials.client_id(),
-                    audience: &self.audience,
-                    scopes: self.credentials.scopes(),
-                },
-                self.credentials.client_secret(),
-                self.token_timeout,
-            )?,
-            None => (source, load_timeout),
-        };
-        let cache = TokenCache::new(source, load_timeout);
-        Ok(UnderstoryAuth::from_parts(
-            cache,
-            AllowedOrigins::new(origins),
+        let endpoints = Endpoints {
+            origins: AllowedOrigins::new(origins),
             api_base,
             token_url,
-            self.credentials.client_id().to_owned(),
+            client_id: self.credentials.client_id().to_owned(),
+        };
+        Ok(UnderstoryAuth::from_cache(
+            self.cache_over(grant, endpoints)?,
+        ))
+    }
+}
+
+impl UnderstoryAuthBuilder {
+    /// The token cache over `grant`, asking the shared store first when one is configured.
+    fn cache_over(
+        &self,
+        grant: Grant,
+        endpoints: Endpoints,
+    ) -> Result<TokenCache<Endpoints>, Error> {
+        let grant = Arc::new(grant);
+        #[cfg(feature = "shared-cache")]
+        if let Some(store) = &self.shared_cache {
+            let key = crate::store::SharedKey {
+                token_url: endpoints.token_url.as_str(),
+                client_id: self.credentials.client_id(),
+                audience: &self.audience,
+                scopes: self.credentials.scopes(),
+            };
+            let secret = self.credentials.client_secret();
+            let (source, max_fetch_time) = store.wrap(grant, &key, secret, self.token_timeout)?;
+            return Ok(TokenCache::new(
+                source,
+                max_fetch_time,
+                self.timing,
+                endpoints,
+            ));
+        }
+        Ok(TokenCache::new(
+            grant,
+            self.token_timeout,
+            self.timing,
+            endpoints,
         ))
     }
 }
@@ -333,6 +404,11 @@ mod tests {
             (builder().allow_origin("ftp://x.io"), "allow_origin"),
             (builder().user_agent("bad\nagent"), "user_agent"),
             (builder().token_timeout(Duration::ZERO), "token_timeout"),
+            (builder().refresh_ahead(Duration::ZERO), "refresh_ahead"),
+            (
+                builder().expiry_margin(Duration::from_secs(60)),
+                "expiry_margin",
+            ),
             (
                 UnderstoryAuthBuilder::new(Credentials::new("id", "")),
                 "secret",

@@ -14,25 +14,38 @@
 //!   Callers that find no usable token join the fetch in flight or start one; all of them
 //!   get its outcome. A caller dropped while waiting changes nothing for the others, and the
 //!   task is bounded by the load timeout, so a hung auth server cannot wedge the cache.
+//! * **Any runtime.** The task runs on the runtime of the caller that started it, which may
+//!   stop driving it (a current-thread runtime left idle between `block_on` calls) or shut
+//!   down. Callers therefore wait on their own clock, at most until the fetch's deadline plus
+//!   [`STRANDED_FETCH_GRACE`]; a fetch past that is replaced by the next caller, and every
+//!   fetch is numbered, so a late one never overwrites a newer token. A fetch dropped before
+//!   it ended is started again once for its callers; a caller whose own runtime is shutting
+//!   down gets an error at once. The task is spawned only after the lock is released, since a
+//!   runtime that is shutting down drops it inside `spawn`.
 //! * **Refresh ahead.** Each token carries a refresh instant, a margin before its expiry
-//!   ([`MIN_REFRESH_MARGIN`], 10 % of the lifetime, at most half of it, minus up to
-//!   [`REFRESH_JITTER`] of the margin so a fleet does not refresh in lockstep). The first
-//!   caller past it starts a background fetch and, like everyone else, keeps using the valid
-//!   token meanwhile.
+//!   (10 % of the lifetime, at least the builder's `refresh_ahead`, default
+//!   [`MIN_REFRESH_MARGIN`], at most half of it, minus up to [`REFRESH_JITTER`] of the margin
+//!   so a fleet does not refresh in lockstep). The first caller past it starts a background
+//!   fetch and, like everyone else, keeps using the valid token meanwhile.
 //! * **Expired means expired.** A token is handed out only until its expiry minus a skew
-//!   (5 % of its lifetime, at most [`MAX_EXPIRY_SKEW`]), so it does not expire in flight.
+//!   (5 % of its lifetime, at most the builder's `expiry_margin`, default
+//!   [`MAX_EXPIRY_SKEW`]), so it does not expire in flight.
+//! * **Jitter** is drawn by a function the cache is built with, so tests inject a constant
+//!   and assert exact instants.
 //! * **Failure window.** A failed fetch is remembered until its retry instant: callers in
 //!   that window get the same error at once instead of sending another request. The window
 //!   grows exponentially with jitter (transient failures from [`TRANSIENT_BACKOFF_BASE`] to
 //!   [`TRANSIENT_BACKOFF_MAX`], rejected credentials or scopes from
 //!   [`PERMANENT_BACKOFF_BASE`] to [`PERMANENT_BACKOFF_MAX`]) and is at least the server's
-//!   `Retry-After`. While a valid token remains, a failed background refresh keeps it and
-//!   retries within half of the time it has left.
-//! * **Invalidation.** A caller whose token was rejected drops it only if it is still the
-//!   cached one (compare by [`TokenId`](crate::TokenId)), so a hundred 401s for one stale
-//!   token cause one new fetch. A token fetched to replace a rejected one is protected from
-//!   invalidation for [`INVALIDATION_COOLDOWN`], so an API that rejects every token cannot
-//!   turn each request into a token request.
+//!   `Retry-After`. A rate limit (HTTP 429) waits for its `Retry-After`, or else
+//!   [`RATE_LIMIT_BACKOFF`] plus up to [`RATE_LIMIT_JITTER`], and its callers get
+//!   [`Error::RateLimited`] saying when the next attempt is. While a valid token remains, a
+//!   failed background refresh keeps it and retries within half of the time it has left
+//!   (but never sooner than a rate limit allows).
+//! * **Invalidation.** What a 401 means is decided here, in [`TokenCache::answered`], by
+//!   the rule documented in the crate docs ("What happens on a 401"). A token is dropped
+//!   only if it is still the cached one (compare by [`TokenId`](crate::TokenId)), so a
+//!   hundred 401s for one stale token cause one new fetch.
 //! * **Lifetime.** The fetch task holds the cache weakly; dropping the last clone aborts it.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -47,15 +60,18 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::Error;
+use crate::source::TokenSource;
 use crate::token::{AccessToken, GrantedToken, Schedule, TokenId};
 
-/// The smallest refresh-ahead margin for tokens that live long enough to afford it (a
-/// token's margin is never more than half its lifetime).
+/// The default smallest refresh-ahead margin, for tokens that live long enough to afford it
+/// (a token's margin is never more than half its lifetime); set it with
+/// [`refresh_ahead`](crate::UnderstoryAuthBuilder::refresh_ahead).
 pub const MIN_REFRESH_MARGIN: Duration = Duration::from_secs(60);
 /// The fraction of the refresh margin drawn at random and added to it, per token.
 pub const REFRESH_JITTER: f64 = 0.2;
-/// The most a token's usable life is cut short before its expiry, to cover clock skew and
-/// request latency (for short-lived tokens: 5 % of the lifetime).
+/// The default for the most a token's usable life is cut short before its expiry, to cover
+/// clock skew and request latency (for short-lived tokens: 5 % of the lifetime); set it with
+/// [`expiry_margin`](crate::UnderstoryAuthBuilder::expiry_margin).
 pub const MAX_EXPIRY_SKEW: Duration = Duration::from_secs(5);
 /// The first retry delay after a transient failure (timeout, network, 5xx, 429).
 pub const TRANSIENT_BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -65,51 +81,171 @@ pub const TRANSIENT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub const PERMANENT_BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// The longest retry delay after permanent failures.
 pub const PERMANENT_BACKOFF_MAX: Duration = Duration::from_secs(120);
-/// How long a token fetched to replace a rejected one cannot itself be invalidated.
+/// How long a token fetched to replace a rejected one must be rejected, with no request
+/// carrying it accepted in between, before it is dropped in turn; four times longer with
+/// each replacement dropped in a row, up to the token's lifetime.
 pub const INVALIDATION_COOLDOWN: Duration = Duration::from_secs(5);
+/// How long callers wait after the auth server answered 429 without `Retry-After`, before
+/// the random part ([`RATE_LIMIT_JITTER`]) is added: Understory asks for at least a minute.
+const RATE_LIMIT_BACKOFF: Duration = Duration::from_secs(60);
+/// The most added at random to [`RATE_LIMIT_BACKOFF`], so a fleet does not return in lockstep.
+const RATE_LIMIT_JITTER: Duration = Duration::from_secs(30);
+/// How long past a fetch's deadline (its start plus the load timeout) its callers still
+/// wait for it. A fetch runs on the runtime of the caller that started it; if nobody drives
+/// that runtime (a current-thread runtime left idle between `block_on` calls), its own
+/// timeout never fires, so callers give up on it at its deadline plus this grace, and the
+/// next caller starts a new fetch in its place.
+const STRANDED_FETCH_GRACE: Duration = Duration::from_secs(1);
 
-/// Where tokens come from: one fetch per call, no caching (that is the cache's job).
-pub(crate) trait TokenSource: Send + Sync + 'static {
-    /// Starts one token request.
-    fn fetch(self: Arc<Self>) -> BoxFuture<'static, Result<GrantedToken, Error>>;
+/// When tokens are refreshed and stop being handed out, as set on the builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timing {
+    /// The smallest refresh-ahead margin (default [`MIN_REFRESH_MARGIN`]).
+    pub(crate) refresh_ahead: Duration,
+    /// The most a token's usable life is cut short (default [`MAX_EXPIRY_SKEW`]).
+    pub(crate) expiry_margin: Duration,
 }
 
-type Outcome = Shared<BoxFuture<'static, Result<AccessToken, Error>>>;
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            refresh_ahead: MIN_REFRESH_MARGIN,
+            expiry_margin: MAX_EXPIRY_SKEW,
+        }
+    }
+}
 
-/// A handle to the shared cache; clones share it.
+/// How a flight ended, as every caller waiting for it sees it.
 #[derive(Clone)]
-pub(crate) struct TokenCache {
-    shared: Arc<SharedCache>,
+enum Landed {
+    /// The fetch ran to its end (a panic counts as a failure).
+    Done(Result<AccessToken, Error>),
+    /// The fetch was dropped before it ended: its runtime shut down, or it was replaced.
+    Cancelled,
 }
 
-struct SharedCache {
+type Outcome = Shared<BoxFuture<'static, Landed>>;
+
+/// A handle to the shared cache; clones share it. `M` is what its owner keeps beside the
+/// cache, behind the same `Arc` (`UnderstoryAuth` keeps its endpoints there), so that a
+/// handle is one `Arc`.
+pub(crate) struct TokenCache<M = ()> {
+    shared: Arc<SharedCache<M>>,
+}
+
+impl<M> Clone for TokenCache<M> {
+    fn clone(&self) -> Self {
+        TokenCache {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+struct SharedCache<M> {
     /// The current token: the hot path reads only this.
     slot: RwLock<Option<AccessToken>>,
+    /// Lock order: `state` before `slot`. No code holding `state` runs anything that could
+    /// drop a fetch (spawn, abort, the source's own code), so it is never taken re-entrantly.
     state: Mutex<FetchState>,
     source: Arc<dyn TokenSource>,
     load_timeout: Duration,
+    timing: Timing,
+    /// Draws the random fractions of the refresh margin and the backoff (injectable, so tests
+    /// assert exact instants).
+    jitter: fn() -> f64,
     counters: Counters,
+    meta: M,
 }
 
 #[derive(Default)]
 struct FetchState {
     inflight: Option<Inflight>,
+    /// The number of the last flight started; each flight has its own.
+    flights: u64,
+    /// The flight whose token is in the slot: an older flight never overwrites it.
+    stored_flight: u64,
     failure: Option<Failure>,
     consecutive_failures: u32,
-    /// Set by an invalidation; the next fetch replaces a rejected token.
+    /// Set by an invalidation, cleared when the next token is stored: that token replaces a
+    /// rejected one, whichever fetch (already running or not) produced it.
     invalidated: bool,
-    /// A token that replaced a rejected one, and until when it cannot be invalidated.
-    protected: Option<(TokenId, Instant)>,
+    /// The cached token, if it replaced a rejected one.
+    replacement: Option<Replacement>,
+    /// How many replacement tokens in a row were dropped: the next one's cooldown is four
+    /// times longer with each. Reset once a routine token lives to its refresh without a rejection.
+    dropped_replacements: u32,
+}
+
+/// A token fetched to replace a rejected one: a 401 for it more likely means the endpoint
+/// refuses the key (Understory answers 401 for a missing scope) than that it is stale.
+struct Replacement {
+    id: TokenId,
+    /// How long it must be rejected, with no acceptance in between, before it is dropped.
+    cooldown: Duration,
+    /// Its first rejection since it last worked (meaningful while the token is doubted).
+    doubted_since: Instant,
+}
+
+/// What a 401 did to the token the rejected request carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// It was the cached token and was dropped: the next request gets a new one.
+    Dropped,
+    /// It is no longer the cached token: a resend carries another one.
+    Superseded,
+    /// It stays: it works elsewhere, or its cooldown has not run out.
+    Kept,
+}
+
+impl Rejection {
+    /// Whether resending the request would carry another token.
+    pub(crate) fn resend(self) -> bool {
+        self != Rejection::Kept
+    }
 }
 
 struct Inflight {
+    flight: u64,
     outcome: Outcome,
-    abort: AbortHandle,
+    /// When the fetch's own timeout fires, if its runtime drives it.
+    deadline: Instant,
+    abort: Option<AbortHandle>,
+}
+
+impl Inflight {
+    /// Whether waiting for this flight any longer is pointless: it should have ended by now,
+    /// so its runtime is not driving it.
+    fn stranded(&self, now: Instant) -> bool {
+        now >= self.deadline + STRANDED_FETCH_GRACE
+    }
 }
 
 struct Failure {
     error: Error,
     retry_at: Instant,
+}
+
+impl Failure {
+    /// The error as a caller at `now` gets it: a rate limit says when the next attempt is.
+    fn error_at(&self, now: Instant) -> Error {
+        if !self.error.is_rate_limited() {
+            return self.error.clone();
+        }
+        Error::RateLimited {
+            next_attempt_in: self.retry_at.saturating_duration_since(now),
+            cause: Box::new(self.error.clone()),
+        }
+    }
+}
+
+/// What a caller without a usable token does.
+enum Next {
+    Ready(AccessToken),
+    Wait {
+        flight: u64,
+        outcome: Outcome,
+        give_up: Instant,
+    },
 }
 
 #[derive(Default)]
@@ -121,6 +257,7 @@ struct Counters {
     coalesced_waits: AtomicU64,
     failed_fast: AtomicU64,
     invalidations: AtomicU64,
+    rate_limited: AtomicU64,
 }
 
 /// A snapshot of the cache's counters, cheap to take, for export to metrics.
@@ -148,23 +285,50 @@ pub struct CacheStats {
     pub failed_fast: u64,
     /// Tokens dropped because a request carrying them was rejected.
     pub invalidations: u64,
+    /// Of [`CacheStats::fetch_failures`], those the auth server refused with HTTP 429 (it is
+    /// rate limiting this key).
+    pub rate_limited: u64,
     /// The cached token's id, if there is one.
     pub token_id: Option<TokenId>,
     /// When the cached token expires, if there is one.
-    pub expires_at: Option<Instant>,
+    pub expires_at: Option<std::time::Instant>,
 }
 
-impl TokenCache {
-    pub(crate) fn new(source: Arc<dyn TokenSource>, load_timeout: Duration) -> Self {
+impl<M: Send + Sync + 'static> TokenCache<M> {
+    pub(crate) fn new(
+        source: Arc<dyn TokenSource>,
+        load_timeout: Duration,
+        timing: Timing,
+        meta: M,
+    ) -> Self {
+        Self::build(source, load_timeout, timing, fastrand::f64, meta)
+    }
+
+    /// `jitter` draws each random fraction in `0.0..1.0` (tests inject a constant).
+    fn build(
+        source: Arc<dyn TokenSource>,
+        load_timeout: Duration,
+        timing: Timing,
+        jitter: fn() -> f64,
+        meta: M,
+    ) -> Self {
         TokenCache {
             shared: Arc::new(SharedCache {
                 slot: RwLock::new(None),
                 state: Mutex::new(FetchState::default()),
                 source,
                 load_timeout,
+                timing,
+                jitter,
                 counters: Counters::default(),
+                meta,
             }),
         }
+    }
+
+    /// What the owner keeps beside the cache.
+    pub(crate) fn meta(&self) -> &M {
+        &self.shared.meta
     }
 
     /// The hot path: the cached token if it is still usable, without waiting for anything.
@@ -179,31 +343,95 @@ impl TokenCache {
     }
 
     /// A usable token: the cached one, or the outcome of a fetch (joined or started).
+    ///
+    /// A caller waits for a fetch at most until the fetch's deadline plus
+    /// [`STRANDED_FETCH_GRACE`], on its own runtime's clock, whichever runtime the fetch runs
+    /// on. A fetch dropped before it ended (its runtime shut down) is started again once.
     pub(crate) async fn token(&self) -> Result<AccessToken, Error> {
-        match self.fresh() {
-            Some(token) => Ok(token),
-            None => self.fetch_or_join()?.await,
+        if let Some(token) = self.fresh() {
+            return Ok(token);
+        }
+        let mut restarted = false;
+        loop {
+            let (flight, outcome, give_up) = match self.fetch_or_join()? {
+                Next::Ready(token) => return Ok(token),
+                Next::Wait {
+                    flight,
+                    outcome,
+                    give_up,
+                } => (flight, outcome, give_up),
+            };
+            // Checked first, so that no timer is made for an outcome already known (a
+            // runtime that is shutting down has none to offer).
+            let landed = match outcome.clone().now_or_never() {
+                Some(landed) => landed,
+                None => match tokio::time::timeout_at(give_up, outcome).await {
+                    Ok(landed) => landed,
+                    Err(_) => {
+                        self.forget_stranded(flight);
+                        return Err(Error::Interrupted {
+                            reason: "the runtime it was started on did not run it before its deadline",
+                        });
+                    }
+                },
+            };
+            match landed {
+                Landed::Done(result) => return result,
+                Landed::Cancelled if !restarted => restarted = true,
+                Landed::Cancelled => {
+                    return Err(Error::Interrupted {
+                        reason: "the token request was cancelled: its runtime is shutting down",
+                    });
+                }
+            }
         }
     }
 
-    /// Drops `token` if it is still the cached one. Returns whether it was dropped.
-    pub(crate) fn invalidate(&self, token: &AccessToken) -> bool {
-        let now = Instant::now();
-        let mut state = self.shared.state.lock();
-        if let Some((id, until)) = state.protected {
-            if id == token.id() && now < until {
-                return false;
+    /// The one place that decides what an API answer to a request carrying `token` means:
+    /// any answer but 401 is evidence the token works; a 401 is judged by
+    /// [`Self::reject`]. Returns whether the request should be resent with another token.
+    pub(crate) fn answered(&self, token: &AccessToken, status: http::StatusCode) -> bool {
+        if status != http::StatusCode::UNAUTHORIZED {
+            // A 5xx may come from a proxy that never looked at the token.
+            if !status.is_server_error() {
+                token.note_accepted();
             }
-        }
-        let mut slot = self.shared.slot.write();
-        if slot.as_ref().map(AccessToken::id) != Some(token.id()) {
             return false;
         }
-        *slot = None;
+        self.reject(token).resend()
+    }
+
+    /// A request carrying `token` was answered 401: the rule in the crate docs ("What
+    /// happens on a 401"). A routine token is dropped at once; a token that replaced a
+    /// rejected one is kept while it works elsewhere, and dropped only once it has been
+    /// rejected, with no acceptance in between, for its cooldown.
+    pub(crate) fn reject(&self, token: &AccessToken) -> Rejection {
+        let now = Instant::now();
+        let mut state = self.shared.state.lock();
+        // Under `state`, nobody else writes the slot.
+        if self.shared.slot.read().as_ref().map(AccessToken::id) != Some(token.id()) {
+            return Rejection::Superseded;
+        }
+        if let Some(replacement) = state.replacement.as_mut().filter(|r| r.id == token.id()) {
+            let doubted = token.doubt();
+            if !doubted {
+                replacement.doubted_since = now;
+            }
+            if !doubted || now < replacement.doubted_since + replacement.cooldown {
+                tracing::debug!(
+                    token_id = %token.id(),
+                    "a 401 for a token that replaced a rejected one; kept (the endpoint may need a scope the key lacks)"
+                );
+                return Rejection::Kept;
+            }
+            state.dropped_replacements = state.dropped_replacements.saturating_add(1);
+        }
+        *self.shared.slot.write() = None;
         state.invalidated = true;
+        state.replacement = None;
         self.shared.counters.invalidations.fetch_add(1, Relaxed);
         tracing::debug!(token_id = %token.id(), "access token rejected; it will be replaced");
-        true
+        Rejection::Dropped
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
@@ -217,6 +445,7 @@ impl TokenCache {
             coalesced_waits: c.coalesced_waits.load(Relaxed),
             failed_fast: c.failed_fast.load(Relaxed),
             invalidations: c.invalidations.load(Relaxed),
+            rate_limited: c.rate_limited.load(Relaxed),
             token_id: slot.as_ref().map(AccessToken::id),
             expires_at: slot.as_ref().map(AccessToken::expires_at),
         }
@@ -228,53 +457,104 @@ impl TokenCache {
     }
 
     /// Joins the fetch in flight, answers from the failure window, or starts a fetch.
-    fn fetch_or_join(&self) -> Result<Outcome, Error> {
-        let mut state = self.shared.state.lock();
+    fn fetch_or_join(&self) -> Result<Next, Error> {
+        // Without a runtime there is neither a fetch to run nor a timer to wait with.
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::Interrupted {
+            reason: "no Tokio runtime to run the token request on",
+        })?;
         let now = Instant::now();
+        let mut state = self.shared.state.lock();
         if let Some(token) = self.usable(now) {
             // A fetch finished between our look at the slot and taking the lock.
-            return Ok(futures_util::future::ready(Ok(token)).boxed().shared());
+            return Ok(Next::Ready(token));
         }
+        let mut stranded = None;
         if let Some(inflight) = &state.inflight {
-            self.shared.counters.coalesced_waits.fetch_add(1, Relaxed);
-            return Ok(inflight.outcome.clone());
+            if !inflight.stranded(now) {
+                self.shared.counters.coalesced_waits.fetch_add(1, Relaxed);
+                return Ok(Next::Wait {
+                    flight: inflight.flight,
+                    outcome: inflight.outcome.clone(),
+                    give_up: inflight.deadline + STRANDED_FETCH_GRACE,
+                });
+            }
+            stranded = state.inflight.take();
         }
         if let Some(failure) = state.failure.as_ref().filter(|f| now < f.retry_at) {
             self.shared.counters.failed_fast.fetch_add(1, Relaxed);
-            return Err(failure.error.clone());
+            return Err(failure.error_at(now));
         }
-        self.start_fetch(&mut state, false)
+        let launch = self.record_flight(&mut state, now, false);
+        drop(state);
+        abort(stranded);
+        Ok(self.launch(&runtime, launch))
     }
 
     /// Starts a background refresh unless one is running or the failure window forbids it.
     fn refresh_in_background(&self, now: Instant) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // the next caller on a runtime will start it
+        };
         // Whoever holds the lock is already deciding; nobody waits on the hot path.
         let Some(mut state) = self.shared.state.try_lock() else {
             return;
         };
         let in_window = state.failure.as_ref().is_some_and(|f| now < f.retry_at);
-        if state.inflight.is_none() && !in_window {
-            // If no runtime is available the next caller simply tries again.
-            let _ = self.start_fetch(&mut state, true);
+        let running = state.inflight.as_ref().is_some_and(|f| !f.stranded(now));
+        if running || in_window {
+            return;
         }
+        let stranded = state.inflight.take();
+        let launch = self.record_flight(&mut state, now, true);
+        drop(state);
+        abort(stranded);
+        self.launch(&runtime, launch);
     }
 
-    /// Spawns the fetch task and records it as the flight everyone joins.
-    fn start_fetch(&self, state: &mut FetchState, background: bool) -> Result<Outcome, Error> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::Interrupted {
-            reason: "no Tokio runtime to run the token request on",
-        })?;
+    /// Records a new flight as the one everyone joins; [`Self::launch`] starts it once the
+    /// lock is released.
+    fn record_flight(&self, state: &mut FetchState, now: Instant, background: bool) -> Launch<M> {
         let counters = &self.shared.counters;
         counters.fetches.fetch_add(1, Relaxed);
         if background {
             counters.background_refreshes.fetch_add(1, Relaxed);
         }
-        let replaces_rejected = std::mem::take(&mut state.invalidated);
-        let guard = FlightGuard {
-            cache: Arc::downgrade(&self.shared),
-            replaces_rejected,
-            finished: false,
-        };
+        state.flights += 1;
+        let flight = state.flights;
+        let deadline = now + self.shared.load_timeout;
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let outcome = receiver
+            .map(|landed| landed.unwrap_or(Landed::Cancelled))
+            .boxed()
+            .shared();
+        state.inflight = Some(Inflight {
+            flight,
+            outcome: outcome.clone(),
+            deadline,
+            abort: None,
+        });
+        Launch {
+            guard: FlightGuard {
+                cache: Arc::downgrade(&self.shared),
+                flight,
+                sender: Some(sender),
+            },
+            background,
+            outcome,
+            give_up: deadline + STRANDED_FETCH_GRACE,
+        }
+    }
+
+    /// Spawns a recorded flight's task. Called without any lock held: a runtime that is
+    /// shutting down drops the task inside `spawn`, and its guard then takes the lock.
+    fn launch(&self, runtime: &tokio::runtime::Handle, launch: Launch<M>) -> Next {
+        let Launch {
+            guard,
+            background,
+            outcome,
+            give_up,
+        } = launch;
+        let flight = guard.flight;
         let fetch = Arc::clone(&self.shared.source).fetch();
         let load_timeout = self.shared.load_timeout;
         let span = tracing::info_span!("understory_auth.fetch_token", background);
@@ -287,129 +567,254 @@ impl TokenCache {
                         after: load_timeout,
                     }),
                 };
-                guard.finish(started, result)
+                guard.finish(started, result);
             }
             .instrument(span),
         );
-        let abort = task.abort_handle();
-        let outcome = async move {
-            task.await.unwrap_or_else(|join_error| {
-                Err(Error::Interrupted {
-                    reason: if join_error.is_panic() {
-                        "the token request panicked"
-                    } else {
-                        "the token request was cancelled"
-                    },
-                })
-            })
+        let mut state = self.shared.state.lock();
+        match state.inflight.as_mut().filter(|f| f.flight == flight) {
+            Some(inflight) => inflight.abort = Some(task.abort_handle()),
+            None => drop(state), // already over
         }
-        .boxed()
-        .shared();
-        state.inflight = Some(Inflight {
-            outcome: outcome.clone(),
-            abort,
-        });
-        Ok(outcome)
+        Next::Wait {
+            flight,
+            outcome,
+            give_up,
+        }
     }
-}
 
-/// Owned by the fetch task: records the outcome in the cache, and clears the flight even if
-/// the task is aborted or panics, so the cache can never be left waiting for it.
-struct FlightGuard {
-    cache: Weak<SharedCache>,
-    replaces_rejected: bool,
-    finished: bool,
-}
-
-impl FlightGuard {
-    fn finish(
-        mut self,
-        started: Instant,
-        result: Result<GrantedToken, Error>,
-    ) -> Result<AccessToken, Error> {
-        self.finished = true;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        let result = result.map(|granted| {
-            let schedule = schedule(started, granted.lifetime());
-            AccessToken::new(granted, schedule)
-        });
-        let Some(cache) = self.cache.upgrade() else {
-            return result;
+    /// Forgets `flight` if it is still the one in flight, so that the next caller starts a
+    /// new one; its task is aborted.
+    fn forget_stranded(&self, flight: u64) {
+        let stranded = {
+            let mut state = self.shared.state.lock();
+            match &state.inflight {
+                Some(inflight) if inflight.flight == flight => state.inflight.take(),
+                _ => None,
+            }
         };
-        let now = Instant::now();
-        let mut state = cache.state.lock();
-        state.inflight = None;
-        match &result {
-            Ok(token) => {
-                *cache.slot.write() = Some(token.clone());
-                state.failure = None;
-                state.consecutive_failures = 0;
-                state.protected = self
-                    .replaces_rejected
-                    .then(|| (token.id(), now + INVALIDATION_COOLDOWN));
-                cache.counters.successes.fetch_add(1, Relaxed);
-                tracing::info!(
-                    token_id = %token.id(),
-                    lifetime_secs = token.lifetime().as_secs(),
-                    scopes = %token.scopes().join(" "),
-                    elapsed_ms,
-                    "obtained access token"
-                );
-            }
-            Err(error) => {
-                state.consecutive_failures = state.consecutive_failures.saturating_add(1);
-                let mut delay = backoff(error, state.consecutive_failures);
-                // With a valid token left, retry soon enough to replace it before it expires.
-                if let Some(current) = cache.slot.read().as_ref() {
-                    let left = current.usable_until().saturating_duration_since(now);
-                    if !left.is_zero() {
-                        delay = delay.min(left / 2);
-                    }
-                }
-                state.failure = Some(Failure {
-                    error: error.clone(),
-                    retry_at: now + delay,
-                });
-                cache.counters.failures.fetch_add(1, Relaxed);
-                tracing::warn!(
-                    error = %error,
-                    transient = error.is_transient(),
-                    retry_in_ms = delay.as_millis() as u64,
-                    elapsed_ms,
-                    "token request failed"
-                );
-            }
+        if stranded.is_some() {
+            tracing::warn!(
+                grace_ms = STRANDED_FETCH_GRACE.as_millis() as u64,
+                "a token request was not driven by its runtime past its deadline; it will be replaced"
+            );
         }
-        result
+        abort(stranded);
     }
 }
 
-impl Drop for FlightGuard {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
+/// Aborts a flight's task; called without any lock held.
+fn abort(inflight: Option<Inflight>) {
+    if let Some(abort) = inflight.and_then(|f| f.abort) {
+        abort.abort();
+    }
+}
+
+/// A recorded flight, not yet spawned.
+struct Launch<M> {
+    guard: FlightGuard<M>,
+    background: bool,
+    outcome: Outcome,
+    give_up: Instant,
+}
+
+/// Owned by the fetch task: records the outcome in the cache and hands it to the waiters.
+/// If the task is dropped before it ends (aborted, its runtime shut down, a panic), the
+/// waiters learn it too, so the cache can never be left waiting for it.
+struct FlightGuard<M> {
+    cache: Weak<SharedCache<M>>,
+    flight: u64,
+    sender: Option<tokio::sync::oneshot::Sender<Landed>>,
+}
+
+impl<M> FlightGuard<M> {
+    fn finish(mut self, started: Instant, result: Result<GrantedToken, Error>) {
+        let elapsed = started.elapsed();
+        // Without the cache nobody is waiting: the outcome only needs a shape.
+        let result = match self.cache.upgrade() {
+            Some(cache) => cache.land(self.flight, started, elapsed, result),
+            None => result.map(|granted| {
+                let schedule = schedule(started, granted.lifetime(), 0.0, Timing::default());
+                AccessToken::new(granted, schedule)
+            }),
+        };
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.send(Landed::Done(result));
         }
+    }
+}
+
+impl<M> Drop for FlightGuard<M> {
+    fn drop(&mut self) {
+        let Some(sender) = self.sender.take() else {
+            return;
+        };
+        // Whoever drops the task holds no lock of ours (see `SharedCache::state`).
         if let Some(cache) = self.cache.upgrade() {
             let mut state = cache.state.lock();
+            if state
+                .inflight
+                .as_ref()
+                .is_some_and(|f| f.flight == self.flight)
+            {
+                state.inflight = None;
+            }
+        }
+        let landed = if std::thread::panicking() {
+            Landed::Done(Err(Error::Interrupted {
+                reason: "the token request panicked",
+            }))
+        } else {
+            Landed::Cancelled
+        };
+        let _ = sender.send(landed);
+    }
+}
+
+impl<M> SharedCache<M> {
+    /// Records the outcome of `flight` and returns it as its callers see it.
+    fn land(
+        &self,
+        flight: u64,
+        started: Instant,
+        elapsed: Duration,
+        result: Result<GrantedToken, Error>,
+    ) -> Result<AccessToken, Error> {
+        let elapsed_ms = elapsed.as_millis() as u64;
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        let current = state.inflight.as_ref().is_some_and(|f| f.flight == flight);
+        if current {
             state.inflight = None;
-            state.invalidated |= self.replaces_rejected;
         }
+        match result {
+            Ok(granted) => {
+                let jitter = (self.jitter)();
+                let schedule = schedule(started, granted.lifetime(), jitter, self.timing);
+                let token = AccessToken::new(granted, schedule);
+                self.land_token(&mut state, flight, &token, elapsed_ms, now);
+                Ok(token)
+            }
+            Err(error) => Err(self.land_failure(&mut state, current, error, elapsed_ms, now)),
+        }
+    }
+
+    /// A fetch produced `token`: it is cached unless a newer flight's token already is.
+    fn land_token(
+        &self,
+        state: &mut FetchState,
+        flight: u64,
+        token: &AccessToken,
+        elapsed_ms: u64,
+        now: Instant,
+    ) {
+        self.counters.successes.fetch_add(1, Relaxed);
+        if flight < state.stored_flight {
+            tracing::debug!(token_id = %token.id(), "a newer token is cached; not storing a late one");
+            return;
+        }
+        self.store(state, flight, token, now);
+        tracing::info!(
+            token_id = %token.id(),
+            lifetime_secs = token.lifetime().as_secs(),
+            scopes = %token.scopes().join(" "),
+            elapsed_ms,
+            "obtained access token"
+        );
+    }
+
+    /// A fetch failed: the failure window opens (unless the flight was replaced, and its
+    /// successor decides). Returns the error as the flight's callers get it.
+    fn land_failure(
+        &self,
+        state: &mut FetchState,
+        current: bool,
+        error: Error,
+        elapsed_ms: u64,
+        now: Instant,
+    ) -> Error {
+        self.counters.failures.fetch_add(1, Relaxed);
+        if !current {
+            tracing::warn!(error = %error, elapsed_ms, "token request failed");
+            return error;
+        }
+        let failure = self.open_failure_window(state, &error, now);
+        let retry_in_ms = (failure.retry_at - now).as_millis() as u64;
+        if error.is_rate_limited() {
+            self.counters.rate_limited.fetch_add(1, Relaxed);
+            tracing::warn!(
+                error = %error,
+                rate_limited = true,
+                retry_in_ms,
+                elapsed_ms,
+                "token request rate limited by the auth server (HTTP 429)"
+            );
+            return failure.error_at(now);
+        }
+        tracing::warn!(
+            error = %error,
+            transient = error.is_transient(),
+            retry_in_ms,
+            elapsed_ms,
+            "token request failed"
+        );
+        error
+    }
+
+    /// Makes `token` the cached one.
+    fn store(&self, state: &mut FetchState, flight: u64, token: &AccessToken, now: Instant) {
+        *self.slot.write() = Some(token.clone());
+        state.stored_flight = flight;
+        state.failure = None;
+        state.consecutive_failures = 0;
+        if std::mem::take(&mut state.invalidated) {
+            state.replacement = Some(Replacement {
+                id: token.id(),
+                cooldown: replacement_cooldown(state.dropped_replacements, token.lifetime()),
+                doubted_since: now,
+            });
+        } else if state.replacement.take().is_none() {
+            // A routine token follows one that lived to its refresh without a rejection.
+            state.dropped_replacements = 0;
+        }
+    }
+
+    /// Remembers a failure until its retry instant, and returns it.
+    fn open_failure_window<'s>(
+        &self,
+        state: &'s mut FetchState,
+        error: &Error,
+        now: Instant,
+    ) -> &'s Failure {
+        state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+        let mut delay = backoff(error, state.consecutive_failures, (self.jitter)());
+        // With a valid token left, retry soon enough to replace it before it expires, though
+        // never sooner than a rate limit allows.
+        if let Some(current) = self.slot.read().as_ref() {
+            let left = current.usable_until().saturating_duration_since(now);
+            if !left.is_zero() {
+                delay = delay.min((left / 2).max(rate_limit_floor(error)));
+            }
+        }
+        state.failure.insert(Failure {
+            error: error.clone(),
+            retry_at: now + delay,
+        })
     }
 }
 
-impl Drop for SharedCache {
+impl<M> Drop for SharedCache<M> {
     fn drop(&mut self) {
-        if let Some(inflight) = self.state.get_mut().inflight.take() {
-            inflight.abort.abort();
-        }
+        abort(self.state.get_mut().inflight.take());
     }
 }
 
-/// Places a token obtained at `obtained_at` with `lifetime` in time: see the module docs.
-fn schedule(obtained_at: Instant, lifetime: Duration) -> Schedule {
-    let skew = expiry_skew(lifetime);
-    let margin = refresh_margin(lifetime);
-    let jitter = margin.mul_f64(fastrand::f64() * REFRESH_JITTER);
+/// Places a token obtained at `obtained_at` with `lifetime` in time (see the module docs);
+/// `jitter` in `0.0..1.0` draws the random part of the refresh margin.
+fn schedule(obtained_at: Instant, lifetime: Duration, jitter: f64, timing: Timing) -> Schedule {
+    let skew = expiry_skew(lifetime, timing);
+    let margin = refresh_margin(lifetime, timing);
+    let jitter = margin.mul_f64(jitter * REFRESH_JITTER);
     // Lifetimes are clamped to a day, so this cannot overflow; if it did, the token would
     // simply count as expired.
     let expires_at = obtained_at.checked_add(lifetime).unwrap_or(obtained_at);
@@ -425,30 +830,49 @@ fn schedule(obtained_at: Instant, lifetime: Duration) -> Schedule {
     }
 }
 
-/// How long before its expiry a token of `lifetime` stops being handed out.
-fn expiry_skew(lifetime: Duration) -> Duration {
-    (lifetime / 20).min(MAX_EXPIRY_SKEW)
+/// How long a replacement token must be rejected, with no acceptance in between, before it
+/// is dropped, after `dropped` replacements in a row were: [`INVALIDATION_COOLDOWN`], four
+/// times longer with each, at most the token's lifetime (so that a token that keeps being
+/// rejected is kept until its regular refresh).
+fn replacement_cooldown(dropped: u32, lifetime: Duration) -> Duration {
+    let factor = 4u32.saturating_pow(dropped);
+    INVALIDATION_COOLDOWN.saturating_mul(factor).min(lifetime)
+}
+
+/// How long before its expiry a token of `lifetime` stops being handed out: 5 % of the
+/// lifetime, at most the expiry margin.
+fn expiry_skew(lifetime: Duration, timing: Timing) -> Duration {
+    (lifetime / 20).min(timing.expiry_margin)
 }
 
 /// How long before a token of `lifetime` stops being handed out it is refreshed (before
-/// jitter).
-fn refresh_margin(lifetime: Duration) -> Duration {
-    (lifetime / 10).max(MIN_REFRESH_MARGIN).min(lifetime / 2)
+/// jitter): 10 % of the lifetime, at least the refresh-ahead margin, at most half of it.
+fn refresh_margin(lifetime: Duration, timing: Timing) -> Duration {
+    (lifetime / 10).max(timing.refresh_ahead).min(lifetime / 2)
 }
 
-/// How long before its expiry a token of `lifetime` may be due for refresh, whatever the
-/// jitter draws: a token with less left than this is due (or past due) by [`schedule`].
+/// How long before its expiry a token of `lifetime` may be due for refresh with the default
+/// timing, whatever the jitter draws: a token with less left than this is due (or past due)
+/// by [`schedule`].
 ///
 /// Never larger for a shorter lifetime, so a token handed on with its remaining lifetime is
 /// due for refresh no later than by its original schedule (see `store`).
 #[cfg(feature = "shared-cache")]
 pub(crate) fn refresh_lead(lifetime: Duration) -> Duration {
-    expiry_skew(lifetime) + refresh_margin(lifetime).mul_f64(1.0 + REFRESH_JITTER)
+    let timing = Timing::default();
+    expiry_skew(lifetime, timing) + refresh_margin(lifetime, timing).mul_f64(1.0 + REFRESH_JITTER)
 }
 
-/// The failure window after the `attempt`-th consecutive failure: exponential, with half
-/// of it random, and never shorter than the server's `Retry-After`.
-fn backoff(error: &Error, attempt: u32) -> Duration {
+/// The failure window after the `attempt`-th consecutive failure (`jitter` in `0.0..1.0`
+/// draws its random part). A rate limit (HTTP 429) waits for the server's `Retry-After`, or
+/// else [`RATE_LIMIT_BACKOFF`] plus up to [`RATE_LIMIT_JITTER`]. Other failures grow
+/// exponentially, half of the window random, and are never shorter than a `Retry-After`.
+fn backoff(error: &Error, attempt: u32, jitter: f64) -> Duration {
+    if error.is_rate_limited() {
+        return error
+            .retry_after()
+            .unwrap_or_else(|| RATE_LIMIT_BACKOFF + RATE_LIMIT_JITTER.mul_f64(jitter));
+    }
     let (base, max) = if error.is_transient() {
         (TRANSIENT_BACKOFF_BASE, TRANSIENT_BACKOFF_MAX)
     } else {
@@ -456,8 +880,17 @@ fn backoff(error: &Error, attempt: u32) -> Duration {
     };
     let exponent = attempt.saturating_sub(1).min(16);
     let delay = base.saturating_mul(1 << exponent).min(max);
-    let jittered = delay.mul_f64(0.5 + fastrand::f64() * 0.5);
+    let jittered = delay.mul_f64(0.5 + jitter * 0.5);
     jittered.max(error.retry_after().unwrap_or_default())
+}
+
+/// The shortest wait after `error`, even with a token about to expire: the server's
+/// `Retry-After` or [`RATE_LIMIT_BACKOFF`] for a rate limit, nothing otherwise.
+fn rate_limit_floor(error: &Error) -> Duration {
+    match error.is_rate_limited() {
+        true => error.retry_after().unwrap_or(RATE_LIMIT_BACKOFF),
+        false => Duration::ZERO,
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@ use crate::Error;
 pub const ENV_CLIENT_ID: &str = "UNDERSTORY_CLIENT_ID";
 /// Environment variable holding the client secret, read by [`Credentials::from_env`].
 pub const ENV_CLIENT_SECRET: &str = "UNDERSTORY_CLIENT_SECRET";
-/// Optional environment variable with space-separated scopes, read by [`Credentials::from_env`].
+/// Optional environment variable with the scopes to request, separated by spaces and/or
+/// commas (`"openid booking.read"`, `"openid, booking.read"`), read by
+/// [`Credentials::from_env`].
 pub const ENV_SCOPES: &str = "UNDERSTORY_SCOPES";
 
 /// How the client id and secret are sent to the token endpoint (RFC 6749 section 2.3.1).
@@ -72,7 +74,7 @@ impl Credentials {
     }
 
     /// Reads `UNDERSTORY_CLIENT_ID`, `UNDERSTORY_CLIENT_SECRET` and the optional
-    /// `UNDERSTORY_SCOPES` (space separated) from the environment.
+    /// `UNDERSTORY_SCOPES` (separated by spaces and/or commas) from the environment.
     ///
     /// Fails with [`Error::MissingEnv`] naming the variable that is missing or empty.
     ///
@@ -100,7 +102,8 @@ impl Credentials {
         let client_id = required(ENV_CLIENT_ID, "client id")?;
         let client_secret = required(ENV_CLIENT_SECRET, "secret key")?;
         let scopes = lookup(ENV_SCOPES).unwrap_or_default();
-        Ok(Credentials::new(client_id, client_secret).with_scopes(scopes.split_whitespace()))
+        let scopes = scopes.split(|c: char| c == ',' || c.is_whitespace());
+        Ok(Credentials::new(client_id, client_secret).with_scopes(scopes))
     }
 
     /// Replaces the scopes to request (sent space separated; none means no `scope` field).
@@ -204,6 +207,24 @@ mod tests {
         assert_eq!(creds.client_id(), "id");
         assert_eq!(creds.client_secret(), "s3cr~t");
         assert_eq!(creds.scopes(), ["openid", "marketing.read"]);
+    }
+
+    #[test]
+    fn scopes_may_be_separated_by_commas_and_spaces() {
+        for scopes in [
+            "openid, booking.read",
+            "openid,booking.read",
+            " openid ,\tbooking.read, ",
+            "openid booking.read",
+        ] {
+            let creds = Credentials::from_lookup(env(&[
+                (ENV_CLIENT_ID, "id"),
+                (ENV_CLIENT_SECRET, "s"),
+                (ENV_SCOPES, scopes),
+            ]))
+            .unwrap();
+            assert_eq!(creds.scopes(), ["openid", "booking.read"], "{scopes:?}");
+        }
     }
 
     #[test]

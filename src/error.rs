@@ -1,8 +1,10 @@
 //! [`Error`]: everything that can go wrong while getting a token, and what to do about it.
 //!
 //! Every variant's message tells the user what to fix. None of them ever holds the client
-//! secret or an access token: the auth server's own words (`error_description`) are kept,
-//! but trimmed and stripped of control characters, and response bodies are never echoed.
+//! secret or an access token, whatever the auth server sends: its own words (`error`,
+//! `error_description`) are kept only after the grant has cleaned them (secrets and tokens it
+//! repeats replaced by `[REDACTED]`, control and invisible characters removed, at most 300
+//! characters), and response bodies, `error_uri` and headers are never kept.
 //!
 //! Errors are [`Clone`] because one failed token request is reported to every caller that
 //! was waiting for it (see the cache's single-flight and failure window).
@@ -12,8 +14,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-/// The longest piece of server-provided text an error keeps (e.g. `error_description`).
-const MAX_SERVER_TEXT: usize = 300;
+use crate::grant::sanitize::REDACTED;
 
 /// Why a token could not be obtained, or why the configuration was refused.
 ///
@@ -55,9 +56,12 @@ pub enum Error {
     OAuth {
         /// The HTTP status of the answer.
         status: StatusCode,
-        /// The `error` code, e.g. `invalid_client`.
+        /// The `error` code, e.g. `invalid_client` (only ever RFC 6749's syntax: printable
+        /// ASCII without `"` and `\`, at most 64 characters).
         code: String,
-        /// The server's `error_description`, trimmed, without control characters.
+        /// The server's `error_description`: at most 300 characters, without control or
+        /// invisible characters, the client secret and any access token replaced by
+        /// `[REDACTED]`.
         description: Option<String>,
         /// The server's `Retry-After`, if it sent one.
         retry_after: Option<Duration>,
@@ -86,10 +90,11 @@ pub enum Error {
 
     /// The auth server issued a token of a type other than `bearer`.
     #[error(
-        "the auth server issued a token of type {token_type:?}, but only bearer tokens can be used; check that token_url is Understory's token endpoint"
+        "the auth server issued a token of type {token_type}, but only bearer tokens can be used; check that token_url is Understory's token endpoint"
     )]
     UnsupportedTokenType {
-        /// The `token_type` it sent (trimmed).
+        /// The type, if it is a registered one (`mac`, `DPoP`, `PoP`, `N_A`); otherwise a
+        /// fixed text saying it is not shown (the server's text is never kept).
         token_type: String,
     },
 
@@ -111,6 +116,20 @@ pub enum Error {
         /// The transport error.
         #[source]
         source: Arc<reqwest::Error>,
+    },
+
+    /// The auth server is rate limiting this key (HTTP 429): until the next attempt, no token
+    /// request is made and callers without a usable token get this error at once.
+    #[error(
+        "the auth server is rate limiting this key's token requests (HTTP 429); the next attempt will be made in {}s, until then requests that need a new token fail at once",
+        next_attempt_in.as_secs()
+    )]
+    RateLimited {
+        /// How long after this error was made the next token request will be made.
+        next_attempt_in: Duration,
+        /// The auth server's answer.
+        #[source]
+        cause: Box<Error>,
     },
 
     /// The token fetch stopped before it finished (its runtime shut down, or it panicked).
@@ -142,13 +161,32 @@ impl Error {
             }
             Error::Status { status, .. } => transient_status(*status),
             Error::Network { source } => !is_tls_setup_failure(&**source),
-            Error::InvalidResponse { .. } | Error::Timeout { .. } | Error::Interrupted { .. } => {
-                true
-            }
+            Error::InvalidResponse { .. }
+            | Error::RateLimited { .. }
+            | Error::Timeout { .. }
+            | Error::Interrupted { .. } => true,
         }
     }
 
-    /// How long the server asked clients to wait (`Retry-After`), if it said.
+    /// Whether the auth server is rate limiting this key: it answered HTTP 429 Too Many
+    /// Requests. Such an error is also [transient](Self::is_transient); Understory asks
+    /// clients to back off for at least a minute before trying again.
+    ///
+    /// ```
+    /// use understory_auth::{Error, http::StatusCode};
+    ///
+    /// let limited = Error::Status { status: StatusCode::TOO_MANY_REQUESTS, retry_after: None };
+    /// assert!(limited.is_rate_limited() && limited.is_transient());
+    /// let unavailable = Error::Status { status: StatusCode::SERVICE_UNAVAILABLE, retry_after: None };
+    /// assert!(!unavailable.is_rate_limited());
+    /// ```
+    pub fn is_rate_limited(&self) -> bool {
+        self.status() == Some(StatusCode::TOO_MANY_REQUESTS)
+    }
+
+    /// How long the server asked clients to wait (`Retry-After`), if it said. Honoured only
+    /// on 429 and 503 answers (ignored on any other), in whole seconds, and at most 5
+    /// minutes: a larger value is taken as 5 minutes.
     ///
     /// ```
     /// use understory_auth::{Error, http::StatusCode};
@@ -159,6 +197,7 @@ impl Error {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::OAuth { retry_after, .. } | Error::Status { retry_after, .. } => *retry_after,
+            Error::RateLimited { cause, .. } => cause.retry_after(),
             _ => None,
         }
     }
@@ -179,6 +218,7 @@ impl Error {
     pub fn oauth_code(&self) -> Option<&str> {
         match self {
             Error::OAuth { code, .. } => Some(code),
+            Error::RateLimited { cause, .. } => cause.oauth_code(),
             _ => None,
         }
     }
@@ -194,6 +234,7 @@ impl Error {
             Error::OAuth { status, .. }
             | Error::Status { status, .. }
             | Error::InvalidResponse { status, .. } => Some(*status),
+            Error::RateLimited { cause, .. } => cause.status(),
             _ => None,
         }
     }
@@ -216,19 +257,6 @@ fn transient_status(status: StatusCode) -> bool {
     status.is_server_error()
         || status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT
-}
-
-/// Keeps server-provided text printable and short, so it can neither flood nor forge logs.
-pub(crate) fn sanitize_server_text(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_SERVER_TEXT)
-        .collect();
-    if text.chars().count() > MAX_SERVER_TEXT {
-        out.push('…');
-    }
-    out.trim().to_owned()
 }
 
 /// `error`, and its causes down to the innermost one: what a transport error reads as.
@@ -345,7 +373,12 @@ fn describe_oauth(code: &str, description: Option<&str>, status: StatusCode) -> 
         _ if transient_status(status) => "the request will be retried",
         _ => "see the auth server's description above",
     };
-    format!("{said}; {advice}")
+    let redacted = if code.contains(REDACTED) || description.is_some_and(|d| d.contains(REDACTED)) {
+        "; the answer repeated the client secret or an access token, replaced here by [REDACTED]: the auth server or a proxy in front of it echoes requests"
+    } else {
+        ""
+    };
+    format!("{said}; {advice}{redacted}")
 }
 
 fn describe_status(status: StatusCode, retry_after: Option<&Duration>) -> String {
@@ -373,15 +406,6 @@ fn describe_status(status: StatusCode, retry_after: Option<&Duration>) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn server_text_is_single_line_and_bounded() {
-        let long = "a\nb\u{1b}[31m".to_owned() + &"x".repeat(1000);
-        let clean = sanitize_server_text(&long);
-        assert!(!clean.contains('\n') && !clean.contains('\u{1b}'));
-        assert!(clean.chars().count() <= MAX_SERVER_TEXT + 1);
-        assert!(clean.ends_with('…'));
-    }
 
     #[test]
     fn classification() {
@@ -419,5 +443,21 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("booking.write"), "{msg}");
         assert!(msg.contains("Backoffice"), "{msg}");
+        assert!(!msg.contains("REDACTED"), "{msg}");
+    }
+
+    #[test]
+    fn a_redacted_answer_says_so() {
+        let err = Error::OAuth {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_request".into(),
+            description: Some("got client_secret=[REDACTED]".into()),
+            retry_after: None,
+        };
+        let msg = err.to_string();
+        assert!(
+            msg.contains("repeated the client secret or an access token"),
+            "{msg}"
+        );
     }
 }

@@ -8,6 +8,8 @@
 //!
 //! [`parse_token_response`] is a pure function from status, `Retry-After` and body bytes to
 //! a token or an [`Error`], so every answer a server can give is tested without a server.
+//! Every piece of server text it keeps goes through [`sanitize`]: no answer, however it
+//! echoes the request, can carry the client secret or a token into an error or a log.
 
 use std::fmt;
 use std::time::Duration;
@@ -18,14 +20,18 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use secrecy::{ExposeSecret, SecretSlice};
 use serde_json::{Map, Value};
 use url::Url;
-use url::form_urlencoded::{Serializer, byte_serialize};
+use url::form_urlencoded::Serializer;
 
 use crate::Error;
-use crate::cache::TokenSource;
 use crate::credentials::{ClientAuthMethod, Credentials};
-use crate::error::{error_chain, sanitize_server_text};
+use crate::error::error_chain;
 use crate::origin::origin_and_path;
+use crate::source::TokenSource;
 use crate::token::GrantedToken;
+
+pub(crate) mod sanitize;
+
+use sanitize::{Secrets, basic_credentials, oauth_error_code, registered_token_type};
 
 /// The largest token answer read; a longer body is refused (a token answer is ~1 KiB).
 pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
@@ -38,8 +44,10 @@ pub const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(1);
 /// The longest lifetime believed: larger `expires_in` values are clamped, so absurd
 /// numbers cannot overflow a clock, and the token is still replaced daily.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
-/// The longest `Retry-After` honoured; larger values are clamped to it.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// The longest `Retry-After` honoured: 5 minutes; larger values are clamped to it. A server
+/// answering `Retry-After: 99999` to a process without a valid token would otherwise make
+/// every caller fail at once for a day.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(5 * 60);
 
 /// Everything needed to send the token request, prepared once at build time.
 pub(crate) struct Grant {
@@ -52,6 +60,8 @@ pub(crate) struct Grant {
     user_agent: HeaderValue,
     timeout: Duration,
     requested_scopes: Vec<String>,
+    /// What the server's answers must never carry into an error or a log.
+    secrets: Secrets,
 }
 
 /// The settings [`Grant::new`] takes from the builder.
@@ -139,6 +149,7 @@ impl Grant {
             user_agent,
             timeout,
             requested_scopes: credentials.scopes().to_vec(),
+            secrets: Secrets::new(credentials),
         })
     }
 
@@ -156,7 +167,7 @@ impl Grant {
         }
         let response = request.send().await.map_err(|e| self.transport_error(e))?;
         let status = response.status();
-        let retry_after = parse_retry_after(response.headers());
+        let retry_after = parse_retry_after(status, response.headers());
         let body = read_bounded(response).await.map_err(|e| match e {
             BodyError::Transport(e) => self.transport_error(e),
             BodyError::TooLarge => Error::invalid_response(
@@ -164,7 +175,13 @@ impl Grant {
                 format!("the answer is larger than {MAX_TOKEN_RESPONSE_BYTES} bytes"),
             ),
         })?;
-        parse_token_response(status, retry_after, &body, &self.requested_scopes)
+        parse_token_response(
+            status,
+            retry_after,
+            &body,
+            &self.requested_scopes,
+            &self.secrets,
+        )
     }
 
     fn transport_error(&self, e: reqwest::Error) -> Error {
@@ -200,10 +217,7 @@ impl fmt::Debug for Grant {
 /// `Basic base64(urlencode(id) ":" urlencode(secret))`, as RFC 6749 section 2.3.1 asks,
 /// marked sensitive.
 fn basic_auth_header(client_id: &str, secret: &str) -> Result<HeaderValue, Error> {
-    use base64::Engine as _;
-    let id: String = byte_serialize(client_id.as_bytes()).collect();
-    let secret: String = byte_serialize(secret.as_bytes()).collect();
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+    let encoded = basic_credentials(client_id, secret);
     // Base64 and a space are always a valid header value; the error is for completeness.
     let mut header = HeaderValue::try_from(format!("Basic {encoded}"))
         .map_err(|_| Error::config("cannot encode the client id and secret for HTTP Basic"))?;
@@ -234,9 +248,14 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, BodyEr
     Ok(body)
 }
 
-/// `Retry-After` in seconds (RFC 9110 also allows an HTTP date, which is ignored: the
-/// cache's own backoff applies then), clamped to [`MAX_RETRY_AFTER`].
-pub(crate) fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+/// `Retry-After` in seconds, honoured only on 429 and 503 (the statuses RFC 9110 and RFC 6585
+/// give it a meaning for; on any other answer it is ignored), clamped to
+/// [`MAX_RETRY_AFTER`]. RFC 9110 also allows an HTTP date, which is ignored: the cache's own
+/// backoff applies then.
+pub(crate) fn parse_retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+    if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE {
+        return None;
+    }
     let secs: u64 = headers
         .get(RETRY_AFTER)?
         .to_str()
@@ -247,13 +266,15 @@ pub(crate) fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
-/// Turns a token endpoint's answer into a token or an [`Error`]. Never panics, and no error
-/// it returns contains the access token.
+/// Turns a token endpoint's answer into a token or an [`Error`]. Never panics; no error it
+/// returns contains the access token, and none contains anything of `secrets` (an accepted
+/// token is added to them).
 pub(crate) fn parse_token_response(
     status: StatusCode,
     retry_after: Option<Duration>,
     body: &[u8],
     requested_scopes: &[String],
+    secrets: &Secrets,
 ) -> Result<GrantedToken, Error> {
     let json: Option<Map<String, Value>> = match serde_json::from_slice(body) {
         Ok(Value::Object(map)) => Some(map),
@@ -262,17 +283,18 @@ pub(crate) fn parse_token_response(
     let oauth_error = json
         .as_ref()
         .and_then(|map| map.get("error"))
-        .and_then(Value::as_str);
+        .and_then(Value::as_str)
+        .and_then(|code| oauth_error_code(secrets, code));
     if let (Some(code), Some(map)) = (oauth_error, json.as_ref()) {
         // Some servers answer errors with 200; no token, an error code: it is an error.
         if !status.is_success() || !map.contains_key("access_token") {
             return Err(Error::OAuth {
                 status,
-                code: sanitize_server_text(code),
+                code,
                 description: map
                     .get("error_description")
                     .and_then(Value::as_str)
-                    .map(sanitize_server_text),
+                    .map(|description| secrets.clean(description)),
                 retry_after,
             });
         }
@@ -293,7 +315,7 @@ pub(crate) fn parse_token_response(
         Some(Value::String(t)) if t.trim().eq_ignore_ascii_case("bearer") => {}
         Some(Value::String(t)) => {
             return Err(Error::UnsupportedTokenType {
-                token_type: sanitize_server_text(t),
+                token_type: registered_token_type(t),
             });
         }
         Some(_) => {
@@ -319,11 +341,16 @@ pub(crate) fn parse_token_response(
         }
     };
     let scopes = match map.get("scope") {
-        Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+        Some(Value::String(s)) => secrets.granted_scopes(s).unwrap_or_else(|| {
+            tracing::debug!(
+                "token answer's scope is not a list of RFC 6749 scopes; assuming the requested ones"
+            );
+            requested_scopes.to_vec()
+        }),
         // RFC 6749 section 5.1: no scope means the requested ones were granted.
         _ => requested_scopes.to_vec(),
     };
-    GrantedToken::new(
+    let granted = GrantedToken::new(
         access_token,
         parse_expires_in(map.get("expires_in")),
         scopes,
@@ -331,7 +358,9 @@ pub(crate) fn parse_token_response(
     .map_err(|e| match e {
         Error::InvalidResponse { reason, .. } => Error::InvalidResponse { status, reason },
         other => other,
-    })
+    })?;
+    secrets.remember_token(access_token);
+    Ok(granted)
 }
 
 /// `expires_in` as a number or numeric string, clamped to
@@ -359,8 +388,24 @@ fn parse_expires_in(value: Option<&Value>) -> Duration {
 mod tests {
     use super::*;
 
+    /// The client secret of the tests' credentials.
+    const SECRET: &str = "unit-test~Secret.value_1";
+
+    fn secrets() -> Secrets {
+        Secrets::new(&Credentials::new("client", SECRET))
+    }
+
+    fn parse(
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        body: &[u8],
+        requested_scopes: &[String],
+    ) -> Result<GrantedToken, Error> {
+        parse_token_response(status, retry_after, body, requested_scopes, &secrets())
+    }
+
     fn ok(body: &str) -> Result<GrantedToken, Error> {
-        parse_token_response(
+        parse(
             StatusCode::OK,
             None,
             body.as_bytes(),
@@ -449,7 +494,7 @@ mod tests {
 
     #[test]
     fn oauth_errors_keep_code_and_description() {
-        let err = parse_token_response(
+        let err = parse(
             StatusCode::UNAUTHORIZED,
             None,
             br#"{"error":"invalid_client","error_description":"Client authentication failed."}"#,
@@ -463,7 +508,7 @@ mod tests {
             msg.contains("Client authentication failed.") && msg.contains("client id and secret")
         );
 
-        let err = parse_token_response(
+        let err = parse(
             StatusCode::SERVICE_UNAVAILABLE,
             Some(Duration::from_secs(7)),
             br#"{"error":"temporarily_unavailable"}"#,
@@ -480,7 +525,7 @@ mod tests {
 
     #[test]
     fn non_oauth_error_bodies() {
-        let err = parse_token_response(
+        let err = parse(
             StatusCode::BAD_GATEWAY,
             None,
             b"<html>bad gateway</html>",
@@ -488,7 +533,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, Error::Status { .. }) && err.is_transient());
-        let err = parse_token_response(
+        let err = parse(
             StatusCode::TOO_MANY_REQUESTS,
             Some(Duration::from_secs(60)),
             b"slow down",
@@ -497,27 +542,94 @@ mod tests {
         .unwrap_err();
         assert!(err.is_transient());
         assert_eq!(err.retry_after(), Some(Duration::from_secs(60)));
-        let err = parse_token_response(StatusCode::NOT_FOUND, None, b"", &[]).unwrap_err();
+        let err = parse(StatusCode::NOT_FOUND, None, b"", &[]).unwrap_err();
         assert!(!err.is_transient());
         let err = ok("<html>proxy login</html>").unwrap_err();
         assert!(err.is_transient(), "a garbled 200 is worth retrying");
     }
 
     #[test]
+    fn echoed_secrets_and_tokens_are_redacted_and_said_so() {
+        let secrets = secrets();
+        let body = br#"{"access_token":"ory_at_first-token-1234","token_type":"bearer"}"#;
+        parse_token_response(StatusCode::OK, None, body, &[], &secrets).unwrap();
+        let echo = format!(
+            r#"{{"error":"invalid_request","error_description":"got client_secret={SECRET} and ory_at_first-token-1234\u202e"}}"#
+        );
+        let err = parse_token_response(
+            StatusCode::BAD_REQUEST,
+            None,
+            echo.as_bytes(),
+            &[],
+            &secrets,
+        )
+        .unwrap_err();
+        let shown = format!("{err} {err:?}");
+        assert!(
+            !shown.contains("Secret.value") && !shown.contains("first-token"),
+            "{shown}"
+        );
+        assert!(!shown.contains('\u{202e}'), "{shown}");
+        assert!(
+            shown.contains("got client_secret=[REDACTED] and [REDACTED]"),
+            "{shown}"
+        );
+        assert!(shown.contains("replaced here by [REDACTED]"), "{shown}");
+    }
+
+    #[test]
+    fn unusable_server_words_are_not_kept() {
+        // An `error` outside RFC 6749's syntax is no OAuth2 error.
+        let err = parse(StatusCode::BAD_REQUEST, None, br#"{"error":"a\"b"}"#, &[]).unwrap_err();
+        assert!(matches!(err, Error::Status { .. }), "{err:?}");
+        // A refused token type is not repeated unless registered.
+        let err = ok(r#"{"access_token":"t","token_type":"x-evil\u001b[31m"}"#).unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("evil"), "{err}");
+        // A granted scope with control or bidi characters means the requested ones.
+        for scope in [r"openid\u001b[31m", r"openid \u202edaer.gnikoob"] {
+            let token = ok(&format!(r#"{{"access_token":"t","scope":"{scope}"}}"#)).unwrap();
+            assert_eq!(token.scopes(), ["openid"], "{scope:?}");
+        }
+    }
+
+    #[test]
     fn retry_after_seconds_only_and_clamped() {
+        let limited = StatusCode::TOO_MANY_REQUESTS;
         let mut headers = HeaderMap::new();
-        assert_eq!(parse_retry_after(&headers), None);
+        assert_eq!(parse_retry_after(limited, &headers), None);
         headers.insert(RETRY_AFTER, HeaderValue::from_static(" 120 "));
-        assert_eq!(parse_retry_after(&headers), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after(limited, &headers),
+            Some(Duration::from_secs(120))
+        );
         headers.insert(RETRY_AFTER, HeaderValue::from_static("99999999999"));
-        assert_eq!(parse_retry_after(&headers), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after(limited, &headers), Some(MAX_RETRY_AFTER));
+        assert_eq!(MAX_RETRY_AFTER, Duration::from_secs(300));
         headers.insert(
             RETRY_AFTER,
             HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
         );
-        assert_eq!(parse_retry_after(&headers), None);
+        assert_eq!(parse_retry_after(limited, &headers), None);
         headers.insert(RETRY_AFTER, HeaderValue::from_static("-1"));
-        assert_eq!(parse_retry_after(&headers), None);
+        assert_eq!(parse_retry_after(limited, &headers), None);
+    }
+
+    #[test]
+    fn retry_after_only_on_429_and_503() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("30"));
+        for status in [429, 503] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(
+                parse_retry_after(status, &headers),
+                Some(Duration::from_secs(30)),
+                "{status}"
+            );
+        }
+        for status in [200, 301, 400, 401, 500, 502, 504] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(parse_retry_after(status, &headers), None, "{status}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use futures_util::future::BoxFuture;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::BoxError;
 use tower::retry::Policy;
@@ -40,8 +40,9 @@ use crate::{AccessToken, Error, UnderstoryAuth};
 /// * gives no token to a relative URI (one without scheme and authority) unless
 ///   [`authorize_relative_uris`](Self::authorize_relative_uris) says so (and then not if
 ///   its `Host` header names a host that is not allowed);
-/// * on a 401 answer, drops the token the request carried from the cache, so the next
-///   request uses a fresh one (wrap it in a [`RetryOnUnauthorized`] retry to resend the
+/// * reports each answer to a request that carried the token to the cache, which drops the
+///   token after a 401 by the rule in the crate docs ("What happens on a 401"), so the next
+///   request uses a new one (wrap it in a [`RetryOnUnauthorized`] retry to resend the
 ///   request itself);
 /// * fails with a [`tower::BoxError`]: the inner service's error, or an
 ///   [`understory_auth::Error`](crate::Error) when no token could be obtained.
@@ -50,10 +51,11 @@ use crate::{AccessToken, Error, UnderstoryAuth};
 /// to an allowed origin, but an `http::Response` does not say which origin answered. Behind
 /// an inner service that follows redirects (tower-http's `FollowRedirect`), a 401 from the
 /// origin a redirect led to (which never saw the token: redirects to another origin drop
-/// `Authorization`) drops the token all the same. That costs no secret, and little: a token
-/// fetched to replace a rejected one is kept for the invalidation cooldown (5 s), so such
-/// answers cause at most one token request per cooldown. Place redirect following outside
-/// this layer, or not at all, to avoid it. (The reqwest middleware checks the answer's URL.)
+/// `Authorization`) is reported to the cache like the API's own. That costs no secret, and
+/// the token requests it can cause are bounded by the rule in the crate docs ("What happens
+/// on a 401": a replacement token is kept for its cooldown). Place redirect following
+/// outside this layer, or not at all, to avoid it. (The reqwest middleware checks the
+/// answer's URL.)
 ///
 /// The layer shares its token cache with every clone of the `UnderstoryAuth` it was made
 /// from, including the reqwest middleware: one token for the whole process.
@@ -304,11 +306,9 @@ where
                 }
                 StateProj::Calling { future } => {
                     let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if response.status() == StatusCode::UNAUTHORIZED {
-                        if let Some(Sent { auth, token }) = this.sent.take() {
-                            if auth.reject(&token) {
-                                response.extensions_mut().insert(TokenRejected);
-                            }
+                    if let Some(Sent { auth, token }) = this.sent.take() {
+                        if auth.answered(&token, response.status()) {
+                            response.extensions_mut().insert(TokenRejected);
                         }
                     }
                     return Poll::Ready(Ok(response));
@@ -335,7 +335,8 @@ where
 }
 
 /// A [`tower::retry::Policy`] that resends a request once when the API rejected the token
-/// it carried (HTTP 401), so that it goes out again with a fresh token.
+/// it carried (HTTP 401) and the cache replaced it, so that it goes out again with a new
+/// token (see the crate docs, "What happens on a 401").
 ///
 /// Place it *outside* the [`BearerAuthLayer`]: the retry then clones the request before the
 /// token is added, and the layer adds the new one. It retries only 401s to requests that
@@ -416,6 +417,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
 
     fn response(status: StatusCode, rejected: bool) -> Result<Response<()>, ()> {
         let mut response = Response::new(());

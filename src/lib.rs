@@ -28,13 +28,39 @@
 //!
 //! # What happens on a 401
 //!
-//! When the API rejects a token, the integration drops it from the cache (only if it is
-//! still the cached one, so a burst of 401s causes one new token request), and the reqwest
-//! middleware resends the request once with a fresh token. That is safe for any method: a
-//! 401 means the server did not process the request (RFC 9110, section 15.5.2). A request
-//! whose body is a stream cannot be resent and gets its 401 back;
-//! [`UnderstoryAuth::with_unauthorized_retry`] turns the retry off. In tower stacks the
-//! retry is the [`RetryOnUnauthorized`] policy, placed outside [`BearerAuthLayer`].
+//! Understory answers 401 both to a token it no longer accepts and to a valid token that
+//! lacks the endpoint's scope. Both integrations report every answer to a request that
+//! carried the token to one place in the cache, which applies this rule:
+//!
+//! 1. **A routine token** (the first one, or one fetched by the regular refresh) is dropped
+//!    at its first 401, and the request is resent once with a new token. A revoked token
+//!    therefore heals on the first rejected request: one token request, one resend. Requests
+//!    rejected with a token that is no longer the cached one are resent with the current one,
+//!    so a burst of 100 concurrent rejections causes one token request.
+//! 2. **A replacement token** (one fetched because its predecessor was rejected) is kept
+//!    while it works elsewhere: a request carrying it was answered with anything but 401 (or
+//!    a 5xx) since its last 401. Its 401s are returned to the caller as they came, status and
+//!    body, without a resend. It is dropped only once it has been rejected, with no such
+//!    acceptance in between, for its cooldown: 5 s
+//!    ([`INVALIDATION_COOLDOWN`]) for the first replacement, four times longer for each
+//!    replacement dropped in a row (20 s, 80 s, 320 s, ...), at most the token's lifetime.
+//!    The count of replacements dropped in a row starts again once a routine token lives to
+//!    its refresh without a 401.
+//!
+//! So an endpoint the key may not use, called 20 times a second for hours while other
+//! endpoints accept the token, costs one extra token request per token lifetime (the first
+//! 401 for each routine token) and one extra API request each time. If nothing else is
+//! called at all, nothing tells a forbidden endpoint from a rejected token, and the growing
+//! cooldown costs a few more at first: with hour-long tokens, five more in the first half
+//! hour (after 5, 20, 80, 320 and 1280 s of rejections). A revoked replacement heals after
+//! its cooldown. A key that gains the missing scope uses it at the latest with the next
+//! regular refresh, about 10 % of the token's lifetime (at least 60 s) before it expires.
+//!
+//! Resending is safe for any method: a 401 means the server did not process the request
+//! (RFC 9110, section 15.5.2). A request whose body is a stream cannot be resent and gets its
+//! 401 back; [`UnderstoryAuth::with_unauthorized_retry`] turns the retry off. In tower stacks
+//! the retry is the [`RetryOnUnauthorized`] policy, placed outside [`BearerAuthLayer`].
+//! [`UnderstoryAuth::invalidate`] reports a 401 by hand and follows the same rule.
 //!
 //! # Security
 //!
@@ -67,6 +93,8 @@ mod credentials;
 mod error;
 mod grant;
 mod origin;
+pub mod scope;
+mod source;
 mod token;
 
 #[cfg(feature = "tower")]
@@ -93,8 +121,7 @@ pub use credentials::{
 };
 pub use error::Error;
 pub use grant::{
-    DEFAULT_TOKEN_LIFETIME, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME, MAX_TOKEN_RESPONSE_BYTES,
-    MIN_TOKEN_LIFETIME,
+    DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME, MAX_TOKEN_RESPONSE_BYTES, MIN_TOKEN_LIFETIME,
 };
 pub use token::{AccessToken, TokenId};
 

@@ -21,31 +21,27 @@
 //! than the token's life), and then for the single token request in flight, however many
 //! requests are waiting.
 //!
-//! # 401: drop the token, fetch a new one, retry once
+//! # 401: a new token and one resend, when the rule says so
 //!
-//! When the API answers 401 Unauthorized, the token the request carried is dropped from the
-//! cache ([`UnderstoryAuth::invalidate`]; a hundred requests rejected with the same token
-//! cause one token request) and the request is sent once more with a fresh token. A second
-//! 401 is returned to the caller as the response: there is no loop. (If no fresh token can
-//! be had, the caller gets that error instead of the 401.)
+//! Every answer to a request that carried the token is reported to the cache, which decides
+//! by the rule in the crate docs ("What happens on a 401") whether the token is dropped and
+//! the request resent once with another one. A second 401 is returned to the caller as the
+//! response: there is no loop. (If no new token can be had, the caller gets that error
+//! instead of the 401.)
 //!
 //! Resending is safe whatever the method, `POST` included: a 401 means the server refused to
 //! process the request because of its authentication (RFC 9110, section 15.5.2), so the first
 //! attempt had no effect and the retry cannot do anything twice. To be able to resend, the
 //! request is cloned before it is sent (its headers, and its body by reference count, without
 //! copying the bytes). A request with a streaming body cannot be cloned and is not retried:
-//! its 401 is returned as it came, and the token is dropped all the same, so the next request
-//! gets a fresh one.
+//! its 401 is returned as it came, and the token is judged all the same.
 //!
 //! A 401 from another origin, which a redirect led to, says nothing about the token (it was
-//! not sent there) and is returned as it is. Nor is a request resent when it would carry the
-//! same token: a token fetched to replace a rejected one is kept for
-//! [`INVALIDATION_COOLDOWN`](crate::INVALIDATION_COOLDOWN), so an API that rejects every
-//! token costs one token request per cooldown, not one per request.
+//! not sent there) and is returned as it is.
 //!
 //! [`UnderstoryAuth::with_unauthorized_retry(false)`](UnderstoryAuth::with_unauthorized_retry)
 //! turns the retry off, for instance when an outer middleware already retries 401s; the
-//! rejected token is still dropped.
+//! rejected token is still judged.
 //!
 //! # Errors
 //!
@@ -169,11 +165,8 @@ impl Middleware for UnderstoryAuth {
         let Destination::Origin(origin) = destination else {
             return next.run(request, extensions).await;
         };
-        // A 401 from the origin the token went to, not from one a redirect led to.
-        let rejected = |response: &Response| {
-            response.status() == StatusCode::UNAUTHORIZED
-                && self.allowed_origin(response.url()) == Some(origin)
-        };
+        // An answer from the origin the token went to, not from one a redirect led to.
+        let from_origin = |response: &Response| self.allowed_origin(response.url()) == Some(origin);
         let retry = if self.retries_unauthorized() {
             request.try_clone()
         } else {
@@ -185,14 +178,15 @@ impl Middleware for UnderstoryAuth {
             .clone()
             .run(with_token(request, &token), extensions)
             .await?;
-        if !rejected(&response) {
+        let status = response.status();
+        if status == StatusCode::UNAUTHORIZED && !from_origin(&response) {
             return Ok(response);
         }
-        let replaced = self.reject(&token);
-        let retry = retry.filter(|_| replaced);
+        if !self.answered(&token, status) {
+            return Ok(response);
+        }
         tracing::debug!(
             token_id = %token.id(),
-            replaced,
             retry = retry.is_some(),
             "the API rejected the access token (HTTP 401)"
         );
@@ -204,8 +198,9 @@ impl Middleware for UnderstoryAuth {
 
         let token = self.current_token().await?;
         let response = next.run(with_token(request, &token), extensions).await?;
-        if rejected(&response) {
-            self.reject(&token);
+        let status = response.status();
+        if status != StatusCode::UNAUTHORIZED || from_origin(&response) {
+            self.answered(&token, status);
         }
         Ok(response)
     }

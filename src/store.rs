@@ -63,7 +63,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::Error;
-use crate::cache::TokenSource;
+use crate::source::TokenSource;
 
 mod entry;
 #[cfg(feature = "redis")]

@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -37,18 +37,32 @@ impl fmt::Display for TokenId {
 }
 
 impl TokenId {
+    /// The id as a number, e.g. for a metric label.
+    ///
+    /// ```
+    /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
+    /// let id: u64 = auth.token().await?.id().get();
+    /// # let _ = id; Ok(()) }
+    /// ```
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
     fn next() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         TokenId(NEXT.fetch_add(1, Ordering::Relaxed))
     }
 }
 
+/// What precedes the token in its `Authorization` header value.
+const BEARER: &str = "Bearer ";
+
 /// What a token source produced: a validated token secret, its lifetime and its scopes.
 ///
 /// The cache turns it into an [`AccessToken`] by placing it in time.
 #[derive(Clone)]
 pub(crate) struct GrantedToken {
-    secret: Box<str>,
+    /// `Bearer <secret>`, marked sensitive: the only copy of the token.
     header: HeaderValue,
     lifetime: Duration,
     scopes: Vec<String>,
@@ -75,11 +89,10 @@ impl GrantedToken {
                 "access_token holds characters that cannot be sent in an HTTP header",
             ));
         }
-        let mut header = HeaderValue::try_from(format!("Bearer {secret}"))
+        let mut header = HeaderValue::try_from(format!("{BEARER}{secret}"))
             .map_err(|_| Error::invalid_response(ok, "access_token is not a valid header value"))?;
         header.set_sensitive(true);
         Ok(GrantedToken {
-            secret: secret.into(),
             header,
             lifetime,
             scopes,
@@ -90,9 +103,15 @@ impl GrantedToken {
         self.lifetime
     }
 
-    #[cfg(any(test, feature = "shared-cache"))]
+    /// The token, read back from its header value.
     pub(crate) fn secret(&self) -> &str {
-        &self.secret
+        // `new` built the header from `Bearer ` and visible ASCII, so neither step can fail;
+        // if one did, the empty string would simply be rejected by the API.
+        self.header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix(BEARER))
+            .unwrap_or_default()
     }
 
     #[cfg(any(test, feature = "shared-cache"))]
@@ -135,6 +154,10 @@ struct Inner {
     expires_at: Instant,
     usable_until: Instant,
     refresh_at: Instant,
+    /// Set by a 401 the cache did not act on, cleared by a later answer that accepted the
+    /// token: whether the token has been rejected since it last worked (see the cache's 401
+    /// rule).
+    doubted: AtomicBool,
 }
 
 /// When a token was obtained and when the cache stops using it and starts replacing it.
@@ -153,6 +176,7 @@ impl AccessToken {
                 expires_at: schedule.expires_at,
                 usable_until: schedule.usable_until,
                 refresh_at: schedule.refresh_at,
+                doubted: AtomicBool::new(false),
             }),
         }
     }
@@ -166,7 +190,7 @@ impl AccessToken {
     /// # let _ = s; Ok(()) }
     /// ```
     pub fn secret(&self) -> &str {
-        &self.inner.granted.secret
+        self.inner.granted.secret()
     }
 
     /// The ready-made `Authorization` header value, `Bearer <secret>`, marked sensitive.
@@ -225,11 +249,11 @@ impl AccessToken {
     /// ```
     /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
     /// let token = auth.token().await?;
-    /// assert!(token.expires_at() > tokio::time::Instant::now());
+    /// assert!(token.expires_at() > std::time::Instant::now());
     /// # Ok(()) }
     /// ```
-    pub fn expires_at(&self) -> Instant {
-        self.inner.expires_at
+    pub fn expires_at(&self) -> std::time::Instant {
+        self.inner.expires_at.into_std()
     }
 
     /// How long until [`AccessToken::expires_at`] (zero once expired).
@@ -253,6 +277,20 @@ impl AccessToken {
     /// From this instant on, the cache replaces the token in the background.
     pub(crate) fn refresh_at(&self) -> Instant {
         self.inner.refresh_at
+    }
+
+    /// Records that a request carrying the token was accepted. Called for every response, so
+    /// it costs one load, and a store only when the token was doubted.
+    pub(crate) fn note_accepted(&self) {
+        if self.inner.doubted.load(Ordering::Relaxed) {
+            self.inner.doubted.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Records that a request carrying the token was rejected; returns whether it already
+    /// was, with no acceptance since.
+    pub(crate) fn doubt(&self) -> bool {
+        self.inner.doubted.swap(true, Ordering::Relaxed)
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use futures_util::FutureExt;
 use http::StatusCode;
-use tokio::time::{advance, sleep};
+use tokio::time::{advance, sleep, sleep_until};
 
 use super::*;
 
@@ -61,6 +61,8 @@ struct Scripted {
     calls: AtomicUsize,
     script: parking_lot::Mutex<VecDeque<Step>>,
     dropped: Arc<AtomicBool>,
+    /// The scopes the auth server grants right now.
+    scopes: parking_lot::Mutex<Vec<String>>,
 }
 
 impl Scripted {
@@ -69,6 +71,7 @@ impl Scripted {
             calls: AtomicUsize::new(0),
             script: parking_lot::Mutex::new(steps.into_iter().collect()),
             dropped: Arc::new(AtomicBool::new(false)),
+            scopes: parking_lot::Mutex::new(vec![]),
         })
     }
 
@@ -97,12 +100,13 @@ impl TokenSource for Scripted {
             }
         };
         let flag = DropFlag(Arc::clone(&self.dropped));
+        let scopes = self.scopes.lock().clone();
         Box::pin(async move {
             let _flag = flag;
             match step {
                 Some(Step::Token { lifetime, delay }) => {
                     sleep(delay).await;
-                    GrantedToken::new(&format!("token-{n}"), lifetime, vec![])
+                    GrantedToken::new(&format!("token-{n}"), lifetime, scopes)
                 }
                 Some(Step::Fail { error, delay }) => {
                     sleep(delay).await;
@@ -115,10 +119,24 @@ impl TokenSource for Scripted {
     }
 }
 
+impl TokenCache {
+    /// What `UnderstoryAuth::invalidate` does: reports a 401, tells whether it dropped.
+    fn invalidate(&self, token: &AccessToken) -> bool {
+        self.reject(token) == Rejection::Dropped
+    }
+}
+
 const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A cache over `source` with the default timing, whose random draws all return `jitter`.
+fn cache_with(source: &Arc<Scripted>, load_timeout: Duration, jitter: fn() -> f64) -> TokenCache {
+    let source = Arc::clone(source) as Arc<dyn TokenSource>;
+    TokenCache::build(source, load_timeout, Timing::default(), jitter, ())
+}
+
+/// A cache over `source` whose random draws are all 0.0: no jitter, exact instants.
 fn cache(source: &Arc<Scripted>) -> TokenCache {
-    TokenCache::new(Arc::clone(source) as Arc<dyn TokenSource>, LOAD_TIMEOUT)
+    cache_with(source, LOAD_TIMEOUT, || 0.0)
 }
 
 /// Lets spawned tasks run without moving the paused clock.
@@ -201,16 +219,18 @@ async fn refresh_ahead_runs_in_the_background_while_callers_keep_the_valid_token
     let source = Scripted::new([token(100), slow_token(100, 2000)]);
     let cache = cache(&source);
     let first = cache.token().await.unwrap();
-    // 100 s lifetime: margin 50 s (half the lifetime), skew 5 s, jitter up to 10 s, so
-    // the refresh instant falls between 35 s and 45 s.
-    advance(Duration::from_secs(34)).await;
+    // 100 s lifetime: margin 50 s (half the lifetime), skew 5 s, no jitter drawn: the
+    // refresh instant is 45 s.
+    assert_eq!(first.refresh_at() - Instant::now(), Duration::from_secs(45));
+    advance(Duration::from_millis(44_999)).await;
     assert_eq!(
         cache.token().now_or_never().unwrap().unwrap().id(),
         first.id()
     );
+    settle().await;
     assert_eq!(source.calls(), 1, "no refresh before the margin");
 
-    advance(Duration::from_secs(12)).await;
+    advance(Duration::from_millis(1)).await;
     // Past the refresh instant: callers get the valid token at once, without waiting...
     for _ in 0..100 {
         let token = cache.token().now_or_never().expect("never waits").unwrap();
@@ -259,12 +279,13 @@ async fn a_failed_background_refresh_keeps_the_token_and_retries_before_expiry()
 
 #[tokio::test(start_paused = true)]
 async fn background_retries_are_bounded_by_the_time_the_token_has_left() {
-    // A 429 asking for an hour must not outlive a token with minutes left.
-    let limited = Error::Status {
-        status: StatusCode::TOO_MANY_REQUESTS,
+    // A 503 asking for an hour must not outlive a token with minutes left (a 429 is
+    // honoured: see the rate-limit tests).
+    let unavailable = Error::Status {
+        status: StatusCode::SERVICE_UNAVAILABLE,
         retry_after: Some(Duration::from_secs(3600)),
     };
-    let source = Scripted::new([token(300), fail(limited), token(300)]);
+    let source = Scripted::new([token(300), fail(unavailable), token(300)]);
     let cache = cache(&source);
     let first = cache.token().await.unwrap();
     let usable_until = first.usable_until();
@@ -312,10 +333,10 @@ async fn a_four_second_token_is_used_for_most_of_its_life_and_refreshed_ahead() 
             waited += 1;
         }
     }
-    // 20 s of 4 s tokens refreshed halfway (between 1.4 s and 1.8 s into their life):
-    // 12 to 15 fetches, none of which made a caller wait.
-    let calls = source.calls();
-    assert!((10..=16).contains(&calls), "{calls} fetches");
+    // 20 s of 4 s tokens refreshed 1.8 s after their request started (half of the life,
+    // less the 5 % skew): the first fetch and one at each 1.8 s up to 19.8 s, none of which
+    // made a caller wait.
+    assert_eq!(source.calls(), 12);
     assert_eq!(waited, 0, "no caller waited for a refresh");
 }
 
@@ -331,9 +352,9 @@ async fn wrong_credentials_under_load_make_a_handful_of_requests_a_minute() {
         }
         sleep(Duration::from_secs(1)).await;
     }
-    // Windows of 2.5-5 s, 5-10 s, 10-20 s, 20-40 s, ...: at most 6 requests in 60 s.
-    let calls = source.calls();
-    assert!((3..=6).contains(&calls), "{calls} token requests");
+    // Windows of 2.5 s, 5 s, 10 s, 20 s, 40 s (the lower half of each, as drawn): requests
+    // at 0, 2.5, 7.5, 17.5 and 37.5 s.
+    assert_eq!(source.calls(), 5);
     assert!(cache.stats().failed_fast > 59_000);
 }
 
@@ -472,37 +493,565 @@ fn outside_a_runtime_it_reports_an_error_instead_of_panicking() {
 }
 
 #[test]
-fn schedule_scales_with_the_lifetime() {
+fn schedule_places_tokens_by_their_lifetime_and_the_jitter_drawn() {
     let now = Instant::now();
-    let at = |secs: f64| now + Duration::from_secs_f64(secs);
-    for _ in 0..100 {
-        let hour = schedule(now, Duration::from_secs(3600));
-        assert_eq!(hour.usable_until, at(3595.0));
-        assert!(hour.refresh_at >= at(3595.0 - 360.0 * 1.2) && hour.refresh_at <= at(3235.0));
-
-        let four = schedule(now, Duration::from_secs(4));
-        assert_eq!(four.usable_until, at(3.8));
-        assert!(four.refresh_at >= at(1.4) && four.refresh_at <= at(1.8));
-
-        let second = schedule(now, Duration::from_secs(1));
-        assert!(second.refresh_at > now && second.refresh_at < second.usable_until);
+    let at = |millis: u64| now + Duration::from_millis(millis);
+    // (lifetime, usable until, refresh at with no jitter, with the most jitter)
+    let cases = [
+        (3600, at(3_595_000), at(3_235_000), at(3_163_000)),
+        (600, at(595_000), at(535_000), at(523_000)),
+        (4, at(3_800), at(1_800), at(1_400)),
+        (1, at(950), at(450), at(350)),
+    ];
+    for (lifetime, usable_until, earliest, latest) in cases {
+        let lifetime = Duration::from_secs(lifetime);
+        let calm = schedule(now, lifetime, 0.0, Timing::default());
+        assert_eq!(calm.expires_at, now + lifetime);
+        assert_eq!(calm.usable_until, usable_until, "{lifetime:?}");
+        assert_eq!(calm.refresh_at, earliest, "{lifetime:?}");
+        assert_eq!(
+            schedule(now, lifetime, 1.0, Timing::default()).refresh_at,
+            latest,
+            "{lifetime:?}"
+        );
     }
 }
 
 #[test]
+fn the_builder_timing_moves_the_refresh_and_the_end_of_use() {
+    let now = Instant::now();
+    let timing = Timing {
+        refresh_ahead: Duration::from_secs(600),
+        expiry_margin: Duration::from_secs(30),
+    };
+    let hour = schedule(now, Duration::from_secs(3600), 0.0, timing);
+    assert_eq!(hour.usable_until, now + Duration::from_secs(3570));
+    assert_eq!(hour.refresh_at, now + Duration::from_secs(2970));
+    // Short tokens keep their proportional margins: 5 % and at most half the life.
+    let short = schedule(now, Duration::from_secs(60), 0.0, timing);
+    assert_eq!(short.usable_until, now + Duration::from_secs(57));
+    assert_eq!(short.refresh_at, now + Duration::from_secs(27));
+}
+
+#[test]
 fn backoff_grows_is_capped_and_honours_retry_after() {
-    for attempt in 1..40 {
-        let transient = backoff(&unavailable(), attempt);
-        assert!(transient <= TRANSIENT_BACKOFF_MAX);
-        assert!(transient >= TRANSIENT_BACKOFF_BASE / 2);
-        let permanent = backoff(&invalid_client(), attempt);
-        assert!(permanent <= PERMANENT_BACKOFF_MAX);
-        assert!(permanent >= PERMANENT_BACKOFF_BASE / 2);
+    let secs = Duration::from_secs_f64;
+    // (attempt, transient with no jitter, with the most, permanent with no jitter)
+    let cases = [
+        (1, secs(0.25), secs(0.5), secs(2.5)),
+        (2, secs(0.5), secs(1.0), secs(5.0)),
+        (7, secs(15.0), secs(30.0), secs(60.0)),
+        (40, secs(15.0), secs(30.0), secs(60.0)),
+    ];
+    for (attempt, calm, most, permanent) in cases {
+        assert_eq!(backoff(&unavailable(), attempt, 0.0), calm, "{attempt}");
+        assert_eq!(backoff(&unavailable(), attempt, 1.0), most, "{attempt}");
+        assert_eq!(
+            backoff(&invalid_client(), attempt, 0.0),
+            permanent,
+            "{attempt}"
+        );
     }
-    assert!(backoff(&unavailable(), 30) >= TRANSIENT_BACKOFF_MAX / 2);
-    let limited = Error::Status {
-        status: StatusCode::TOO_MANY_REQUESTS,
+    let asked = Error::Status {
+        status: StatusCode::SERVICE_UNAVAILABLE,
         retry_after: Some(Duration::from_secs(600)),
     };
-    assert_eq!(backoff(&limited, 1), Duration::from_secs(600));
+    assert_eq!(backoff(&asked, 1, 1.0), Duration::from_secs(600));
+    assert_eq!(
+        backoff(&rate_limited(None), 1, 0.0),
+        Duration::from_secs(60)
+    );
+    assert_eq!(
+        backoff(&rate_limited(None), 1, 1.0),
+        Duration::from_secs(90)
+    );
+    assert_eq!(
+        backoff(&rate_limited(Some(5)), 3, 1.0),
+        Duration::from_secs(5)
+    );
+}
+
+/// Runs `f` on its own thread and waits at most `limit` for it, so that a deadlock fails the
+/// test instead of hanging it.
+fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).expect("the cache is stuck")
+}
+
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_caller_on_a_dropped_runtime_gets_an_error_and_healthy_callers_are_unaffected() {
+    let source = Scripted::new([token(3600)]);
+    let cache = cache(&source);
+    let dead = current_thread_runtime();
+    let handle = dead.handle().clone();
+    drop(dead);
+    let on_dead = bounded(Duration::from_secs(10), {
+        let cache = cache.clone();
+        move || {
+            let _entered = handle.enter();
+            cache.token().now_or_never()
+        }
+    });
+    let err = on_dead.expect("answers at once").unwrap_err();
+    assert!(matches!(err, Error::Interrupted { .. }), "{err}");
+    let healthy = bounded(Duration::from_secs(10), move || {
+        let result = current_thread_runtime().block_on(cache.token());
+        (result.map(|t| t.id()), cache.stats().token_id)
+    });
+    let (id, cached) = healthy;
+    assert_eq!(Some(id.unwrap()), cached);
+}
+
+#[test]
+fn a_fetch_stranded_on_an_idle_runtime_is_replaced_after_its_deadline() {
+    let load_timeout = Duration::from_millis(200);
+    let source = Scripted::new([token(3600)]);
+    let cache = cache_with(&source, load_timeout, || 0.0);
+    // A sync bridge: one poll on runtime A starts the fetch there, then A sits idle.
+    let idle = current_thread_runtime();
+    idle.block_on(async {
+        let mut first = Box::pin(cache.token());
+        assert!((&mut first).now_or_never().is_none());
+    });
+    assert_eq!(source.calls(), 1);
+    let outcome = bounded(Duration::from_secs(20), {
+        let cache = cache.clone();
+        move || {
+            current_thread_runtime().block_on(async {
+                // The caller that joins the stranded fetch gives up after its deadline...
+                let joined = cache.token().await.map(|t| t.id());
+                // ...and the next caller replaces the fetch instead of joining it.
+                let next = cache.token().await.map(|t| t.id());
+                (joined, next)
+            })
+        }
+    });
+    match outcome {
+        (Err(Error::Interrupted { .. }), Ok(_)) => {}
+        (joined, next) => panic!("joined: {joined:?}, next: {next:?}"),
+    }
+    assert_eq!(source.calls(), 2);
+    drop(idle);
+}
+
+#[test]
+fn waiters_of_a_fetch_cancelled_with_its_runtime_are_served_by_a_new_fetch() {
+    let source = Scripted::new([token(3600)]);
+    let cache = cache(&source);
+    let doomed = current_thread_runtime();
+    doomed.block_on(async {
+        let mut first = Box::pin(cache.token());
+        assert!((&mut first).now_or_never().is_none());
+    });
+    let healthy = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let waiter = healthy.spawn({
+        let cache = cache.clone();
+        async move { cache.token().await.map(|t| t.id()) }
+    });
+    while cache.stats().coalesced_waits == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(doomed);
+    let result = bounded(Duration::from_secs(20), move || {
+        healthy.block_on(async { tokio::time::timeout(Duration::from_secs(10), waiter).await })
+    });
+    let id = result.expect("the waiter is served").unwrap();
+    assert!(id.is_ok(), "{id:?}");
+    assert_eq!(source.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejection_during_a_background_refresh_marks_that_refresh_as_the_replacement() {
+    let source = Scripted::new([token(100), slow_token(100, 2000), token(100)]);
+    let cache = cache(&source);
+    let first = cache.token().await.unwrap();
+    sleep_until(first.refresh_at()).await;
+    cache.fresh(); // starts the background refresh
+    settle().await;
+    assert!(cache.invalidate(&first));
+    let second = cache.token().await.unwrap();
+    assert_eq!(source.calls(), 2, "the callers joined the refresh");
+    assert!(
+        !cache.invalidate(&second),
+        "the refresh replaced a rejected token"
+    );
+    // A token lifetime later, the routine refresh's token is not protected.
+    sleep_until(second.refresh_at()).await;
+    cache.fresh();
+    settle().await;
+    let third = cache.token().await.unwrap();
+    assert_ne!(third.id(), second.id());
+    assert!(
+        cache.invalidate(&third),
+        "a routine token is dropped at its first rejection"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_replacement_fetch_passes_its_role_to_the_next_one() {
+    let source = Scripted::new([token(3600), fail(unavailable()), token(3600)]);
+    let cache = cache(&source);
+    let first = cache.token().await.unwrap();
+    assert!(cache.invalidate(&first));
+    assert!(cache.token().await.is_err());
+    sleep(TRANSIENT_BACKOFF_MAX).await;
+    let second = cache.token().await.unwrap();
+    assert_eq!(source.calls(), 3);
+    assert!(
+        !cache.invalidate(&second),
+        "the token replacing a rejected one is protected"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_fetch_never_overwrites_a_newer_token() {
+    let source = Scripted::new([token(3600)]);
+    let cache = cache(&source);
+    let newer = cache.token().await.unwrap();
+    // A fetch numbered before the one that produced the cached token ends late.
+    let late = FlightGuard {
+        cache: Arc::downgrade(&cache.shared),
+        flight: 0,
+        sender: None,
+    };
+    late.finish(
+        Instant::now(),
+        GrantedToken::new("late", Duration::from_secs(3600), vec![]),
+    );
+    assert_eq!(cache.stats().token_id, Some(newer.id()));
+    assert_eq!(cache.token().await.unwrap().id(), newer.id());
+}
+
+// The 401 rule, against a model of Understory's API: an endpoint may need a scope, and a
+// revoked token is refused everywhere.
+
+const BOOKINGS: Option<&str> = Some("booking.read");
+const CONSENTS: Option<&str> = Some("marketing.read");
+
+#[derive(Default)]
+struct Api {
+    revoked: parking_lot::Mutex<Vec<TokenId>>,
+    requests: AtomicUsize,
+}
+
+impl Api {
+    fn answer(&self, token: &AccessToken, needs: Option<&str>) -> StatusCode {
+        self.requests.fetch_add(1, Relaxed);
+        let revoked = self.revoked.lock().contains(&token.id());
+        let allowed = needs.is_none_or(|scope| token.scopes().iter().any(|s| s == scope));
+        if revoked || !allowed {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::OK
+        }
+    }
+
+    fn revoke(&self, token: &AccessToken) {
+        self.revoked.lock().push(token.id());
+    }
+}
+
+/// One request as both integrations make it: the current token, the answer reported to
+/// the cache, and one resend when the cache says so.
+async fn request(cache: &TokenCache, api: &Api, needs: Option<&str>) -> StatusCode {
+    let token = cache.token().await.unwrap();
+    let status = api.answer(&token, needs);
+    if !cache.answered(&token, status) {
+        return status;
+    }
+    let token = cache.token().await.unwrap();
+    let status = api.answer(&token, needs);
+    cache.answered(&token, status);
+    status
+}
+
+fn granting(scopes: &[&str], lifetime_secs: u64) -> Arc<Scripted> {
+    let source = Scripted::new([token(lifetime_secs)]);
+    *source.scopes.lock() = scopes.iter().map(|s| (*s).to_owned()).collect();
+    source
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forbidden_endpoint_costs_at_most_one_token_request_per_token_lifetime() {
+    let source = granting(&["marketing.read"], 120);
+    let cache = cache(&source);
+    let api = Api::default();
+    // Ten minutes of /v1/bookings 20 times a second, /v1/marketing-consents once a second.
+    for tick in 0..12_000 {
+        assert_eq!(
+            request(&cache, &api, BOOKINGS).await,
+            StatusCode::UNAUTHORIZED
+        );
+        if tick % 20 == 0 {
+            assert_eq!(request(&cache, &api, CONSENTS).await, StatusCode::OK);
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    let stats = cache.stats();
+    // 120 s tokens are refreshed 55 s into their life: 10 refreshes in 10 minutes, and one
+    // extra token for each routine token the forbidden endpoint rejects.
+    assert_eq!(stats.background_refreshes, 10);
+    assert_eq!(stats.invalidations, stats.background_refreshes + 1);
+    assert_eq!(
+        stats.fetches,
+        1 + stats.background_refreshes + stats.invalidations
+    );
+    // A request is resent only when its token was dropped.
+    let sent = api.requests.load(Relaxed) as u64;
+    assert_eq!(sent, 12_000 + 600 + stats.invalidations);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_other_traffic_the_cooldown_grows_to_the_token_lifetime() {
+    let source = granting(&["marketing.read"], 120);
+    let cache = cache(&source);
+    let api = Api::default();
+    let mut dropped_at = Vec::new();
+    for _ in 0..12_000 {
+        let before = cache.stats().invalidations;
+        request(&cache, &api, BOOKINGS).await;
+        if cache.stats().invalidations > before {
+            dropped_at.push(Instant::now());
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    let start = dropped_at[0];
+    let secs: Vec<u64> = dropped_at
+        .iter()
+        .map(|at| (*at - start).as_secs())
+        .collect();
+    // The first replacement is dropped after 5 s of rejections, the next after 20 s; from
+    // then on the cooldown (80 s) outlasts a replacement's time to its refresh (55 s), and
+    // only each routine token costs one extra.
+    assert_eq!(&secs[..4], &[0, 5, 25, 80]);
+    let stats = cache.stats();
+    assert_eq!(stats.invalidations as usize, dropped_at.len());
+    assert_eq!(
+        stats.invalidations,
+        stats.background_refreshes + 3,
+        "{secs:?} {stats:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revoked_token_heals_with_one_token_request_and_one_resend() {
+    let source = granting(&["marketing.read"], 3600);
+    let cache = cache(&source);
+    let api = Api::default();
+    let first = cache.token().await.unwrap();
+    api.revoke(&first);
+    assert_eq!(request(&cache, &api, CONSENTS).await, StatusCode::OK);
+    assert_eq!((source.calls(), api.requests.load(Relaxed)), (2, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_rejections_causes_one_token_request() {
+    let source = granting(&["marketing.read"], 3600);
+    let cache = cache(&source);
+    let api = Arc::new(Api::default());
+    let revoked = cache.token().await.unwrap();
+    api.revoke(&revoked);
+    // All 100 requests carry the revoked token before the first answer is reported.
+    let barrier = Arc::new(tokio::sync::Barrier::new(100));
+    let burst: Vec<_> = (0..100)
+        .map(|_| {
+            let (cache, api, barrier) = (cache.clone(), Arc::clone(&api), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                let token = cache.token().await.unwrap();
+                let status = api.answer(&token, CONSENTS);
+                barrier.wait().await;
+                assert!(cache.answered(&token, status));
+                let token = cache.token().await.unwrap();
+                api.answer(&token, CONSENTS)
+            })
+        })
+        .collect();
+    for request in burst {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(source.calls(), 2);
+    assert_eq!(api.requests.load(Relaxed), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revoked_replacement_is_dropped_after_its_cooldown() {
+    let source = granting(&["marketing.read"], 3600);
+    let cache = cache(&source);
+    let api = Api::default();
+    api.revoke(&cache.token().await.unwrap());
+    assert_eq!(request(&cache, &api, CONSENTS).await, StatusCode::OK);
+    // The replacement worked, then it is revoked too: it may be a forbidden endpoint, so it
+    // is kept while it keeps being rejected, for its cooldown.
+    let replacement = cache.token().await.unwrap();
+    api.revoke(&replacement);
+    let started = Instant::now();
+    while request(&cache, &api, CONSENTS).await != StatusCode::OK {
+        sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(Instant::now() - started, INVALIDATION_COOLDOWN);
+    assert_eq!(source.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scope_gained_works_at_the_latest_after_the_next_regular_refresh() {
+    let source = granting(&["marketing.read"], 600);
+    let cache = cache(&source);
+    let api = Api::default();
+    let mut granted_refresh_at = None;
+    let mut first_ok = None;
+    for tick in 0..12_000 {
+        if tick == 2_000 {
+            // The key is given the scope in Backoffice, 100 s in.
+            source.scopes.lock().push("booking.read".to_owned());
+            granted_refresh_at = Some(cache.token().await.unwrap().refresh_at());
+        }
+        if request(&cache, &api, BOOKINGS).await == StatusCode::OK {
+            first_ok = Some(Instant::now());
+            break;
+        }
+        if tick % 20 == 0 {
+            request(&cache, &api, CONSENTS).await;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    let (refresh_at, ok_at) = (granted_refresh_at.unwrap(), first_ok.unwrap());
+    // The caller that starts the refresh still carries the old token; the next one (one tick
+    // later) carries the new one.
+    assert!(
+        ok_at <= refresh_at + Duration::from_millis(50),
+        "{:?}",
+        ok_at - refresh_at
+    );
+}
+
+// Rate limits (HTTP 429) from the token endpoint, with the jitter drawn as 0.5.
+
+fn rate_limited(retry_after: Option<u64>) -> Error {
+    Error::Status {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        retry_after: retry_after.map(Duration::from_secs),
+    }
+}
+
+fn half_jittered(source: &Arc<Scripted>) -> TokenCache {
+    cache_with(source, LOAD_TIMEOUT, || 0.5)
+}
+
+fn next_attempt_in(error: &Error) -> Duration {
+    match error {
+        Error::RateLimited {
+            next_attempt_in, ..
+        } => *next_attempt_in,
+        other => panic!("not a rate limit: {other}"),
+    }
+}
+
+/// Captures what the cache logs while it lives.
+#[derive(Clone, Default)]
+struct Captured(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_without_retry_after_backs_off_a_minute_and_a_random_part() {
+    let logs = Captured::default();
+    let _subscriber = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer({
+                let logs = logs.clone();
+                move || logs.clone()
+            })
+            .with_ansi(false)
+            .finish(),
+    );
+    let source = Scripted::new([fail(rate_limited(None)), token(3600)]);
+    let cache = half_jittered(&source);
+    // 60 s, and half of the 30 s random part.
+    let err = cache.token().await.unwrap_err();
+    assert_eq!(next_attempt_in(&err), Duration::from_secs(75));
+    assert!(err.is_transient() && err.is_rate_limited());
+    let message = err.to_string();
+    assert!(message.contains("rate limiting this key"), "{message}");
+    assert!(
+        message.contains("next attempt will be made in 75s"),
+        "{message}"
+    );
+
+    sleep(Duration::from_secs(74)).await;
+    let err = cache.token().await.unwrap_err();
+    assert_eq!(next_attempt_in(&err), Duration::from_secs(1));
+    assert_eq!(source.calls(), 1);
+
+    sleep(Duration::from_secs(1)).await;
+    assert!(cache.token().await.is_ok());
+    assert_eq!(source.calls(), 2);
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.rate_limited, stats.fetch_failures, stats.failed_fast),
+        (1, 1, 1)
+    );
+    let logs = String::from_utf8_lossy(&logs.0.lock()).into_owned();
+    assert!(
+        logs.contains("rate limited by the auth server (HTTP 429)"),
+        "{logs}"
+    );
+    assert!(logs.contains("retry_in_ms=75000"), "{logs}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_with_retry_after_waits_exactly_that_long() {
+    let source = Scripted::new([fail(rate_limited(Some(10))), token(3600)]);
+    let cache = half_jittered(&source);
+    let err = cache.token().await.unwrap_err();
+    assert_eq!(next_attempt_in(&err), Duration::from_secs(10));
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(10)));
+    sleep(Duration::from_millis(9_999)).await;
+    assert!(cache.token().await.is_err());
+    sleep(Duration::from_millis(1)).await;
+    assert!(cache.token().await.is_ok());
+    assert_eq!(source.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limited_refresh_keeps_the_valid_token_and_waits_its_minute() {
+    let source = Scripted::new([token(3600), fail(rate_limited(None)), token(3600)]);
+    let cache = half_jittered(&source);
+    let first = cache.token().await.unwrap();
+    sleep_until(first.refresh_at()).await;
+    assert_eq!(cache.token().await.unwrap().id(), first.id());
+    settle().await;
+    assert_eq!((source.calls(), cache.stats().rate_limited), (2, 1));
+    // Callers keep the valid token, and no request is made for 75 s...
+    sleep(Duration::from_millis(74_999)).await;
+    assert_eq!(cache.token().await.unwrap().id(), first.id());
+    settle().await;
+    assert_eq!(source.calls(), 2);
+    // ...then the next caller starts one.
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(cache.token().await.unwrap().id(), first.id());
+    settle().await;
+    assert_eq!(source.calls(), 3);
+    assert_ne!(cache.token().await.unwrap().id(), first.id());
 }

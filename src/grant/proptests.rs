@@ -2,7 +2,9 @@
 //! whatever a server sends (any status, any `Retry-After`, any bytes, any JSON), parsing
 //! never panics, an accepted token always becomes a valid, sensitive `Bearer <token>` header,
 //! a rejection is always a clear error that does not repeat the token, and `expires_in` of
-//! any shape yields a lifetime the cache can schedule.
+//! any shape yields a lifetime the cache can schedule. And whatever a server echoes (the
+//! client secret in any of its forms, a token the crate held) in whichever field, no error
+//! and no granted scope carries it, nor control or invisible characters.
 
 use std::time::Duration;
 
@@ -11,16 +13,36 @@ use proptest::prelude::*;
 use serde_json::{Map, Number, Value};
 use tokio::time::Instant;
 
+use super::sanitize::{
+    MAX_GRANTED_SCOPES, MAX_SCOPE_LEN, MAX_SERVER_TEXT, MIN_FRAGMENT, REDACTED, Secrets,
+    basic_credentials,
+};
 use super::{
     DEFAULT_TOKEN_LIFETIME, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME, MIN_TOKEN_LIFETIME,
     parse_retry_after, parse_token_response,
 };
 use crate::Error;
+use crate::credentials::{ClientAuthMethod, Credentials};
 use crate::token::{AccessToken, GrantedToken, Schedule};
 
 /// Every token this file generates starts with this, so that an error repeating any token (or
 /// its beginning) is recognised whatever the rest of the token is.
 const MARK: &str = "Tq7zMARK";
+
+/// The client secret of the properties' credentials: 26 characters as Hydra generates them,
+/// with a `~` that form encoding changes.
+const SECRET: &str = "pRoP.sEcReT~k3y_26-chars-x";
+/// The client id (Basic encodes it with the secret).
+const CLIENT_ID: &str = "prop client";
+
+/// The secrets of the properties' credentials, for either client authentication method.
+fn secrets_for(method: ClientAuthMethod) -> Secrets {
+    Secrets::new(&Credentials::new(CLIENT_ID, SECRET).with_auth_method(method))
+}
+
+fn secrets() -> Secrets {
+    secrets_for(ClientAuthMethod::ClientSecretPost)
+}
 
 /// The scopes the properties pretend were requested.
 fn requested() -> Vec<String> {
@@ -215,7 +237,7 @@ fn check_answer(
     retry_after: Option<Duration>,
     body: &[u8],
 ) -> Result<(), TestCaseError> {
-    let outcome = parse_token_response(status, retry_after, body, &requested());
+    let outcome = parse_token_response(status, retry_after, body, &requested(), &secrets());
     match (outcome, token_in(body)) {
         (Ok(granted), Some(token)) => check_accepted(status, body, &token, granted),
         (Ok(_), None) => Err(TestCaseError::fail(
@@ -251,11 +273,22 @@ fn check_accepted(
             "accepted a body that is not a JSON object",
         ));
     };
-    let expected_scopes: Vec<String> = match map.get("scope") {
-        Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
-        _ => requested(),
+    // The scopes sent if they are a usable RFC 6749 list, else the requested ones.
+    let sent: Option<Vec<String>> = match map.get("scope") {
+        Some(Value::String(s)) => Some(
+            s.split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ),
+        _ => None,
     };
-    prop_assert_eq!(granted.scopes(), expected_scopes.as_slice());
+    let scopes = granted.scopes();
+    if sent.as_deref() != Some(scopes) {
+        let requested = requested();
+        prop_assert_eq!(scopes, requested.as_slice(), "sent {:?}", sent);
+    }
+    check_scopes(scopes)?;
     check_header(token, granted)
 }
 
@@ -291,6 +324,23 @@ fn check_header(token: &str, granted: GrantedToken) -> Result<(), TestCaseError>
         for shown in shown {
             prop_assert!(!shown.contains(token), "the token leaked into {shown}");
         }
+    }
+    Ok(())
+}
+
+/// Granted scopes are RFC 6749 scope tokens, bounded in number and length.
+fn check_scopes(scopes: &[String]) -> Result<(), TestCaseError> {
+    prop_assert!(scopes.len() <= MAX_GRANTED_SCOPES.max(requested().len()));
+    for scope in scopes {
+        prop_assert!(
+            !scope.is_empty()
+                && scope.len() <= MAX_SCOPE_LEN
+                && scope
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'),
+            "scope {:?} accepted",
+            scope
+        );
     }
     Ok(())
 }
@@ -396,7 +446,7 @@ proptest! {
         }))
         .expect("JSON serialises");
         let sendable = token.bytes().all(|b| b.is_ascii_graphic());
-        let outcome = parse_token_response(StatusCode::OK, None, &body, &[]);
+        let outcome = parse_token_response(StatusCode::OK, None, &body, &[], &secrets());
         prop_assert_eq!(outcome.is_ok(), sendable, "{:?}", token);
         check_answer(StatusCode::OK, None, &body)?;
     }
@@ -435,7 +485,7 @@ proptest! {
             "expires_in": expires_in,
         }))
         .expect("JSON serialises");
-        let granted = parse_token_response(StatusCode::OK, None, &body, &[])
+        let granted = parse_token_response(StatusCode::OK, None, &body, &[], &secrets())
             .expect("a valid token answer whatever expires_in is");
         let lifetime = granted.lifetime();
         prop_assert!(
@@ -459,6 +509,7 @@ proptest! {
     /// Any `Retry-After` header value: no panic, seconds only, never above the bound.
     #[test]
     fn retry_after_of_any_header_value_is_bounded(
+        status in status(),
         value in prop_oneof![
             prop::collection::vec(any::<u8>(), 0..24),
             "[ \t]{0,2}[+-]?[0-9]{1,22}[ \t]{0,2}".prop_map(String::into_bytes),
@@ -470,7 +521,11 @@ proptest! {
         };
         let mut headers = HeaderMap::new();
         headers.insert(http::header::RETRY_AFTER, value.clone());
-        match parse_retry_after(&headers) {
+        if !matches!(status.as_u16(), 429 | 503) {
+            prop_assert_eq!(parse_retry_after(status, &headers), None, "honoured on {}", status);
+            return Ok(());
+        }
+        match parse_retry_after(status, &headers) {
             Some(delay) => {
                 prop_assert!(delay <= MAX_RETRY_AFTER);
                 let secs: u64 = value
@@ -486,4 +541,194 @@ proptest! {
             }
         }
     }
+
+    /// Whatever a server echoes, in whichever field, for either client authentication
+    /// method: no error (`Display`, `Debug`, every `source()`) and no granted scope holds the
+    /// client secret in any form, a token the grant obtained, or a fragment of them.
+    #[test]
+    fn echoed_secrets_never_reach_an_error_or_a_scope(
+        basic in any::<bool>(),
+        status in status(),
+        held in prop::collection::vec("[A-Za-z0-9_-]{20,43}", 1..4),
+        fields in prop::collection::vec((echo_field(), echo_text()), 1..4),
+        access_token in prop::option::of("[A-Za-z0-9_-]{10,43}"),
+    ) {
+        let method = if basic {
+            ClientAuthMethod::ClientSecretBasic
+        } else {
+            ClientAuthMethod::ClientSecretPost
+        };
+        let secrets = secrets_for(method);
+        let held: Vec<String> = held.iter().map(|t| format!("ory_at_{t}")).collect();
+        for token in &held {
+            secrets.remember_token(token);
+        }
+        let forbidden = forbidden(&held);
+        let mut answer = Map::new();
+        if let Some(token) = access_token {
+            answer.insert("access_token".to_owned(), Value::String(token));
+        }
+        for (field, text) in fields {
+            let text = text.fill(&held);
+            answer.insert(field.to_owned(), Value::String(text));
+        }
+        let body = serde_json::to_vec(&Value::Object(answer)).expect("JSON serialises");
+        match parse_token_response(status, None, &body, &requested(), &secrets) {
+            Ok(granted) => {
+                check_scopes(granted.scopes())?;
+                let scopes = format!("{:?}", granted.scopes());
+                check_hidden(&scopes, &forbidden)?;
+            }
+            Err(error) => {
+                let mut shown = format!("{error}\n{error:?}\n{error:#?}");
+                let mut source = std::error::Error::source(&error);
+                while let Some(inner) = source {
+                    shown.push_str(&format!("\n{inner}\n{inner:?}"));
+                    source = inner.source();
+                }
+                check_hidden(&shown, &forbidden)?;
+                if let Error::OAuth { code, description, .. } = &error {
+                    for text in std::iter::once(code).chain(description) {
+                        prop_assert!(text.chars().count() <= MAX_SERVER_TEXT + 1);
+                        prop_assert!(!text.chars().any(is_unsafe_char), "{:?}", text);
+                    }
+                    if code.contains(REDACTED)
+                        || description.as_deref().is_some_and(|d| d.contains(REDACTED))
+                    {
+                        prop_assert!(error.to_string().contains("replaced here by [REDACTED]"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Any text, cleaned: bounded, no control or invisible character, no secret fragment.
+    #[test]
+    fn cleaned_server_text_is_bounded_visible_and_secret_free(
+        text in prop_oneof![any::<String>(), echo_text().prop_map(|t| t.fill(&[]))],
+    ) {
+        let secrets = secrets_for(ClientAuthMethod::ClientSecretBasic);
+        let clean = secrets.clean(&text);
+        prop_assert!(clean.chars().count() <= MAX_SERVER_TEXT + 1);
+        prop_assert!(!clean.chars().any(is_unsafe_char), "{:?}", clean);
+        check_hidden(&clean, &forbidden(&[]))?;
+    }
+}
+
+/// The fields of a token answer a server may echo into.
+fn echo_field() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec![
+        "error",
+        "error_description",
+        "error_uri",
+        "token_type",
+        "scope",
+        "error_hint",
+    ])
+}
+
+/// One piece of an echo.
+#[derive(Clone, Debug)]
+enum Piece {
+    Text(String),
+    /// The client secret, raw.
+    Secret,
+    /// The client secret, form-encoded.
+    EncodedSecret,
+    /// The form body as sent with `client_secret_post`.
+    Form,
+    /// `Basic <base64>` as sent with `client_secret_basic`.
+    BasicHeader,
+    /// The `n`th held token (modulo their number).
+    HeldToken(usize),
+    /// A part of the secret at least a fragment long, as a server cutting an echo short sends.
+    SecretPart(usize, usize),
+    /// A character that must not survive: a control, bidi, zero-width or line separator.
+    Unsafe(char),
+}
+
+#[derive(Clone, Debug)]
+struct Echo(Vec<Piece>);
+
+impl Echo {
+    fn fill(&self, held: &[String]) -> String {
+        let encoded: String = url::form_urlencoded::byte_serialize(SECRET.as_bytes()).collect();
+        self.0
+            .iter()
+            .map(|piece| match piece {
+                Piece::Text(text) => text.clone(),
+                Piece::Secret => SECRET.to_owned(),
+                Piece::EncodedSecret => encoded.clone(),
+                Piece::Form => format!(
+                    "grant_type=client_credentials&scope=openid&audience=https%3A%2F%2Fapi.understory.io&client_id=prop+client&client_secret={encoded}"
+                ),
+                Piece::BasicHeader => format!("Basic {}", basic_credentials(CLIENT_ID, SECRET)),
+                Piece::HeldToken(n) if !held.is_empty() => held[n % held.len()].clone(),
+                Piece::HeldToken(_) => String::new(),
+                Piece::SecretPart(start, len) => {
+                    let start = start % (SECRET.len() - MIN_FRAGMENT);
+                    let end = (start + MIN_FRAGMENT + len).min(SECRET.len());
+                    SECRET[start..end].to_owned()
+                }
+                Piece::Unsafe(c) => c.to_string(),
+            })
+            .collect()
+    }
+}
+
+fn echo_text() -> impl Strategy<Value = Echo> {
+    let piece = prop_oneof![
+        3 => "[ -~]{0,12}".prop_map(Piece::Text),
+        1 => any::<String>().prop_map(Piece::Text),
+        1 => Just(Piece::Secret),
+        1 => Just(Piece::EncodedSecret),
+        1 => Just(Piece::Form),
+        1 => Just(Piece::BasicHeader),
+        1 => any::<usize>().prop_map(Piece::HeldToken),
+        1 => (any::<usize>(), 0..20usize).prop_map(|(start, len)| Piece::SecretPart(start, len)),
+        1 => prop::sample::select(vec![
+            '\n', '\r', '\u{1b}', '\u{85}', '\u{200b}', '\u{200f}', '\u{202e}', '\u{2066}',
+            '\u{2028}', '\u{2029}', '\u{feff}', '\u{e0001}',
+        ])
+        .prop_map(Piece::Unsafe),
+    ];
+    prop::collection::vec(piece, 1..6).prop_map(Echo)
+}
+
+/// Every string that must never be shown: each run of [`MIN_FRAGMENT`] characters of the
+/// secret, of its encoded forms and of each held token.
+fn forbidden(held: &[String]) -> Vec<String> {
+    let encoded: String = url::form_urlencoded::byte_serialize(SECRET.as_bytes()).collect();
+    let basic = basic_credentials(CLIENT_ID, SECRET);
+    let mut forbidden = Vec::new();
+    for whole in [SECRET, encoded.as_str(), basic.as_str()]
+        .into_iter()
+        .chain(held.iter().map(String::as_str))
+    {
+        for start in 0..=whole.len().saturating_sub(MIN_FRAGMENT) {
+            forbidden.push(whole[start..start + MIN_FRAGMENT].to_owned());
+        }
+    }
+    forbidden
+}
+
+fn check_hidden(shown: &str, forbidden: &[String]) -> Result<(), TestCaseError> {
+    for needle in forbidden {
+        prop_assert!(
+            !shown.contains(needle.as_str()),
+            "{:?} leaked into {}",
+            needle,
+            shown
+        );
+    }
+    Ok(())
+}
+
+/// Control (Cc), format (Cf: bidi, zero-width), line and paragraph separator characters.
+fn is_unsafe_char(c: char) -> bool {
+    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory};
+    matches!(
+        c.general_category(),
+        G::Control | G::Format | G::LineSeparator | G::ParagraphSeparator
+    )
 }

@@ -14,7 +14,8 @@ use tokio::time::Instant;
 use super::entry::{EntryCodec, Opened};
 use super::{SHARED_FETCH_WAIT, SHARED_POLL_INTERVAL, STORE_TIMEOUT, StoreError, TokenStore};
 use crate::Error;
-use crate::cache::{TokenSource, refresh_lead};
+use crate::cache::refresh_lead;
+use crate::source::TokenSource;
 use crate::token::GrantedToken;
 
 pub(crate) struct SharedStoreSource {

@@ -1,37 +1,106 @@
-//! The API under `/v1`: a few endpoints of Understory's API that accept the sandbox's tokens.
+//! The API under `/v1`: Understory's documented endpoints, each requiring its scope, answering
+//! errors in Understory's shape (`{"code": "UNAUTHORIZED", "message": "..."}`).
 
-use http::header::{ALLOW, AUTHORIZATION, HeaderValue};
+use http::header::{ALLOW, AUTHORIZATION};
 use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::json;
 
-use super::recorded::RecordedRequest;
 use super::response::{self, SandboxResponse, api_error, api_json};
 use super::routes::{BodyError, RequestBody};
 use super::state::{Shared, TokenStatus};
+use crate::scope;
 
-/// Endpoints that list things; the sandbox has nothing to list.
-const LIST_ENDPOINTS: &[&str] = &[
-    "/v1/bookings",
-    "/v1/events",
-    "/v1/event-availabilities",
-    "/v1/experiences",
-    "/v1/marketing-consents",
-    "/v1/orders",
-    "/v1/webhook-subscriptions",
+/// An endpoint of the API: a method on a path, and the scope a token needs to call it.
+struct Endpoint {
+    method: Method,
+    path: &'static str,
+    /// The scope the token must have been granted; `None` if any valid token will do.
+    scope: Option<&'static str>,
+    answer: Answer,
+}
+
+/// What an endpoint answers to an authorised request.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// `GET /v1/me`: the client id and the token's scopes.
+    Me,
+    /// A list endpoint: the sandbox has nothing to list.
+    EmptyList,
+    /// A create endpoint: 201 with the request body, as if it were the created resource.
+    Created,
+}
+
+const fn endpoint(
+    method: Method,
+    path: &'static str,
+    scope: Option<&'static str>,
+    answer: Answer,
+) -> Endpoint {
+    Endpoint {
+        method,
+        path,
+        scope,
+        answer,
+    }
+}
+
+/// Every endpoint the sandbox serves, with the scope Understory requires for it.
+const ENDPOINTS: &[Endpoint] = &[
+    endpoint(Method::GET, "/v1/me", None, Answer::Me),
+    endpoint(
+        Method::GET,
+        "/v1/bookings",
+        Some(scope::BOOKING_READ),
+        Answer::EmptyList,
+    ),
+    endpoint(
+        Method::GET,
+        "/v1/events",
+        Some(scope::EVENT_READ),
+        Answer::EmptyList,
+    ),
+    endpoint(
+        Method::GET,
+        "/v1/event-availabilities",
+        Some(scope::EVENT_READ),
+        Answer::EmptyList,
+    ),
+    endpoint(
+        Method::GET,
+        "/v1/experiences",
+        Some(scope::EXPERIENCE_READ),
+        Answer::EmptyList,
+    ),
+    endpoint(
+        Method::GET,
+        "/v1/marketing-consents",
+        Some(scope::MARKETING_READ),
+        Answer::EmptyList,
+    ),
+    endpoint(
+        Method::GET,
+        "/v1/orders",
+        Some(scope::ORDER_READ),
+        Answer::EmptyList,
+    ),
+    endpoint(
+        Method::GET,
+        "/v1/webhook-subscriptions",
+        Some(scope::WEBHOOK_READ),
+        Answer::EmptyList,
+    ),
+    endpoint(
+        Method::POST,
+        "/v1/webhook-subscriptions",
+        Some(scope::WEBHOOK_WRITE),
+        Answer::Created,
+    ),
 ];
 
-/// Answers a request under `/v1`: record it, wait, apply a fault if one is queued, check the
-/// bearer token, then route.
+/// Answers a request under `/v1` (already recorded and delayed by the prelude): apply a fault
+/// if one is queued, check the bearer token, then route.
 pub(crate) async fn handle(shared: &Shared, head: &Parts, body: RequestBody) -> SandboxResponse {
-    let recorded = RecordedRequest::new(head, body.clone().unwrap_or_default());
-    let delay = shared.with(|state| {
-        state.api_requests.record(recorded);
-        state.api_delay
-    });
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
     let (fault, always_unauthorized) = shared.with(|state| {
         (
             state.queued_api_faults.pop_front(),
@@ -56,15 +125,28 @@ pub(crate) async fn handle(shared: &Shared, head: &Parts, body: RequestBody) -> 
     };
 
     let path = head.uri.path();
-    match (&head.method, path) {
-        (&Method::GET, "/v1/me") => api_json(
+    let Some(endpoint) = ENDPOINTS
+        .iter()
+        .find(|endpoint| endpoint.path == path && endpoint.method == head.method)
+    else {
+        return no_such_endpoint(&head.method, path);
+    };
+    if let Some(needed) = endpoint.scope {
+        if !scopes.iter().any(|granted| granted == needed) {
+            return unauthorized(&format!(
+                "Authorization for the resource was not successful: {} {path} requires the \
+                 scope '{needed}', which the access token was not granted.",
+                head.method
+            ));
+        }
+    }
+    match endpoint.answer {
+        Answer::Me => api_json(
             StatusCode::OK,
             &json!({ "client_id": shared.config.client_id, "scopes": scopes }),
         ),
-        (&Method::GET, _) if LIST_ENDPOINTS.contains(&path) => {
-            api_json(StatusCode::OK, &json!({ "next": null, "items": [] }))
-        }
-        (&Method::POST, "/v1/webhook-subscriptions") => match body {
+        Answer::EmptyList => api_json(StatusCode::OK, &json!({ "next": null, "items": [] })),
+        Answer::Created => match body {
             Ok(body) => response::with_body(StatusCode::CREATED, response::API_JSON, body),
             Err(BodyError::TooLarge) => api_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -77,36 +159,29 @@ pub(crate) async fn handle(shared: &Shared, head: &Parts, body: RequestBody) -> 
                 "The request body could not be read.",
             ),
         },
-        _ => match allowed_methods(path) {
-            Some(allowed) => {
-                let mut response = api_error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "METHOD_NOT_ALLOWED",
-                    format_args!("{} is not supported on {path}.", head.method),
-                );
-                response
-                    .headers_mut()
-                    .insert(ALLOW, HeaderValue::from_static(allowed));
-                response
-            }
-            None => api_error(
-                StatusCode::NOT_FOUND,
-                "NOT_FOUND",
-                format_args!("No route for {path}."),
-            ),
-        },
     }
 }
 
-/// The methods an existing endpoint supports, for the `Allow` header; `None` if there is no
-/// such endpoint.
-fn allowed_methods(path: &str) -> Option<&'static str> {
-    match path {
-        "/v1/webhook-subscriptions" => Some("GET, POST"),
-        "/v1/me" => Some("GET"),
-        _ if LIST_ENDPOINTS.contains(&path) => Some("GET"),
-        _ => None,
+/// 405 with an `Allow` header if `path` exists with other methods, otherwise 404.
+fn no_such_endpoint(method: &Method, path: &str) -> SandboxResponse {
+    let allowed: Vec<&str> = ENDPOINTS
+        .iter()
+        .filter(|endpoint| endpoint.path == path)
+        .map(|endpoint| endpoint.method.as_str())
+        .collect();
+    if allowed.is_empty() {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format_args!("No route for {path}."),
+        );
     }
+    let response = api_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        format_args!("{method} is not supported on {path}."),
+    );
+    response::with_dynamic_header(response, ALLOW, &allowed.join(", "))
 }
 
 /// The token from `Authorization: Bearer <token>` (the scheme is case-insensitive).

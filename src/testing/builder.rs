@@ -7,40 +7,22 @@ use std::time::Duration;
 use super::server::SandboxServer;
 use super::state::Config;
 use super::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_SCOPES, DEFAULT_TOKEN_LIFETIME};
-
-/// How the sandbox's client must authenticate at the token endpoint.
-///
-/// As in Hydra, the method is fixed per client: a client registered for one method that
-/// authenticates with the other gets `invalid_client`.
-///
-/// ```
-/// use understory_auth::testing::ClientAuth;
-///
-/// assert_eq!(ClientAuth::default(), ClientAuth::Post);
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum ClientAuth {
-    /// `client_secret_post`: `client_id` and `client_secret` in the form body. This is what
-    /// Understory's integration keys use.
-    #[default]
-    Post,
-    /// `client_secret_basic`: `Authorization: Basic base64(urlencode(id):urlencode(secret))`.
-    Basic,
-}
+use crate::ClientAuthMethod;
 
 /// Configures a [`SandboxServer`] before starting it; see [`SandboxServer::builder`].
 ///
 /// ```
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
-/// use understory_auth::testing::{ClientAuth, SandboxServer};
+/// use understory_auth::ClientAuthMethod;
+/// use understory_auth::testing::SandboxServer;
 ///
 /// let server = SandboxServer::builder()
 ///     .client_id("my-integration")
 ///     .client_secret("my-secret")
 ///     .token_lifetime(Duration::from_secs(60))
 ///     .allowed_scopes(["booking.read"])
-///     .client_auth_method(ClientAuth::Basic)
+///     .client_auth_method(ClientAuthMethod::ClientSecretBasic)
 ///     .start()
 ///     .await?;
 /// assert_eq!(server.client_id(), "my-integration");
@@ -56,7 +38,7 @@ pub struct SandboxBuilder {
     client_secret: String,
     token_lifetime: Duration,
     allowed_scopes: Vec<String>,
-    client_auth: ClientAuth,
+    client_auth: ClientAuthMethod,
 }
 
 impl Default for SandboxBuilder {
@@ -69,7 +51,7 @@ impl Default for SandboxBuilder {
                 .iter()
                 .map(|&scope| scope.to_owned())
                 .collect(),
-            client_auth: ClientAuth::default(),
+            client_auth: ClientAuthMethod::default(),
         }
     }
 }
@@ -172,23 +154,27 @@ impl SandboxBuilder {
         self
     }
 
-    /// How the client must authenticate (default [`ClientAuth::Post`]).
+    /// How the client must authenticate (default [`ClientAuthMethod::ClientSecretPost`],
+    /// as Understory registers its integration keys). As in Hydra, the method is fixed per
+    /// client: a client registered for one method that authenticates with the other gets
+    /// `invalid_client`.
     ///
     /// ```
     /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-    /// use understory_auth::testing::{ClientAuth, SandboxServer};
+    /// use understory_auth::ClientAuthMethod;
+    /// use understory_auth::testing::SandboxServer;
     ///
     /// let server = SandboxServer::builder()
-    ///     .client_auth_method(ClientAuth::Basic)
+    ///     .client_auth_method(ClientAuthMethod::ClientSecretBasic)
     ///     .start()
     ///     .await?;
-    /// assert_eq!(server.client_auth_method(), ClientAuth::Basic);
+    /// assert_eq!(server.client_auth_method(), ClientAuthMethod::ClientSecretBasic);
     /// # Ok(())
     /// # }
     /// # tokio::runtime::Runtime::new()?.block_on(example())?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn client_auth_method(mut self, method: ClientAuth) -> Self {
+    pub fn client_auth_method(mut self, method: ClientAuthMethod) -> Self {
         self.client_auth = method;
         self
     }
@@ -219,8 +205,7 @@ impl SandboxBuilder {
             client_id: self.client_id,
             client_secret: self.client_secret,
             client_auth: self.client_auth,
-            allowed_scopes: self.allowed_scopes,
         };
-        SandboxServer::spawn(config, self.token_lifetime).await
+        SandboxServer::spawn(config, self.allowed_scopes, self.token_lifetime).await
     }
 }

@@ -6,14 +6,16 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream;
 use http::StatusCode;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::body::Frame;
 use serde_json::json;
 
+use super::recorded::RecordedRequest;
 use super::response::{
     self, BoxError, HYDRA_JSON, SandboxResponse, api_error, final_status, hydra_error, with_body,
     with_dynamic_header,
 };
+use super::state::Shared;
 
 /// A way for the token endpoint to fail, for testing how a client copes.
 ///
@@ -21,7 +23,8 @@ use super::response::{
 /// [`SandboxServer::push_token_fault`](super::SandboxServer::push_token_fault), or make every
 /// token request fail with
 /// [`SandboxServer::set_token_fault`](super::SandboxServer::set_token_fault). A faulted request
-/// is still counted and recorded, but no token is issued for it.
+/// is still counted and recorded, but no token is issued for it (except by the echoes in
+/// [`EchoIn::TokenType`] and [`EchoIn::Scope`], which answer 200).
 ///
 /// ```
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -46,8 +49,9 @@ pub enum TokenFault {
     ServerError,
     /// 503 with Hydra's `{"error": "temporarily_unavailable", ...}`.
     Unavailable,
-    /// 429 with a small JSON body, as a rate-limiting gateway in front of the server would
-    /// answer.
+    /// 429 with Understory's `{"code": "TOO_MANY_REQUESTS", ...}`, as a rate-limiting gateway
+    /// in front of the server would answer. Understory documents no `Retry-After` ("back off
+    /// for at least one minute"): `retry_after: None` is what to expect from it.
     TooManyRequests {
         /// The `Retry-After` header, in seconds; none is sent if `None`.
         retry_after: Option<u64>,
@@ -90,6 +94,53 @@ pub enum TokenFault {
     /// 200 with a JSON-looking body (`{"access_token":"` and then spaces) that never ends,
     /// sent chunked until the client disconnects or the sandbox stops.
     EndlessBody,
+    /// Echoes the request back, as some servers and proxies do: the request body (the form,
+    /// with `client_secret` when the client sends it there), the `Authorization` header (with
+    /// the Basic-encoded secret when the client sends it there) and the latest access token
+    /// the sandbox issued, space separated, in the place [`EchoIn`] says. For testing that a
+    /// client never shows such an answer's secrets.
+    Echo(EchoIn),
+}
+
+/// Where [`TokenFault::Echo`] puts the echoed request.
+///
+/// ```
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use understory_auth::testing::{EchoIn, SandboxServer, TokenFault};
+///
+/// let server = SandboxServer::start().await?;
+/// server.push_token_fault(TokenFault::Echo(EchoIn::ErrorDescription));
+/// let response = reqwest::Client::new()
+///     .post(server.token_url())
+///     .header("content-type", "application/x-www-form-urlencoded")
+///     .body("client_secret=s3cret")
+///     .send()
+///     .await?;
+/// assert_eq!(response.status(), 400);
+/// assert!(response.text().await?.contains("client_secret=s3cret"));
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Runtime::new()?.block_on(example())?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EchoIn {
+    /// 400 `{"error": "<echo>"}`.
+    Error,
+    /// 400 `{"error": "invalid_request", "error_description": "<echo>"}`.
+    ErrorDescription,
+    /// 400 `{"error": "invalid_request", "error_uri": "<echo>"}`.
+    ErrorUri,
+    /// 200 with a freshly issued token whose `"token_type"` is the echo.
+    TokenType,
+    /// 200 with a freshly issued, usable token (granted no scopes) whose `"scope"` is the echo.
+    Scope,
+    /// 502 with an HTML error page, as from a proxy, holding the echo.
+    HtmlPage,
+    /// 503 `temporarily_unavailable` with the echo in the `Retry-After` and
+    /// `WWW-Authenticate` headers.
+    Headers,
 }
 
 /// A way for the API (`/v1/...`) to fail, for testing how a client copes.
@@ -143,8 +194,12 @@ const TRUNCATED_TOKEN: &str = r#"{"access_token":"ory_at_truncated"#;
 const RESET_PAUSE: Duration = Duration::from_millis(20);
 
 impl TokenFault {
-    /// The answer to a token request hit by this fault.
-    pub(crate) async fn respond(self) -> SandboxResponse {
+    /// The answer to `request`, a token request hit by this fault.
+    pub(crate) async fn respond(
+        self,
+        shared: &Shared,
+        request: &RecordedRequest,
+    ) -> SandboxResponse {
         match self {
             Self::ServerError => hydra_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -191,6 +246,7 @@ impl TokenFault {
             Self::Hang => std::future::pending().await,
             Self::ResetMidBody => reset_mid_body(),
             Self::EndlessBody => endless_body(),
+            Self::Echo(into) => echo(shared, request, into),
         }
     }
 }
@@ -216,6 +272,62 @@ impl ApiFault {
             ),
             Self::TooManyRequests { retry_after } => too_many_requests(retry_after),
             Self::Hang => std::future::pending().await,
+        }
+    }
+}
+
+/// See [`TokenFault::Echo`].
+fn echo(shared: &Shared, request: &RecordedRequest, into: EchoIn) -> SandboxResponse {
+    let latest_token = shared.with(|state| state.latest_token());
+    let mut echoed = String::from_utf8_lossy(&request.body).into_owned();
+    for part in [request.header("authorization"), latest_token.as_deref()]
+        .into_iter()
+        .flatten()
+    {
+        echoed.push(' ');
+        echoed.push_str(part);
+    }
+    let invalid_request = |field: &str| {
+        let mut answer = serde_json::Map::new();
+        answer.insert("error".to_owned(), "invalid_request".into());
+        answer.insert(field.to_owned(), echoed.clone().into());
+        response::hydra_json(StatusCode::BAD_REQUEST, &answer.into())
+    };
+    let issued = |token_type: &str, scope: &str| {
+        let issued = shared.with(|state| state.issue_token(Vec::new()));
+        response::hydra_json(
+            StatusCode::OK,
+            &json!({
+                "access_token": issued.access_token,
+                "expires_in": issued.expires_in,
+                "scope": scope,
+                "token_type": token_type,
+            }),
+        )
+    };
+    match into {
+        EchoIn::Error => response::hydra_json(StatusCode::BAD_REQUEST, &json!({ "error": echoed })),
+        EchoIn::ErrorDescription => invalid_request("error_description"),
+        EchoIn::ErrorUri => invalid_request("error_uri"),
+        EchoIn::TokenType => issued(&echoed, ""),
+        EchoIn::Scope => issued("bearer", &echoed),
+        EchoIn::HtmlPage => with_body(
+            StatusCode::BAD_GATEWAY,
+            "text/html",
+            format!("<html><body><h1>502 Bad Gateway</h1><pre>{echoed}</pre></body></html>"),
+        ),
+        EchoIn::Headers => {
+            let response = hydra_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "The authorization server is currently unable to handle the request.",
+            );
+            let response = with_dynamic_header(response, RETRY_AFTER, &echoed);
+            with_dynamic_header(
+                response,
+                WWW_AUTHENTICATE,
+                &format!("Basic realm=\"{echoed}\""),
+            )
         }
     }
 }

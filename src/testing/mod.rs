@@ -11,11 +11,35 @@
 //! - inspect what the client sent ([`SandboxServer::token_requests_received`],
 //!   [`RecordedRequest`]) and how often ([`SandboxServer::token_requests`]);
 //! - make the token endpoint misbehave once or persistently ([`TokenFault`]: Hydra errors,
-//!   proxy error pages, malformed bodies, hangs, truncated and endless bodies, …) and the API
-//!   too ([`ApiFault`]);
+//!   rate limits with and without `Retry-After`, proxy error pages, malformed bodies, hangs,
+//!   truncated and endless bodies, answers echoing the request and its secrets back, …) and
+//!   the API too ([`ApiFault`]);
 //! - revoke or expire tokens ([`SandboxServer::revoke_token`],
 //!   [`SandboxServer::set_token_lifetime`]) to exercise re-authentication;
-//! - slow either side down ([`SandboxServer::set_token_delay`]).
+//! - slow either side down ([`SandboxServer::set_token_delay`]);
+//! - change at run time which scopes the key may request
+//!   ([`SandboxServer::set_allowed_scopes`]), as an administrator does in Backoffice.
+//!
+//! # The API
+//!
+//! Like Understory's, the API answers every error as `{"code": "...", "message": "..."}`, and
+//! answers `401` with the code `UNAUTHORIZED` both to a token that is missing, unknown,
+//! expired or revoked **and** to a valid token that lacks the endpoint's scope ("authorization
+//! for the resource was not successful"). The endpoints, and the scope each requires:
+//!
+//! | Endpoint | Scope | Answer |
+//! |---|---|---|
+//! | `GET /v1/me` | none (any valid token) | `{"client_id": ..., "scopes": [...]}` |
+//! | `GET /v1/bookings` | `booking.read` | `{"next": null, "items": []}` |
+//! | `GET /v1/events`, `GET /v1/event-availabilities` | `event.read` | the same |
+//! | `GET /v1/experiences` | `experience.read` | the same |
+//! | `GET /v1/marketing-consents` | `marketing.read` | the same |
+//! | `GET /v1/orders` | `order.read` | the same |
+//! | `GET /v1/webhook-subscriptions` | `webhook.read` | the same |
+//! | `POST /v1/webhook-subscriptions` | `webhook.write` | 201 with the request body |
+//!
+//! Another method on a listed path answers `405 METHOD_NOT_ALLOWED` (with `Allow`), any other
+//! path `404 NOT_FOUND`. The scopes are in [`crate::scope`].
 //!
 //! Besides the token endpoint and `/v1/...`, two helper routes are served (neither is counted
 //! or recorded): `GET /redirect?to=<url-encoded URL>[&status=307]` answers a redirect (302 by
@@ -29,43 +53,40 @@
 //!
 //! # Example
 //!
-//! Fetch a token the way Understory documents it, then call `GET /v1/me` with it:
+//! Test an application's own client against the sandbox: [`SandboxServer::auth_builder`] gives
+//! an [`UnderstoryAuthBuilder`](crate::UnderstoryAuthBuilder) already pointed at it, and
+//! [`SandboxServer::credentials`] the sandbox's key.
 //!
 //! ```
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! use understory_auth::testing::SandboxServer;
+//! use understory_auth::{UnderstoryAuth, scope};
 //!
 //! let server = SandboxServer::start().await?;
+//! let credentials = server.credentials().with_scopes([scope::OPENID, scope::BOOKING_READ]);
+//! let auth: UnderstoryAuth = server.auth_builder(credentials).build()?;
+//!
+//! // What the reqwest middleware and the tower layer do for every request:
+//! let token = auth.token().await?;
+//! assert_eq!(token.scopes(), [scope::OPENID, scope::BOOKING_READ]);
 //! let http = reqwest::Client::new();
-//!
-//! let form = url::form_urlencoded::Serializer::new(String::new())
-//!     .append_pair("grant_type", "client_credentials")
-//!     .append_pair("scope", "openid booking.read")
-//!     .append_pair("audience", "https://api.understory.io")
-//!     .append_pair("client_id", server.client_id())
-//!     .append_pair("client_secret", server.client_secret())
-//!     .finish();
-//! let response = http
-//!     .post(server.token_url())
-//!     .header("content-type", "application/x-www-form-urlencoded")
-//!     .body(form)
+//! let bookings = http
+//!     .get(format!("{}/v1/bookings", server.api_base()))
+//!     .header("authorization", token.header_value().clone())
 //!     .send()
 //!     .await?;
-//! assert_eq!(response.status(), 200);
-//! let token: serde_json::Value = serde_json::from_slice(&response.bytes().await?)?;
-//! assert_eq!(token["token_type"], "bearer");
-//! assert_eq!(token["scope"], "openid booking.read");
-//! let access_token = token["access_token"].as_str().ok_or("no access token")?;
+//! assert_eq!(bookings.status(), 200);
 //!
-//! let me = http
-//!     .get(format!("{}/v1/me", server.api_base()))
-//!     .bearer_auth(access_token)
+//! // A scope the token was not granted: 401, as Understory answers.
+//! let orders = http
+//!     .get(format!("{}/v1/orders", server.api_base()))
+//!     .header("authorization", token.header_value().clone())
 //!     .send()
 //!     .await?;
-//! assert_eq!(me.status(), 200);
+//! assert_eq!(orders.status(), 401);
 //!
 //! assert_eq!(server.token_requests(), 1);
-//! assert_eq!(server.api_requests(), 1);
+//! assert_eq!(server.api_requests(), 2);
 //! # Ok(())
 //! # }
 //! # tokio::runtime::Runtime::new()?.block_on(example())?;
@@ -73,6 +94,8 @@
 //! ```
 
 use std::time::Duration;
+
+use crate::scope;
 
 mod api;
 mod basic_auth;
@@ -85,8 +108,8 @@ mod server;
 mod state;
 mod token_endpoint;
 
-pub use builder::{ClientAuth, SandboxBuilder};
-pub use faults::{ApiFault, TokenFault};
+pub use builder::SandboxBuilder;
+pub use faults::{ApiFault, EchoIn, TokenFault};
 pub use recorded::RecordedRequest;
 pub use server::SandboxServer;
 
@@ -127,15 +150,15 @@ pub const DEFAULT_CLIENT_SECRET: &str = "sbx.Secret~with_odd-chars1";
 /// assert!(!DEFAULT_SCOPES.contains(&"offline"));
 /// ```
 pub const DEFAULT_SCOPES: &[&str] = &[
-    "openid",
-    "booking.read",
-    "booking.write",
-    "event.read",
-    "experience.read",
-    "marketing.read",
-    "order.read",
-    "webhook.read",
-    "webhook.write",
+    scope::OPENID,
+    scope::BOOKING_READ,
+    scope::BOOKING_WRITE,
+    scope::EVENT_READ,
+    scope::EXPERIENCE_READ,
+    scope::MARKETING_READ,
+    scope::ORDER_READ,
+    scope::WEBHOOK_READ,
+    scope::WEBHOOK_WRITE,
 ];
 
 /// How long tokens stay valid unless [`SandboxBuilder::token_lifetime`] or

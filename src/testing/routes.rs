@@ -10,6 +10,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
+use super::recorded::RecordedRequest;
 use super::response::{self, SandboxResponse, api_error, api_json, with_dynamic_header};
 use super::state::Shared;
 use super::{TOKEN_PATH, api, token_endpoint};
@@ -38,8 +39,10 @@ pub(crate) async fn handle(shared: &Shared, request: Request<Incoming>) -> Sandb
     let body = read_body(body).await;
     let path = head.uri.path();
     if path == TOKEN_PATH {
-        token_endpoint::handle(shared, &head, body).await
+        let recorded = prelude(shared, Side::Token, &head, &body).await;
+        token_endpoint::handle(shared, &head, body, &recorded).await
     } else if path == "/v1" || path.starts_with("/v1/") {
+        prelude(shared, Side::Api, &head, &body).await;
         api::handle(shared, &head, body).await
     } else if path == "/redirect" {
         redirect(&head)
@@ -52,6 +55,33 @@ pub(crate) async fn handle(shared: &Shared, request: Request<Incoming>) -> Sandb
             format_args!("No route for {path}."),
         )
     }
+}
+
+/// The two sides of the sandbox whose requests are counted, recorded and delayed.
+#[derive(Clone, Copy)]
+enum Side {
+    /// The token endpoint.
+    Token,
+    /// The API under `/v1`.
+    Api,
+}
+
+/// What every request to either side goes through first: it is counted and recorded, then
+/// held back for that side's delay. Returns the recording.
+async fn prelude(shared: &Shared, side: Side, head: &Parts, body: &RequestBody) -> RecordedRequest {
+    let recorded = RecordedRequest::new(head, body.clone().unwrap_or_default());
+    let delay = shared.with(|state| {
+        let (log, delay) = match side {
+            Side::Token => (&mut state.token_requests, state.token_delay),
+            Side::Api => (&mut state.api_requests, state.api_delay),
+        };
+        log.record(recorded.clone());
+        delay
+    });
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    recorded
 }
 
 /// Reads a body of at most [`BODY_LIMIT`] bytes. A larger one is still drained (up to

@@ -17,12 +17,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::TOKEN_PATH;
-use super::builder::{ClientAuth, SandboxBuilder};
+use super::builder::SandboxBuilder;
 use super::faults::{ApiFault, TokenFault};
 use super::recorded::RecordedRequest;
 use super::routes;
 use super::state::{Config, Shared};
-use crate::{ClientAuthMethod, Credentials};
+use crate::{ClientAuthMethod, Credentials, UnderstoryAuth, UnderstoryAuthBuilder};
 
 /// How long the accept loop pauses after a failed `accept` (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
@@ -132,10 +132,14 @@ impl SandboxServer {
     }
 
     /// Binds the listener and spawns the accept loop.
-    pub(crate) async fn spawn(config: Config, token_lifetime: Duration) -> io::Result<Self> {
+    pub(crate) async fn spawn(
+        config: Config,
+        allowed_scopes: Vec<String>,
+        token_lifetime: Duration,
+    ) -> io::Result<Self> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::new(config, token_lifetime));
+        let shared = Arc::new(Shared::new(config, allowed_scopes, token_lifetime));
         let listener = Arc::new(Mutex::new(Some(listener)));
         let (shutdown, shutdown_rx) = watch::channel(());
         tokio::spawn(accept_loop(
@@ -247,16 +251,17 @@ impl SandboxServer {
     ///
     /// ```
     /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-    /// use understory_auth::testing::{ClientAuth, SandboxServer};
+    /// use understory_auth::ClientAuthMethod;
+    /// use understory_auth::testing::SandboxServer;
     ///
     /// let server = SandboxServer::start().await?;
-    /// assert_eq!(server.client_auth_method(), ClientAuth::Post);
+    /// assert_eq!(server.client_auth_method(), ClientAuthMethod::ClientSecretPost);
     /// # Ok(())
     /// # }
     /// # tokio::runtime::Runtime::new()?.block_on(example())?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn client_auth_method(&self) -> ClientAuth {
+    pub fn client_auth_method(&self) -> ClientAuthMethod {
         self.running.shared.config.client_auth
     }
 
@@ -266,10 +271,10 @@ impl SandboxServer {
     /// ```
     /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
     /// use understory_auth::ClientAuthMethod;
-    /// use understory_auth::testing::{ClientAuth, SandboxServer};
+    /// use understory_auth::testing::SandboxServer;
     ///
     /// let server = SandboxServer::builder()
-    ///     .client_auth_method(ClientAuth::Basic)
+    ///     .client_auth_method(ClientAuthMethod::ClientSecretBasic)
     ///     .start()
     ///     .await?;
     /// let credentials = server.credentials().with_scopes(["openid"]);
@@ -281,11 +286,38 @@ impl SandboxServer {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn credentials(&self) -> Credentials {
-        let method = match self.client_auth_method() {
-            ClientAuth::Post => ClientAuthMethod::ClientSecretPost,
-            ClientAuth::Basic => ClientAuthMethod::ClientSecretBasic,
-        };
-        Credentials::new(self.client_id(), self.client_secret()).with_auth_method(method)
+        Credentials::new(self.client_id(), self.client_secret())
+            .with_auth_method(self.client_auth_method())
+    }
+
+    /// An [`UnderstoryAuthBuilder`] for `credentials`, already pointed at this sandbox: its
+    /// token endpoint and its API (`token_url` and `api_base`). Add scopes to
+    /// [`credentials`](Self::credentials), or pass any others to test how a wrong key fails.
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use understory_auth::testing::SandboxServer;
+    /// use understory_auth::{UnderstoryAuth, scope};
+    ///
+    /// let server = SandboxServer::start().await?;
+    /// let credentials = server.credentials().with_scopes([scope::BOOKING_READ]);
+    /// let auth: UnderstoryAuth = server.auth_builder(credentials).build()?;
+    /// let token = auth.token().await?;
+    /// let bookings = reqwest::Client::new()
+    ///     .get(format!("{}/v1/bookings", server.api_base()))
+    ///     .bearer_auth(token.secret())
+    ///     .send()
+    ///     .await?;
+    /// assert_eq!(bookings.status(), 200);
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Runtime::new()?.block_on(example())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn auth_builder(&self, credentials: Credentials) -> UnderstoryAuthBuilder {
+        UnderstoryAuth::builder(credentials)
+            .token_url(self.token_url())
+            .api_base(self.api_base())
     }
 
     /// How many requests reached the token endpoint (`/oauth2/token`, any method), failed and
@@ -386,7 +418,8 @@ impl SandboxServer {
     }
 
     /// Every access token issued so far, oldest first (answers hit by a [`TokenFault`] issue
-    /// none). Not cleared by [`reset_counters`](Self::reset_counters).
+    /// none, except two echoes: see [`TokenFault::Echo`]). Not cleared by
+    /// [`reset_counters`](Self::reset_counters).
     ///
     /// ```
     /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -476,6 +509,86 @@ impl SandboxServer {
         self.running
             .shared
             .with(|state| state.token_lifetime = lifetime);
+    }
+
+    /// Changes, from now on, which scopes the client may request: what happens when an
+    /// administrator changes an integration key's permissions in Backoffice.
+    ///
+    /// What a real client then sees (Understory's auth server is an Ory Hydra):
+    /// - tokens already issued keep the scopes they were granted, so an endpoint needing a
+    ///   scope just added still answers `401 UNAUTHORIZED` to them; the first token requested
+    ///   afterwards carries it (if the client requests it);
+    /// - a token request asking for a scope no longer allowed is refused as a whole with
+    ///   `400 invalid_scope`: the client gets no token at all, for any endpoint, until it
+    ///   stops requesting the scope or the scope is allowed again. (Unless
+    ///   [`set_omit_unallowed_scopes`](Self::set_omit_unallowed_scopes) is on.)
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use understory_auth::testing::SandboxServer;
+    /// use understory_auth::{UnderstoryAuth, scope};
+    ///
+    /// let server = SandboxServer::builder()
+    ///     .allowed_scopes([scope::MARKETING_READ])
+    ///     .start()
+    ///     .await?;
+    /// let wants_bookings = server.credentials().with_scopes([scope::BOOKING_READ]);
+    /// let auth = server.auth_builder(wants_bookings.clone()).build()?;
+    /// let error = auth.token().await.unwrap_err();
+    /// assert_eq!(error.oauth_code(), Some("invalid_scope"));
+    ///
+    /// server.set_allowed_scopes([scope::MARKETING_READ, scope::BOOKING_READ]);
+    /// let auth = server.auth_builder(wants_bookings).build()?;
+    /// assert_eq!(auth.token().await?.scopes(), [scope::BOOKING_READ]);
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Runtime::new()?.block_on(example())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_allowed_scopes<I>(&self, scopes: I)
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let scopes: Vec<String> = scopes.into_iter().map(Into::into).collect();
+        self.running
+            .shared
+            .with(|state| state.allowed_scopes = scopes);
+    }
+
+    /// While `on`, a token request asking for scopes the client may not request is not
+    /// refused: the token is granted the allowed ones only, and the answer's `scope` says so
+    /// (RFC 6749 section 3.3 allows an auth server to grant less than was asked). Off by
+    /// default, as in Hydra, which refuses with `invalid_scope` instead.
+    ///
+    /// This models a key whose missing permission is added later while the client keeps
+    /// requesting it: the endpoint needing it answers `401 UNAUTHORIZED` until the first
+    /// token requested after [`set_allowed_scopes`](Self::set_allowed_scopes) adds it.
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use understory_auth::testing::SandboxServer;
+    /// use understory_auth::scope;
+    ///
+    /// let server = SandboxServer::builder()
+    ///     .allowed_scopes([scope::MARKETING_READ])
+    ///     .start()
+    ///     .await?;
+    /// server.set_omit_unallowed_scopes(true);
+    /// let credentials = server
+    ///     .credentials()
+    ///     .with_scopes([scope::MARKETING_READ, scope::BOOKING_READ]);
+    /// let auth = server.auth_builder(credentials).build()?;
+    /// assert_eq!(auth.token().await?.scopes(), [scope::MARKETING_READ]);
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Runtime::new()?.block_on(example())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_omit_unallowed_scopes(&self, on: bool) {
+        self.running
+            .shared
+            .with(|state| state.omit_unallowed_scopes = on);
     }
 
     /// Makes the token endpoint wait `delay` before answering each request (the request is

@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::builder::ClientAuth;
 use super::faults::{ApiFault, TokenFault};
 use super::recorded::RecordedRequest;
+use crate::ClientAuthMethod;
 
 /// How many requests of each kind are kept for inspection; the oldest are dropped first.
 const RECORD_LIMIT: usize = 100_000;
@@ -23,12 +23,16 @@ pub(crate) struct Shared {
 pub(crate) struct Config {
     pub(crate) client_id: String,
     pub(crate) client_secret: String,
-    pub(crate) client_auth: ClientAuth,
-    pub(crate) allowed_scopes: Vec<String>,
+    pub(crate) client_auth: ClientAuthMethod,
 }
 
 /// The part of the sandbox that changes while it runs.
 pub(crate) struct State {
+    /// The scopes the client may request (its permissions).
+    pub(crate) allowed_scopes: Vec<String>,
+    /// Whether a request for a scope not allowed is granted the allowed ones only, instead
+    /// of being refused with `invalid_scope`.
+    pub(crate) omit_unallowed_scopes: bool,
     pub(crate) token_lifetime: Duration,
     pub(crate) token_delay: Duration,
     pub(crate) api_delay: Duration,
@@ -74,8 +78,14 @@ pub(crate) enum TokenStatus {
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config, token_lifetime: Duration) -> Self {
+    pub(crate) fn new(
+        config: Config,
+        allowed_scopes: Vec<String>,
+        token_lifetime: Duration,
+    ) -> Self {
         let state = State {
+            allowed_scopes,
+            omit_unallowed_scopes: false,
             token_lifetime,
             token_delay: Duration::ZERO,
             api_delay: Duration::ZERO,
@@ -144,6 +154,11 @@ impl State {
                 scopes: token.scopes.clone(),
             },
         }
+    }
+
+    /// The token issued last, if any.
+    pub(crate) fn latest_token(&self) -> Option<String> {
+        self.issued_in_order.last().cloned()
     }
 
     /// Every token issued so far, oldest first.

@@ -6,26 +6,23 @@ use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::json;
 
-use super::builder::ClientAuth;
 use super::recorded::RecordedRequest;
 use super::response::{SandboxResponse, hydra_error, hydra_json};
 use super::routes::{BodyError, RequestBody};
 use super::state::{Config, Issued, Shared, State};
 use super::{AUDIENCE, basic_auth};
+use crate::ClientAuthMethod;
 
-/// Answers a request to the token endpoint: record it, wait, apply a fault if one is set,
-/// otherwise grant or refuse a token.
-pub(crate) async fn handle(shared: &Shared, head: &Parts, body: RequestBody) -> SandboxResponse {
-    let recorded = RecordedRequest::new(head, body.clone().unwrap_or_default());
-    let delay = shared.with(|state| {
-        state.token_requests.record(recorded);
-        state.token_delay
-    });
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
+/// Answers a request to the token endpoint (already recorded and delayed by the prelude):
+/// apply a fault if one is set, otherwise grant or refuse a token.
+pub(crate) async fn handle(
+    shared: &Shared,
+    head: &Parts,
+    body: RequestBody,
+    recorded: &RecordedRequest,
+) -> SandboxResponse {
     if let Some(fault) = shared.with(State::next_token_fault) {
-        return fault.respond().await;
+        return fault.respond(shared, recorded).await;
     }
     match grant(shared, head, body) {
         Ok(issued) => success(&issued),
@@ -68,18 +65,7 @@ fn grant(shared: &Shared, head: &Parts, body: RequestBody) -> Result<Issued, OAu
         )));
     }
 
-    let mut scopes: Vec<String> = Vec::new();
-    for scope in form.get("scope").unwrap_or_default().split(' ') {
-        if scope.is_empty() || scopes.iter().any(|granted| granted == scope) {
-            continue;
-        }
-        if !config.allowed_scopes.iter().any(|allowed| allowed == scope) {
-            return Err(OAuthError::InvalidScope(format!(
-                "The OAuth 2.0 Client is not allowed to request scope '{scope}'."
-            )));
-        }
-        scopes.push(scope.to_owned());
-    }
+    let scopes = shared.with(|state| grant_scopes(state, form.get("scope").unwrap_or_default()))?;
 
     match form.get("audience") {
         Some(AUDIENCE) => {}
@@ -96,6 +82,28 @@ fn grant(shared: &Shared, head: &Parts, body: RequestBody) -> Result<Issued, OAu
     }
 
     Ok(shared.with(|state| state.issue_token(scopes)))
+}
+
+/// The scopes to grant for the space-separated `requested` ones (duplicates dropped). As in
+/// Hydra, a scope the client may not request refuses the whole request with `invalid_scope`,
+/// unless the sandbox is set to leave such scopes out of the grant instead.
+fn grant_scopes(state: &State, requested: &str) -> Result<Vec<String>, OAuthError> {
+    let mut scopes: Vec<String> = Vec::new();
+    for scope in requested.split(' ') {
+        if scope.is_empty() || scopes.iter().any(|granted| granted == scope) {
+            continue;
+        }
+        if !state.allowed_scopes.iter().any(|allowed| allowed == scope) {
+            if state.omit_unallowed_scopes {
+                continue;
+            }
+            return Err(OAuthError::InvalidScope(format!(
+                "The OAuth 2.0 Client is not allowed to request scope '{scope}'."
+            )));
+        }
+        scopes.push(scope.to_owned());
+    }
+    Ok(scopes)
 }
 
 /// Whether the request says its body is `application/x-www-form-urlencoded`.
@@ -125,10 +133,10 @@ fn authenticate(config: &Config, headers: &HeaderMap, form: &Form) -> Result<(),
         (_, None, None) => Err(OAuthError::InvalidClient(
             "No client credentials were sent.".to_owned(),
         )),
-        (ClientAuth::Post, None, Some(secret)) => {
+        (ClientAuthMethod::ClientSecretPost, None, Some(secret)) => {
             check_credentials(config, form.get("client_id").unwrap_or_default(), secret)
         }
-        (ClientAuth::Basic, Some(header), None) => {
+        (ClientAuthMethod::ClientSecretBasic, Some(header), None) => {
             let credentials = basic_auth::parse(header).ok_or_else(|| {
                 OAuthError::InvalidClient(
                     "The Authorization header is not valid HTTP Basic authentication.".to_owned(),
@@ -136,7 +144,8 @@ fn authenticate(config: &Config, headers: &HeaderMap, form: &Form) -> Result<(),
             })?;
             check_credentials(config, &credentials.client_id, &credentials.client_secret)
         }
-        (ClientAuth::Post, Some(_), None) | (ClientAuth::Basic, None, Some(_)) => {
+        (ClientAuthMethod::ClientSecretPost, Some(_), None)
+        | (ClientAuthMethod::ClientSecretBasic, None, Some(_)) => {
             Err(wrong_method(config.client_auth))
         }
     }
@@ -160,10 +169,10 @@ fn check_credentials(
     Ok(())
 }
 
-fn wrong_method(registered: ClientAuth) -> OAuthError {
+fn wrong_method(registered: ClientAuthMethod) -> OAuthError {
     let (registered, used) = match registered {
-        ClientAuth::Post => ("client_secret_post", "client_secret_basic"),
-        ClientAuth::Basic => ("client_secret_basic", "client_secret_post"),
+        ClientAuthMethod::ClientSecretPost => ("client_secret_post", "client_secret_basic"),
+        ClientAuthMethod::ClientSecretBasic => ("client_secret_basic", "client_secret_post"),
     };
     OAuthError::InvalidClient(format!(
         "The OAuth 2.0 Client supports client authentication method '{registered}', but method \

@@ -4,8 +4,20 @@
 use std::io;
 use std::sync::Arc;
 
-use understory_auth::testing::SandboxServer;
+use understory_auth::testing::{EchoIn, SandboxServer};
 use understory_auth::{Credentials, UnderstoryAuth};
+
+/// Every place [`TokenFault::Echo`](understory_auth::testing::TokenFault::Echo) can put the
+/// echoed request.
+pub const ECHO_PLACES: [EchoIn; 7] = [
+    EchoIn::Error,
+    EchoIn::ErrorDescription,
+    EchoIn::ErrorUri,
+    EchoIn::TokenType,
+    EchoIn::Scope,
+    EchoIn::HtmlPage,
+    EchoIn::Headers,
+];
 
 /// A sandbox server with its default settings.
 pub async fn sandbox() -> SandboxServer {
@@ -24,9 +36,8 @@ pub fn auth(sandbox: &SandboxServer) -> UnderstoryAuth {
 
 /// An `UnderstoryAuth` pointed at `sandbox`, with the given credentials.
 pub fn auth_with(sandbox: &SandboxServer, credentials: Credentials) -> UnderstoryAuth {
-    UnderstoryAuth::builder(credentials)
-        .token_url(sandbox.token_url())
-        .api_base(sandbox.api_base())
+    sandbox
+        .auth_builder(credentials)
         .build()
         .expect("auth builds")
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use understory_auth::testing::{ClientAuth, SandboxServer, TokenFault};
+use understory_auth::testing::{SandboxServer, TokenFault};
 use understory_auth::{ClientAuthMethod, Credentials, Error, UnderstoryAuth};
 
 use crate::common::{auth, auth_with, credentials, sandbox};
@@ -26,13 +26,11 @@ async fn with_fault(fault: TokenFault) -> (SandboxServer, Error) {
 #[tokio::test]
 async fn the_request_is_exactly_what_understory_documents() {
     let server = sandbox().await;
-    let auth =
-        UnderstoryAuth::builder(credentials(&server).with_scopes(["openid", "marketing.read"]))
-            .token_url(server.token_url())
-            .api_base(server.api_base())
-            .user_agent("My-Company/Marketing-Automation-App")
-            .build()
-            .unwrap();
+    let auth = server
+        .auth_builder(credentials(&server).with_scopes(["openid", "marketing.read"]))
+        .user_agent("My-Company/Marketing-Automation-App")
+        .build()
+        .unwrap();
     let token = auth.token().await.unwrap();
 
     assert_eq!(server.token_requests(), 1);
@@ -92,7 +90,7 @@ async fn no_scopes_means_no_scope_field() {
 #[tokio::test]
 async fn client_secret_basic_sends_the_secret_in_the_header_only() {
     let server = SandboxServer::builder()
-        .client_auth_method(ClientAuth::Basic)
+        .client_auth_method(ClientAuthMethod::ClientSecretBasic)
         .start()
         .await
         .unwrap();
@@ -149,8 +147,8 @@ async fn a_scope_the_key_lacks_is_named() {
 #[tokio::test]
 async fn a_wrong_audience_is_invalid_request() {
     let server = sandbox().await;
-    let err = UnderstoryAuth::builder(credentials(&server))
-        .token_url(server.token_url())
+    let err = server
+        .auth_builder(credentials(&server))
         .audience("https://elsewhere.example")
         .build()
         .unwrap()
@@ -177,8 +175,65 @@ async fn rate_limiting_carries_retry_after() {
     })
     .await;
     assert!(err.is_transient());
+    assert!(err.is_rate_limited());
     assert_eq!(err.retry_after(), Some(Duration::from_secs(42)));
     assert_eq!(err.status().map(|s| s.as_u16()), Some(429));
+
+    let (_server, err) = with_fault(TokenFault::TooManyRequests { retry_after: None }).await;
+    assert!(err.is_transient() && err.is_rate_limited());
+    assert_eq!(err.retry_after(), None);
+}
+
+#[tokio::test]
+async fn retry_after_is_capped_at_five_minutes() {
+    let (_server, err) = with_fault(TokenFault::TooManyRequests {
+        retry_after: Some(99_999),
+    })
+    .await;
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(300)));
+}
+
+/// A token endpoint on 127.0.0.1 that answers every request with `status` and
+/// `Retry-After: <retry_after>` (and a JSON error body); its URL.
+async fn retry_after_server(status: u16, retry_after: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/oauth2/token", listener.local_addr().unwrap());
+    let body = r#"{"error":"server_error"}"#;
+    let answer = format!(
+        "HTTP/1.1 {status} Whatever\r\nRetry-After: {retry_after}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = [0; 4096];
+            let _ = stream.read(&mut request).await;
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn retry_after_counts_on_429_and_503_only() {
+    for (status, expected) in [
+        (429, Some(Duration::from_secs(30))),
+        (503, Some(Duration::from_secs(30))),
+        (500, None),
+        (502, None),
+        (400, None),
+        (401, None),
+    ] {
+        let url = retry_after_server(status, "30").await;
+        let auth = UnderstoryAuth::builder(Credentials::new("id", "secret"))
+            .token_url(url)
+            .build()
+            .unwrap();
+        let err = auth.token().await.expect_err("an error answer");
+        assert_eq!(err.retry_after(), expected, "HTTP {status}: {err}");
+        assert_eq!(err.is_rate_limited(), status == 429, "HTTP {status}");
+    }
 }
 
 #[tokio::test]
@@ -249,8 +304,8 @@ async fn a_redirect_is_never_followed() {
 async fn a_hanging_server_times_out() {
     let server = sandbox().await;
     server.push_token_fault(TokenFault::Hang);
-    let err = UnderstoryAuth::builder(credentials(&server))
-        .token_url(server.token_url())
+    let err = server
+        .auth_builder(credentials(&server))
         .token_timeout(Duration::from_millis(300))
         .build()
         .unwrap()

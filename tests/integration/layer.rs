@@ -19,7 +19,7 @@ use tower::{BoxError, Layer, ServiceBuilder, ServiceExt, service_fn};
 use tower_http::trace::TraceLayer;
 use understory_auth::testing::{SandboxServer, TokenFault};
 use understory_auth::{
-    BearerAuth, BearerAuthLayer, Credentials, RetryOnUnauthorized, SkipAuth, UnderstoryAuth,
+    BearerAuth, BearerAuthLayer, Credentials, RetryOnUnauthorized, SkipAuth, UnderstoryAuth, scope,
 };
 
 use crate::common::{auth, auth_with, credentials, sandbox};
@@ -111,7 +111,7 @@ async fn sends_the_issued_token_cold_and_cached() -> TestResult {
     let cold = client.clone().oneshot(get(&sandbox, "/v1/me")).await?;
     let cached = client
         .clone()
-        .oneshot(get(&sandbox, "/v1/bookings"))
+        .oneshot(get(&sandbox, "/v1/me?again"))
         .await?;
 
     assert_eq!(cold.status(), StatusCode::OK);
@@ -205,7 +205,11 @@ async fn a_rejected_token_is_replaced_for_the_next_request() -> TestResult {
 #[tokio::test]
 async fn the_retry_policy_resends_once_with_a_fresh_token() -> TestResult {
     let sandbox = sandbox().await;
-    let client = retrying(&sandbox);
+    let credentials = sandbox.credentials().with_scopes([scope::WEBHOOK_WRITE]);
+    let client = ServiceBuilder::new()
+        .retry(RetryOnUnauthorized::default())
+        .layer(BearerAuthLayer::new(auth_with(&sandbox, credentials)))
+        .service(http_client());
     client.clone().oneshot(get(&sandbox, "/v1/me")).await?;
     sandbox.revoke_token(&sandbox.issued_tokens()[0]);
 

@@ -12,3 +12,5 @@ mod sandbox;
 mod soak;
 #[cfg(feature = "redis")]
 mod store;
+#[cfg(all(feature = "test-util", feature = "middleware", feature = "tower"))]
+mod unauthorized;

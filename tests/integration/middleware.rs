@@ -13,7 +13,7 @@ use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use reqwest_retry::{RetryError, RetryTransientMiddleware, policies::ExponentialBackoff};
 use reqwest_tracing::TracingMiddleware;
 use understory_auth::testing::{ApiFault, SandboxServer};
-use understory_auth::{Credentials, Error, SkipAuth, UnderstoryAuth};
+use understory_auth::{Credentials, Error, SkipAuth, UnderstoryAuth, scope};
 
 use crate::common::{auth, auth_with, capture_logs, credentials, sandbox};
 
@@ -28,6 +28,14 @@ fn client(auth: UnderstoryAuth) -> ClientWithMiddleware {
     ClientBuilder::new(reqwest::Client::new())
         .with(auth)
         .build()
+}
+
+/// An `UnderstoryAuth` whose tokens may create webhook subscriptions (a POST endpoint).
+fn webhook_writer(server: &SandboxServer) -> UnderstoryAuth {
+    auth_with(
+        server,
+        server.credentials().with_scopes([scope::WEBHOOK_WRITE]),
+    )
 }
 
 fn me(server: &SandboxServer) -> String {
@@ -249,7 +257,7 @@ async fn a_revoked_token_is_replaced_and_the_request_retried_once() -> TestResul
 #[tokio::test]
 async fn a_post_is_resent_with_the_same_body() -> TestResult {
     let server = sandbox().await;
-    let client = client(auth(&server));
+    let client = client(webhook_writer(&server));
     client.get(me(&server)).send().await?;
     server.revoke_token(&latest_token(&server));
     server.reset_counters();
@@ -334,7 +342,7 @@ async fn concurrent_rejections_of_one_stale_token_cause_one_refresh() -> TestRes
 #[tokio::test]
 async fn a_streaming_body_is_not_retried() -> TestResult {
     let server = sandbox().await;
-    let auth = auth(&server);
+    let auth = webhook_writer(&server);
     let client = client(auth.clone());
     let url = format!("{}/v1/webhook-subscriptions", server.api_base());
 

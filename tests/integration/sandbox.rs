@@ -4,12 +4,16 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use understory_auth::testing::{
-    AUDIENCE, ApiFault, ClientAuth, DEFAULT_CLIENT_SECRET, SandboxBuilder, SandboxServer,
-    TokenFault,
+    AUDIENCE, ApiFault, DEFAULT_CLIENT_SECRET, EchoIn, SandboxBuilder, SandboxServer, TokenFault,
 };
+use understory_auth::{ClientAuthMethod, scope};
+
+use crate::common::ECHO_PLACES;
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
@@ -149,26 +153,7 @@ fn basic_authorization(client_id: &str, client_secret: &str) -> String {
     let encode =
         |value: &str| url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>();
     let credentials = format!("{}:{}", encode(client_id), encode(client_secret));
-    format!("Basic {}", base64(credentials.as_bytes()))
-}
-
-/// Standard, padded base64.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut encoded = String::new();
-    for chunk in bytes.chunks(3) {
-        let byte = |index: usize| u32::from(chunk.get(index).copied().unwrap_or(0));
-        let bits = (byte(0) << 16) | (byte(1) << 8) | byte(2);
-        for position in 0..4 {
-            if position <= chunk.len() {
-                let sextet = (bits >> (18 - 6 * position)) & 0x3f;
-                encoded.push(char::from(ALPHABET[sextet as usize]));
-            } else {
-                encoded.push('=');
-            }
-        }
-    }
-    encoded
+    format!("Basic {}", STANDARD.encode(credentials))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -331,7 +316,10 @@ async fn the_default_secret_survives_form_encoding() -> TestResult {
 #[tokio::test]
 async fn basic_auth_is_refused_for_a_post_client() -> TestResult {
     let server = Sandbox::start().await?;
-    assert_eq!(server.client_auth_method(), ClientAuth::Post);
+    assert_eq!(
+        server.client_auth_method(),
+        ClientAuthMethod::ClientSecretPost
+    );
     let response = server
         .http
         .post(server.token_url())
@@ -353,12 +341,11 @@ async fn basic_auth_is_refused_for_a_post_client() -> TestResult {
 
 #[tokio::test]
 async fn basic_auth_is_accepted_for_a_basic_client() -> TestResult {
-    assert_eq!(base64(b"foo:bar"), "Zm9vOmJhcg==", "the test's own encoder");
     let server = Sandbox::from(
         SandboxServer::builder()
             .client_id("id with spaces")
             .client_secret("p@ss:w+rd%~.")
-            .client_auth_method(ClientAuth::Basic),
+            .client_auth_method(ClientAuthMethod::ClientSecretBasic),
     )
     .await?;
     let response = server
@@ -383,12 +370,14 @@ async fn basic_auth_is_accepted_for_a_basic_client() -> TestResult {
 
 #[tokio::test]
 async fn basic_auth_with_a_wrong_secret_is_invalid_client() -> TestResult {
-    let server =
-        Sandbox::from(SandboxServer::builder().client_auth_method(ClientAuth::Basic)).await?;
+    let server = Sandbox::from(
+        SandboxServer::builder().client_auth_method(ClientAuthMethod::ClientSecretBasic),
+    )
+    .await?;
     for authorization in [
         basic_authorization(server.client_id(), "wrong"),
         "Basic not*base64".to_owned(),
-        format!("Basic {}", base64(b"no-colon")),
+        format!("Basic {}", STANDARD.encode("no-colon")),
     ] {
         let response = server
             .http
@@ -408,8 +397,10 @@ async fn basic_auth_with_a_wrong_secret_is_invalid_client() -> TestResult {
 
 #[tokio::test]
 async fn post_credentials_are_refused_for_a_basic_client() -> TestResult {
-    let server =
-        Sandbox::from(SandboxServer::builder().client_auth_method(ClientAuth::Basic)).await?;
+    let server = Sandbox::from(
+        SandboxServer::builder().client_auth_method(ClientAuthMethod::ClientSecretBasic),
+    )
+    .await?;
     let description = assert_oauth_error(
         server.post_token(server.valid_form("")).await?,
         401,
@@ -648,14 +639,97 @@ async fn simple_faults_answer_as_documented() -> TestResult {
 }
 
 #[tokio::test]
-async fn too_many_requests_sends_retry_after() -> TestResult {
+async fn too_many_requests_with_and_without_retry_after() -> TestResult {
     let server = Sandbox::start().await?;
     server.push_token_fault(TokenFault::TooManyRequests {
         retry_after: Some(60),
     });
+    server.push_token_fault(TokenFault::TooManyRequests { retry_after: None });
     let response = server.post_token(server.valid_form("")).await?;
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "60");
+    let response = server.post_token(server.valid_form("")).await?;
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().get("retry-after").is_none());
+    assert_eq!(json(response).await?["code"], "TOO_MANY_REQUESTS");
+    assert!(server.issued_tokens().is_empty());
+    Ok(())
+}
+
+/// What an echo fault's answer shows of the request, wherever it puts it.
+async fn echoed_text(response: reqwest::Response, into: EchoIn) -> TestResult<String> {
+    let headers = response.headers().clone();
+    let status = response.status().as_u16();
+    let text = response.text().await?;
+    let field = |name: &str| -> TestResult<String> {
+        let body: Value = serde_json::from_str(&text)?;
+        Ok(body[name].as_str().ok_or("not a string")?.to_owned())
+    };
+    let (expected_status, echoed) = match into {
+        EchoIn::Error => (400, field("error")?),
+        EchoIn::ErrorDescription => (400, field("error_description")?),
+        EchoIn::ErrorUri => (400, field("error_uri")?),
+        EchoIn::TokenType => (200, field("token_type")?),
+        EchoIn::Scope => (200, field("scope")?),
+        EchoIn::HtmlPage => (502, text),
+        EchoIn::Headers => (
+            503,
+            format!(
+                "{} {}",
+                headers["retry-after"].to_str()?,
+                headers["www-authenticate"].to_str()?
+            ),
+        ),
+        _ => return Err("an EchoIn this test does not know".into()),
+    };
+    assert_eq!(status, expected_status, "{into:?}");
+    Ok(echoed)
+}
+
+#[tokio::test]
+async fn echo_faults_repeat_the_secrets_and_the_latest_token() -> TestResult {
+    for method in [
+        ClientAuthMethod::ClientSecretPost,
+        ClientAuthMethod::ClientSecretBasic,
+    ] {
+        let server = Sandbox::from(SandboxServer::builder().client_auth_method(method)).await?;
+        let (body, authorization) = match method {
+            ClientAuthMethod::ClientSecretPost => (server.valid_form("openid"), None),
+            _ => (
+                form(&[("grant_type", "client_credentials"), ("audience", AUDIENCE)]),
+                Some(basic_authorization(
+                    server.client_id(),
+                    server.client_secret(),
+                )),
+            ),
+        };
+        let send = || {
+            let mut request = server
+                .http
+                .post(server.token_url())
+                .header("content-type", FORM)
+                .body(body.clone());
+            if let Some(authorization) = &authorization {
+                request = request.header("authorization", authorization);
+            }
+            request.send()
+        };
+        assert_eq!(send().await?.status(), 200, "{method:?}");
+        for into in ECHO_PLACES {
+            let latest = server.issued_tokens().pop().ok_or("a token was issued")?;
+            server.push_token_fault(TokenFault::Echo(into));
+            let echoed = echoed_text(send().await?, into).await?;
+            assert!(echoed.contains(&latest), "{method:?} {into:?}: {echoed}");
+            match &authorization {
+                None => assert!(echoed.contains(&body), "{into:?}: {echoed}"),
+                Some(header) => assert!(echoed.contains(header), "{into:?}: {echoed}"),
+            }
+        }
+        // The two 200s issued real tokens, usable on the API.
+        let issued = server.issued_tokens();
+        assert_eq!(issued.len(), 3, "{method:?}");
+        assert_eq!(server.get_me(&issued[2]).await?.status(), 200);
+    }
     Ok(())
 }
 
@@ -915,7 +989,9 @@ async fn always_unauthorized_rejects_valid_tokens_until_switched_off() -> TestRe
 #[tokio::test]
 async fn api_routes_answer_like_understory() -> TestResult {
     let server = Sandbox::start().await?;
-    let token = server.fetch_token("").await?;
+    let token = server
+        .fetch_token("booking.read experience.read event.read webhook.write")
+        .await?;
 
     for path in [
         "/v1/bookings",
@@ -966,6 +1042,141 @@ async fn api_routes_answer_like_understory() -> TestResult {
     assert_eq!(response.headers()["allow"], "GET");
 
     assert_eq!(server.api_requests(), 6);
+    Ok(())
+}
+
+/// Every endpoint, with the scope it requires.
+const SCOPED_ENDPOINTS: [(&str, &str, &str); 8] = [
+    ("GET", "/v1/bookings", scope::BOOKING_READ),
+    ("GET", "/v1/events", scope::EVENT_READ),
+    ("GET", "/v1/event-availabilities", scope::EVENT_READ),
+    ("GET", "/v1/experiences", scope::EXPERIENCE_READ),
+    ("GET", "/v1/marketing-consents", scope::MARKETING_READ),
+    ("GET", "/v1/orders", scope::ORDER_READ),
+    ("GET", "/v1/webhook-subscriptions", scope::WEBHOOK_READ),
+    ("POST", "/v1/webhook-subscriptions", scope::WEBHOOK_WRITE),
+];
+
+impl Sandbox {
+    async fn call(&self, method: &str, path: &str, token: &str) -> TestResult<reqwest::Response> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        Ok(self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(token)
+            .body("{}")
+            .send()
+            .await?)
+    }
+}
+
+#[tokio::test]
+async fn each_endpoint_needs_its_scope_and_says_unauthorized_without_it() -> TestResult {
+    let server = Sandbox::start().await?;
+    let unscoped = server.fetch_token("openid").await?;
+    assert_eq!(server.get_me(&unscoped).await?.status(), 200);
+    for (method, path, needed) in SCOPED_ENDPOINTS {
+        let message = assert_unauthorized(server.call(method, path, &unscoped).await?).await?;
+        assert!(message.contains(needed), "{method} {path}: {message}");
+
+        let scoped = server.fetch_token(needed).await?;
+        let response = server.call(method, path, &scoped).await?;
+        assert!(response.status().is_success(), "{method} {path}");
+        // A scope for something else does not do.
+        let other = if needed == scope::ORDER_READ {
+            scope::BOOKING_READ
+        } else {
+            scope::ORDER_READ
+        };
+        let elsewhere = server.fetch_token(other).await?;
+        assert_unauthorized(server.call(method, path, &elsewhere).await?).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_forbidden_endpoint_does_not_spoil_the_token_elsewhere() -> TestResult {
+    let server = Sandbox::start().await?;
+    let token = server.fetch_token("openid marketing.read").await?;
+    for _ in 0..3 {
+        let response = server.call("GET", "/v1/bookings", &token).await?;
+        assert_eq!(response.status(), 401);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let body = json(response).await?;
+        assert_eq!(body["code"], "UNAUTHORIZED");
+        let response = server.call("GET", "/v1/marketing-consents", &token).await?;
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(server.token_requests(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn allowed_scopes_change_at_run_time_as_hydra_would_see_it() -> TestResult {
+    let server =
+        Sandbox::from(SandboxServer::builder().allowed_scopes([scope::MARKETING_READ])).await?;
+    let both = "marketing.read booking.read";
+    // A scope the key lacks refuses the whole request.
+    let description = assert_oauth_error(
+        server.post_token(server.valid_form(both)).await?,
+        400,
+        "invalid_scope",
+    )
+    .await?;
+    assert!(description.contains("booking.read"), "{description}");
+    let old = server.fetch_token("marketing.read").await?;
+
+    server.set_allowed_scopes([scope::MARKETING_READ, scope::BOOKING_READ]);
+    let new = server.fetch_token(both).await?;
+    // Tokens keep the scopes they were granted.
+    assert_unauthorized(server.call("GET", "/v1/bookings", &old).await?).await?;
+    assert_eq!(
+        server.call("GET", "/v1/bookings", &new).await?.status(),
+        200
+    );
+
+    server.set_allowed_scopes([scope::BOOKING_READ]);
+    assert_oauth_error(
+        server.post_token(server.valid_form(both)).await?,
+        400,
+        "invalid_scope",
+    )
+    .await?;
+    assert_eq!(
+        server.call("GET", "/v1/bookings", &new).await?.status(),
+        200
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn omitting_unallowed_scopes_grants_the_allowed_ones() -> TestResult {
+    let server =
+        Sandbox::from(SandboxServer::builder().allowed_scopes([scope::MARKETING_READ])).await?;
+    server.set_omit_unallowed_scopes(true);
+    let both = "marketing.read booking.read";
+    let body = json(server.post_token(server.valid_form(both)).await?).await?;
+    assert_eq!(body["scope"], "marketing.read");
+    let token = body["access_token"].as_str().ok_or("no access_token")?;
+    assert_unauthorized(server.call("GET", "/v1/bookings", token).await?).await?;
+
+    server.set_allowed_scopes([scope::MARKETING_READ, scope::BOOKING_READ]);
+    let body = json(server.post_token(server.valid_form(both)).await?).await?;
+    assert_eq!(body["scope"], both);
+    let token = body["access_token"].as_str().ok_or("no access_token")?;
+    assert_eq!(
+        server.call("GET", "/v1/bookings", token).await?.status(),
+        200
+    );
+
+    server.set_omit_unallowed_scopes(false);
+    server.set_allowed_scopes([scope::MARKETING_READ]);
+    assert_oauth_error(
+        server.post_token(server.valid_form(both)).await?,
+        400,
+        "invalid_scope",
+    )
+    .await?;
     Ok(())
 }
 

@@ -1,0 +1,15 @@
+//! [`TokenSource`]: where the token cache's tokens come from. The grant (a token request to the
+//! auth server) is one; the shared store, asking other processes first, wraps another.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use crate::Error;
+use crate::token::GrantedToken;
+
+/// Where tokens come from: one fetch per call, no caching (that is the cache's job).
+pub(crate) trait TokenSource: Send + Sync + 'static {
+    /// Starts one token request.
+    fn fetch(self: Arc<Self>) -> BoxFuture<'static, Result<GrantedToken, Error>>;
+}
