@@ -140,7 +140,14 @@ pub use store::{
 /// The `http` crate, re-exported: its types appear in this crate's API.
 pub use http;
 /// The `reqwest` crate, re-exported: its types appear in this crate's API.
+///
+/// It comes with the features this crate needs and no more: **no `json`** (nor `query`,
+/// `form`, `stream`). For `RequestBuilder::json` or `Response::json`, add
+/// `reqwest = { version = "0.13", features = ["json"] }` (and, for reqwest-middleware's
+/// `RequestBuilder::json`, `reqwest-middleware = { version = "0.5", features = ["json"] }`)
+/// to your own dependencies: Cargo merges the features into the same crate.
 pub use reqwest;
 /// The `reqwest-middleware` crate, re-exported: [`UnderstoryAuth`] implements its `Middleware`.
+/// Without its `json` feature: see [`reqwest`](mod@reqwest).
 #[cfg(feature = "middleware")]
 pub use reqwest_middleware;
