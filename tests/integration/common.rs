@@ -107,3 +107,33 @@ pub fn capture_logs() -> CapturedLogs {
         logs,
     }
 }
+
+/// A certificate for 127.0.0.1 and its key, issued by a certificate authority made up for
+/// one test.
+pub struct LoopbackCertificate {
+    /// The certificate authority's certificate, in PEM: what a client must trust.
+    pub ca_pem: String,
+    /// The server's certificate for 127.0.0.1.
+    pub certificate: rcgen::Certificate,
+    /// The server certificate's key.
+    pub key: rcgen::KeyPair,
+}
+
+/// A new private CA and a server certificate it issued for 127.0.0.1.
+pub fn loopback_certificate() -> LoopbackCertificate {
+    let ca_key = rcgen::KeyPair::generate().expect("a CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("a CA certificate");
+    let key = rcgen::KeyPair::generate().expect("a server key");
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let certificate = params
+        .signed_by(&key, &issuer)
+        .expect("a server certificate");
+    LoopbackCertificate {
+        ca_pem: ca.pem(),
+        certificate,
+        key,
+    }
+}

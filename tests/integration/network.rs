@@ -3,22 +3,21 @@
 //! their cause. Every server here (the sandbox, a forward proxy, a TLS front end with a
 //! certificate from a CA made in the test) listens on 127.0.0.1.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, copy_bidirectional};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use understory_auth::testing::{SandboxServer, TokenFault};
 use understory_auth::{Error, UnderstoryAuth, UnderstoryAuthBuilder, reqwest};
 
-use crate::common::{capture_logs, credentials, sandbox};
+use crate::common::{
+    LoopbackCertificate, capture_logs, credentials, loopback_certificate, sandbox,
+};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -121,25 +120,13 @@ impl PrivateTls {
     async fn start(
         server: &SandboxServer,
     ) -> Result<PrivateTls, Box<dyn std::error::Error + Send + Sync>> {
-        let ca_key = KeyPair::generate()?;
-        let mut ca = CertificateParams::new(Vec::<String>::new())?;
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "understory-auth test private CA");
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca, ca_key);
-
-        let leaf_key = KeyPair::generate()?;
-        let mut leaf = CertificateParams::new(Vec::<String>::new())?;
-        leaf.subject_alt_names = vec![SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST))];
-        let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
-
-        let chain = vec![CertificateDer::from(leaf_cert.der().to_vec())];
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+        let LoopbackCertificate {
+            ca_pem,
+            certificate,
+            key,
+        } = loopback_certificate();
+        let chain = vec![certificate.der().clone()];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let config = ServerConfig::builder()
             .with_no_client_auth()
             .with_single_cert(chain, key)?;
@@ -163,7 +150,7 @@ impl PrivateTls {
             }
         });
         Ok(PrivateTls {
-            ca_pem: ca_cert.pem(),
+            ca_pem,
             token_url: format!("https://127.0.0.1:{port}/oauth2/token"),
         })
     }
