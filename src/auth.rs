@@ -10,7 +10,7 @@ use crate::Error;
 use crate::builder::UnderstoryAuthBuilder;
 use crate::cache::{CacheStats, Held, Rejection, Timing, TokenCache};
 use crate::credentials::Credentials;
-use crate::origin::{AllowedOrigins, Origin};
+use crate::origin::{AllowedOrigins, Destination, Origin, Target, origin_and_path};
 use crate::token::AccessToken;
 
 /// Access tokens for the Understory API, fetched when needed and shared by every clone.
@@ -225,20 +225,28 @@ impl UnderstoryAuth {
     /// assert!(!auth.is_allowed(&"https://example.com/".parse().unwrap()));
     /// ```
     pub fn is_allowed(&self, url: &Url) -> bool {
-        self.cache.meta().origins.allows_url(url)
+        self.cache.meta().origins.allowed_origin(url).is_some()
     }
 
-    /// Which allowed origin a request to `url` goes to (an index), if any.
+    /// Which allowed origin (an index) a URL or URI goes to, if any.
     #[cfg_attr(not(feature = "middleware"), allow(dead_code))]
-    pub(crate) fn allowed_origin(&self, url: &Url) -> Option<usize> {
-        self.cache.meta().origins.position_of_url(url)
+    pub(crate) fn allowed_origin<'a>(&self, target: impl Into<Target<'a>>) -> Option<usize> {
+        self.cache.meta().origins.allowed_origin(target)
     }
 
-    /// Whether a request to `uri` may carry the token; `None` for a relative URI, which
-    /// names no origin.
-    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn allows_uri(&self, uri: &http::Uri) -> Option<bool> {
-        self.cache.meta().origins.allows_uri(uri)
+    /// Whether a request gets the token: the one decision both integrations ask (see
+    /// [`crate::origin`]).
+    #[cfg_attr(not(any(feature = "middleware", feature = "tower")), allow(dead_code))]
+    pub(crate) fn destination<'a>(
+        &self,
+        target: impl Into<Target<'a>>,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Destination {
+        self.cache
+            .meta()
+            .origins
+            .destination(target.into(), headers, extensions)
     }
 
     /// Whether the reqwest middleware retries a request once after a 401 (default: yes).
@@ -269,7 +277,7 @@ impl fmt::Debug for UnderstoryAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UnderstoryAuth")
             .field("client_id", &self.cache.meta().client_id)
-            .field("token_url", &self.cache.meta().token_url.as_str())
+            .field("token_url", &origin_and_path(&self.cache.meta().token_url))
             .field("api_base", &self.cache.meta().api_base.as_str())
             .field("retry_unauthorized", &self.retry_unauthorized)
             .field("stats", &self.cache.stats())
@@ -300,6 +308,22 @@ mod tests {
         for _ in 0..2 {
             let err = auth.token().await.unwrap_err();
             assert!(err.to_string().contains("client id is empty"), "{err}");
+        }
+    }
+
+    #[test]
+    fn debug_shows_the_token_url_without_its_query() {
+        let auth = UnderstoryAuth::builder(Credentials::new("id", "secret"))
+            .token_url("https://auth.example.com/oauth2/token?tenant=t-123&key=k-456#frag")
+            .build()
+            .unwrap();
+        let debug = format!("{auth:?}");
+        assert!(
+            debug.contains("\"https://auth.example.com/oauth2/token\""),
+            "{debug}"
+        );
+        for hidden in ["t-123", "k-456", "frag"] {
+            assert!(!debug.contains(hidden), "{debug}");
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::Error;
 use crate::auth::{Endpoints, UnderstoryAuth};
 use crate::cache::{Timing, TokenCache};
 use crate::credentials::Credentials;
-use crate::grant::{Grant, GrantConfig};
+use crate::grant::{ClientHook, Grant, GrantConfig};
 use crate::origin::{AllowedOrigins, Origin, parse_secure_url};
 
 /// Understory's token endpoint.
@@ -53,6 +53,7 @@ pub struct UnderstoryAuthBuilder {
     user_agent: Option<String>,
     token_timeout: Duration,
     timing: Timing,
+    client_hook: Option<ClientHook>,
     #[cfg(feature = "shared-cache")]
     shared_cache: Option<crate::store::StoreHandle>,
 }
@@ -68,6 +69,7 @@ impl UnderstoryAuthBuilder {
             user_agent: None,
             token_timeout: DEFAULT_TOKEN_TIMEOUT,
             timing: Timing::default(),
+            client_hook: None,
             #[cfg(feature = "shared-cache")]
             shared_cache: None,
         }
@@ -205,6 +207,59 @@ impl UnderstoryAuthBuilder {
         self
     }
 
+    /// Configures the HTTP client of the token request, for corporate networks: a proxy,
+    /// extra root certificates (a private CA, a TLS-inspecting proxy), a client certificate
+    /// (mTLS), a DNS resolver. `configure` receives the `reqwest::ClientBuilder` the crate
+    /// starts from and returns it configured; default: none.
+    ///
+    /// The crate then sets what it must own, so the hook cannot weaken it: redirects are not
+    /// followed (the secret must not follow one), [`token_timeout`](Self::token_timeout)
+    /// bounds the connection and the whole request, and the answer is read up to its size
+    /// limit whatever the client. This client sends only the token request: the API
+    /// requests go through your own client.
+    ///
+    /// What already works without code: `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and
+    /// `NO_PROXY` are honoured (read when [`build`](Self::build) runs; a proxy set here
+    /// replaces them); see the README's "Corporate networks" for the trust store and
+    /// `SSL_CERT_FILE`.
+    ///
+    /// A proxy (it sees only the host name of the token endpoint: HTTPS is tunnelled):
+    ///
+    /// ```
+    /// use understory_auth::{Credentials, UnderstoryAuth, reqwest};
+    ///
+    /// let proxy = reqwest::Proxy::https("http://proxy.corp.example:3128")?
+    ///     .basic_auth("user", "password");
+    /// let auth = UnderstoryAuth::builder(Credentials::new("client-id", "client-secret"))
+    ///     .configure_token_client(move |client| client.proxy(proxy.clone()))
+    ///     .build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// A private CA, trusted besides the system's roots (the PEM file of your company's root
+    /// certificate; `tls_certs_only` would trust it alone):
+    ///
+    /// ```no_run
+    /// use understory_auth::{Credentials, UnderstoryAuth, reqwest};
+    ///
+    /// let pem = std::fs::read("/etc/ssl/corp-root-ca.pem")?;
+    /// let corp_ca = reqwest::Certificate::from_pem(&pem)?;
+    /// let auth = UnderstoryAuth::builder(Credentials::from_env()?)
+    ///     .configure_token_client(move |client| client.tls_certs_merge([corp_ca.clone()]))
+    ///     .build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// An error from the configured client (an unusable certificate, say) is reported by
+    /// `build` as [`Error::Config`].
+    pub fn configure_token_client(
+        mut self,
+        configure: impl Fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder + Send + Sync + 'static,
+    ) -> Self {
+        self.client_hook = Some(ClientHook(Arc::new(configure)));
+        self
+    }
+
     /// A second-level token cache shared with the other processes using `store` (feature
     /// `shared-cache`): each token fetch asks the store first, and one process fetches for
     /// all. A failing store never fails a token request. See [`TokenStore`](crate::TokenStore)
@@ -275,6 +330,7 @@ impl UnderstoryAuthBuilder {
             audience: &self.audience,
             user_agent,
             timeout: self.token_timeout,
+            client_hook: self.client_hook.as_ref(),
         })?;
         let endpoints = Endpoints {
             origins: AllowedOrigins::new(origins),

@@ -107,10 +107,11 @@ pub enum Error {
         after: Duration,
     },
 
-    /// The token request could not be sent or its answer not read (DNS, connect, TLS, reset).
-    #[error(
-        "could not reach the auth server: {source}; check the network and token_url, it will be retried"
-    )]
+    /// The token request could not be sent or its answer not read (DNS, connect, proxy,
+    /// TLS, reset). The message ends with the innermost cause (`Connection refused`,
+    /// `invalid peer certificate: UnknownIssuer`); a TLS setup failure (an untrusted or
+    /// mismatched certificate, no common protocol) is not transient.
+    #[error("{}", describe_network(source))]
     Network {
         /// The transport error.
         #[source]
@@ -142,7 +143,8 @@ pub enum Error {
 impl Error {
     /// Whether trying again later may succeed without changing anything: timeouts, network
     /// errors, 5xx, 429 and garbled answers are transient; rejected credentials or scopes,
-    /// wrong token types and bad configuration are not.
+    /// wrong token types, bad configuration and a TLS setup that fails (an untrusted
+    /// certificate, with the `rustls` feature) are not.
     ///
     /// ```
     /// use understory_auth::Error;
@@ -158,10 +160,10 @@ impl Error {
                     || transient_status(*status)
             }
             Error::Status { status, .. } => transient_status(*status),
+            Error::Network { source } => !is_tls_setup_failure(&**source),
             Error::InvalidResponse { .. }
             | Error::RateLimited { .. }
             | Error::Timeout { .. }
-            | Error::Network { .. }
             | Error::Interrupted { .. } => true,
         }
     }
@@ -255,6 +257,91 @@ fn transient_status(status: StatusCode) -> bool {
     status.is_server_error()
         || status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT
+}
+
+/// `error`, and its causes down to the innermost one: what a transport error reads as.
+/// An `io::Error` is looked through: its `source()` skips the error it wraps.
+fn causes<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |error| {
+        match error.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        }
+    })
+}
+
+/// `error`'s message and, when it has causes, the innermost one, which says what went
+/// wrong: "error sending request: invalid peer certificate: UnknownIssuer".
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    match causes(error).last() {
+        Some(innermost) if !std::ptr::addr_eq(innermost, error) => {
+            format!("{error}: {innermost}")
+        }
+        _ => error.to_string(),
+    }
+}
+
+/// Whether a transport failure is the TLS setup's, which waiting does not fix: the server's
+/// certificate is not trusted, expired or for another name, no trust store could be loaded,
+/// the two sides share no protocol, or the server refused the handshake (e.g. it wants a
+/// client certificate). Told with the `rustls` backend only.
+fn is_tls_setup_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    #[cfg(feature = "rustls")]
+    {
+        use rustls::AlertDescription as Alert;
+        causes(error).any(|cause| {
+            matches!(
+                cause.downcast_ref::<rustls::Error>(),
+                Some(
+                    rustls::Error::InvalidCertificate(_)
+                        | rustls::Error::NoCertificatesPresented
+                        | rustls::Error::UnsupportedNameType
+                        | rustls::Error::PeerIncompatible(_)
+                        | rustls::Error::InvalidCertRevocationList(_)
+                        | rustls::Error::NoApplicationProtocol
+                        | rustls::Error::InconsistentKeys(_)
+                        | rustls::Error::General(_)
+                        | rustls::Error::AlertReceived(
+                            Alert::HandshakeFailure
+                                | Alert::BadCertificate
+                                | Alert::UnsupportedCertificate
+                                | Alert::CertificateRevoked
+                                | Alert::CertificateExpired
+                                | Alert::CertificateUnknown
+                                | Alert::UnknownCA
+                                | Alert::AccessDenied
+                                | Alert::ProtocolVersion
+                                | Alert::InsufficientSecurity
+                                | Alert::CertificateRequired
+                                | Alert::UnrecognisedName
+                                | Alert::NoApplicationProtocol
+                        )
+                )
+            )
+        })
+    }
+    #[cfg(not(feature = "rustls"))]
+    {
+        let _ = error;
+        false
+    }
+}
+
+fn describe_network(source: &reqwest::Error) -> String {
+    let cause = error_chain(source);
+    if is_tls_setup_failure(source) {
+        format!(
+            "the TLS connection to the auth server failed: {cause}; check token_url, and if a proxy inspects TLS or the server uses a private CA, trust its root certificate with UnderstoryAuthBuilder::configure_token_client"
+        )
+    } else {
+        format!(
+            "could not reach the auth server: {cause}; check the network, the proxy settings (HTTPS_PROXY, NO_PROXY) and token_url, it will be retried"
+        )
+    }
 }
 
 fn describe_oauth(code: &str, description: Option<&str>, status: StatusCode) -> String {

@@ -24,6 +24,8 @@ use url::form_urlencoded::Serializer;
 
 use crate::Error;
 use crate::credentials::{ClientAuthMethod, Credentials};
+use crate::error::error_chain;
+use crate::origin::origin_and_path;
 use crate::source::TokenSource;
 use crate::token::GrantedToken;
 
@@ -69,6 +71,23 @@ pub(crate) struct GrantConfig<'a> {
     pub(crate) audience: &'a str,
     pub(crate) user_agent: HeaderValue,
     pub(crate) timeout: Duration,
+    pub(crate) client_hook: Option<&'a ClientHook>,
+}
+
+/// The user's say in the token client: a function given the `reqwest::ClientBuilder` the
+/// crate starts from (see
+/// [`configure_token_client`](crate::UnderstoryAuthBuilder::configure_token_client)).
+#[derive(Clone)]
+pub(crate) struct ClientHook(pub(crate) std::sync::Arc<ConfigureClient>);
+
+/// What [`ClientHook`] holds.
+pub(crate) type ConfigureClient =
+    dyn Fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder + Send + Sync;
+
+impl fmt::Debug for ClientHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientHook(..)")
+    }
 }
 
 impl Grant {
@@ -79,13 +98,31 @@ impl Grant {
             audience,
             user_agent,
             timeout,
+            client_hook,
         } = config;
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder();
+        // With both TLS features on, rustls (the default one); the hook may choose the other.
+        #[cfg(feature = "rustls")]
+        {
+            client = client.tls_backend_rustls();
+        }
+        if let Some(ClientHook(configure)) = client_hook {
+            client = configure(client);
+        }
+        // What the crate owns, set after the hook so that it cannot be weakened: no redirects
+        // (the secret must not follow one) and the timeouts. The body limit is enforced
+        // while reading the answer, whatever the client.
+        let client = client
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()
-            .map_err(|e| Error::config(format!("cannot build the token HTTP client: {e}")))?;
+            .map_err(|e| {
+                Error::config(format!(
+                    "cannot build the token HTTP client: {}",
+                    error_chain(&e)
+                ))
+            })?;
 
         let mut form = Serializer::new(String::new());
         form.append_pair("grant_type", "client_credentials");
@@ -169,7 +206,7 @@ impl TokenSource for Grant {
 impl fmt::Debug for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Grant")
-            .field("token_url", &self.token_url.as_str())
+            .field("token_url", &origin_and_path(&self.token_url))
             .field("body", &"[REDACTED]")
             .field("timeout", &self.timeout)
             .field("requested_scopes", &self.requested_scopes)
@@ -593,6 +630,28 @@ mod tests {
             let status = StatusCode::from_u16(status).unwrap();
             assert_eq!(parse_retry_after(status, &headers), None, "{status}");
         }
+    }
+
+    #[test]
+    fn debug_shows_the_token_url_without_its_query() {
+        let grant = Grant::new(GrantConfig {
+            credentials: &Credentials::new("id", "secret"),
+            token_url: Url::parse("https://auth.example.com/oauth2/token?key=k-456#frag").unwrap(),
+            audience: "https://api.understory.io",
+            user_agent: HeaderValue::from_static("test"),
+            timeout: Duration::from_secs(1),
+            client_hook: None,
+        })
+        .unwrap();
+        let debug = format!("{grant:?}");
+        assert!(
+            debug.contains("\"https://auth.example.com/oauth2/token\""),
+            "{debug}"
+        );
+        assert!(
+            !debug.contains("k-456") && !debug.contains("frag"),
+            "{debug}"
+        );
     }
 
     #[test]

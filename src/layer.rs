@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use futures_util::future::BoxFuture;
-use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::BoxError;
@@ -24,6 +23,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::cache::Held;
+use crate::origin::{Destination, authorize};
 use crate::{Error, UnderstoryAuth};
 
 /// A tower [`Layer`] that sends the Understory access token of an [`UnderstoryAuth`] with
@@ -34,15 +34,30 @@ use crate::{Error, UnderstoryAuth};
 ///
 /// * adds `Authorization: Bearer <token>` (marked sensitive) to requests whose URI's origin
 ///   the `UnderstoryAuth` allows, and leaves every other request untouched;
-/// * leaves a request alone if it already carries an `Authorization` header;
+/// * leaves a request alone if it already carries an `Authorization` header, or the
+///   [`SkipAuth`](crate::SkipAuth) extension;
+/// * gives no token to a URI whose origin cannot be checked: an authority without a scheme
+///   (`CONNECT api.understory.io:443`, `//api.understory.io/v1/me`);
+/// * gives no token when a `Host` header names another host or port than the URI;
 /// * gives no token to a relative URI (one without scheme and authority) unless
-///   [`authorize_relative_uris`](Self::authorize_relative_uris) says so;
+///   [`authorize_relative_uris`](Self::authorize_relative_uris) says so (and then not if
+///   its `Host` header names a host that is not allowed);
 /// * reports each answer to a request that carried the token to the cache, which drops the
 ///   token after a 401 by the rule in the crate docs ("What happens on a 401"), so the next
 ///   request uses a new one (wrap it in a [`RetryOnUnauthorized`] retry to resend the
 ///   request itself);
 /// * fails with a [`tower::BoxError`]: the inner service's error, or an
 ///   [`understory_auth::Error`](crate::Error) when no token could be obtained.
+///
+/// A 401 is taken as the API's verdict on the token the request carried: the token went only
+/// to an allowed origin, but an `http::Response` does not say which origin answered. Behind
+/// an inner service that follows redirects (tower-http's `FollowRedirect`), a 401 from the
+/// origin a redirect led to (which never saw the token: redirects to another origin drop
+/// `Authorization`) is reported to the cache like the API's own. That costs no secret, and
+/// the token requests it can cause are bounded by the rule in the crate docs ("What happens
+/// on a 401": a replacement token is kept for its cooldown). Place redirect following
+/// outside this layer, or not at all, to avoid it. (The reqwest middleware checks the
+/// answer's URL.)
 ///
 /// The layer shares its token cache with every clone of the `UnderstoryAuth` it was made
 /// from, including the reqwest middleware: one token for the whole process.
@@ -160,14 +175,17 @@ pub struct BearerAuth<S> {
 }
 
 impl<S> BearerAuth<S> {
-    /// Whether `request` should get this layer's token: it has none of its own and goes to
-    /// an allowed origin (or is relative, and relative URIs were opted in).
+    /// Whether `request` gets this layer's token: the crate's one rule (see
+    /// [`BearerAuthLayer`]), with relative URIs when they were opted in.
     fn should_authorize<B>(&self, request: &Request<B>) -> bool {
-        !request.headers().contains_key(AUTHORIZATION)
-            && self
-                .auth
-                .allows_uri(request.uri())
-                .unwrap_or(self.authorize_relative_uris)
+        match self
+            .auth
+            .destination(request.uri(), request.headers(), request.extensions())
+        {
+            Destination::Origin(_) => true,
+            Destination::Relative => self.authorize_relative_uris,
+            Destination::Untouched => false,
+        }
     }
 }
 
@@ -189,9 +207,7 @@ where
             return BearerAuthFuture::calling(self.inner.call(request), None);
         }
         if let Some(held) = self.auth.cached_held() {
-            request
-                .headers_mut()
-                .insert(AUTHORIZATION, held.token().header_value().clone());
+            authorize(request.headers_mut(), held.token());
             return BearerAuthFuture::calling(self.inner.call(request), Some(held));
         }
         // The call happens once a token arrives, on the instance that was polled ready: take
@@ -277,9 +293,7 @@ where
                     let (mut service, mut request) = *pending
                         .take()
                         .expect("BearerAuthFuture polled after completion");
-                    request
-                        .headers_mut()
-                        .insert(AUTHORIZATION, sent.token().header_value().clone());
+                    authorize(request.headers_mut(), sent.token());
                     *this.sent = Some(sent);
                     let future = service.call(request);
                     this.state.set(State::Calling { future });

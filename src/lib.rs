@@ -72,7 +72,9 @@
 //! # Features
 //!
 //! * `rustls` (default): TLS for the crate's token client via rustls; `native-tls` instead
-//!   uses the platform's TLS.
+//!   uses the platform's TLS (with both on, rustls is used, unless
+//!   [`UnderstoryAuthBuilder::configure_token_client`] picks `tls_backend_native()`). Only
+//!   with rustls is a TLS setup failure told apart as not transient.
 //! * `middleware` (default): the reqwest-middleware integration.
 //! * `tower` (default): [`BearerAuthLayer`].
 //! * `shared-cache`: a second-level token cache shared by a fleet of processes
@@ -131,8 +133,8 @@ pub use token::{AccessToken, TokenId};
 
 #[cfg(feature = "tower")]
 pub use layer::{BearerAuth, BearerAuthFuture, BearerAuthLayer, RetryOnUnauthorized};
-#[cfg(feature = "middleware")]
-pub use middleware::SkipAuth;
+#[cfg(any(feature = "middleware", feature = "tower"))]
+pub use origin::SkipAuth;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 #[cfg(feature = "shared-cache")]
@@ -154,7 +156,14 @@ pub use webhooks::{
 /// The `http` crate, re-exported: its types appear in this crate's API.
 pub use http;
 /// The `reqwest` crate, re-exported: its types appear in this crate's API.
+///
+/// It comes with the features this crate needs and no more: **no `json`** (nor `query`,
+/// `form`, `stream`). For `RequestBuilder::json` or `Response::json`, add
+/// `reqwest = { version = "0.13", features = ["json"] }` (and, for reqwest-middleware's
+/// `RequestBuilder::json`, `reqwest-middleware = { version = "0.5", features = ["json"] }`)
+/// to your own dependencies: Cargo merges the features into the same crate.
 pub use reqwest;
 /// The `reqwest-middleware` crate, re-exported: [`UnderstoryAuth`] implements its `Middleware`.
+/// Without its `json` feature: see [`reqwest`](mod@reqwest).
 #[cfg(feature = "middleware")]
 pub use reqwest_middleware;

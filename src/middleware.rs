@@ -10,7 +10,8 @@
 //!
 //! * a request that already has an `Authorization` header: it is sent as it is, and a 401
 //!   answer to it is returned as it is;
-//! * a request carrying the [`SkipAuth`] extension.
+//! * a request carrying the [`SkipAuth`](crate::SkipAuth) extension;
+//! * a request whose `Host` header names another host or port than its URL.
 //!
 //! The token never follows a redirect to another origin either: reqwest removes
 //! `Authorization` when a redirect changes scheme, host or port.
@@ -117,50 +118,18 @@
 //! ```
 
 use http::Extensions;
-use http::header::AUTHORIZATION;
 use reqwest::{Request, Response, StatusCode};
 use reqwest_middleware::{Middleware, Next, Result};
 
 use crate::auth::UnderstoryAuth;
+use crate::origin::{Destination, authorize};
 use crate::token::AccessToken;
-
-/// A request extension that sends the request without a token, even to the API.
-///
-/// Add it with reqwest-middleware's `RequestBuilder::with_extension`.
-///
-/// ```
-/// # #[cfg(feature = "test-util")]
-/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// use understory_auth::{Credentials, SkipAuth, UnderstoryAuth, reqwest, reqwest_middleware};
-///
-/// let sandbox = understory_auth::testing::SandboxServer::start().await?;
-/// let credentials = Credentials::new(sandbox.client_id(), sandbox.client_secret());
-/// let auth = UnderstoryAuth::builder(credentials)
-///     .token_url(sandbox.token_url())
-///     .api_base(sandbox.api_base())
-///     .build()?;
-/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-///     .with(auth)
-///     .build();
-///
-/// let anonymous = client
-///     .get(format!("{}/v1/me", sandbox.api_base()))
-///     .with_extension(SkipAuth)
-///     .send()
-///     .await?;
-/// assert_eq!(anonymous.status(), 401);
-/// assert_eq!(sandbox.token_requests(), 0);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// # }).unwrap();
-/// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct SkipAuth;
 
 /// Adds `Authorization: Bearer <token>` to every request bound for the API, and resends a
 /// request once with a fresh token when the API answers 401.
 ///
 /// Requests to other origins, requests that already have an `Authorization` header and
-/// requests carrying [`SkipAuth`] pass through untouched. When no token can be had, the
+/// requests carrying [`SkipAuth`](crate::SkipAuth) pass through untouched. When no token can be had, the
 /// request is not sent and the error is `reqwest_middleware::Error::Middleware` holding an
 /// [`Error`](crate::Error). [`UnderstoryAuth::with_unauthorized_retry`] turns the retry off.
 ///
@@ -192,7 +161,8 @@ impl Middleware for UnderstoryAuth {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> Result<Response> {
-        let Some(origin) = self.origin_to_authorize(&request, extensions) else {
+        let destination = self.destination(request.url(), request.headers(), extensions);
+        let Destination::Origin(origin) = destination else {
             return next.run(request, extensions).await;
         };
         // An answer from the origin the token went to, not from one a redirect led to.
@@ -237,14 +207,6 @@ impl Middleware for UnderstoryAuth {
 }
 
 impl UnderstoryAuth {
-    /// The allowed origin the request goes to, unless it is to be sent untouched.
-    fn origin_to_authorize(&self, request: &Request, extensions: &Extensions) -> Option<usize> {
-        if extensions.get::<SkipAuth>().is_some() || request.headers().contains_key(AUTHORIZATION) {
-            return None;
-        }
-        self.allowed_origin(request.url())
-    }
-
     /// A usable token (the cached one, without awaiting, or the single fetch's outcome),
     /// with a token error as a middleware error.
     async fn current_token(&self) -> Result<AccessToken> {
@@ -255,8 +217,6 @@ impl UnderstoryAuth {
 }
 
 fn with_token(mut request: Request, token: &AccessToken) -> Request {
-    request
-        .headers_mut()
-        .insert(AUTHORIZATION, token.header_value().clone());
+    authorize(request.headers_mut(), token);
     request
 }

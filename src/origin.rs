@@ -1,22 +1,150 @@
-//! Which requests may carry the token: an origin (scheme, host, port) rule.
+//! Which requests carry the token: the one place both integrations ask.
 //!
 //! A bearer token is worth as much as the key that minted it, so it goes only to the origins
 //! the user configured ([`UnderstoryAuthBuilder::api_base`](crate::UnderstoryAuthBuilder::api_base)
 //! and [`allow_origin`](crate::UnderstoryAuthBuilder::allow_origin)), and those must be HTTPS;
 //! plain HTTP is accepted only for loopback hosts, which is what tests use.
+//!
+//! [`AllowedOrigins::destination`] decides for one request, for the reqwest middleware and
+//! the tower layer alike. A request goes untouched when
+//!
+//! * it already has an `Authorization` header, or carries the [`SkipAuth`] extension;
+//! * its URI names an origin that is not allowed, or one that cannot be checked: an
+//!   authority without a scheme (`CONNECT api.example:443`, `//api.example/v1/me`), a
+//!   scheme without an authority;
+//! * it has a `Host` header naming another host or port than its URI (a shared front end
+//!   routes by `Host`, so the token would reach whoever that names), or, for a relative URI,
+//!   a host that is not an allowed origin's.
+//!
+//! A relative URI (no scheme, no authority: `/v1/me`, as tonic's generated clients send)
+//! names no origin; the tower layer gives it the token only when told to.
+
+#![cfg_attr(not(any(feature = "middleware", feature = "tower")), allow(dead_code))]
 
 use std::net::IpAddr;
 
+use http::header::{AUTHORIZATION, HOST};
+use http::uri::Authority;
+use http::{Extensions, HeaderMap};
 use url::Url;
 
 use crate::Error;
+use crate::token::AccessToken;
+
+/// A request extension that sends the request without a token, even to the API.
+///
+/// With the reqwest middleware, add it with reqwest-middleware's
+/// `RequestBuilder::with_extension`; in a tower stack, insert it into the
+/// `http::Request`'s extensions.
+///
+/// ```
+/// # #[cfg(all(feature = "test-util", feature = "middleware"))]
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use understory_auth::{Credentials, SkipAuth, UnderstoryAuth, reqwest, reqwest_middleware};
+///
+/// let sandbox = understory_auth::testing::SandboxServer::start().await?;
+/// let credentials = Credentials::new(sandbox.client_id(), sandbox.client_secret());
+/// let auth = UnderstoryAuth::builder(credentials)
+///     .token_url(sandbox.token_url())
+///     .api_base(sandbox.api_base())
+///     .build()?;
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+///     .with(auth)
+///     .build();
+///
+/// let anonymous = client
+///     .get(format!("{}/v1/me", sandbox.api_base()))
+///     .with_extension(SkipAuth)
+///     .send()
+///     .await?;
+/// assert_eq!(anonymous.status(), 401);
+/// assert_eq!(sandbox.token_requests(), 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+///
+/// In a tower stack:
+///
+/// ```
+/// use understory_auth::SkipAuth;
+///
+/// let request = http::Request::get("https://api.understory.io/v1/health")
+///     .extension(SkipAuth)
+///     .body(())?;
+/// # let _ = request;
+/// # Ok::<(), http::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct SkipAuth;
+
+/// A request's URI as either integration holds it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target<'a> {
+    /// reqwest's (always absolute).
+    Url(&'a Url),
+    /// `http`'s (tower): absolute, relative or authority-form.
+    Uri(&'a http::Uri),
+}
+
+impl<'a> Target<'a> {
+    /// Scheme, host and port (`None`: the scheme's default) of the origin the URI names,
+    /// if it names one that can be checked.
+    fn origin_parts(self) -> Option<(&'a str, &'a str, Option<u16>)> {
+        match self {
+            Target::Url(url) => Some((url.scheme(), url.host_str()?, url.port_or_known_default())),
+            Target::Uri(uri) => {
+                let authority = uri.authority()?;
+                Some((uri.scheme_str()?, authority.host(), authority.port_u16()))
+            }
+        }
+    }
+
+    /// Whether the URI names no origin at all: no scheme, no authority, and no path that
+    /// starts with `//` (a network-path reference, `//host/path`, which `http` reads as a
+    /// path but a server may read as an authority).
+    fn is_relative(self) -> bool {
+        match self {
+            Target::Url(_) => false,
+            Target::Uri(uri) => {
+                uri.scheme().is_none() && uri.authority().is_none() && !uri.path().starts_with("//")
+            }
+        }
+    }
+}
+
+impl<'a> From<&'a Url> for Target<'a> {
+    fn from(url: &'a Url) -> Self {
+        Target::Url(url)
+    }
+}
+
+impl<'a> From<&'a http::Uri> for Target<'a> {
+    fn from(uri: &'a http::Uri) -> Self {
+        Target::Uri(uri)
+    }
+}
+
+/// What the origin rule decided for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Destination {
+    /// The request goes to the allowed origin with this index: it gets the token.
+    Origin(usize),
+    /// A relative URI, whose `Host` header (if any) names an allowed origin: it gets the
+    /// token only where the integration was told that relative URIs are the API's.
+    Relative,
+    /// The request goes as it is.
+    Untouched,
+}
+
+/// Puts `token` in `headers` as `Authorization: Bearer …` (a value marked sensitive).
+pub(crate) fn authorize(headers: &mut HeaderMap, token: &AccessToken) {
+    headers.insert(AUTHORIZATION, token.header_value().clone());
+}
 
 /// One origin: scheme, host and port, compared exactly (hosts are lower-cased by parsing).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Origin {
     scheme: String,
-    /// `scheme` as `http::Uri` holds it: comparing two is one enum comparison for HTTP(S).
-    uri_scheme: http::uri::Scheme,
     /// As `Url::host_str` spells it: lower case, IPv6 in brackets.
     host: String,
     port: u16,
@@ -38,7 +166,6 @@ impl Origin {
         let port = url.port_or_known_default()?;
         Some(Origin {
             scheme: url.scheme().to_owned(),
-            uri_scheme: url.scheme().parse().ok()?,
             authority: format!("{host}:{port}"),
             default_port_authority: url.port().is_none().then(|| host.clone()),
             host,
@@ -46,34 +173,39 @@ impl Origin {
         })
     }
 
-    /// Whether a reqwest/url request URL goes to this origin.
-    pub(crate) fn matches_url(&self, url: &Url) -> bool {
-        url.scheme() == self.scheme
-            && url.host_str() == Some(self.host.as_str())
-            && url.port_or_known_default() == Some(self.port)
+    /// Whether `scheme://host:port` is this origin (no port: the scheme's default). Scheme
+    /// and host are compared without regard to case, as `http::Uri` keeps what it was given.
+    fn matches(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
+        scheme.eq_ignore_ascii_case(&self.scheme) && self.has_host(host, port, scheme)
     }
 
-    /// Whether an `http::Uri` goes to this origin; `None` when the URI names no origin
-    /// (a relative URI, as tonic's generated clients produce).
-    pub(crate) fn matches_uri(&self, uri: &http::Uri) -> Option<bool> {
-        let scheme = uri.scheme()?;
-        let authority = uri.authority()?;
-        // One enum comparison in the common case; other spellings (`HTTPS://`) by letters.
-        if *scheme != self.uri_scheme && !scheme.as_str().eq_ignore_ascii_case(&self.scheme) {
-            return Some(false);
-        }
-        // The common case, without parsing the authority: exactly as configured.
+    /// Whether `host` and `port` (no port: `scheme`'s default) are this origin's.
+    fn has_host(&self, host: &str, port: Option<u16>, scheme: &str) -> bool {
+        host.eq_ignore_ascii_case(&self.host)
+            && port.or_else(|| default_port(scheme)) == Some(self.port)
+    }
+
+    /// [`matches`](Self::matches) for an `http::Uri`'s parts, spelled exactly as configured
+    /// in the common case, which is compared without parsing the authority.
+    fn matches_authority(&self, scheme: &str, authority: &Authority) -> bool {
         let spelled = authority.as_str();
-        if spelled == self.authority || self.default_port_authority.as_deref() == Some(spelled) {
-            return Some(true);
+        if (spelled == self.authority || self.default_port_authority.as_deref() == Some(spelled))
+            && scheme.eq_ignore_ascii_case(&self.scheme)
+        {
+            return true;
         }
-        // `http::Uri` keeps the host's letter case, a user name, an explicit default port.
-        let port = authority.port_u16().or(match self.scheme.as_str() {
-            "https" => Some(443),
-            "http" => Some(80),
-            _ => None,
-        });
-        Some(authority.host().eq_ignore_ascii_case(&self.host) && port == Some(self.port))
+        // A host in another letter case, a user name, an explicit default port.
+        self.matches(scheme, authority.host(), authority.port_u16())
+    }
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    if scheme.eq_ignore_ascii_case("https") {
+        Some(443)
+    } else if scheme.eq_ignore_ascii_case("http") {
+        Some(80)
+    } else {
+        None
     }
 }
 
@@ -86,22 +218,77 @@ impl AllowedOrigins {
         AllowedOrigins(origins)
     }
 
-    pub(crate) fn allows_url(&self, url: &Url) -> bool {
-        self.position_of_url(url).is_some()
+    /// The origin check: which allowed origin (an index) a URI goes to, if any. A relative
+    /// URI, or one naming an origin that cannot be checked, goes to none.
+    pub(crate) fn allowed_origin<'a>(&self, target: impl Into<Target<'a>>) -> Option<usize> {
+        match target.into() {
+            // The hot path of the tower layer: the authority as spelled, without parsing.
+            Target::Uri(uri) => {
+                let (scheme, authority) = (uri.scheme_str()?, uri.authority()?);
+                self.0
+                    .iter()
+                    .position(|o| o.matches_authority(scheme, authority))
+            }
+            target => {
+                let (scheme, host, port) = target.origin_parts()?;
+                self.0.iter().position(|o| o.matches(scheme, host, port))
+            }
+        }
     }
 
-    /// Which of the allowed origins `url` goes to, if any: a cheap way to tell later
-    /// whether two URLs share an allowed origin.
-    pub(crate) fn position_of_url(&self, url: &Url) -> Option<usize> {
-        self.0.iter().position(|o| o.matches_url(url))
+    /// Whether a request to `target`, with these headers and extensions, gets the token:
+    /// see the module documentation.
+    pub(crate) fn destination(
+        &self,
+        target: Target<'_>,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+    ) -> Destination {
+        if headers.contains_key(AUTHORIZATION) || extensions.get::<SkipAuth>().is_some() {
+            return Destination::Untouched;
+        }
+        if target.is_relative() {
+            // Its `Host` header, if it has one, must name an allowed origin's host and port.
+            let names_allowed = |named: &Authority| {
+                let (host, port) = (named.host(), named.port_u16());
+                self.0.iter().any(|o| o.has_host(host, port, &o.scheme))
+            };
+            return match every_host_header(headers, names_allowed) {
+                true => Destination::Relative,
+                false => Destination::Untouched,
+            };
+        }
+        let Some(origin) = self.allowed_origin(target) else {
+            return Destination::Untouched;
+        };
+        // A `Host` header, if there is one, must name the URI's host and port.
+        let agrees = |named: &Authority| {
+            target.origin_parts().is_some_and(|(scheme, host, port)| {
+                named.host().eq_ignore_ascii_case(host)
+                    && named.port_u16().or_else(|| default_port(scheme))
+                        == port.or_else(|| default_port(scheme))
+            })
+        };
+        match every_host_header(headers, agrees) {
+            true => Destination::Origin(origin),
+            false => Destination::Untouched,
+        }
     }
+}
 
-    /// `None` when the URI names no origin (relative), else whether it is allowed.
-    pub(crate) fn allows_uri(&self, uri: &http::Uri) -> Option<bool> {
-        uri.scheme()?;
-        uri.authority()?;
-        Some(self.0.iter().any(|o| o.matches_uri(uri) == Some(true)))
-    }
+/// Whether each of the request's `Host` headers (usually none) is an authority that
+/// satisfies `check`. Parsed only when there is one: clients rarely set it.
+fn every_host_header(headers: &HeaderMap, check: impl Fn(&Authority) -> bool) -> bool {
+    headers
+        .get_all(HOST)
+        .iter()
+        .all(|value| Authority::try_from(value.as_bytes()).is_ok_and(|named| check(&named)))
+}
+
+/// `url` without its query and fragment, for `Debug` output: a token URL's query may hold
+/// anything, and URLs with credentials are refused when configured.
+pub(crate) fn origin_and_path(url: &Url) -> &str {
+    &url[..url::Position::AfterPath]
 }
 
 /// Parses `url` and refuses anything but HTTPS, or plain HTTP to a loopback host, and any
@@ -163,67 +350,160 @@ mod tests {
         }
     }
 
-    #[test]
-    fn matches_scheme_host_and_port_exactly() {
-        let o = Origin::parse("https://api.understory.io", "api_base").unwrap();
-        let url = |s: &str| Url::parse(s).unwrap();
-        assert!(o.matches_url(&url("https://api.understory.io/v1/me")));
-        assert!(o.matches_url(&url("https://API.understory.io:443/v1/me")));
-        assert!(!o.matches_url(&url("http://api.understory.io/v1/me")));
-        assert!(!o.matches_url(&url("https://api.understory.io:8443/v1/me")));
-        assert!(!o.matches_url(&url("https://api.understory.io.evil.com/v1/me")));
-        assert!(!o.matches_url(&url("https://evil.com/?https://api.understory.io")));
+    fn allowed(origins: &[&str]) -> AllowedOrigins {
+        AllowedOrigins::new(
+            origins
+                .iter()
+                .map(|o| Origin::parse(o, "api_base").unwrap())
+                .collect(),
+        )
+    }
 
-        let uri = |s: &str| s.parse::<http::Uri>().unwrap();
-        assert_eq!(
-            o.matches_uri(&uri("https://API.understory.io/v1")),
-            Some(true)
-        );
-        assert_eq!(
-            o.matches_uri(&uri("https://api.understory.io:443/")),
-            Some(true)
-        );
-        assert_eq!(
-            o.matches_uri(&uri("http://api.understory.io/")),
-            Some(false)
-        );
-        assert_eq!(o.matches_uri(&uri("https://other.io/")), Some(false));
-        assert_eq!(o.matches_uri(&uri("/v1/me")), None);
-
-        let v6 = Origin::parse("http://[::1]:8080", "api_base").unwrap();
-        assert_eq!(v6.matches_uri(&uri("http://[::1]:8080/x")), Some(true));
-        assert_eq!(v6.matches_uri(&uri("http://[::2]:8080/x")), Some(false));
-        assert_eq!(
-            o.matches_uri(&uri("https://user@api.understory.io/v1")),
-            Some(true)
-        );
-        assert_eq!(
-            o.matches_uri(&uri("HTTPS://api.understory.io/v1")),
-            Some(true)
-        );
-        assert_eq!(
-            o.matches_uri(&uri("https://api.understory.io:444/")),
-            Some(false)
-        );
-        let port = Origin::parse("http://127.0.0.1:8080", "api_base").unwrap();
-        assert_eq!(
-            port.matches_uri(&uri("http://127.0.0.1:8080/v1")),
-            Some(true)
-        );
-        assert_eq!(port.matches_uri(&uri("http://127.0.0.1/v1")), Some(false));
-        assert_eq!(
-            port.matches_uri(&uri("http://127.0.0.1:80/v1")),
-            Some(false)
-        );
+    fn uri(s: &str) -> http::Uri {
+        s.parse().unwrap()
     }
 
     #[test]
-    fn allowed_origins_answer_for_relative_uris_with_none() {
-        let allowed = AllowedOrigins::new(vec![
-            Origin::parse("https://api.understory.io", "api_base").unwrap(),
-        ]);
-        let uri = |s: &str| s.parse::<http::Uri>().unwrap();
-        assert_eq!(allowed.allows_uri(&uri("/v1/me")), None);
-        assert_eq!(allowed.allows_uri(&uri("https://x.io/")), Some(false));
+    fn matches_scheme_host_and_port_exactly() {
+        let o = allowed(&["https://api.understory.io"]);
+        let url = |s: &str| Url::parse(s).unwrap();
+        assert_eq!(
+            o.allowed_origin(&url("https://api.understory.io/v1/me")),
+            Some(0)
+        );
+        assert_eq!(
+            o.allowed_origin(&url("https://API.understory.io:443/v1/me")),
+            Some(0)
+        );
+        for other in [
+            "http://api.understory.io/v1/me",
+            "https://api.understory.io:8443/v1/me",
+            "https://api.understory.io.evil.com/v1/me",
+            "https://evil.com/?https://api.understory.io",
+            "data:text/plain,api.understory.io",
+        ] {
+            assert_eq!(o.allowed_origin(&url(other)), None, "{other}");
+        }
+
+        for same in [
+            "https://API.understory.io/v1",
+            "https://api.understory.io:443/",
+            "https://user@api.understory.io/v1",
+            "HTTPS://api.understory.io/v1",
+        ] {
+            assert_eq!(o.allowed_origin(&uri(same)), Some(0), "{same}");
+        }
+        for other in [
+            "http://api.understory.io/",
+            "https://other.io/",
+            "https://api.understory.io:444/",
+            "/v1/me",
+            "api.understory.io:443",
+            "//api.understory.io/v1/me",
+        ] {
+            assert_eq!(o.allowed_origin(&uri(other)), None, "{other}");
+        }
+
+        let v6 = allowed(&["http://[::1]:8080"]);
+        assert_eq!(v6.allowed_origin(&uri("http://[::1]:8080/x")), Some(0));
+        assert_eq!(v6.allowed_origin(&uri("http://[::2]:8080/x")), None);
+        let port = allowed(&["http://127.0.0.1:8080", "http://127.0.0.1:9090"]);
+        assert_eq!(
+            port.allowed_origin(&uri("http://127.0.0.1:9090/v1")),
+            Some(1)
+        );
+        assert_eq!(port.allowed_origin(&uri("http://127.0.0.1/v1")), None);
+        assert_eq!(port.allowed_origin(&uri("http://127.0.0.1:80/v1")), None);
+    }
+
+    /// The destination of a GET to `target` with these headers and no extensions.
+    fn destination(
+        origins: &AllowedOrigins,
+        target: Target<'_>,
+        headers: &[(&str, &str)],
+    ) -> Destination {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        origins.destination(target, &map, &Extensions::new())
+    }
+
+    #[test]
+    fn only_uris_without_scheme_and_authority_are_relative() {
+        let o = allowed(&["https://api.understory.io"]);
+        for relative in ["/v1/me", "/", "*"] {
+            assert_eq!(
+                destination(&o, (&uri(relative)).into(), &[]),
+                Destination::Relative
+            );
+        }
+        // An authority without a scheme cannot be checked: no token, opted in or not.
+        for unchecked in [
+            "api.understory.io:443",
+            "evil.example:443",
+            "//evil.example/v1/me",
+            "//api.understory.io/v1/me",
+        ] {
+            assert_eq!(
+                destination(&o, (&uri(unchecked)).into(), &[]),
+                Destination::Untouched,
+                "{unchecked}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_host_header_must_agree_with_the_uri() {
+        let o = allowed(&["https://api.understory.io", "http://127.0.0.1:8080"]);
+        let api = uri("https://api.understory.io/v1/me");
+        let api_url = Url::parse("https://api.understory.io/v1/me").unwrap();
+        for target in [Target::from(&api), Target::from(&api_url)] {
+            assert_eq!(destination(&o, target, &[]), Destination::Origin(0));
+            for agreeing in ["api.understory.io", "API.understory.io:443"] {
+                let headers = [("host", agreeing)];
+                assert_eq!(destination(&o, target, &headers), Destination::Origin(0));
+            }
+            for disagreeing in [
+                "evil.example",
+                "api.understory.io:8443",
+                // Another allowed origin is still another host than the URI's.
+                "127.0.0.1:8080",
+                "not an authority",
+            ] {
+                let headers = [("host", disagreeing)];
+                assert_eq!(
+                    destination(&o, target, &headers),
+                    Destination::Untouched,
+                    "{disagreeing}"
+                );
+            }
+            let two = [("host", "api.understory.io"), ("host", "evil.example")];
+            assert_eq!(destination(&o, target, &two), Destination::Untouched);
+        }
+
+        let relative = uri("/v1/me");
+        let named = |host| destination(&o, (&relative).into(), &[("host", host)]);
+        assert_eq!(named("api.understory.io"), Destination::Relative);
+        assert_eq!(named("127.0.0.1:8080"), Destination::Relative);
+        assert_eq!(named("evil.example"), Destination::Untouched);
+        assert_eq!(named("127.0.0.1"), Destination::Untouched);
+    }
+
+    #[test]
+    fn own_authorization_and_skip_auth_go_untouched() {
+        let o = allowed(&["https://api.understory.io"]);
+        let api = uri("https://api.understory.io/v1/me");
+        let own = [("authorization", "Bearer mine")];
+        assert_eq!(destination(&o, (&api).into(), &own), Destination::Untouched);
+        let mut skip = Extensions::new();
+        skip.insert(SkipAuth);
+        assert_eq!(
+            o.destination((&api).into(), &HeaderMap::new(), &skip),
+            Destination::Untouched
+        );
     }
 }

@@ -71,3 +71,69 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
         self.clone()
     }
 }
+
+/// What a test's tracing subscriber (every level) wrote, while this is alive on this thread.
+pub struct CapturedLogs {
+    logs: Logs,
+    _guard: tracing::subscriber::DefaultGuard,
+    _second: tracing::Dispatch,
+}
+
+impl CapturedLogs {
+    /// What was written so far.
+    pub fn text(&self) -> String {
+        self.logs.text()
+    }
+}
+
+/// Captures the current thread's log events, at every level, until the result is dropped
+/// (the tests run on tokio's current-thread runtime, so a token fetch's spawned task logs
+/// here too).
+pub fn capture_logs() -> CapturedLogs {
+    // While only one subscriber exists, tracing asks the *registering thread's* subscriber
+    // whether a callsite is enabled, and caches the answer: another test thread reaching one
+    // of our events first would switch it off for good. With a second subscriber alive,
+    // tracing asks all of them.
+    let second = tracing::Dispatch::new(tracing_subscriber::registry());
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(logs.clone())
+        .finish();
+    CapturedLogs {
+        _guard: tracing::subscriber::set_default(subscriber),
+        _second: second,
+        logs,
+    }
+}
+
+/// A certificate for 127.0.0.1 and its key, issued by a certificate authority made up for
+/// one test.
+pub struct LoopbackCertificate {
+    /// The certificate authority's certificate, in PEM: what a client must trust.
+    pub ca_pem: String,
+    /// The server's certificate for 127.0.0.1.
+    pub certificate: rcgen::Certificate,
+    /// The server certificate's key.
+    pub key: rcgen::KeyPair,
+}
+
+/// A new private CA and a server certificate it issued for 127.0.0.1.
+pub fn loopback_certificate() -> LoopbackCertificate {
+    let ca_key = rcgen::KeyPair::generate().expect("a CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("a CA certificate");
+    let key = rcgen::KeyPair::generate().expect("a server key");
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let certificate = params
+        .signed_by(&key, &issuer)
+        .expect("a server certificate");
+    LoopbackCertificate {
+        ca_pem: ca.pem(),
+        certificate,
+        key,
+    }
+}

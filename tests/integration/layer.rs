@@ -17,10 +17,12 @@ use hyper_util::rt::TokioExecutor;
 use tower::retry::Retry;
 use tower::{BoxError, Layer, ServiceBuilder, ServiceExt, service_fn};
 use tower_http::trace::TraceLayer;
-use understory_auth::testing::SandboxServer;
-use understory_auth::{BearerAuth, BearerAuthLayer, Credentials, RetryOnUnauthorized, scope};
+use understory_auth::testing::{SandboxServer, TokenFault};
+use understory_auth::{
+    BearerAuth, BearerAuthLayer, Credentials, RetryOnUnauthorized, SkipAuth, UnderstoryAuth, scope,
+};
 
-use crate::common::{auth, auth_with, sandbox};
+use crate::common::{auth, auth_with, credentials, sandbox};
 
 type TestResult = Result<(), BoxError>;
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -80,6 +82,20 @@ fn recording() -> (
         async { Ok::<_, Infallible>(Response::new(())) }
     });
     (service, seen)
+}
+
+/// A recording service behind a layer for `sandbox` that authorizes relative URIs.
+fn recording_opted_in(
+    sandbox: &SandboxServer,
+) -> (
+    BearerAuth<
+        impl tower::Service<Request<()>, Response = Response<()>, Error = Infallible> + Clone,
+    >,
+    Seen,
+) {
+    let (inner, seen) = recording();
+    let layer = BearerAuthLayer::new(auth(sandbox)).authorize_relative_uris(true);
+    (layer.layer(inner), seen)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -286,6 +302,50 @@ async fn a_timeout_around_the_layer_fires() -> TestResult {
     Ok(())
 }
 
+/// Where a `TimeoutLayer` goes: outside `BearerAuthLayer` it bounds the whole call, the
+/// token wait included; inside it bounds only the inner call, so a hanging token endpoint
+/// is cut off by `token_timeout` instead. Told by which error each order returns.
+#[tokio::test]
+async fn a_timeout_inside_the_layer_does_not_bound_the_token_wait() -> TestResult {
+    let sandbox = sandbox().await;
+    sandbox.push_token_fault(TokenFault::Hang);
+    sandbox.push_token_fault(TokenFault::Hang);
+    let auth = || {
+        UnderstoryAuth::builder(credentials(&sandbox))
+            .token_url(sandbox.token_url())
+            .api_base(sandbox.api_base())
+            .token_timeout(Duration::from_secs(2))
+            .build()
+            .expect("auth builds")
+    };
+    let timeout = Duration::from_millis(300);
+    let outside = ServiceBuilder::new()
+        .timeout(timeout)
+        .layer(BearerAuthLayer::new(auth()))
+        .service(http_client());
+    let inside = ServiceBuilder::new()
+        .layer(BearerAuthLayer::new(auth()))
+        .timeout(timeout)
+        .service(http_client());
+
+    let outside = outside.oneshot(get(&sandbox, "/v1/me")).await;
+    let inside = inside.oneshot(get(&sandbox, "/v1/me")).await;
+
+    let outside = outside.expect_err("the token endpoint never answers");
+    assert!(outside.is::<tower::timeout::error::Elapsed>(), "{outside}");
+    let inside = inside.expect_err("the token endpoint never answers");
+    let inside = inside
+        .downcast_ref::<understory_auth::Error>()
+        .expect("the token request's own timeout, not the TimeoutLayer's");
+    assert!(
+        matches!(inside, understory_auth::Error::Timeout { .. }),
+        "{inside}"
+    );
+    assert_eq!(sandbox.token_requests(), 2);
+    assert_eq!(sandbox.api_requests(), 0);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_token_error_is_a_boxed_understory_auth_error() -> TestResult {
     let sandbox = sandbox().await;
@@ -347,6 +407,83 @@ async fn relative_uris_get_the_token_only_when_opted_in() -> TestResult {
     assert!(header.is_sensitive());
     assert_eq!(seen[1], None);
     assert_eq!(sandbox.token_requests(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn uris_with_an_authority_but_no_scheme_get_no_token() -> TestResult {
+    let sandbox = sandbox().await;
+    let (opted_in, seen) = recording_opted_in(&sandbox);
+    let api_authority = sandbox.api_base().trim_start_matches("http://").to_owned();
+
+    for uri in [
+        api_authority.clone(),
+        "evil.example:443".to_owned(),
+        format!("//{api_authority}/v1/me"),
+        "//evil.example/v1/me".to_owned(),
+    ] {
+        let request = Request::builder()
+            .method(if uri.starts_with("//") {
+                "GET"
+            } else {
+                "CONNECT"
+            })
+            .uri(uri)
+            .body(())?;
+        opted_in.clone().oneshot(request).await?;
+    }
+
+    assert_eq!(
+        *seen.lock().expect("not poisoned"),
+        [None, None, None, None]
+    );
+    assert_eq!(sandbox.token_requests(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_host_header_naming_another_host_gets_no_token() -> TestResult {
+    let sandbox = sandbox().await;
+    let (opted_in, seen) = recording_opted_in(&sandbox);
+    let with_host = |uri: String, host: &str| {
+        Request::get(uri)
+            .header(http::header::HOST, host)
+            .body(())
+            .expect("a valid request")
+    };
+    let api_authority = sandbox.api_base().trim_start_matches("http://").to_owned();
+
+    for request in [
+        with_host(format!("{}/v1/me", sandbox.api_base()), "evil.example"),
+        with_host("/v1/me".to_owned(), "evil.example"),
+        with_host(format!("{}/v1/me", sandbox.api_base()), &api_authority),
+    ] {
+        opted_in.clone().oneshot(request).await?;
+    }
+
+    let seen = seen.lock().expect("not poisoned");
+    assert_eq!(seen[..2], [None, None]);
+    assert_eq!(
+        seen[2].as_ref(),
+        Some(&HeaderValue::try_from(bearer(&sandbox, 0))?)
+    );
+    assert_eq!(sandbox.token_requests(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn skip_auth_sends_no_token() -> TestResult {
+    let sandbox = sandbox().await;
+    let (inner, seen) = recording();
+    let service = BearerAuthLayer::new(auth(&sandbox)).layer(inner);
+
+    let request = Request::get(format!("{}/v1/me", sandbox.api_base()))
+        .extension(SkipAuth)
+        .body(())?;
+    service.oneshot(request).await?;
+
+    assert_eq!(*seen.lock().expect("not poisoned"), [None]);
+    assert_eq!(sandbox.token_requests(), 0);
     Ok(())
 }
 

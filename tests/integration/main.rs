@@ -7,6 +7,7 @@ mod grant;
 mod hygiene;
 mod layer;
 mod middleware;
+mod network;
 mod sandbox;
 mod soak;
 #[cfg(feature = "redis")]

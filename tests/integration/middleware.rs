@@ -15,7 +15,7 @@ use reqwest_tracing::TracingMiddleware;
 use understory_auth::testing::{ApiFault, SandboxServer};
 use understory_auth::{Credentials, Error, SkipAuth, UnderstoryAuth, scope};
 
-use crate::common::{Logs, auth, auth_with, credentials, sandbox};
+use crate::common::{auth, auth_with, capture_logs, credentials, sandbox};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -149,6 +149,33 @@ async fn skip_auth_sends_no_token() -> TestResult {
     assert_eq!(response.status(), 401);
     assert_eq!(authorizations(&server), [None]);
     assert_eq!(server.token_requests(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_host_header_naming_another_host_gets_no_token() -> TestResult {
+    let server = sandbox().await;
+    let client = client(auth(&server));
+
+    let response = client
+        .get(me(&server))
+        .header("host", "evil.example")
+        .send()
+        .await?;
+    let agreeing = format!("127.0.0.1:{}", server.addr().port());
+    let same = client
+        .get(me(&server))
+        .header("host", agreeing)
+        .send()
+        .await?;
+
+    assert_eq!(response.status(), 401);
+    assert_eq!(same.status(), 200);
+    assert_eq!(
+        authorizations(&server),
+        [None, bearer(&latest_token(&server))]
+    );
+    assert_eq!(server.token_requests(), 1);
     Ok(())
 }
 
@@ -475,18 +502,7 @@ async fn through_reqwest_retry_a_token_error_is_one_level_deeper() -> TestResult
 
 #[tokio::test]
 async fn reqwest_tracing_outside_and_the_token_never_logged() -> TestResult {
-    // While only one subscriber exists, tracing asks the *registering thread's* subscriber
-    // whether a callsite is enabled, and caches the answer: another test thread reaching one
-    // of our events first would switch it off for good. With a second subscriber alive,
-    // tracing asks all of them.
-    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
-    let logs = Logs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(logs.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = capture_logs();
 
     let server = sandbox().await;
     let client = ClientBuilder::new(reqwest::Client::new())

@@ -16,7 +16,9 @@ use redis::AsyncCommands;
 use understory_auth::testing::SandboxServer;
 use understory_auth::{Credentials, RedisStore, SHARED_KEY_PREFIX, TokenStore, UnderstoryAuth};
 
-use crate::common::{Logs, credentials, sandbox};
+use crate::common::{
+    LoopbackCertificate, capture_logs, credentials, loopback_certificate, sandbox,
+};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -46,16 +48,11 @@ impl RedisServer {
     /// Starts a server speaking only TLS (`--port 0 --tls-port …`), with a certificate for
     /// 127.0.0.1 signed by a certificate authority made up for the test.
     fn start_tls() -> Self {
-        let ca_key = rcgen::KeyPair::generate().expect("a CA key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).expect("CA params");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).expect("a CA certificate");
-        let key = rcgen::KeyPair::generate().expect("a server key");
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let certificate = params
-            .signed_by(&key, &issuer)
-            .expect("a server certificate");
+        let LoopbackCertificate {
+            ca_pem,
+            certificate,
+            key,
+        } = loopback_certificate();
 
         let dir = std::env::temp_dir().join(format!(
             "understory-auth-redis-tls-{}-{}",
@@ -65,10 +62,7 @@ impl RedisServer {
         std::fs::create_dir_all(&dir).expect("a temporary directory");
         std::fs::write(dir.join("server.crt"), certificate.pem()).expect("writes the certificate");
         std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("writes the key");
-        Self::start_with(Some(Tls {
-            ca_pem: ca.pem(),
-            dir,
-        }))
+        Self::start_with(Some(Tls { ca_pem, dir }))
     }
 
     fn start_with(tls: Option<Tls>) -> Self {
@@ -248,31 +242,6 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|w| w == needle.as_bytes())
 }
 
-/// Everything logged on this thread while it lives (the tests run on tokio's current-thread
-/// runtime, so the token fetch's spawned task logs here too).
-struct CapturedLogs {
-    logs: Logs,
-    _guard: tracing::subscriber::DefaultGuard,
-    _second: tracing::Dispatch,
-}
-
-fn capture_logs() -> CapturedLogs {
-    // With a second subscriber alive, tracing asks each for every callsite instead of caching
-    // the first thread's answer (see the middleware tests).
-    let second = tracing::Dispatch::new(tracing_subscriber::registry());
-    let logs = Logs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(logs.clone())
-        .finish();
-    CapturedLogs {
-        _guard: tracing::subscriber::set_default(subscriber),
-        _second: second,
-        logs,
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------
@@ -434,7 +403,7 @@ async fn a_tampered_entry_is_rejected_logged_without_contents_and_replaced() -> 
     let second = process(&server, &redis, credentials(&server))
         .token()
         .await?;
-    let logs = captured.logs.text();
+    let logs = captured.text();
     drop(captured);
     assert_ne!(second.secret(), first.secret());
     assert_eq!(server.token_requests(), 2);
@@ -494,7 +463,7 @@ async fn a_wrong_secret_cannot_read_the_entry_and_uses_its_own_quietly() -> Test
         .token()
         .await
         .expect_err("no token without the secret");
-    let logs = captured.logs.text();
+    let logs = captured.text();
     drop(captured);
     assert_eq!(error.oauth_code(), Some("invalid_client"));
     assert_eq!(server.token_requests(), 2, "it had to ask the auth server");
@@ -564,7 +533,7 @@ async fn a_huge_value_under_the_key_is_not_read_and_is_replaced() -> TestResult 
     process(&server, &redis, credentials(&server))
         .token()
         .await?;
-    let logs = captured.logs.text();
+    let logs = captured.text();
     drop(captured);
     assert!(logs.contains("larger than 98304 bytes, unread"), "{logs}");
     assert_eq!(server.token_requests(), 2);
@@ -623,7 +592,7 @@ async fn processes_share_over_tls_to_a_redis_with_a_private_certificate_authorit
     let captured = capture_logs();
     let untrusting = process(&server, &redis, credentials(&server));
     untrusting.token().await?;
-    let logs = captured.logs.text();
+    let logs = captured.text();
     drop(captured);
     assert_eq!(server.token_requests(), 2);
     assert!(
@@ -670,7 +639,7 @@ async fn a_hostile_redis_cannot_forge_log_lines() -> TestResult {
         .shared_cache(RedisStore::new(&url)?)
         .build()?;
     auth.token().await?;
-    let logs = captured.logs.text();
+    let logs = captured.text();
     drop(captured);
     fake.abort();
     assert_eq!(server.token_requests(), 1, "fetched directly");
