@@ -361,10 +361,15 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
                     give_up,
                 } => (flight, outcome, give_up),
             };
-            // Checked first, so that no timer is made for an outcome already known (a
-            // runtime that is shutting down has none to offer).
+            // Checked first, so that no timer is made for an outcome already known; and a
+            // runtime that is shutting down has no timer to offer (polling one panics).
             let landed = match outcome.clone().now_or_never() {
                 Some(landed) => landed,
+                None if runtime_shutting_down() => {
+                    return Err(Error::Interrupted {
+                        reason: "the runtime it was requested on is shutting down",
+                    });
+                }
                 None => match tokio::time::timeout_at(give_up, outcome).await {
                     Ok(landed) => landed,
                     Err(_) => {
@@ -601,6 +606,19 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         }
         abort(stranded);
     }
+}
+
+/// Whether the caller's runtime is shutting down (or gone): such a runtime drops a task at
+/// once instead of running it, so a probe task is finished as soon as it is spawned. Only
+/// asked before waiting for a fetch, never on the hot path.
+fn runtime_shutting_down() -> bool {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return true;
+    };
+    let probe = runtime.spawn(std::future::pending::<()>());
+    let dropped = probe.is_finished();
+    probe.abort();
+    dropped
 }
 
 /// Aborts a flight's task; called without any lock held.

@@ -1055,3 +1055,41 @@ async fn a_rate_limited_refresh_keeps_the_valid_token_and_waits_its_minute() {
     assert_eq!(source.calls(), 3);
     assert_ne!(cache.token().await.unwrap().id(), first.id());
 }
+
+#[test]
+fn a_caller_on_a_dropped_runtime_joining_a_healthy_fetch_gets_an_error_not_a_panic() {
+    let source = Scripted::new([Step::Hang]);
+    let cache = cache(&source);
+    // A fetch in flight on a healthy runtime, which keeps driving it.
+    let healthy = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _running = healthy.spawn({
+        let cache = cache.clone();
+        async move { cache.token().await.map(|t| t.id()) }
+    });
+    while source.calls() == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // A caller on a runtime that was dropped joins it: it has no timer to wait with.
+    let dead = current_thread_runtime();
+    let handle = dead.handle().clone();
+    drop(dead);
+    let on_dead = bounded(Duration::from_secs(10), {
+        let cache = cache.clone();
+        move || {
+            let _entered = handle.enter();
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                cache.token().now_or_never()
+            }))
+        }
+    });
+    let answer = on_dead.expect("no panic").expect("answers at once");
+    assert!(
+        matches!(answer, Err(Error::Interrupted { .. })),
+        "{answer:?}"
+    );
+    assert_eq!(source.calls(), 1, "the healthy fetch is left alone");
+}
