@@ -588,6 +588,15 @@ fn current_thread_runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A multi-thread runtime with one worker, which drives its tasks without being blocked on.
+fn one_worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn a_caller_on_a_dropped_runtime_gets_an_error_and_healthy_callers_are_unaffected() {
     let source = Scripted::new([token(3600)]);
@@ -653,11 +662,7 @@ fn waiters_of_a_fetch_cancelled_with_its_runtime_are_served_by_a_new_fetch() {
         let mut first = Box::pin(cache.token());
         assert!((&mut first).now_or_never().is_none());
     });
-    let healthy = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let healthy = one_worker_runtime();
     let waiter = healthy.spawn({
         let cache = cache.clone();
         async move { cache.token().await.map(|t| t.id()) }
@@ -1061,11 +1066,7 @@ fn a_caller_on_a_dropped_runtime_joining_a_healthy_fetch_gets_an_error_not_a_pan
     let source = Scripted::new([Step::Hang]);
     let cache = cache(&source);
     // A fetch in flight on a healthy runtime, which keeps driving it.
-    let healthy = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let healthy = one_worker_runtime();
     let _running = healthy.spawn({
         let cache = cache.clone();
         async move { cache.token().await.map(|t| t.id()) }
