@@ -519,11 +519,6 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
     /// Records a new flight as the one everyone joins; [`Self::launch`] starts it once the
     /// lock is released.
     fn record_flight(&self, state: &mut FetchState, now: Instant, background: bool) -> Launch<M> {
-        let counters = &self.shared.counters;
-        counters.fetches.fetch_add(1, Relaxed);
-        if background {
-            counters.background_refreshes.fetch_add(1, Relaxed);
-        }
         state.flights += 1;
         let flight = state.flights;
         let deadline = now + self.shared.load_timeout;
@@ -565,6 +560,7 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         let span = tracing::info_span!("understory_auth.fetch_token", background);
         let task = runtime.spawn(
             async move {
+                guard.count_start(background);
                 let started = Instant::now();
                 let result = match tokio::time::timeout(load_timeout, fetch).await {
                     Ok(result) => result,
@@ -646,6 +642,17 @@ struct FlightGuard<M> {
 }
 
 impl<M> FlightGuard<M> {
+    /// Counts the token request as started: only once its task runs, so that a task its
+    /// runtime drops unrun (shutting down) or never drives (stranded) counts as no request.
+    fn count_start(&self, background: bool) {
+        if let Some(cache) = self.cache.upgrade() {
+            cache.counters.fetches.fetch_add(1, Relaxed);
+            if background {
+                cache.counters.background_refreshes.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
     fn finish(mut self, started: Instant, result: Result<GrantedToken, Error>) {
         let elapsed = started.elapsed();
         // Without the cache nobody is waiting: the outcome only needs a shape.

@@ -613,12 +613,16 @@ fn a_caller_on_a_dropped_runtime_gets_an_error_and_healthy_callers_are_unaffecte
     });
     let err = on_dead.expect("answers at once").unwrap_err();
     assert!(matches!(err, Error::Interrupted { .. }), "{err}");
+    let cache_stats = cache.clone();
     let healthy = bounded(Duration::from_secs(10), move || {
         let result = current_thread_runtime().block_on(cache.token());
         (result.map(|t| t.id()), cache.stats().token_id)
     });
     let (id, cached) = healthy;
     assert_eq!(Some(id.unwrap()), cached);
+    // The dead runtime never ran a token request, so the stats count none for it.
+    let stats = cache_stats.stats();
+    assert_eq!((stats.fetches, stats.fetch_successes), (1, 1), "{stats:?}");
 }
 
 #[test]
