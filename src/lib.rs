@@ -79,6 +79,10 @@
 //!   ([`TokenStore`], [`UnderstoryAuthBuilder::shared_cache`]); `redis` adds [`RedisStore`].
 //! * `test-util`: [`testing::SandboxServer`], a local stand-in for Understory's auth server
 //!   and API for your integration tests.
+//! * `webhooks`: receiving Understory's webhooks: [`WebhookVerifier`] checks their Standard
+//!   Webhooks signatures, [`WebhookLayer`] does it in a tower (axum, hyper) server, with
+//!   optional deduplication ([`MemoryWebhookDedup`]; with `redis`, `RedisWebhookDedup`);
+//!   with `test-util`, `testing::WebhookSandbox` signs and delivers test webhooks.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -101,6 +105,8 @@ mod layer;
 mod middleware;
 #[cfg(feature = "shared-cache")]
 mod store;
+#[cfg(feature = "webhooks")]
+mod webhooks;
 
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -133,6 +139,16 @@ pub use store::RedisStore;
 pub use store::{
     SHARED_FETCH_WAIT, SHARED_KEY_PREFIX, SHARED_POLL_INTERVAL, STORE_TIMEOUT, StoreError,
     TokenStore,
+};
+
+#[cfg(all(feature = "webhooks", feature = "redis"))]
+pub use webhooks::RedisWebhookDedup;
+#[cfg(feature = "webhooks")]
+pub use webhooks::{
+    BookingCreated, DEFAULT_WEBHOOK_BODY_LIMIT, DEFAULT_WEBHOOK_DEDUP_CAPACITY,
+    DEFAULT_WEBHOOK_DEDUP_TTL, DEFAULT_WEBHOOK_TOLERANCE, MemoryWebhookDedup, VerifyWebhook,
+    WebhookDedup, WebhookDedupError, WebhookError, WebhookEvent, WebhookFuture, WebhookLayer,
+    WebhookPayload, WebhookVerifier,
 };
 
 /// The `http` crate, re-exported: its types appear in this crate's API.

@@ -27,21 +27,38 @@
 //! The in-process cache keeps doing single flight, refresh ahead and backoff; its token
 //! source is wrapped so that each of its fetches first asks the store:
 //!
-//! * **Key.** `understory-auth:token:v1:` and the hex SHA-256 of everything that changes the
-//!   token: token URL, client id, audience and the sorted scopes. Never the secret.
-//! * **Value.** One version byte, a random 96-bit nonce, and the ChaCha20-Poly1305
-//!   encryption of the token, its scopes, its original lifetime and its absolute expiry,
-//!   under a key derived from the client secret (HKDF-SHA256), with the store key as
-//!   associated data. The store holds only ciphertext; only holders of the secret can read
-//!   or forge an entry, and an entry moved to another key is rejected. An entry that fails
-//!   authentication is logged (without its contents) and treated as missing.
+//! * **Key.** `understory-auth:token:v1:`, the hex SHA-256 of everything that changes the
+//!   token (token URL, client id, audience and the sorted scopes), `:` and a key id: 16
+//!   bytes derived from the client secret with HKDF-SHA256 under an `info` of its own (not
+//!   the secret, and not the encryption key). So each secret of a key being rotated has its
+//!   own entry, lock and counter: old and new secrets running side by side each share among
+//!   their own processes and never wait for, read or overwrite the other's.
+//! * **Value.** One version byte, the key id, a random 96-bit nonce, and the
+//!   ChaCha20-Poly1305 encryption of the token, its scopes, its original lifetime, its
+//!   absolute expiry and its generation, under a key derived from the client secret
+//!   (HKDF-SHA256), with the store key as associated data. The store holds only
+//!   ciphertext; only holders of the secret can read or forge an entry, and an entry moved
+//!   to another key is rejected. A value longer than 96 KiB (a token is at most 64 KiB) is
+//!   neither read whole (Redis: `GETRANGE`) nor decrypted. A value that fails
+//!   authentication (or is too long) is treated as missing and logged, without its contents,
+//!   as a warning at most once a minute per `UnderstoryAuth` (the others at debug level); one
+//!   sealed under another secret or by another version of the crate is passed over at debug
+//!   level.
+//! * **Generations.** Each entry written carries the next value of a counter shared by the
+//!   fleet (Redis: `INCR`, seeded from the server's clock when missing, so it never goes
+//!   back), sealed with the token, so that nobody without the secret can change it. A
+//!   process remembers the newest generation it has taken or written, and takes only a
+//!   strictly newer entry: an entry put back by someone who captured it earlier is never
+//!   taken after a newer one, and the token a process holds (which it asks to replace only
+//!   when it is due or rejected) is never handed back to it.
 //! * **Freshness.** An entry is taken only while it is not yet due for refresh by its
 //!   original lifetime's schedule (more left than the refresh margin, skew and jitter the
 //!   in-process cache would allow it), and is handed over with its *remaining* lifetime, so
 //!   the in-process cache refreshes it no later than the original schedule: the next fetch
-//!   then finds it due and replaces it, instead of taking it again. An entry holding the
-//!   token this process handed over last is also skipped: the cache only asks again for a
-//!   token due for refresh or rejected by the API.
+//!   then finds it due and replaces it. The remaining lifetime is the least of what the
+//!   entry says (by the wall clocks of its writer and its reader) and the time the store
+//!   keeps it (Redis: `PTTL`, by the store's clock), so a clock running ahead cannot
+//!   stretch a token past its life.
 //! * **Cross-process single flight.** When the entry is missing or due, one process fetches
 //!   under a lock with an expiry (Redis: `SET NX PX`, released by compare-and-delete only by
 //!   its owner) and stores the result; the others poll for the entry every
@@ -50,11 +67,12 @@
 //! * **Never worse than without.** Every store operation is bounded by [`STORE_TIMEOUT`]. A
 //!   store that is down, slow or failing never fails a token request: the process fetches
 //!   directly, as it would without a shared cache, and logs a warning once per failure
-//!   streak (and an info line when the store answers again).
+//!   streak (and an info line when the store answers again). The store's error text is
+//!   logged as one short line of printable characters.
 //!
-//! It relies on the processes' wall clocks agreeing to within a few seconds (NTP), and on the
-//! client secret being a high-entropy random string, as Understory's are: HKDF is not a
-//! password hash.
+//! It relies on the client secret being a high-entropy random string, as Understory's are:
+//! HKDF is not a password hash. What someone who can read or write the store, or sits
+//! between it and the processes, can and cannot do is in `SECURITY.md`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -63,6 +81,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::Error;
+use crate::grant::sanitize::Secrets;
 use crate::source::TokenSource;
 
 mod entry;
@@ -85,11 +104,14 @@ pub const STORE_TIMEOUT: Duration = Duration::from_millis(500);
 pub const SHARED_FETCH_WAIT: Duration = Duration::from_secs(2);
 /// How often a waiting process looks for the token another process is fetching.
 pub const SHARED_POLL_INTERVAL: Duration = Duration::from_millis(50);
-/// The prefix of every store key this crate writes (entries and their locks).
+/// The prefix of every store key this crate writes (entries, their locks and counters).
 pub const SHARED_KEY_PREFIX: &str = "understory-auth:token:v1:";
+/// At most one warning about an invalid shared entry (tampered with, corrupt, oversized) is
+/// logged per interval and `UnderstoryAuth`; the others go to debug level.
+const INVALID_ENTRY_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Where a fleet's processes share their tokens: a key-value store with expiring entries
-/// and an expiring lock. [`RedisStore`] (feature `redis`) is the ready-made one.
+/// Where a fleet's processes share their tokens: a key-value store with expiring entries,
+/// a counter and an expiring lock. [`RedisStore`] (feature `redis`) is the ready-made one.
 ///
 /// Values are opaque bytes (ciphertext: the store never sees a token). Implementations
 /// need not bound their own latency: every call is made under [`STORE_TIMEOUT`] and any
@@ -97,34 +119,46 @@ pub const SHARED_KEY_PREFIX: &str = "understory-auth:token:v1:";
 ///
 /// ```
 /// use std::collections::HashMap;
-/// use std::time::Duration;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::time::{Duration, Instant};
 /// use understory_auth::{StoreError, TokenStore};
 ///
 /// /// A store shared by the `UnderstoryAuth` handles of one process (for tests).
 /// #[derive(Default)]
-/// struct MemoryStore(parking_lot::Mutex<HashMap<String, Vec<u8>>>);
+/// struct MemoryStore {
+///     entries: parking_lot::Mutex<HashMap<String, (Vec<u8>, Instant)>>,
+///     generation: AtomicU64,
+/// }
 ///
 /// #[async_trait::async_trait]
 /// impl TokenStore for MemoryStore {
-///     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-///         Ok(self.0.lock().get(key).cloned())
+///     async fn get(&self, key: &str, max_len: usize) -> Result<Option<(Vec<u8>, Duration)>, StoreError> {
+///         let entries = self.entries.lock();
+///         let Some((value, expires)) = entries.get(key) else { return Ok(None) };
+///         let left = expires.saturating_duration_since(Instant::now());
+///         let read = &value[..value.len().min(max_len + 1)];
+///         Ok((!left.is_zero()).then(|| (read.to_vec(), left)))
 ///     }
-///     async fn put(&self, key: &str, value: &[u8], _ttl: Duration) -> Result<(), StoreError> {
-///         self.0.lock().insert(key.to_owned(), value.to_vec());
+///     async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
+///         let expires = Instant::now() + ttl;
+///         self.entries.lock().insert(key.to_owned(), (value.to_vec(), expires));
 ///         Ok(())
 ///     }
-///     async fn try_lock(&self, key: &str, owner: &str, _ttl: Duration) -> Result<bool, StoreError> {
-///         let mut map = self.0.lock();
-///         if map.contains_key(key) {
+///     async fn next_generation(&self, _key: &str) -> Result<u64, StoreError> {
+///         Ok(self.generation.fetch_add(1, Ordering::Relaxed) + 1)
+///     }
+///     async fn try_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+///         let mut entries = self.entries.lock();
+///         if entries.get(key).is_some_and(|(_, expires)| *expires > Instant::now()) {
 ///             return Ok(false);
 ///         }
-///         map.insert(key.to_owned(), owner.as_bytes().to_vec());
+///         entries.insert(key.to_owned(), (owner.as_bytes().to_vec(), Instant::now() + ttl));
 ///         Ok(true)
 ///     }
 ///     async fn unlock(&self, key: &str, owner: &str) -> Result<(), StoreError> {
-///         let mut map = self.0.lock();
-///         if map.get(key).is_some_and(|v| v == owner.as_bytes()) {
-///             map.remove(key);
+///         let mut entries = self.entries.lock();
+///         if entries.get(key).is_some_and(|(value, _)| value == owner.as_bytes()) {
+///             entries.remove(key);
 ///         }
 ///         Ok(())
 ///     }
@@ -132,11 +166,25 @@ pub const SHARED_KEY_PREFIX: &str = "understory-auth:token:v1:";
 /// ```
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {
-    /// The value stored under `key`, if there is one and it has not expired.
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The value stored under `key` and the time it has left to live (`Duration::MAX` if it
+    /// never expires), if there is one and it has not expired.
+    ///
+    /// Of a value longer than `max_len` bytes, return only the first `max_len + 1` (or all of
+    /// it, if that is no cheaper): it is refused unread, and a shared store should not let
+    /// whoever can write to it make every process read megabytes.
+    async fn get(
+        &self,
+        key: &str,
+        max_len: usize,
+    ) -> Result<Option<(Vec<u8>, Duration)>, StoreError>;
 
     /// Stores `value` under `key`, replacing any value, until `ttl` has passed.
     async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError>;
+
+    /// Increments the counter named `key` and returns its new value, which must be at least
+    /// 1 and larger than every value it returned before, to any process, even after the
+    /// store lost its data (seed a missing counter from a clock, as [`RedisStore`] does).
+    async fn next_generation(&self, key: &str) -> Result<u64, StoreError>;
 
     /// Takes the lock named `key` for `owner` (a random string) if nobody holds it; it
     /// expires after `ttl` unless released first. Returns whether it was taken.
@@ -193,13 +241,15 @@ impl StoreError {
     }
 }
 
+/// The text is the store's and its server's (a Redis error reply, say): it is shown as
+/// one line of printable characters, cut short, so that a store cannot forge or flood logs.
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "token store: {}", self.message)?;
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
-        }
-        Ok(())
+        let text = match &self.source {
+            Some(source) => format!("{}: {source}", self.message),
+            None => self.message.clone(),
+        };
+        write!(f, "token store: {}", Secrets::empty().clean(&text))
     }
 }
 

@@ -83,6 +83,15 @@ impl Secrets {
         }
     }
 
+    /// No secrets to redact: for text that cannot hold the client's (a token store's errors),
+    /// which still needs the rest of [`clean`](Self::clean).
+    pub(crate) fn empty() -> Self {
+        Secrets {
+            credentials: Vec::new(),
+            tokens: Mutex::new(VecDeque::new()),
+        }
+    }
+
     /// Remembers a token this grant obtained, forgetting the oldest beyond
     /// [`REMEMBERED_TOKENS`].
     pub(crate) fn remember_token(&self, token: &str) {

@@ -1,8 +1,13 @@
-//! A shared entry: its store key, and its value, sealed under a key derived from the client
+//! A shared entry: its store keys, and its value, sealed under a key derived from the client
 //! secret so that the store holds only ciphertext nobody else can read or forge.
 //!
-//! Value layout: `VERSION (1 byte) | nonce (12 bytes) | ChaCha20-Poly1305(plaintext) with
-//! its 16-byte tag`, the store key as associated data; the plaintext is JSON.
+//! Store keys: `SHARED_KEY_PREFIX`, the hex SHA-256 of what changes the token, `:` and the
+//! hex key id (16 bytes derived from the secret through HKDF with its own `info`), so that
+//! each secret of a key being rotated has its own entry, lock and generation counter.
+//!
+//! Value layout: `VERSION (1 byte) | key id (16 bytes) | nonce (12 bytes) |
+//! ChaCha20-Poly1305(plaintext) with its 16-byte tag`, the store key as associated data; the
+//! plaintext is JSON and holds the entry's generation.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -19,11 +24,17 @@ use super::SHARED_KEY_PREFIX;
 use crate::Error;
 use crate::token::GrantedToken;
 
-/// The value format's version, its first byte; any other is rejected.
-const VERSION: u8 = 1;
+/// The value format's version, its first byte; an entry of another version is passed over.
+const VERSION: u8 = 2;
+const KEY_ID_LEN: usize = 16;
 const NONCE_LEN: usize = 12;
 const HKDF_SALT: &[u8] = b"understory-auth shared token cache";
-const HKDF_INFO: &[u8] = b"v1 entry encryption key, ChaCha20-Poly1305";
+const HKDF_INFO_ENCRYPTION: &[u8] = b"v1 entry encryption key, ChaCha20-Poly1305";
+const HKDF_INFO_KEY_ID: &[u8] = b"v1 store key id";
+/// The largest value an entry may have: tokens are at most 64 KiB
+/// (`MAX_TOKEN_RESPONSE_BYTES`), and sealing adds JSON, scopes and 45 bytes. A longer value
+/// is neither read whole nor decrypted.
+pub(crate) const MAX_ENTRY_BYTES: usize = 96 * 1024;
 
 /// Everything that changes the token an entry holds (not the secret: it does not).
 pub(crate) struct SharedKey<'a> {
@@ -42,11 +53,10 @@ impl SharedKey<'_> {
         scopes.dedup();
         let fields =
             serde_json::json!([self.token_url, self.client_id, self.audience, scopes]).to_string();
-        let mut key = SHARED_KEY_PREFIX.to_owned();
-        for byte in Sha256::digest(fields.as_bytes()) {
-            let _ = write!(key, "{byte:02x}");
-        }
-        key
+        format!(
+            "{SHARED_KEY_PREFIX}{}",
+            hex(&Sha256::digest(fields.as_bytes()))
+        )
     }
 }
 
@@ -54,7 +64,20 @@ impl SharedKey<'_> {
 pub(crate) struct EntryCodec {
     key: String,
     lock_key: String,
+    generation_key: String,
+    key_id: [u8; KEY_ID_LEN],
     cipher: ChaCha20Poly1305,
+}
+
+/// Why a value was not opened.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Refusal {
+    /// Longer than [`MAX_ENTRY_BYTES`]: not decrypted (and not read whole).
+    Oversized,
+    /// Sealed under another client secret or in another format version: not ours to judge.
+    Foreign,
+    /// Claims to be ours but fails authentication: tampered with or corrupt.
+    Invalid,
 }
 
 /// The plaintext, as JSON.
@@ -65,6 +88,7 @@ struct Plain<'a> {
     scopes: Vec<String>,
     lifetime_ms: u64,
     expires_at_unix_ms: u64,
+    generation: u64,
 }
 
 /// An authentic entry. No `Debug`: it holds the token.
@@ -74,20 +98,28 @@ pub(crate) struct Opened {
     /// The lifetime the auth server granted.
     pub(crate) lifetime: Duration,
     pub(crate) expires_at: SystemTime,
+    /// Its place in the fleet's sequence of entries: a newer entry has a larger one.
+    pub(crate) generation: u64,
 }
 
 impl EntryCodec {
     pub(crate) fn new(key: &SharedKey<'_>, client_secret: &str) -> Result<Self, Error> {
+        let derivation_failed = |_| Error::config("cannot derive the shared cache's keys");
+        let hkdf = Hkdf::<Sha256>::new(Some(HKDF_SALT), client_secret.as_bytes());
         let mut okm = Zeroizing::new([0u8; 32]);
-        Hkdf::<Sha256>::new(Some(HKDF_SALT), client_secret.as_bytes())
-            .expand(HKDF_INFO, okm.as_mut_slice())
-            .map_err(|_| Error::config("cannot derive the shared cache's encryption key"))?;
+        hkdf.expand(HKDF_INFO_ENCRYPTION, okm.as_mut_slice())
+            .map_err(derivation_failed)?;
         let cipher = ChaCha20Poly1305::new_from_slice(okm.as_slice())
-            .map_err(|_| Error::config("cannot derive the shared cache's encryption key"))?;
-        let key = key.store_key();
+            .map_err(|_| Error::config("cannot derive the shared cache's keys"))?;
+        let mut key_id = [0u8; KEY_ID_LEN];
+        hkdf.expand(HKDF_INFO_KEY_ID, &mut key_id)
+            .map_err(derivation_failed)?;
+        let key = format!("{}:{}", key.store_key(), hex(&key_id));
         Ok(EntryCodec {
             lock_key: format!("{key}:lock"),
+            generation_key: format!("{key}:generation"),
             key,
+            key_id,
             cipher,
         })
     }
@@ -102,14 +134,25 @@ impl EntryCodec {
         &self.lock_key
     }
 
-    /// The value for `token`, expiring at `expires_at`, under a fresh random nonce. `None`
-    /// only if the system's random generator fails.
-    pub(crate) fn seal(&self, token: &GrantedToken, expires_at: SystemTime) -> Option<Vec<u8>> {
+    /// The store key of the fleet's generation counter for this entry.
+    pub(crate) fn generation_key(&self) -> &str {
+        &self.generation_key
+    }
+
+    /// The value for `token`, expiring at `expires_at`, as entry number `generation`, under
+    /// a fresh random nonce. `None` only if the system's random generator fails.
+    pub(crate) fn seal(
+        &self,
+        token: &GrantedToken,
+        expires_at: SystemTime,
+        generation: u64,
+    ) -> Option<Vec<u8>> {
         let plain = Plain {
             token: Cow::Borrowed(token.secret()),
             scopes: token.scopes().to_vec(),
             lifetime_ms: millis(token.lifetime()),
             expires_at_unix_ms: millis(expires_at.duration_since(UNIX_EPOCH).ok()?),
+            generation,
         };
         let plain = serde_json::to_vec(&plain).ok()?;
         let nonce = Nonce::try_generate().ok()?;
@@ -118,37 +161,55 @@ impl EntryCodec {
             aad: self.key.as_bytes(),
         };
         let sealed = self.cipher.encrypt(&nonce, payload).ok()?;
-        let mut value = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
+        let mut value = Vec::with_capacity(1 + KEY_ID_LEN + NONCE_LEN + sealed.len());
         value.push(VERSION);
+        value.extend_from_slice(&self.key_id);
         value.extend_from_slice(&nonce);
         value.extend_from_slice(&sealed);
         Some(value)
     }
 
     /// The entry in `value`, if it is authentic: sealed by a holder of the secret, for this
-    /// key, and unchanged since. `None` for anything else.
-    pub(crate) fn open(&self, value: &[u8]) -> Option<Opened> {
-        let (&version, rest) = value.split_first()?;
-        if version != VERSION {
-            return None;
+    /// key, and unchanged since. A value over [`MAX_ENTRY_BYTES`] is refused before anything
+    /// else, and one that says it was sealed under another secret is not decrypted.
+    pub(crate) fn open(&self, value: &[u8]) -> Result<Opened, Refusal> {
+        if value.len() > MAX_ENTRY_BYTES {
+            return Err(Refusal::Oversized);
         }
-        let (nonce, sealed) = rest.split_at_checked(NONCE_LEN)?;
+        let (&version, rest) = value.split_first().ok_or(Refusal::Invalid)?;
+        let (key_id, rest) = rest.split_at_checked(KEY_ID_LEN).ok_or(Refusal::Invalid)?;
+        if version != VERSION || key_id != self.key_id {
+            return Err(Refusal::Foreign);
+        }
+        let (nonce, sealed) = rest.split_at_checked(NONCE_LEN).ok_or(Refusal::Invalid)?;
+        let nonce = Nonce::try_from(nonce).map_err(|_| Refusal::Invalid)?;
         let payload = Payload {
             msg: sealed,
             aad: self.key.as_bytes(),
         };
         let plain = self
             .cipher
-            .decrypt(&Nonce::try_from(nonce).ok()?, payload)
-            .ok()?;
-        let plain: Plain<'_> = serde_json::from_slice(&plain).ok()?;
-        Some(Opened {
+            .decrypt(&nonce, payload)
+            .map_err(|_| Refusal::Invalid)?;
+        let plain: Plain<'_> = serde_json::from_slice(&plain).map_err(|_| Refusal::Invalid)?;
+        Ok(Opened {
             token: plain.token.into_owned(),
             scopes: plain.scopes,
             lifetime: Duration::from_millis(plain.lifetime_ms),
-            expires_at: UNIX_EPOCH.checked_add(Duration::from_millis(plain.expires_at_unix_ms))?,
+            expires_at: UNIX_EPOCH
+                .checked_add(Duration::from_millis(plain.expires_at_unix_ms))
+                .ok_or(Refusal::Invalid)?,
+            generation: plain.generation,
         })
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, Cmd, FromRedisValue, cmd};
+use ::redis::{Client, Cmd, FromRedisValue, TlsCertificates, cmd};
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
@@ -16,13 +16,42 @@ use super::{STORE_TIMEOUT, StoreError, TokenStore};
 /// cannot release the next holder's.
 const UNLOCK_SCRIPT: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
 
+/// At most the first `ARGV[1] + 1` bytes of the value and its `PTTL`, in one atomic step, or
+/// nil when there is no value (`GETRANGE` of a missing key is empty; entries never are).
+const GET_SCRIPT: &str = r#"
+local value = redis.call("GETRANGE", KEYS[1], 0, ARGV[1])
+if value == "" then return false end
+return {value, redis.call("PTTL", KEYS[1])}
+"#;
+
+/// `INCR` on a counter that, when missing (never used, expired, or Redis lost its data), is
+/// first seeded with the server's clock in microseconds, so it never goes back. It lives
+/// `ARGV[1]` ms past its last use.
+const NEXT_GENERATION_SCRIPT: &str = r#"
+if redis.call("EXISTS", KEYS[1]) == 0 then
+  local now = redis.call("TIME")
+  redis.call("SET", KEYS[1], now[1] .. string.format("%06d", now[2]))
+end
+local generation = redis.call("INCR", KEYS[1])
+redis.call("PEXPIRE", KEYS[1], ARGV[1])
+return generation
+"#;
+
+/// How long a generation counter outlives its last use (a missing one is reseeded from the
+/// clock, so this only keeps Redis tidy).
+const GENERATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// A [`TokenStore`] on Redis, for [`shared_cache`](crate::UnderstoryAuthBuilder::shared_cache)
 /// (feature `redis`).
 ///
-/// It connects on first use and reconnects by itself after a failure; clones share one
-/// multiplexed connection. Entries are `SET … PX` with the token's remaining lifetime, locks
-/// `SET … NX PX`, released by a compare-and-delete script. Keys start with
-/// [`SHARED_KEY_PREFIX`](crate::SHARED_KEY_PREFIX).
+/// It connects on first use, over TLS for `rediss://` URLs, and reconnects by itself after a
+/// failure; clones share one multiplexed connection. Entries are written with `SET … PX`
+/// (the token's remaining lifetime) and read with one script doing `GETRANGE` (never more
+/// than the size bound) and `PTTL`; generations come from `INCR` on a counter seeded from
+/// the server's `TIME`; locks are `SET … NX PX`, released by a compare-and-delete script.
+/// Keys start with [`SHARED_KEY_PREFIX`](crate::SHARED_KEY_PREFIX). Scripts run with `EVAL`,
+/// so the Redis user needs `EVAL` besides `GET`, `SET`, `GETRANGE`, `PTTL`, `INCR`,
+/// `PEXPIRE`, `EXISTS`, `TIME` and `DEL` on those keys.
 ///
 /// ```no_run
 /// use understory_auth::{Credentials, RedisStore, UnderstoryAuth};
@@ -44,13 +73,21 @@ struct Inner {
 }
 
 impl RedisStore {
-    /// A store for the server at `url`: `redis://[[user]:password@]host[:port][/db]`, or
-    /// `redis+unix:///path/to/socket`. Nothing is connected until the first token fetch;
-    /// fails only on a URL that cannot be parsed (the error never holds the URL).
+    /// A store for the server at `url`: `redis://[[user]:password@]host[:port][/db]`,
+    /// `rediss://…` for TLS, or `redis+unix:///path/to/socket`. Nothing is connected until
+    /// the first token fetch; fails only on a URL that cannot be parsed (the error never holds
+    /// the URL).
+    ///
+    /// With `rediss://` the server's certificate must be valid for the host and signed by
+    /// one of the public certificate authorities that browsers trust (Mozilla's list, built
+    /// in), as managed Redis services' are; for a private one, see
+    /// [`with_root_certificates`](Self::with_root_certificates). There is no way to turn
+    /// certificate verification off.
     ///
     /// ```
     /// use understory_auth::RedisStore;
     /// let store = RedisStore::new("redis://127.0.0.1:6379/")?;
+    /// let tls = RedisStore::new("rediss://:password@redis.example.com:6380/")?;
     /// assert!(RedisStore::new("not a url").is_err());
     /// assert!(!format!("{:?}", RedisStore::new("redis://:hunter2@127.0.0.1/")?).contains("hunter2"));
     /// # Ok::<(), understory_auth::StoreError>(())
@@ -58,12 +95,40 @@ impl RedisStore {
     pub fn new(url: &str) -> Result<Self, StoreError> {
         let client =
             Client::open(url).map_err(|e| StoreError::with_source("invalid Redis URL", e))?;
-        Ok(RedisStore {
+        Ok(Self::from_client(client))
+    }
+
+    /// A store for the `rediss://` server at `url` whose certificate is signed by a private
+    /// certificate authority: `root_certificates` is that authority's certificate (or
+    /// several), PEM-encoded, trusted *instead of* the public ones. Fails on a URL that
+    /// cannot be parsed or is not `rediss://`, and on PEM that cannot be parsed (the error
+    /// never holds the URL).
+    ///
+    /// ```no_run
+    /// use understory_auth::RedisStore;
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("/etc/redis/tls/ca.crt")?;
+    /// let store = RedisStore::with_root_certificates("rediss://redis.internal:6380/", &ca)?;
+    /// # let _ = store; Ok(()) }
+    /// ```
+    pub fn with_root_certificates(url: &str, root_certificates: &[u8]) -> Result<Self, StoreError> {
+        let certificates = TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_certificates.to_vec()),
+        };
+        let client = Client::build_with_tls(url, certificates).map_err(|e| {
+            StoreError::with_source("invalid rediss:// URL or root certificates", e)
+        })?;
+        Ok(Self::from_client(client))
+    }
+
+    fn from_client(client: Client) -> Self {
+        RedisStore {
             inner: Arc::new(Inner {
                 client,
                 connection: OnceCell::new(),
             }),
-        })
+        }
     }
 
     async fn query<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, StoreError> {
@@ -96,13 +161,30 @@ impl RedisStore {
 
 #[async_trait]
 impl TokenStore for RedisStore {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.query(cmd("GET").arg(key)).await
+    async fn get(
+        &self,
+        key: &str,
+        max_len: usize,
+    ) -> Result<Option<(Vec<u8>, Duration)>, StoreError> {
+        let eval = eval(GET_SCRIPT, key).arg(max_len).take();
+        let found: Option<(Vec<u8>, i64)> = self.query(&eval).await?;
+        // PTTL: -1 for a value without expiry (the crate never writes one), -2 for none.
+        Ok(found.and_then(|(value, pttl)| match pttl {
+            -1 => Some((value, Duration::MAX)),
+            _ => Some((value, Duration::from_millis(u64::try_from(pttl).ok()?))),
+        }))
     }
 
     async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
         self.query(cmd("SET").arg(key).arg(value).arg("PX").arg(millis(ttl)))
             .await
+    }
+
+    async fn next_generation(&self, key: &str) -> Result<u64, StoreError> {
+        let eval = eval(NEXT_GENERATION_SCRIPT, key)
+            .arg(millis(GENERATION_TTL))
+            .take();
+        self.query(&eval).await
     }
 
     async fn try_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
@@ -118,12 +200,7 @@ impl TokenStore for RedisStore {
     }
 
     async fn unlock(&self, key: &str, owner: &str) -> Result<(), StoreError> {
-        let eval = cmd("EVAL")
-            .arg(UNLOCK_SCRIPT)
-            .arg(1)
-            .arg(key)
-            .arg(owner)
-            .take();
+        let eval = eval(UNLOCK_SCRIPT, key).arg(owner).take();
         let _deleted: i64 = self.query(&eval).await?;
         Ok(())
     }
@@ -137,6 +214,11 @@ impl fmt::Debug for RedisStore {
             .field("db", &info.redis_settings().db())
             .finish_non_exhaustive()
     }
+}
+
+/// `EVAL script 1 key`, for the caller to add the script's arguments.
+fn eval(script: &str, key: &str) -> Cmd {
+    cmd("EVAL").arg(script).arg(1).arg(key).take()
 }
 
 /// Whole milliseconds, at least 1 (Redis refuses `PX 0`).

@@ -3,16 +3,18 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use super::entry::{EntryCodec, Opened};
-use super::{SHARED_FETCH_WAIT, SHARED_POLL_INTERVAL, STORE_TIMEOUT, StoreError, TokenStore};
+use super::entry::{EntryCodec, MAX_ENTRY_BYTES, Opened, Refusal};
+use super::{
+    INVALID_ENTRY_WARNING_INTERVAL, SHARED_FETCH_WAIT, SHARED_POLL_INTERVAL, STORE_TIMEOUT,
+    StoreError, TokenStore,
+};
 use crate::Error;
 use crate::cache::refresh_lead;
 use crate::source::TokenSource;
@@ -24,11 +26,16 @@ pub(crate) struct SharedStoreSource {
     codec: EntryCodec,
     /// How long a fetcher's lock lives if it is never released: its fetch and its write.
     lock_ttl: Duration,
-    /// The SHA-256 of the token handed to the cache last: an entry still holding it is
-    /// skipped, since the cache asks again only for a token due for refresh or rejected.
-    last_served: Mutex<Option<[u8; 32]>>,
+    /// The newest generation this process has taken or written: only a strictly newer entry
+    /// is taken. The cache asks again only for a token due for refresh or rejected, and the
+    /// token it holds is never newer than this, so an entry an attacker rolls back to (or
+    /// the token handed over last) is never taken.
+    newest_seen: AtomicU64,
     /// Whether the store is failing: a warning is logged once per failure streak.
     degraded: AtomicBool,
+    /// When a warning about an invalid entry was logged last: at most one per
+    /// [`INVALID_ENTRY_WARNING_INTERVAL`], the others at debug level.
+    last_invalid_warning: Mutex<Option<Instant>>,
 }
 
 impl SharedStoreSource {
@@ -43,15 +50,16 @@ impl SharedStoreSource {
             store,
             codec,
             lock_ttl: token_timeout + 2 * STORE_TIMEOUT,
-            last_served: Mutex::new(None),
+            newest_seen: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
+            last_invalid_warning: Mutex::new(None),
         }
     }
 
-    /// The longest one fetch can take: store calls, the wait for another process and the
-    /// token request itself.
+    /// The longest one fetch can take: store calls (read, lock, read or wait, generation,
+    /// write, unlock), the wait for another process and the token request itself.
     pub(crate) fn max_fetch_time(token_timeout: Duration) -> Duration {
-        token_timeout + SHARED_FETCH_WAIT + SHARED_POLL_INTERVAL + 6 * STORE_TIMEOUT
+        token_timeout + SHARED_FETCH_WAIT + SHARED_POLL_INTERVAL + 7 * STORE_TIMEOUT
     }
 
     async fn shared_or_fetch(&self) -> Result<GrantedToken, Error> {
@@ -88,42 +96,83 @@ impl SharedStoreSource {
         }
     }
 
-    /// The shared entry, if there is an authentic one this process may take.
+    /// The shared entry, if there is an authentic one this process may take. Reads at most
+    /// [`MAX_ENTRY_BYTES`] + 1 bytes of it.
     async fn read(&self) -> Result<Option<GrantedToken>, StoreError> {
-        let Some(value) = self.call(self.store.get(self.codec.key())).await? else {
+        let get = self.store.get(self.codec.key(), MAX_ENTRY_BYTES);
+        let Some((value, ttl)) = self.call(get).await? else {
             return Ok(None);
         };
-        let Some(entry) = self.codec.open(&value) else {
-            tracing::warn!(
-                key = self.codec.key(),
-                "ignoring a shared token cache entry that failed authentication (tampered \
-                 with, corrupt, or written with another client secret)"
-            );
-            return Ok(None);
-        };
-        Ok(self.take(entry))
+        match self.codec.open(&value) {
+            Ok(entry) => Ok(self.take(entry, ttl)),
+            Err(Refusal::Foreign) => {
+                tracing::debug!(
+                    "passing over a shared token cache entry sealed under another client \
+                     secret or by another version of the crate"
+                );
+                Ok(None)
+            }
+            Err(Refusal::Oversized) => {
+                self.warn_invalid(&format!(
+                    "ignoring a shared token cache entry larger than {MAX_ENTRY_BYTES} bytes, \
+                     unread (not written by this crate)"
+                ));
+                Ok(None)
+            }
+            Err(Refusal::Invalid) => {
+                self.warn_invalid(
+                    "ignoring a shared token cache entry that failed authentication \
+                     (tampered with or corrupt)",
+                );
+                Ok(None)
+            }
+        }
     }
 
-    /// `entry` as a token with its remaining lifetime, unless it is due for refresh by its
-    /// original lifetime's schedule or is the token this process handed over last.
-    fn take(&self, entry: Opened) -> Option<GrantedToken> {
+    /// `entry` as a token with its remaining lifetime, unless it is not newer than every
+    /// entry this process has seen, or is due for refresh by its original lifetime's
+    /// schedule. The remaining lifetime is bounded by the entry's `ttl` in the store, so a
+    /// writer's clock running ahead cannot stretch it.
+    fn take(&self, entry: Opened, ttl: Duration) -> Option<GrantedToken> {
+        let newest_seen = self.newest_seen.load(Relaxed);
+        if entry.generation <= newest_seen {
+            tracing::debug!(
+                generation = entry.generation,
+                newest_seen,
+                "passing over a shared token no newer than the newest this process has seen"
+            );
+            return None;
+        }
         let left = entry
             .expires_at
             .duration_since(SystemTime::now())
             .ok()?
-            .min(entry.lifetime);
+            .min(entry.lifetime)
+            .min(ttl);
         if left <= refresh_lead(entry.lifetime) {
             return None;
         }
-        if *self.last_served.lock() == Some(fingerprint(&entry.token)) {
-            return None;
-        }
         let token = GrantedToken::new(&entry.token, left, entry.scopes).ok()?;
+        self.newest_seen.fetch_max(entry.generation, Relaxed);
         tracing::debug!(
             left_secs = left.as_secs(),
+            generation = entry.generation,
             "took the access token from the shared cache"
         );
         Some(token)
+    }
+
+    /// Logs `message` as a warning, or at debug level within
+    /// [`INVALID_ENTRY_WARNING_INTERVAL`] of the last one.
+    fn warn_invalid(&self, message: &str) {
+        let now = Instant::now();
+        let mut last = self.last_invalid_warning.lock();
+        if last.is_none_or(|at| now.duration_since(at) >= INVALID_ENTRY_WARNING_INTERVAL) {
+            *last = Some(now);
+            tracing::warn!(key = self.codec.key(), "{message}");
+        } else {
+            tracing::debug!(key = self.codec.key(), "{message}");
+        }
     }
 
     /// Polls for the entry another process is fetching, for at most [`SHARED_FETCH_WAIT`].
@@ -138,13 +187,23 @@ impl SharedStoreSource {
         Ok(None)
     }
 
-    /// Fetches a token and stores it for the other processes.
+    /// Fetches a token and stores it for the other processes as the fleet's newest entry.
     async fn fetch_and_share(&self) -> Result<GrantedToken, Error> {
-        let requested_at = SystemTime::now();
+        let (requested_at, started) = (SystemTime::now(), Instant::now());
         let token = self.fetch_directly().await?;
-        match self.codec.seal(&token, requested_at + token.lifetime()) {
+        let next = self.store.next_generation(self.codec.generation_key());
+        let Ok(generation) = self.call(next).await else {
+            return Ok(token);
+        };
+        self.newest_seen.fetch_max(generation, Relaxed);
+        match self
+            .codec
+            .seal(&token, requested_at + token.lifetime(), generation)
+        {
             Some(value) => {
-                let put = self.store.put(self.codec.key(), &value, token.lifetime());
+                // The store's expiry counts from the request too, by its own clock.
+                let ttl = token.lifetime().saturating_sub(started.elapsed());
+                let put = self.store.put(self.codec.key(), &value, ttl);
                 let _ = self.call(put).await;
             }
             None => tracing::warn!("cannot encrypt the token for the shared cache; not sharing it"),
@@ -185,14 +244,6 @@ impl SharedStoreSource {
 
 impl TokenSource for SharedStoreSource {
     fn fetch(self: Arc<Self>) -> BoxFuture<'static, Result<GrantedToken, Error>> {
-        Box::pin(async move {
-            let token = self.shared_or_fetch().await?;
-            *self.last_served.lock() = Some(fingerprint(token.secret()));
-            Ok(token)
-        })
+        Box::pin(async move { self.shared_or_fetch().await })
     }
-}
-
-fn fingerprint(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }

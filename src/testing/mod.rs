@@ -107,11 +107,15 @@ mod routes;
 mod server;
 mod state;
 mod token_endpoint;
+#[cfg(feature = "webhooks")]
+mod webhooks;
 
 pub use builder::SandboxBuilder;
 pub use faults::{ApiFault, EchoIn, TokenFault};
 pub use recorded::RecordedRequest;
 pub use server::SandboxServer;
+#[cfg(feature = "webhooks")]
+pub use webhooks::{WebhookMessage, WebhookSandbox};
 
 /// The `audience` the sandbox's token endpoint requires, as Understory's does.
 ///

@@ -13,3 +13,5 @@ mod soak;
 mod store;
 #[cfg(all(feature = "test-util", feature = "middleware", feature = "tower"))]
 mod unauthorized;
+#[cfg(feature = "webhooks")]
+mod webhooks;

@@ -7,13 +7,14 @@
 //! they do not skip.
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::AsyncCommands;
 use understory_auth::testing::SandboxServer;
-use understory_auth::{Credentials, RedisStore, SHARED_KEY_PREFIX, UnderstoryAuth};
+use understory_auth::{Credentials, RedisStore, SHARED_KEY_PREFIX, TokenStore, UnderstoryAuth};
 
 use crate::common::{Logs, credentials, sandbox};
 
@@ -26,17 +27,57 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 /// A `redis-server` child process on 127.0.0.1, without persistence; killed on drop.
 struct RedisServer {
     port: u16,
+    tls: Option<Tls>,
     child: Option<Child>,
+}
+
+/// A TLS-only server's certificate authority and the files `redis-server` reads.
+struct Tls {
+    ca_pem: String,
+    dir: PathBuf,
 }
 
 impl RedisServer {
     /// Starts a server on a free port (retrying if another test took the port meanwhile).
     fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts a server speaking only TLS (`--port 0 --tls-port …`), with a certificate for
+    /// 127.0.0.1 signed by a certificate authority made up for the test.
+    fn start_tls() -> Self {
+        let ca_key = rcgen::KeyPair::generate().expect("a CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).expect("CA params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("a CA certificate");
+        let key = rcgen::KeyPair::generate().expect("a server key");
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let certificate = params
+            .signed_by(&key, &issuer)
+            .expect("a server certificate");
+
+        let dir = std::env::temp_dir().join(format!(
+            "understory-auth-redis-tls-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        std::fs::write(dir.join("server.crt"), certificate.pem()).expect("writes the certificate");
+        std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("writes the key");
+        Self::start_with(Some(Tls {
+            ca_pem: ca.pem(),
+            dir,
+        }))
+    }
+
+    fn start_with(tls: Option<Tls>) -> Self {
         for _ in 0..5 {
             let port = free_port();
-            if let Some(child) = spawn_redis(port) {
+            if let Some(child) = spawn_redis(port, tls.as_ref()) {
                 return RedisServer {
                     port,
+                    tls,
                     child: Some(child),
                 };
             }
@@ -45,7 +86,17 @@ impl RedisServer {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
+    }
+
+    /// The PEM of the certificate authority that signed a TLS server's certificate.
+    fn ca_pem(&self) -> &[u8] {
+        self.tls.as_ref().expect("a TLS server").ca_pem.as_bytes()
     }
 
     fn stop(&mut self) {
@@ -58,12 +109,23 @@ impl RedisServer {
     /// Starts the server again on the same port, empty.
     fn restart(&mut self) {
         self.stop();
-        self.child = Some(spawn_redis(self.port).expect("redis-server restarts on its port"));
+        let child = spawn_redis(self.port, self.tls.as_ref());
+        self.child = Some(child.expect("redis-server restarts on its port"));
     }
 
     /// A direct connection, to look at and meddle with what the store holds.
     async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
+        let client = match &self.tls {
+            None => redis::Client::open(self.url()),
+            Some(tls) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(tls.ca_pem.clone().into_bytes()),
+                },
+            ),
+        };
+        client
             .expect("valid URL")
             .get_multiplexed_async_connection()
             .await
@@ -82,11 +144,17 @@ impl RedisServer {
         keys
     }
 
+    /// The token entries' keys (not their locks and generation counters), sorted.
+    async fn entry_keys(&self) -> Vec<String> {
+        let mut keys = self.keys().await;
+        keys.retain(|k| !k.ends_with(":lock") && !k.ends_with(":generation"));
+        keys
+    }
+
     /// The one token entry's key (there must be exactly one).
     async fn entry_key(&self) -> String {
-        let keys = self.keys().await;
-        let entries: Vec<_> = keys.iter().filter(|k| !k.ends_with(":lock")).collect();
-        assert_eq!(entries.len(), 1, "one entry expected: {keys:?}");
+        let entries = self.entry_keys().await;
+        assert_eq!(entries.len(), 1, "one entry expected: {entries:?}");
         entries[0].clone()
     }
 }
@@ -94,6 +162,9 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        if let Some(tls) = &self.tls {
+            let _ = std::fs::remove_dir_all(&tls.dir);
+        }
     }
 }
 
@@ -104,11 +175,22 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts `redis-server` on `port` and waits until it accepts connections; `None` if it
-/// exited (the port was taken). Panics if the binary is missing.
-fn spawn_redis(port: u16) -> Option<Child> {
-    let mut child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+/// Starts `redis-server` on `port` (TLS only, with `tls`) and waits until it accepts
+/// connections; `None` if it exited (the port was taken). Panics if the binary is missing.
+fn spawn_redis(port: u16, tls: Option<&Tls>) -> Option<Child> {
+    let mut command = Command::new("redis-server");
+    match tls {
+        None => command.args(["--port", &port.to_string()]),
+        Some(tls) => command
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(tls.dir.join("server.crt"))
+            .arg("--tls-key-file")
+            .arg(tls.dir.join("server.key"))
+            .args(["--tls-auth-clients", "no"]),
+    };
+    let mut child = command
+        .args(["--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -141,6 +223,17 @@ fn process(sandbox: &SandboxServer, redis: &RedisServer, creds: Credentials) -> 
         .shared_cache(RedisStore::new(&redis.url()).expect("valid Redis URL"))
         .build()
         .expect("auth builds")
+}
+
+/// Has a process fetch and share a token; returns its entry's key.
+async fn shared_entry(
+    sandbox: &SandboxServer,
+    redis: &RedisServer,
+) -> Result<String, understory_auth::Error> {
+    process(sandbox, redis, credentials(sandbox))
+        .token()
+        .await?;
+    Ok(redis.entry_key().await)
 }
 
 fn client(auth: UnderstoryAuth) -> reqwest_middleware::ClientWithMiddleware {
@@ -195,9 +288,13 @@ async fn processes_sharing_redis_make_one_token_request() -> TestResult {
     assert_eq!(server.token_requests(), 1);
     assert!(secrets.iter().all(|s| *s == secrets[0]));
 
-    // Redis holds one entry, no lock, and neither the token nor the secret in the clear.
+    // Redis holds one entry and its generation counter, no lock, and neither the token nor
+    // the secret in the clear.
     let key = redis.entry_key().await;
-    assert_eq!(redis.keys().await, std::slice::from_ref(&key));
+    assert_eq!(
+        redis.keys().await,
+        [key.clone(), format!("{key}:generation")]
+    );
     let value: Vec<u8> = redis.connection().await.get(&key).await?;
     assert!(!contains(&value, &secrets[0]) && !contains(&value, server.client_secret()));
     assert!(!key.contains(server.client_id()) && !key.contains(server.client_secret()));
@@ -369,7 +466,7 @@ async fn different_scopes_use_different_entries_and_scope_order_does_not_matter(
     let both = with(&["openid", "booking.read"]).token().await?;
     assert_ne!(openid.secret(), both.secret());
     assert_eq!(server.token_requests(), 2);
-    assert_eq!(redis.keys().await.len(), 2);
+    assert_eq!(redis.entry_keys().await.len(), 2);
 
     let reordered = with(&["booking.read", "openid"]).token().await?;
     assert_eq!(reordered.secret(), both.secret());
@@ -379,12 +476,15 @@ async fn different_scopes_use_different_entries_and_scope_order_does_not_matter(
 }
 
 #[tokio::test]
-async fn a_wrong_secret_cannot_read_the_entry() -> TestResult {
+async fn a_wrong_secret_cannot_read_the_entry_and_uses_its_own_quietly() -> TestResult {
     let (server, redis) = (sandbox().await, RedisServer::start());
     let token = process(&server, &redis, credentials(&server))
         .token()
         .await?;
 
+    // Another secret of the same key (a rotation in progress, here one the sandbox refuses)
+    // has its own entry and lock: it neither reads nor waits for ours, nor calls it tampered.
+    let captured = capture_logs();
     let intruder = process(
         &server,
         &redis,
@@ -394,8 +494,15 @@ async fn a_wrong_secret_cannot_read_the_entry() -> TestResult {
         .token()
         .await
         .expect_err("no token without the secret");
+    let logs = captured.logs.text();
+    drop(captured);
     assert_eq!(error.oauth_code(), Some("invalid_client"));
     assert_eq!(server.token_requests(), 2, "it had to ask the auth server");
+    assert!(!logs.contains("failed authentication"), "{logs}");
+    assert!(
+        !logs.contains("no token from the process fetching"),
+        "{logs}"
+    );
 
     let rightful = process(&server, &redis, credentials(&server));
     assert_eq!(
@@ -404,5 +511,174 @@ async fn a_wrong_secret_cannot_read_the_entry() -> TestResult {
         "entry intact"
     );
     assert_eq!(server.token_requests(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_older_entry_put_back_is_not_taken_after_a_rejection() -> TestResult {
+    let (server, redis) = (sandbox().await, RedisServer::start());
+    let me = format!("{}/v1/me", server.api_base());
+    // The fleet's first and second entries, captured by someone who can read Redis.
+    let writer = client(process(&server, &redis, credentials(&server)));
+    assert_eq!(writer.get(&me).send().await?.status(), 200);
+    let key = redis.entry_key().await;
+    let mut connection = redis.connection().await;
+    let first: Vec<u8> = connection.get(&key).await?;
+    server.revoke_all_tokens();
+    assert_eq!(writer.get(&me).send().await?.status(), 200);
+    assert_eq!(server.token_requests(), 2);
+
+    // A process takes the second; both tokens are then revoked and the first put back.
+    let victim = client(process(&server, &redis, credentials(&server)));
+    assert_eq!(victim.get(&me).send().await?.status(), 200);
+    assert_eq!(server.token_requests(), 2, "took the shared token");
+    server.revoke_all_tokens();
+    let _: () = connection.set_ex(&key, &first, 3600).await?;
+
+    // Its 401 makes it fetch, not take the older (revoked) entry and fail again.
+    assert_eq!(victim.get(&me).send().await?.status(), 200);
+    assert_eq!(server.token_requests(), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_huge_value_under_the_key_is_not_read_and_is_replaced() -> TestResult {
+    let (server, redis) = (sandbox().await, RedisServer::start());
+    let key = shared_entry(&server, &redis).await?;
+    let huge = vec![0x02_u8; 8 << 20];
+    let _: () = redis.connection().await.set_ex(&key, &huge, 3600).await?;
+
+    // The store hands over no more than asked for...
+    let store = RedisStore::new(&redis.url())?;
+    let (read, ttl) = store.get(&key, 1000).await?.expect("a value");
+    assert_eq!(read.len(), 1001);
+    assert_eq!(read, huge[..1001]);
+    assert!(ttl > Duration::ZERO && ttl <= Duration::from_secs(3600));
+    assert_eq!(
+        store.get("understory-auth:token:v1:missing", 1000).await?,
+        None
+    );
+
+    // ...and a cold process refuses the value unread, fetches and replaces it.
+    let captured = capture_logs();
+    process(&server, &redis, credentials(&server))
+        .token()
+        .await?;
+    let logs = captured.logs.text();
+    drop(captured);
+    assert!(logs.contains("larger than 98304 bytes, unread"), "{logs}");
+    assert_eq!(server.token_requests(), 2);
+    let value: Vec<u8> = redis.connection().await.get(&key).await?;
+    assert!(value.len() < 1000, "replaced by a real entry");
+    Ok(())
+}
+
+#[tokio::test]
+async fn redis_expiry_bounds_a_shared_token_whatever_the_writers_clock_says() -> TestResult {
+    let (server, redis) = (sandbox().await, RedisServer::start());
+    let key = shared_entry(&server, &redis).await?;
+    let mut connection = redis.connection().await;
+
+    // Sealed to last an hour, but Redis drops it in 2 minutes: it is then due for refresh
+    // (the lead time of an hour-long token is longer), so a cold process fetches.
+    let _: () = connection.pexpire(&key, 120_000).await?;
+    let cold = process(&server, &redis, credentials(&server));
+    cold.token().await?;
+    assert_eq!(server.token_requests(), 2);
+
+    // With 50 minutes left in Redis a cold process takes it, with no more than that left.
+    let _: () = connection.pexpire(&key, 3_000_000).await?;
+    let token = process(&server, &redis, credentials(&server))
+        .token()
+        .await?;
+    assert_eq!(server.token_requests(), 2);
+    assert!(
+        token.expires_in() <= Duration::from_secs(3000),
+        "{:?}",
+        token.expires_in()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn processes_share_over_tls_to_a_redis_with_a_private_certificate_authority() -> TestResult {
+    let (server, redis) = (sandbox().await, RedisServer::start_tls());
+    let over_tls = || {
+        let store = RedisStore::with_root_certificates(&redis.url(), redis.ca_pem())?;
+        let auth = UnderstoryAuth::builder(credentials(&server))
+            .token_url(server.token_url())
+            .api_base(server.api_base())
+            .shared_cache(store)
+            .build()?;
+        Ok::<_, Box<dyn std::error::Error>>(auth)
+    };
+    let first = over_tls()?.token().await?;
+    let second = over_tls()?.token().await?;
+    assert_eq!(second.secret(), first.secret());
+    assert_eq!(server.token_requests(), 1, "shared over TLS");
+    assert_eq!(redis.entry_keys().await.len(), 1);
+
+    // With only the public roots the certificate is not trusted: no connection, so the
+    // process fetches directly (and says why).
+    let captured = capture_logs();
+    let untrusting = process(&server, &redis, credentials(&server));
+    untrusting.token().await?;
+    let logs = captured.logs.text();
+    drop(captured);
+    assert_eq!(server.token_requests(), 2);
+    assert!(
+        logs.contains("the shared token cache is unavailable"),
+        "{logs}"
+    );
+
+    // A certificate authority goes with TLS only.
+    assert!(RedisStore::with_root_certificates("redis://127.0.0.1:6379/", redis.ca_pem()).is_err());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_hostile_redis_cannot_forge_log_lines() -> TestResult {
+    // A "Redis" on loopback whose every answer is an error reply carrying a line break and
+    // a terminal escape, as anyone on the path of a plain redis:// connection could send.
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let url = format!("redis://{}/", listener.local_addr()?);
+    let fake = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = [0; 4096];
+                while let Ok(n @ 1..) = socket.read(&mut buffer).await {
+                    // One error per command (an array header), pipelined ones included.
+                    let read = &buffer[..n];
+                    let commands = (0..n)
+                        .filter(|&i| read[i] == b'*' && (i == 0 || read[..i].ends_with(b"\r\n")))
+                        .count();
+                    let reply = b"-ERR forged\n2026-01-01T00:00:00Z  WARN fake line\x1b[2J\r\n";
+                    if socket.write_all(&reply.repeat(commands)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+
+    let server = sandbox().await;
+    let captured = capture_logs();
+    let auth = UnderstoryAuth::builder(credentials(&server))
+        .token_url(server.token_url())
+        .api_base(server.api_base())
+        .shared_cache(RedisStore::new(&url)?)
+        .build()?;
+    auth.token().await?;
+    let logs = captured.logs.text();
+    drop(captured);
+    fake.abort();
+    assert_eq!(server.token_requests(), 1, "fetched directly");
+    assert!(logs.contains("forged"), "the reply reached the log: {logs}");
+    assert!(
+        !logs.contains("\n2026-01-01T00:00:00Z"),
+        "forged line: {logs}"
+    );
+    assert!(!logs.contains('\u{1b}'), "escape sequence: {logs:?}");
     Ok(())
 }

@@ -1,0 +1,475 @@
+//! [`WebhookSandbox`]: signs and delivers webhooks the way Understory does, to test a
+//! receiver without Understory (features `test-util` and `webhooks`).
+
+use std::fmt;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde_json::json;
+
+use crate::WebhookError;
+use crate::webhooks::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, WebhookSecret};
+
+/// How long a delivery may take before [`WebhookSandbox::deliver`] gives up.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many random bytes a generated secret has (Standard Webhooks: 24 to 64).
+const GENERATED_KEY_BYTES: usize = 32;
+
+/// Signs and delivers webhooks the way Understory does (Standard Webhooks headers,
+/// HMAC-SHA256 with a `whsec_` secret), so that a receiver can be tested end to end.
+///
+/// It starts with a random secret ([`secret`](Self::secret)) to configure the receiver's
+/// [`WebhookVerifier`](crate::WebhookVerifier) with. It can rotate the secret (signing with
+/// both, as a sender does during a rotation), build messages ([`booking_created`],
+/// [`message`]) and derive from them a retry with the same id, a tampered body or an old
+/// timestamp ([`WebhookMessage`]), and [`deliver`](Self::deliver) them over HTTP.
+///
+/// **For tests only**: deliver to servers on `127.0.0.1`.
+///
+/// [`booking_created`]: Self::booking_created
+/// [`message`]: Self::message
+///
+/// ```
+/// use understory_auth::WebhookVerifier;
+/// use understory_auth::testing::WebhookSandbox;
+///
+/// let sandbox = WebhookSandbox::new();
+/// let verifier = WebhookVerifier::new(sandbox.secret())?;
+///
+/// let message = sandbox.booking_created();
+/// let event = verifier.verify(&sandbox.headers(&message), message.body())?;
+/// assert_eq!(event.event_type, "v1.booking.created");
+///
+/// let tampered = message.tampered();
+/// assert!(verifier.verify(&sandbox.headers(&tampered), tampered.body()).is_err());
+/// # Ok::<(), understory_auth::WebhookError>(())
+/// ```
+pub struct WebhookSandbox {
+    current: Secret,
+    previous: Option<Secret>,
+    client: OnceLock<reqwest::Client>,
+}
+
+/// A secret as shown to users (`whsec_…`) and as keyed for signing.
+struct Secret {
+    shown: String,
+    keyed: WebhookSecret,
+}
+
+impl Secret {
+    fn random() -> Self {
+        let key: Vec<u8> = std::iter::repeat_with(|| fastrand::u8(..))
+            .take(GENERATED_KEY_BYTES)
+            .collect();
+        let shown = format!("whsec_{}", STANDARD.encode(key));
+        let keyed = WebhookSecret::parse(&shown).unwrap_or_else(|_| unreachable!());
+        Secret { shown, keyed }
+    }
+}
+
+impl WebhookSandbox {
+    /// A sandbox with a random secret.
+    ///
+    /// ```
+    /// let sandbox = understory_auth::testing::WebhookSandbox::new();
+    /// assert!(sandbox.secret().starts_with("whsec_"));
+    /// ```
+    pub fn new() -> Self {
+        WebhookSandbox {
+            current: Secret::random(),
+            previous: None,
+            client: OnceLock::new(),
+        }
+    }
+
+    /// A sandbox that signs with `secret` (`whsec_<base64>` or the bare base64).
+    ///
+    /// ```
+    /// use understory_auth::testing::WebhookSandbox;
+    ///
+    /// let sandbox = WebhookSandbox::with_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?;
+    /// assert_eq!(sandbox.secret(), "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    /// # Ok::<(), understory_auth::WebhookError>(())
+    /// ```
+    pub fn with_secret(secret: &str) -> Result<Self, WebhookError> {
+        Ok(WebhookSandbox {
+            current: Secret {
+                shown: secret.to_owned(),
+                keyed: WebhookSecret::parse(secret)?,
+            },
+            previous: None,
+            client: OnceLock::new(),
+        })
+    }
+
+    /// The current signing secret, to give the receiver's verifier.
+    ///
+    /// ```
+    /// let sandbox = understory_auth::testing::WebhookSandbox::new();
+    /// let verifier = understory_auth::WebhookVerifier::new(sandbox.secret())?;
+    /// # Ok::<(), understory_auth::WebhookError>(())
+    /// ```
+    pub fn secret(&self) -> &str {
+        &self.current.shown
+    }
+
+    /// Starts a secret rotation: a new random secret becomes current, and until
+    /// [`end_rotation`](Self::end_rotation) messages are signed with both, so a receiver
+    /// that knows either verifies them. Returns the new secret.
+    ///
+    /// ```
+    /// use understory_auth::WebhookVerifier;
+    /// use understory_auth::testing::WebhookSandbox;
+    ///
+    /// let mut sandbox = WebhookSandbox::new();
+    /// let old = WebhookVerifier::new(sandbox.secret())?;
+    /// let new = WebhookVerifier::new(&sandbox.rotate_secret())?;
+    /// let message = sandbox.booking_created();
+    /// let headers = sandbox.headers(&message);
+    /// assert!(old.verify(&headers, message.body()).is_ok());
+    /// assert!(new.verify(&headers, message.body()).is_ok());
+    ///
+    /// sandbox.end_rotation();
+    /// assert!(old.verify(&sandbox.headers(&message), message.body()).is_err());
+    /// # Ok::<(), understory_auth::WebhookError>(())
+    /// ```
+    pub fn rotate_secret(&mut self) -> String {
+        let old = std::mem::replace(&mut self.current, Secret::random());
+        self.previous = Some(old);
+        self.current.shown.clone()
+    }
+
+    /// Ends a rotation: messages are signed with the current secret only.
+    ///
+    /// ```
+    /// let mut sandbox = understory_auth::testing::WebhookSandbox::new();
+    /// sandbox.rotate_secret();
+    /// sandbox.end_rotation();
+    /// ```
+    pub fn end_rotation(&mut self) {
+        self.previous = None;
+    }
+
+    /// A `v1.booking.created` event with fresh random identifiers, signed now.
+    ///
+    /// ```
+    /// let sandbox = understory_auth::testing::WebhookSandbox::new();
+    /// let message = sandbox.booking_created();
+    /// let body: serde_json::Value = serde_json::from_slice(message.body())?;
+    /// assert_eq!(body["type"], "v1.booking.created");
+    /// assert!(body["payload"]["booking_id"].is_string());
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn booking_created(&self) -> WebhookMessage {
+        let payload = json!({
+            "booking_id": random_uuid(),
+            "host_id": random_uuid(),
+            "experience_id": random_uuid(),
+            "event_id": random_uuid(),
+        });
+        self.message("v1.booking.created", payload)
+    }
+
+    /// An event of type `event_type` with `payload`, as Understory's JSON envelope
+    /// (`id`, `type`, `timestamp`, `payload`), with a fresh id, signed now.
+    ///
+    /// ```
+    /// let sandbox = understory_auth::testing::WebhookSandbox::new();
+    /// let message = sandbox.message("v9.future.event", serde_json::json!({"thing_id": "t"}));
+    /// assert!(!message.id().is_empty());
+    /// ```
+    pub fn message(&self, event_type: &str, payload: serde_json::Value) -> WebhookMessage {
+        let now = unix_now();
+        let body = json!({
+            "id": random_uuid(),
+            "type": event_type,
+            "timestamp": rfc3339(now),
+            "payload": payload,
+        });
+        WebhookMessage {
+            id: format!("msg_{}", random_uuid()),
+            timestamp: now,
+            signed_body: Bytes::from(body.to_string()),
+            delivered_body: None,
+        }
+    }
+
+    /// The headers a delivery of `message` carries: `webhook-id`, `webhook-timestamp` and
+    /// `webhook-signature` (one `v1` signature per secret in use), and a JSON
+    /// `content-type`.
+    ///
+    /// ```
+    /// let sandbox = understory_auth::testing::WebhookSandbox::new();
+    /// let headers = sandbox.headers(&sandbox.booking_created());
+    /// assert!(headers["webhook-signature"].to_str().unwrap().starts_with("v1,"));
+    /// ```
+    pub fn headers(&self, message: &WebhookMessage) -> HeaderMap {
+        let timestamp = message.timestamp.to_string();
+        let signature = [Some(&self.current), self.previous.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|secret| {
+                secret
+                    .keyed
+                    .sign(&message.id, &timestamp, &message.signed_body)
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            (HEADER_ID, message.id.as_str()),
+            (HEADER_TIMESTAMP, timestamp.as_str()),
+            (HEADER_SIGNATURE, signature.as_str()),
+            ("content-type", "application/json"),
+        ] {
+            // The id is ours (hex), the rest digits and base64: always valid header values.
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(name, value);
+            }
+        }
+        headers
+    }
+
+    /// `POST`s `message` to `url` with its [headers](Self::headers), as Understory delivers
+    /// a webhook, and returns the receiver's status. Fails on a connection error or after
+    /// 10 seconds.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use understory_auth::testing::WebhookSandbox;
+    ///
+    /// let sandbox = WebhookSandbox::new();
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// # let url = format!("http://{}/webhooks", listener.local_addr().unwrap());
+    /// # drop(listener);
+    /// // `url`: your receiver, on 127.0.0.1 (here, nobody is listening).
+    /// assert!(sandbox.deliver(&url, &sandbox.booking_created()).await.is_err());
+    /// # });
+    /// ```
+    pub async fn deliver(
+        &self,
+        url: &str,
+        message: &WebhookMessage,
+    ) -> Result<StatusCode, reqwest::Error> {
+        let client = match self.client.get() {
+            Some(client) => client.clone(),
+            None => {
+                let client = reqwest::Client::builder()
+                    .timeout(DELIVERY_TIMEOUT)
+                    .build()?;
+                self.client.get_or_init(|| client).clone()
+            }
+        };
+        let response = client
+            .post(url)
+            .headers(self.headers(message))
+            .body(message.body().to_vec())
+            .send()
+            .await?;
+        Ok(response.status())
+    }
+}
+
+impl Default for WebhookSandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for WebhookSandbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookSandbox")
+            .field("rotating", &self.previous.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A webhook message of a [`WebhookSandbox`]: its id, timestamp and body, signed by
+/// the sandbox when delivered (or when its [headers](WebhookSandbox::headers) are built).
+///
+/// ```
+/// let sandbox = understory_auth::testing::WebhookSandbox::new();
+/// let message = sandbox.booking_created();
+/// let retry = message.retry();
+/// assert_eq!(retry.id(), message.id());
+/// assert_eq!(retry.body(), message.body());
+/// ```
+#[derive(Debug, Clone)]
+pub struct WebhookMessage {
+    id: String,
+    timestamp: u64,
+    signed_body: Bytes,
+    delivered_body: Option<Bytes>,
+}
+
+impl WebhookMessage {
+    /// The `webhook-id`: the same for every retry of this message.
+    ///
+    /// ```
+    /// let sandbox = understory_auth::testing::WebhookSandbox::new();
+    /// assert!(sandbox.booking_created().id().starts_with("msg_"));
+    /// ```
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The `webhook-timestamp`: Unix seconds of this attempt.
+    ///
+    /// ```
+    /// let sandbox = understory_auth::testing::WebhookSandbox::new();
+    /// assert!(sandbox.booking_created().timestamp() > 1_700_000_000);
+    /// ```
+    pub fn timestamp(&self) -> u64 {
+        self.timestamp
+    }
+
+    /// The body delivered (the signed one unless [`tampered`](Self::tampered) or
+    /// [`delivered_as`](Self::delivered_as) changed it).
+    ///
+    /// ```
+    /// let sandbox = understory_auth::testing::WebhookSandbox::new();
+    /// let message = sandbox.booking_created();
+    /// assert_eq!(message.body().first(), Some(&b'{'));
+    /// ```
+    pub fn body(&self) -> &[u8] {
+        self.delivered_body.as_ref().unwrap_or(&self.signed_body)
+    }
+
+    /// A redelivery: the same id and body, signed now (a retry's timestamp is its own).
+    ///
+    /// ```
+    /// let sandbox = understory_auth::testing::WebhookSandbox::new();
+    /// let message = sandbox.booking_created().signed_at(1);
+    /// assert!(message.retry().timestamp() > 1);
+    /// ```
+    pub fn retry(&self) -> Self {
+        WebhookMessage {
+            timestamp: unix_now(),
+            ..self.clone()
+        }
+    }
+
+    /// The same message with `webhook-timestamp` set to `unix_secs` (for example, older
+    /// than a receiver's tolerance), signed with that timestamp.
+    ///
+    /// ```
+    /// let sandbox = understory_auth::testing::WebhookSandbox::new();
+    /// let old = sandbox.booking_created().signed_at(1_600_000_000);
+    /// assert_eq!(old.timestamp(), 1_600_000_000);
+    /// ```
+    pub fn signed_at(self, unix_secs: u64) -> Self {
+        WebhookMessage {
+            timestamp: unix_secs,
+            ..self
+        }
+    }
+
+    /// The same message with one byte of its delivered body changed after signing, as an
+    /// attacker (or a broken proxy) would.
+    ///
+    /// ```
+    /// let sandbox = understory_auth::testing::WebhookSandbox::new();
+    /// let message = sandbox.booking_created();
+    /// let tampered = message.clone().tampered();
+    /// assert_eq!(tampered.body().len(), message.body().len());
+    /// assert_ne!(tampered.body(), message.body());
+    /// ```
+    pub fn tampered(self) -> Self {
+        let mut body = self.body().to_vec();
+        // The last byte of the first identifier's value, inside a string: still JSON.
+        let at = body
+            .iter()
+            .position(|b| *b == b',')
+            .and_then(|comma| comma.checked_sub(2))
+            .unwrap_or(0);
+        if let Some(byte) = body.get_mut(at) {
+            *byte = if *byte == b'0' { b'1' } else { b'0' };
+        }
+        self.delivered_as(body)
+    }
+
+    /// The same message, signed over its original body but delivered with `body` (for
+    /// example, the JSON parsed and re-serialised by a proxy).
+    ///
+    /// ```
+    /// let sandbox = understory_auth::testing::WebhookSandbox::new();
+    /// let message = sandbox.booking_created();
+    /// let pretty = serde_json::to_vec_pretty(&serde_json::from_slice::<serde_json::Value>(message.body())?)?;
+    /// assert_eq!(message.delivered_as(pretty.clone()).body(), &pretty[..]);
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn delivered_as(self, body: impl Into<Bytes>) -> Self {
+        WebhookMessage {
+            delivered_body: Some(body.into()),
+            ..self
+        }
+    }
+}
+
+/// Unix seconds now.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+/// A random version-4 UUID, as text.
+fn random_uuid() -> String {
+    let bits = fastrand::u128(..) & !(0xf000 << 64) | (0x4000 << 64);
+    let bits = bits & !(0xc << 60) | (0x8 << 60);
+    let hex = format!("{bits:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// `unix_secs` as an RFC 3339 UTC timestamp, as Understory writes an event's `timestamp`
+/// (days to civil date: Howard Hinnant's algorithm).
+fn rfc3339(unix_secs: u64) -> String {
+    let days = unix_secs / 86_400;
+    let secs = unix_secs % 86_400;
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_matches_known_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_769_714_941), "2026-01-29T19:29:01Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn uuids_are_version_4() {
+        let uuid = random_uuid();
+        assert_eq!(uuid.len(), 36);
+        assert_eq!(uuid.as_bytes()[14], b'4');
+        assert!(matches!(uuid.as_bytes()[19], b'8' | b'9' | b'a' | b'b'));
+    }
+}

@@ -1,0 +1,62 @@
+//! Receiving Understory's webhooks (feature `webhooks`): trust in the other direction.
+//!
+//! Understory signs each webhook the Standard Webhooks way (`webhook-id`,
+//! `webhook-timestamp`, `webhook-signature`: HMAC-SHA256 of `{id}.{timestamp}.{raw body}`
+//! with the subscription's secret). This module checks that:
+//!
+//! * [`WebhookVerifier`] verifies one request's headers and raw body and returns its typed
+//!   [`WebhookEvent`], or a [`WebhookError`] that says what was wrong;
+//! * [`WebhookLayer`] does it in a tower stack (axum, hyper): it buffers the body up to the
+//!   limit, answers refusals itself and hands the inner service the same bytes with the
+//!   event in the request's extensions; optionally it acknowledges a redelivered
+//!   `webhook-id` without processing it again ([`WebhookDedup`], [`MemoryWebhookDedup`],
+//!   and with feature `redis` [`RedisWebhookDedup`](crate::RedisWebhookDedup)).
+//!
+//! With feature `test-util`, [`testing::WebhookSandbox`](crate::testing::WebhookSandbox)
+//! signs and delivers webhooks, to test a receiver without Understory.
+//!
+//! One concept per file: the secret, the error, the verifier, the event, the layer, the
+//! deduplication trait and its stores.
+
+mod dedup;
+mod error;
+mod event;
+mod layer;
+mod memory_dedup;
+#[cfg(feature = "redis")]
+mod redis_dedup;
+mod secret;
+mod verifier;
+
+pub use dedup::{WebhookDedup, WebhookDedupError};
+pub use error::WebhookError;
+pub use event::{BookingCreated, WebhookEvent, WebhookPayload};
+pub use layer::{VerifyWebhook, WebhookFuture, WebhookLayer};
+pub use memory_dedup::{
+    DEFAULT_WEBHOOK_DEDUP_CAPACITY, DEFAULT_WEBHOOK_DEDUP_TTL, MemoryWebhookDedup,
+};
+#[cfg(feature = "redis")]
+pub use redis_dedup::RedisWebhookDedup;
+#[cfg(feature = "test-util")]
+pub(crate) use secret::WebhookSecret;
+pub use verifier::{DEFAULT_WEBHOOK_BODY_LIMIT, DEFAULT_WEBHOOK_TOLERANCE, WebhookVerifier};
+#[cfg(feature = "test-util")]
+pub(crate) use verifier::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_public_types_are_thread_safe() {
+        fn shared<T: Clone + Send + Sync + 'static>() {}
+        fn error<E: std::error::Error + Send + Sync + 'static>() {}
+        shared::<WebhookVerifier>();
+        shared::<WebhookLayer>();
+        shared::<VerifyWebhook<()>>();
+        shared::<MemoryWebhookDedup>();
+        shared::<WebhookEvent>();
+        error::<WebhookError>();
+        error::<WebhookDedupError>();
+    }
+}

@@ -1,0 +1,390 @@
+//! [`WebhookVerifier`]: the Standard Webhooks signature check, for Understory's webhooks.
+//!
+//! Why not the `standardwebhooks` crate (1.0.1, the reference library's Rust port)? It fits
+//! the scheme but not this crate: it pulls `base64 0.21` (we use 0.22), `time` and a second
+//! SHA-256 implementation (`hmac-sha256`) where we already have `sha2 0.11`; it declares no
+//! MSRV; it refuses bodies that are not UTF-8 (the spec signs raw bytes); it reads the wall
+//! clock with no seam, so the tolerance edges cannot be tested exactly; it holds one secret
+//! (rotation means trying several verifiers and picking which error to report); and
+//! `now - timestamp` on an `i64` from the header can overflow. Its core is ~30 lines, so we
+//! write them with RustCrypto's `hmac 0.13` (same `digest 0.11` as `sha2` and `hkdf`, already
+//! in our tree; constant-time `verify_slice`) and the `base64 0.22` we already depend on.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::Mac;
+use http::HeaderMap;
+
+use super::secret::WebhookSecret;
+use super::{WebhookError, WebhookEvent};
+
+/// How far a webhook's `webhook-timestamp` may lie from this server's clock, in either
+/// direction, unless [`WebhookVerifier::tolerance`] says otherwise: 5 minutes, as Standard
+/// Webhooks recommends. It bounds how long a captured webhook can be replayed.
+///
+/// ```
+/// # use std::time::Duration;
+/// assert_eq!(understory_auth::DEFAULT_WEBHOOK_TOLERANCE, Duration::from_secs(300));
+/// ```
+pub const DEFAULT_WEBHOOK_TOLERANCE: Duration = Duration::from_secs(5 * 60);
+
+/// The largest webhook body accepted unless [`WebhookVerifier::max_body_bytes`] says
+/// otherwise: 64 KiB. Understory's events are "thin" (identifiers only), a few hundred bytes.
+///
+/// ```
+/// assert_eq!(understory_auth::DEFAULT_WEBHOOK_BODY_LIMIT, 64 * 1024);
+/// ```
+pub const DEFAULT_WEBHOOK_BODY_LIMIT: usize = 64 * 1024;
+
+/// The `webhook-id` header: the message id, the same on every retry of a delivery.
+pub(crate) const HEADER_ID: &str = "webhook-id";
+/// The `webhook-timestamp` header: Unix seconds of the delivery attempt.
+pub(crate) const HEADER_TIMESTAMP: &str = "webhook-timestamp";
+/// The `webhook-signature` header: space-separated `v1,<base64>` signatures.
+pub(crate) const HEADER_SIGNATURE: &str = "webhook-signature";
+
+/// The only signature version this verifier checks (HMAC-SHA256); others are ignored.
+const SIGNATURE_VERSION: &str = "v1";
+/// The length of an HMAC-SHA256 tag.
+const TAG_LEN: usize = 32;
+/// How many `v1` signatures of one header are checked at most (a sender rotating its
+/// secret sends two); more are ignored, which bounds the work a hostile header causes.
+const MAX_SIGNATURES: usize = 8;
+
+/// Verifies that a webhook comes from Understory: the Standard Webhooks scheme (HMAC-SHA256
+/// of `{webhook-id}.{webhook-timestamp}.{raw body}`, constant-time comparison, a timestamp
+/// tolerance against replays, a body limit).
+///
+/// Give it the subscription's signing secret (`whsec_…`, with or without the prefix); while
+/// Understory rotates it, add the other one with [`with_secret`](Self::with_secret): a
+/// signature made with any of them verifies. Clones are cheap and share the secrets. The
+/// secrets never appear in `Debug`, errors or logs.
+///
+/// Verify the body exactly as received: never parse and re-serialise it first.
+/// [`WebhookLayer`](crate::WebhookLayer) does all of this in a tower stack.
+///
+/// ```
+/// use understory_auth::{WebhookPayload, WebhookVerifier};
+///
+/// # #[cfg(feature = "test-util")] {
+/// # let sandbox = understory_auth::testing::WebhookSandbox::new();
+/// # let secret = sandbox.secret();
+/// # let message = sandbox.booking_created();
+/// # let (headers, body) = (sandbox.headers(&message), message.body());
+/// let verifier = WebhookVerifier::new(secret)?; // "whsec_…"
+/// // `headers` and `body` as received: webhook-id, webhook-timestamp, webhook-signature.
+/// let event = verifier.verify(&headers, &body)?;
+/// if let WebhookPayload::BookingCreated(ids) = &event.payload {
+///     println!("booking {} created", ids.booking_id);
+/// }
+/// # }
+/// # Ok::<(), understory_auth::WebhookError>(())
+/// ```
+#[derive(Clone)]
+pub struct WebhookVerifier {
+    secrets: Arc<[WebhookSecret]>,
+    tolerance: Duration,
+    max_body_bytes: usize,
+}
+
+impl WebhookVerifier {
+    /// A verifier for `secret` (`whsec_<base64>` or the bare base64), with the default
+    /// [tolerance](DEFAULT_WEBHOOK_TOLERANCE) and [body limit](DEFAULT_WEBHOOK_BODY_LIMIT).
+    /// Fails with [`WebhookError::InvalidSecret`] (which does not hold the secret) if it is
+    /// not base64.
+    ///
+    /// ```
+    /// use understory_auth::WebhookVerifier;
+    ///
+    /// assert!(WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_ok());
+    /// assert!(WebhookVerifier::new("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_ok());
+    /// assert!(WebhookVerifier::new("whsec_not base64").is_err());
+    /// ```
+    pub fn new(secret: &str) -> Result<Self, WebhookError> {
+        Ok(WebhookVerifier {
+            secrets: Arc::new([WebhookSecret::parse(secret)?]),
+            tolerance: DEFAULT_WEBHOOK_TOLERANCE,
+            max_body_bytes: DEFAULT_WEBHOOK_BODY_LIMIT,
+        })
+    }
+
+    /// Accepts signatures made with `secret` too: during a secret rotation, give the
+    /// verifier both the old and the new secret, and drop the old one once the rotation is
+    /// over.
+    ///
+    /// ```
+    /// use understory_auth::WebhookVerifier;
+    ///
+    /// let verifier = WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?
+    ///     .with_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")?;
+    /// # Ok::<(), understory_auth::WebhookError>(())
+    /// ```
+    pub fn with_secret(mut self, secret: &str) -> Result<Self, WebhookError> {
+        let added = WebhookSecret::parse(secret)?;
+        self.secrets = self.secrets.iter().cloned().chain([added]).collect();
+        Ok(self)
+    }
+
+    /// How far `webhook-timestamp` may lie from this server's clock, in either direction
+    /// (default [`DEFAULT_WEBHOOK_TOLERANCE`]), counted in whole seconds: a timestamp
+    /// exactly `tolerance` away is accepted, one second more is refused.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use understory_auth::WebhookVerifier;
+    ///
+    /// let verifier = WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?
+    ///     .tolerance(Duration::from_secs(60));
+    /// # Ok::<(), understory_auth::WebhookError>(())
+    /// ```
+    pub fn tolerance(mut self, tolerance: Duration) -> Self {
+        self.tolerance = tolerance;
+        self
+    }
+
+    /// The largest body accepted, in bytes (default [`DEFAULT_WEBHOOK_BODY_LIMIT`]).
+    /// [`WebhookLayer`](crate::WebhookLayer) stops reading a body as soon as it passes
+    /// this limit.
+    ///
+    /// ```
+    /// use understory_auth::WebhookVerifier;
+    ///
+    /// let verifier = WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?
+    ///     .max_body_bytes(4096);
+    /// # Ok::<(), understory_auth::WebhookError>(())
+    /// ```
+    pub fn max_body_bytes(mut self, limit: usize) -> Self {
+        self.max_body_bytes = limit;
+        self
+    }
+
+    /// Verifies a webhook from its headers and its body exactly as received, against this
+    /// server's clock, and returns its event.
+    ///
+    /// The checks run in this order: the three headers are present and well-formed, the
+    /// timestamp is within the tolerance, the body within the limit, a `v1` signature
+    /// matches (other versions are ignored), the body is an event.
+    ///
+    /// ```
+    /// use understory_auth::WebhookVerifier;
+    ///
+    /// # #[cfg(feature = "test-util")] {
+    /// use understory_auth::testing::WebhookSandbox;
+    ///
+    /// let sandbox = WebhookSandbox::new();
+    /// let verifier = WebhookVerifier::new(sandbox.secret())?;
+    /// let message = sandbox.booking_created();
+    /// let event = verifier.verify(&sandbox.headers(&message), message.body())?;
+    /// assert_eq!(event.event_type, "v1.booking.created");
+    /// # }
+    /// # Ok::<(), understory_auth::WebhookError>(())
+    /// ```
+    pub fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<WebhookEvent, WebhookError> {
+        self.verify_at(headers, body, SystemTime::now())
+    }
+
+    /// [`verify`](Self::verify) as if the clock read `now`: for tests of the tolerance, and
+    /// for replaying stored webhooks against the time they arrived.
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use understory_auth::{WebhookError, WebhookVerifier};
+    ///
+    /// // A published Standard Webhooks example, signed at 1614265330.
+    /// let verifier = WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?;
+    /// let mut headers = http::HeaderMap::new();
+    /// headers.insert("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek".parse().unwrap());
+    /// headers.insert("webhook-timestamp", "1614265330".parse().unwrap());
+    /// headers.insert(
+    ///     "webhook-signature",
+    ///     "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=".parse().unwrap(),
+    /// );
+    /// let body = br#"{"test": 2432232314}"#;
+    /// let signed_at = UNIX_EPOCH + Duration::from_secs(1614265330);
+    ///
+    /// // Authentic, but not an event: the signature matched.
+    /// let error = verifier.verify_at(&headers, body, signed_at).unwrap_err();
+    /// assert!(matches!(error, WebhookError::InvalidEvent(_)));
+    /// // Ten minutes later it is refused before the signature is even checked.
+    /// let later = signed_at + Duration::from_secs(600);
+    /// let error = verifier.verify_at(&headers, body, later).unwrap_err();
+    /// assert!(matches!(error, WebhookError::TimestampTooOld { age_secs: 600, .. }));
+    /// # Ok::<(), WebhookError>(())
+    /// ```
+    pub fn verify_at(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<WebhookEvent, WebhookError> {
+        let signed = self.check_headers(headers, now)?;
+        if body.len() > self.max_body_bytes {
+            return Err(self.body_too_large());
+        }
+        self.check_signature(&signed, body)?;
+        serde_json::from_slice(body).map_err(WebhookError::InvalidEvent)
+    }
+
+    /// The body limit, for the layer.
+    pub(crate) fn body_limit(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    /// The error for a body over the limit.
+    pub(crate) fn body_too_large(&self) -> WebhookError {
+        WebhookError::BodyTooLarge {
+            limit: self.max_body_bytes,
+        }
+    }
+
+    /// Every check that needs no body: the headers are there and well-formed, the
+    /// timestamp within the tolerance of `now`. The layer runs it before reading the body.
+    pub(crate) fn check_headers<'h>(
+        &self,
+        headers: &'h HeaderMap,
+        now: SystemTime,
+    ) -> Result<SignedHeaders<'h>, WebhookError> {
+        let id = header(headers, HEADER_ID)?;
+        if id.is_empty() {
+            return Err(malformed(HEADER_ID, "empty"));
+        }
+        let timestamp = header(headers, HEADER_TIMESTAMP)?;
+        let signed_at = parse_timestamp(timestamp)?;
+        let signature = header(headers, HEADER_SIGNATURE)?;
+        let signatures = Signatures::parse(signature)?;
+        self.check_timestamp(signed_at, now)?;
+        Ok(SignedHeaders {
+            id,
+            timestamp,
+            signatures,
+        })
+    }
+
+    fn check_timestamp(&self, signed_at: u64, now: SystemTime) -> Result<(), WebhookError> {
+        let now = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let tolerance_secs = self.tolerance.as_secs();
+        let age_secs = now.saturating_sub(signed_at);
+        if age_secs > tolerance_secs {
+            return Err(WebhookError::TimestampTooOld {
+                age_secs,
+                tolerance_secs,
+            });
+        }
+        let ahead_secs = signed_at.saturating_sub(now);
+        if ahead_secs > tolerance_secs {
+            return Err(WebhookError::TimestampTooNew {
+                ahead_secs,
+                tolerance_secs,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether any signature is the HMAC of the message under any secret, compared in
+    /// constant time (`hmac`'s `verify_slice`).
+    fn check_signature(&self, signed: &SignedHeaders<'_>, body: &[u8]) -> Result<(), WebhookError> {
+        let matches = self.secrets.iter().any(|secret| {
+            let mac = secret.mac(signed.id, signed.timestamp, body);
+            signed
+                .signatures
+                .tags()
+                .iter()
+                .any(|tag| mac.clone().verify_slice(tag).is_ok())
+        });
+        if matches {
+            Ok(())
+        } else {
+            Err(WebhookError::NoMatchingSignature)
+        }
+    }
+}
+
+impl fmt::Debug for WebhookVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookVerifier")
+            .field("secrets", &self.secrets.len())
+            .field("tolerance", &self.tolerance)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
+}
+
+/// The three headers of a webhook, checked.
+pub(crate) struct SignedHeaders<'h> {
+    id: &'h str,
+    timestamp: &'h str,
+    signatures: Signatures,
+}
+
+/// The decoded `v1` signatures of a `webhook-signature` header (at most [`MAX_SIGNATURES`]).
+struct Signatures {
+    tags: [[u8; TAG_LEN]; MAX_SIGNATURES],
+    len: usize,
+}
+
+impl Signatures {
+    /// Keeps the entries `v1,<base64 of 32 bytes>`, ignores other versions; malformed if
+    /// no entry is such a signature.
+    fn parse(header: &str) -> Result<Self, WebhookError> {
+        let mut signatures = Signatures {
+            tags: [[0; TAG_LEN]; MAX_SIGNATURES],
+            len: 0,
+        };
+        let v1 = header
+            .split(' ')
+            .filter_map(|entry| entry.split_once(','))
+            .filter(|(version, _)| *version == SIGNATURE_VERSION);
+        for (_, encoded) in v1 {
+            let Some(slot) = signatures.tags.get_mut(signatures.len) else {
+                break;
+            };
+            // A longer tag does not fit in `slot` and fails too.
+            if STANDARD.decode_slice(encoded, slot) == Ok(TAG_LEN) {
+                signatures.len += 1;
+            }
+        }
+        if signatures.len == 0 {
+            return Err(malformed(
+                HEADER_SIGNATURE,
+                "no `v1,<base64 HMAC-SHA256>` signature",
+            ));
+        }
+        Ok(signatures)
+    }
+
+    fn tags(&self) -> &[[u8; TAG_LEN]] {
+        self.tags.get(..self.len).unwrap_or_default()
+    }
+}
+
+/// The value of header `name`, as text.
+fn header<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, WebhookError> {
+    headers
+        .get(name)
+        .ok_or(WebhookError::MissingHeader(name))?
+        .to_str()
+        .map_err(|_| malformed(name, "not visible ASCII"))
+}
+
+/// `webhook-timestamp`: Unix seconds, digits only.
+fn parse_timestamp(value: &str) -> Result<u64, WebhookError> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(malformed(HEADER_TIMESTAMP, "not Unix seconds"));
+    }
+    value
+        .parse()
+        .map_err(|_| malformed(HEADER_TIMESTAMP, "out of range"))
+}
+
+fn malformed(header: &'static str, reason: &'static str) -> WebhookError {
+    WebhookError::MalformedHeader { header, reason }
+}
+
+#[cfg(test)]
+mod tests;
