@@ -364,13 +364,18 @@ async fn soak_expiring_tokens_and_failing_token_requests_under_load() {
         "soak: {total} requests in {elapsed:?}: {} ok, {} 401, {} token errors ({} while a \
          token was usable), {} other\n\
          soak: {stats:?}; {issued} tokens issued, {} faults injected\n\
-         soak: middle {middle:?}, end {end:?}",
+         soak: resident {:?} then {:?} KiB, live tasks under load (mostly connections) {} \
+         then {}",
         tally.ok,
         tally.unauthorized,
         tally.token_errors,
         tally.violations.len(),
         tally.other.len(),
-        injected.load(Relaxed)
+        injected.load(Relaxed),
+        middle.resident_kib,
+        end.resident_kib,
+        middle.alive_tasks,
+        end.alive_tasks,
     );
 
     // Every request was answered, and none failed for want of a token while one was usable.
