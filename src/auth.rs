@@ -8,7 +8,7 @@ use url::Url;
 
 use crate::Error;
 use crate::builder::UnderstoryAuthBuilder;
-use crate::cache::{CacheStats, Rejection, Timing, TokenCache};
+use crate::cache::{CacheStats, Held, Rejection, Timing, TokenCache};
 use crate::credentials::Credentials;
 use crate::origin::{AllowedOrigins, Origin};
 use crate::token::AccessToken;
@@ -170,11 +170,26 @@ impl UnderstoryAuth {
         self.cache.reject(token) == Rejection::Dropped
     }
 
-    /// The one place both integrations report the API's answer to a request that carried
-    /// `token`: records a non-401 as evidence the token works (one atomic load per call),
-    /// judges a 401 by the rule in the crate docs, and tells whether the request should be
-    /// resent, because the resend would carry another token.
-    #[cfg_attr(not(any(feature = "middleware", feature = "tower")), allow(dead_code))]
+    /// [`UnderstoryAuth::cached_token`] with the handle the API's answer is reported to: one
+    /// reference-counted pointer, owned by this thread's copy of the token.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn cached_held(&self) -> Option<Arc<Held>> {
+        self.cache.fresh_held()
+    }
+
+    /// [`UnderstoryAuth::token`] with the handle the API's answer is reported to.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) async fn held(&self) -> Result<Arc<Held>, Error> {
+        let token = self.token().await?;
+        Ok(self.cache.hold(token))
+    }
+
+    /// Where the middleware reports the API's answer to a request that carried `token`
+    /// (the layer reports through its thread's `Held`, to the same rule in the cache):
+    /// records a non-401 as evidence the token works (one atomic load per call), judges a
+    /// 401 by the rule in the crate docs, and tells whether the request should be resent,
+    /// because the resend would carry another token.
+    #[cfg_attr(not(feature = "middleware"), allow(dead_code))]
     pub(crate) fn answered(&self, token: &AccessToken, status: http::StatusCode) -> bool {
         self.cache.answered(token, status)
     }

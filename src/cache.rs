@@ -4,8 +4,12 @@
 //! # How it works
 //!
 //! The current token lives in `slot`, a `parking_lot::RwLock<Option<AccessToken>>` inside the
-//! cache's `Arc`. The hot path ([`TokenCache::fresh`]) takes the read lock, checks the clock
-//! and clones an `Arc`: no write lock, no await, no allocation.
+//! cache's `Arc`, the source of truth. The hot path ([`TokenCache::fresh`], in `local`) reads
+//! in front of it: the id of the slot's token, published with every write to the slot, and
+//! the calling thread's own copy of that token, checked against a coarse monotonic clock.
+//! It writes nothing another thread reads: no lock, no shared reference count, no await, no
+//! allocation. Only a thread without a copy of the current token, or one close to the
+//! token's refresh instant, takes the read lock and reads the precise clock.
 //!
 //! Everything else happens under a second lock, `state`, which the hot path never touches
 //! except for a `try_lock` while a token is due for refresh:
@@ -62,6 +66,9 @@ use tracing::Instrument;
 use crate::Error;
 use crate::source::TokenSource;
 use crate::token::{AccessToken, GrantedToken, Schedule, TokenId};
+
+mod local;
+pub(crate) use local::Held;
 
 /// The default smallest refresh-ahead margin, for tokens that live long enough to afford it
 /// (a token's margin is never more than half its lifetime); set it with
@@ -142,8 +149,11 @@ impl<M> Clone for TokenCache<M> {
 }
 
 struct SharedCache<M> {
-    /// The current token: the hot path reads only this.
+    /// The current token, the source of truth. The hot path reads `current` and its own
+    /// thread's copy of the token first (see `local`).
     slot: RwLock<Option<AccessToken>>,
+    /// The id of the token in `slot`, published with every write to it.
+    current: local::Current,
     /// Lock order: `state` before `slot`. No code holding `state` runs anything that could
     /// drop a fetch (spawn, abort, the source's own code), so it is never taken re-entrantly.
     state: Mutex<FetchState>,
@@ -315,6 +325,7 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         TokenCache {
             shared: Arc::new(SharedCache {
                 slot: RwLock::new(None),
+                current: local::Current::default(),
                 state: Mutex::new(FetchState::default()),
                 source,
                 load_timeout,
@@ -332,14 +343,21 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
     }
 
     /// The hot path: the cached token if it is still usable, without waiting for anything.
-    /// Past the token's refresh instant, it also starts a background refresh.
+    /// Past the token's refresh instant, it also starts a background refresh. The token is
+    /// this thread's copy (see `local`): handing it out writes nothing shared.
     pub(crate) fn fresh(&self) -> Option<AccessToken> {
-        let now = Instant::now();
-        let token = self.usable(now)?;
-        if now >= token.refresh_at() {
-            self.refresh_in_background(now);
-        }
-        Some(token)
+        local::lookup(self, |held| held.token().clone())
+    }
+
+    /// [`TokenCache::fresh`] with the handle the API's answer is reported to.
+    pub(crate) fn fresh_held(&self) -> Option<Arc<Held>> {
+        local::lookup(self, Arc::clone)
+    }
+
+    /// The handle the API's answer is reported to, for a token obtained some other way (a
+    /// fetch).
+    pub(crate) fn hold(&self, token: AccessToken) -> Arc<Held> {
+        Held::new(self, token)
     }
 
     /// A usable token: the cached one, or the outcome of a fetch (joined or started).
@@ -396,14 +414,7 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
     /// any answer but 401 is evidence the token works; a 401 is judged by
     /// [`Self::reject`]. Returns whether the request should be resent with another token.
     pub(crate) fn answered(&self, token: &AccessToken, status: http::StatusCode) -> bool {
-        if status != http::StatusCode::UNAUTHORIZED {
-            // A 5xx may come from a proxy that never looked at the token.
-            if !status.is_server_error() {
-                token.note_accepted();
-            }
-            return false;
-        }
-        self.reject(token).resend()
+        is_rejection(token, status) && self.reject(token).resend()
     }
 
     /// A request carrying `token` was answered 401: the rule in the crate docs ("What
@@ -431,7 +442,10 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
             }
             state.dropped_replacements = state.dropped_replacements.saturating_add(1);
         }
-        *self.shared.slot.write() = None;
+        let mut slot = self.shared.slot.write();
+        *slot = None;
+        self.shared.current.publish(None);
+        drop(slot);
         state.invalidated = true;
         state.replacement = None;
         self.shared.counters.invalidations.fetch_add(1, Relaxed);
@@ -788,7 +802,10 @@ impl<M> SharedCache<M> {
 
     /// Makes `token` the cached one.
     fn store(&self, state: &mut FetchState, flight: u64, token: &AccessToken, now: Instant) {
-        *self.slot.write() = Some(token.clone());
+        let mut slot = self.slot.write();
+        *slot = Some(token.clone());
+        self.current.publish(slot.as_ref());
+        drop(slot);
         state.stored_flight = flight;
         state.failure = None;
         state.consecutive_failures = 0;
@@ -832,6 +849,19 @@ impl<M> Drop for SharedCache<M> {
     fn drop(&mut self) {
         abort(self.state.get_mut().inflight.take());
     }
+}
+
+/// Whether an answer to a request carrying `token` rejected it (a 401, for
+/// [`TokenCache::reject`] to judge); any other answer is recorded as evidence it works.
+fn is_rejection(token: &AccessToken, status: http::StatusCode) -> bool {
+    if status == http::StatusCode::UNAUTHORIZED {
+        return true;
+    }
+    // A 5xx may come from a proxy that never looked at the token.
+    if !status.is_server_error() {
+        token.note_accepted();
+    }
+    false
 }
 
 /// Places a token obtained at `obtained_at` with `lifetime` in time (see the module docs);

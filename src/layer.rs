@@ -11,6 +11,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use futures_util::future::BoxFuture;
@@ -22,7 +23,8 @@ use tower::retry::Policy;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{AccessToken, Error, UnderstoryAuth};
+use crate::cache::Held;
+use crate::{Error, UnderstoryAuth};
 
 /// A tower [`Layer`] that sends the Understory access token of an [`UnderstoryAuth`] with
 /// every request bound for the API.
@@ -186,25 +188,18 @@ where
         if !self.should_authorize(&request) {
             return BearerAuthFuture::calling(self.inner.call(request), None);
         }
-        if let Some(token) = self.auth.cached_token() {
+        if let Some(held) = self.auth.cached_held() {
             request
                 .headers_mut()
-                .insert(AUTHORIZATION, token.header_value().clone());
-            let sent = Sent {
-                auth: self.auth.clone(),
-                token,
-            };
-            return BearerAuthFuture::calling(self.inner.call(request), Some(sent));
+                .insert(AUTHORIZATION, held.token().header_value().clone());
+            return BearerAuthFuture::calling(self.inner.call(request), Some(held));
         }
         // The call happens once a token arrives, on the instance that was polled ready: take
         // it, and leave a fresh clone (which must be polled ready itself) in its place.
         let clone = self.inner.clone();
         let service = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
-        let fetch = Box::pin(async move {
-            let token = auth.token().await?;
-            Ok(Sent { auth, token })
-        });
+        let fetch = Box::pin(async move { auth.held().await });
         BearerAuthFuture {
             state: State::Fetching {
                 fetch,
@@ -215,11 +210,10 @@ where
     }
 }
 
-/// The token a request carries and the handle to report it to if the API rejects it.
-struct Sent {
-    auth: UnderstoryAuth,
-    token: AccessToken,
-}
+/// The token a request carries, and through it the cache to report the API's answer to: one
+/// pointer, owned by the calling thread's copy of the token, so that the hot path writes
+/// nothing shared.
+type Sent = Arc<Held>;
 
 /// Marks a 401 response to a request that carried this layer's token, when a resend would
 /// carry another token, for [`RetryOnUnauthorized`].
@@ -285,15 +279,15 @@ where
                         .expect("BearerAuthFuture polled after completion");
                     request
                         .headers_mut()
-                        .insert(AUTHORIZATION, sent.token.header_value().clone());
+                        .insert(AUTHORIZATION, sent.token().header_value().clone());
                     *this.sent = Some(sent);
                     let future = service.call(request);
                     this.state.set(State::Calling { future });
                 }
                 StateProj::Calling { future } => {
                     let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if let Some(Sent { auth, token }) = this.sent.take() {
-                        if auth.answered(&token, response.status()) {
+                    if let Some(sent) = this.sent.take() {
+                        if sent.answered(response.status()) {
                             response.extensions_mut().insert(TokenRejected);
                         }
                     }
@@ -315,7 +309,10 @@ where
         };
         f.debug_struct("BearerAuthFuture")
             .field("state", &state)
-            .field("token_id", &self.sent.as_ref().map(|sent| sent.token.id()))
+            .field(
+                "token_id",
+                &self.sent.as_ref().map(|sent| sent.token().id()),
+            )
             .finish()
     }
 }

@@ -15,6 +15,8 @@ use crate::Error;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Origin {
     scheme: String,
+    /// `scheme` as `http::Uri` holds it: comparing two is one enum comparison for HTTP(S).
+    uri_scheme: http::uri::Scheme,
     /// As `Url::host_str` spells it: lower case, IPv6 in brackets.
     host: String,
     port: u16,
@@ -36,6 +38,7 @@ impl Origin {
         let port = url.port_or_known_default()?;
         Some(Origin {
             scheme: url.scheme().to_owned(),
+            uri_scheme: url.scheme().parse().ok()?,
             authority: format!("{host}:{port}"),
             default_port_authority: url.port().is_none().then(|| host.clone()),
             host,
@@ -53,9 +56,10 @@ impl Origin {
     /// Whether an `http::Uri` goes to this origin; `None` when the URI names no origin
     /// (a relative URI, as tonic's generated clients produce).
     pub(crate) fn matches_uri(&self, uri: &http::Uri) -> Option<bool> {
-        let scheme = uri.scheme_str()?;
+        let scheme = uri.scheme()?;
         let authority = uri.authority()?;
-        if !scheme.eq_ignore_ascii_case(&self.scheme) {
+        // One enum comparison in the common case; other spellings (`HTTPS://`) by letters.
+        if *scheme != self.uri_scheme && !scheme.as_str().eq_ignore_ascii_case(&self.scheme) {
             return Some(false);
         }
         // The common case, without parsing the authority: exactly as configured.

@@ -156,8 +156,8 @@ struct Inner {
     refresh_at: Instant,
     /// Set by a 401 the cache did not act on, cleared by a later answer that accepted the
     /// token: whether the token has been rejected since it last worked (see the cache's 401
-    /// rule).
-    doubted: AtomicBool,
+    /// rule). Shared by every thread's copy of the token (see `thread_copy`).
+    doubted: Arc<AtomicBool>,
 }
 
 /// When a token was obtained and when the cache stops using it and starts replacing it.
@@ -176,7 +176,7 @@ impl AccessToken {
                 expires_at: schedule.expires_at,
                 usable_until: schedule.usable_until,
                 refresh_at: schedule.refresh_at,
-                doubted: AtomicBool::new(false),
+                doubted: Arc::new(AtomicBool::new(false)),
             }),
         }
     }
@@ -267,6 +267,28 @@ impl AccessToken {
         self.inner
             .expires_at
             .saturating_duration_since(Instant::now())
+    }
+
+    /// The same token (same id, secret, instants and 401 record) in new memory: its own
+    /// reference count and header bytes, so that one thread handing out clones of the copy
+    /// writes nothing another thread reads (see `cache::local`).
+    pub(crate) fn thread_copy(&self) -> AccessToken {
+        let inner = &self.inner;
+        let mut granted = inner.granted.clone();
+        if let Ok(mut header) = HeaderValue::from_bytes(inner.granted.header.as_bytes()) {
+            header.set_sensitive(true);
+            granted.header = header;
+        }
+        AccessToken {
+            inner: Arc::new(Inner {
+                id: inner.id,
+                granted,
+                expires_at: inner.expires_at,
+                usable_until: inner.usable_until,
+                refresh_at: inner.refresh_at,
+                doubted: Arc::clone(&inner.doubted),
+            }),
+        }
     }
 
     /// The cache hands the token out until this instant (expiry minus the safety skew).
