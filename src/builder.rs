@@ -21,6 +21,9 @@ pub const DEFAULT_AUDIENCE: &str = "https://api.understory.io";
 pub const DEFAULT_API_BASE: &str = "https://api.understory.io";
 /// The default limit on a whole token request, from connecting to the last byte.
 pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `token_timeout` accepted: deadlines are instants, which a huge timeout would
+/// overflow.
+const MAX_TOKEN_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The crate's own product token, always part of the token request's `User-Agent`.
 pub const CRATE_USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
 
@@ -154,7 +157,8 @@ impl UnderstoryAuthBuilder {
     }
 
     /// The limit on a whole token request, from connecting to the last byte of the answer;
-    /// default [`DEFAULT_TOKEN_TIMEOUT`]. Must not be zero.
+    /// default [`DEFAULT_TOKEN_TIMEOUT`]. Must not be zero, nor longer than an hour (callers
+    /// wait for a token request at most this long, plus a second).
     ///
     /// ```
     /// # use understory_auth::{Credentials, UnderstoryAuth};
@@ -302,6 +306,11 @@ impl UnderstoryAuthBuilder {
         if self.token_timeout.is_zero() {
             return Err(Error::config("token_timeout is zero"));
         }
+        if self.token_timeout > MAX_TOKEN_TIMEOUT {
+            return Err(Error::config(
+                "token_timeout is longer than an hour: callers would wait that long for a hung auth server",
+            ));
+        }
         if self.timing.refresh_ahead.is_zero() {
             return Err(Error::config(
                 "refresh_ahead is zero: tokens would be replaced only once expired, making requests wait",
@@ -404,6 +413,8 @@ mod tests {
             (builder().allow_origin("ftp://x.io"), "allow_origin"),
             (builder().user_agent("bad\nagent"), "user_agent"),
             (builder().token_timeout(Duration::ZERO), "token_timeout"),
+            // Deadlines are instants: a timeout this long would overflow them and panic.
+            (builder().token_timeout(Duration::MAX), "token_timeout"),
             (builder().refresh_ahead(Duration::ZERO), "refresh_ahead"),
             (
                 builder().expiry_margin(Duration::from_secs(60)),

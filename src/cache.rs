@@ -379,10 +379,15 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
                     give_up,
                 } => (flight, outcome, give_up),
             };
-            // Checked first, so that no timer is made for an outcome already known (a
-            // runtime that is shutting down has none to offer).
+            // Checked first, so that no timer is made for an outcome already known; and a
+            // runtime that is shutting down has no timer to offer (polling one panics).
             let landed = match outcome.clone().now_or_never() {
                 Some(landed) => landed,
+                None if runtime_shutting_down() => {
+                    return Err(Error::Interrupted {
+                        reason: "the runtime it was requested on is shutting down",
+                    });
+                }
                 None => match tokio::time::timeout_at(give_up, outcome).await {
                     Ok(landed) => landed,
                     Err(_) => {
@@ -528,11 +533,6 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
     /// Records a new flight as the one everyone joins; [`Self::launch`] starts it once the
     /// lock is released.
     fn record_flight(&self, state: &mut FetchState, now: Instant, background: bool) -> Launch<M> {
-        let counters = &self.shared.counters;
-        counters.fetches.fetch_add(1, Relaxed);
-        if background {
-            counters.background_refreshes.fetch_add(1, Relaxed);
-        }
         state.flights += 1;
         let flight = state.flights;
         let deadline = now + self.shared.load_timeout;
@@ -574,6 +574,7 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         let span = tracing::info_span!("understory_auth.fetch_token", background);
         let task = runtime.spawn(
             async move {
+                guard.count_start(background);
                 let started = Instant::now();
                 let result = match tokio::time::timeout(load_timeout, fetch).await {
                     Ok(result) => result,
@@ -617,6 +618,19 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
     }
 }
 
+/// Whether the caller's runtime is shutting down (or gone): such a runtime drops a task at
+/// once instead of running it, so a probe task is finished as soon as it is spawned. Only
+/// asked before waiting for a fetch, never on the hot path.
+fn runtime_shutting_down() -> bool {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return true;
+    };
+    let probe = runtime.spawn(std::future::pending::<()>());
+    let dropped = probe.is_finished();
+    probe.abort();
+    dropped
+}
+
 /// Aborts a flight's task; called without any lock held.
 fn abort(inflight: Option<Inflight>) {
     if let Some(abort) = inflight.and_then(|f| f.abort) {
@@ -642,6 +656,17 @@ struct FlightGuard<M> {
 }
 
 impl<M> FlightGuard<M> {
+    /// Counts the token request as started: only once its task runs, so that a task its
+    /// runtime drops unrun (shutting down) or never drives (stranded) counts as no request.
+    fn count_start(&self, background: bool) {
+        if let Some(cache) = self.cache.upgrade() {
+            cache.counters.fetches.fetch_add(1, Relaxed);
+            if background {
+                cache.counters.background_refreshes.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
     fn finish(mut self, started: Instant, result: Result<GrantedToken, Error>) {
         let elapsed = started.elapsed();
         // Without the cache nobody is waiting: the outcome only needs a shape.
