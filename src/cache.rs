@@ -853,6 +853,7 @@ impl<M> Drop for SharedCache<M> {
 
 /// Whether an answer to a request carrying `token` rejected it (a 401, for
 /// [`TokenCache::reject`] to judge); any other answer is recorded as evidence it works.
+#[inline]
 fn is_rejection(token: &AccessToken, status: http::StatusCode) -> bool {
     if status == http::StatusCode::UNAUTHORIZED {
         return true;

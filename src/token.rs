@@ -303,6 +303,7 @@ impl AccessToken {
 
     /// Records that a request carrying the token was accepted. Called for every response, so
     /// it costs one load, and a store only when the token was doubted.
+    #[inline]
     pub(crate) fn note_accepted(&self) {
         if self.inner.doubted.load(Ordering::Relaxed) {
             self.inner.doubted.store(false, Ordering::Relaxed);
