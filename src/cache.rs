@@ -555,7 +555,7 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
             },
             background,
             outcome,
-            give_up: deadline + STRANDED_FETCH_GRACE,
+            deadline,
         }
     }
 
@@ -566,7 +566,7 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
             guard,
             background,
             outcome,
-            give_up,
+            deadline,
         } = launch;
         let flight = guard.flight;
         let fetch = Arc::clone(&self.shared.source).fetch();
@@ -576,7 +576,9 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
             async move {
                 guard.count_start(background);
                 let started = Instant::now();
-                let result = match tokio::time::timeout(load_timeout, fetch).await {
+                // Its callers give up at the deadline recorded with the flight (plus a
+                // grace): a task first polled late must not run past it.
+                let result = match tokio::time::timeout_at(deadline, fetch).await {
                     Ok(result) => result,
                     Err(_) => Err(Error::Timeout {
                         after: load_timeout,
@@ -594,7 +596,7 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         Next::Wait {
             flight,
             outcome,
-            give_up,
+            give_up: deadline + STRANDED_FETCH_GRACE,
         }
     }
 
@@ -643,7 +645,9 @@ struct Launch<M> {
     guard: FlightGuard<M>,
     background: bool,
     outcome: Outcome,
-    give_up: Instant,
+    /// When the fetch's own timeout fires: counted from when the flight was recorded, as
+    /// its callers count, not from the task's first poll.
+    deadline: Instant,
 }
 
 /// Owned by the fetch task: records the outcome in the cache and hands it to the waiters.

@@ -457,6 +457,26 @@ async fn a_hung_token_request_times_out_and_is_retried_later() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_fetch_first_polled_late_still_times_out_at_the_deadline_its_callers_count() {
+    let source = Scripted::new([Step::Hang, token(3600)]);
+    let cache = cache(&source);
+    // One poll records the flight and spawns its task, which has not run yet...
+    assert!(Box::pin(cache.token()).now_or_never().is_none());
+    assert_eq!(cache.stats().fetches, 0, "counted once its task runs");
+    // ...and first runs well into the load timeout (`advance` yields after moving the clock).
+    advance(LOAD_TIMEOUT / 2).await;
+    assert_eq!(cache.stats().fetches, 1);
+    // A caller joining it gets the fetch's own timeout, at the deadline it counts from, not
+    // a give-up after it: the fetch and its callers agree, and nothing is started twice.
+    let err = cache.token().await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert!(source.dropped.load(Relaxed), "the hung request was dropped");
+    assert_eq!(source.calls(), 1);
+    let stats = cache.stats();
+    assert_eq!((stats.fetches, stats.fetch_failures), (1, 1), "{stats:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_panicking_source_does_not_wedge_the_cache() {
     let source = Scripted::new([Step::Panic, token(3600)]);
     let cache = cache(&source);
