@@ -767,7 +767,8 @@ impl<M> SharedCache<M> {
     }
 
     /// A fetch failed: the failure window opens (unless the flight was replaced, and its
-    /// successor decides). Returns the error as the flight's callers get it.
+    /// successor decides). Every failure is counted and logged here, a rate limit as one
+    /// whether or not its flight was replaced. Returns the error as the flight's callers get it.
     fn land_failure(
         &self,
         state: &mut FetchState,
@@ -777,12 +778,9 @@ impl<M> SharedCache<M> {
         now: Instant,
     ) -> Error {
         self.counters.failures.fetch_add(1, Relaxed);
-        if !current {
-            tracing::warn!(error = %error, elapsed_ms, "token request failed");
-            return error;
-        }
-        let failure = self.open_failure_window(state, &error, now);
-        let retry_in_ms = (failure.retry_at - now).as_millis() as u64;
+        let failure = current.then(|| self.open_failure_window(state, &error, now));
+        // Absent from the log for a replaced flight, which opened no window.
+        let retry_in_ms = failure.map(|f| (f.retry_at - now).as_millis() as u64);
         if error.is_rate_limited() {
             self.counters.rate_limited.fetch_add(1, Relaxed);
             tracing::warn!(
@@ -792,16 +790,19 @@ impl<M> SharedCache<M> {
                 elapsed_ms,
                 "token request rate limited by the auth server (HTTP 429)"
             );
-            return failure.error_at(now);
+        } else {
+            tracing::warn!(
+                error = %error,
+                transient = error.is_transient(),
+                retry_in_ms,
+                elapsed_ms,
+                "token request failed"
+            );
         }
-        tracing::warn!(
-            error = %error,
-            transient = error.is_transient(),
-            retry_in_ms,
-            elapsed_ms,
-            "token request failed"
-        );
-        error
+        match failure {
+            Some(failure) => failure.error_at(now),
+            None => error,
+        }
     }
 
     /// Makes `token` the cached one.

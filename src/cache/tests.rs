@@ -746,18 +746,22 @@ async fn a_failed_replacement_fetch_passes_its_role_to_the_next_one() {
     );
 }
 
+/// The guard of a flight numbered before every flight `cache` started: one that was replaced.
+fn replaced_flight(cache: &TokenCache) -> FlightGuard<()> {
+    FlightGuard {
+        cache: Arc::downgrade(&cache.shared),
+        flight: 0,
+        sender: None,
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_late_fetch_never_overwrites_a_newer_token() {
     let source = Scripted::new([token(3600)]);
     let cache = cache(&source);
     let newer = cache.token().await.unwrap();
     // A fetch numbered before the one that produced the cached token ends late.
-    let late = FlightGuard {
-        cache: Arc::downgrade(&cache.shared),
-        flight: 0,
-        sender: None,
-    };
-    late.finish(
+    replaced_flight(&cache).finish(
         Instant::now(),
         GrantedToken::new("late", Duration::from_secs(3600), vec![]),
     );
@@ -1003,18 +1007,30 @@ impl std::io::Write for Captured {
     }
 }
 
+impl Captured {
+    /// Captures what this thread logs until the guard is dropped.
+    fn start() -> (Captured, tracing::subscriber::DefaultGuard) {
+        let logs = Captured::default();
+        let guard = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_writer({
+                    let logs = logs.clone();
+                    move || logs.clone()
+                })
+                .with_ansi(false)
+                .finish(),
+        );
+        (logs, guard)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock()).into_owned()
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_rate_limit_without_retry_after_backs_off_a_minute_and_a_random_part() {
-    let logs = Captured::default();
-    let _subscriber = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_writer({
-                let logs = logs.clone();
-                move || logs.clone()
-            })
-            .with_ansi(false)
-            .finish(),
-    );
+    let (logs, _subscriber) = Captured::start();
     let source = Scripted::new([fail(rate_limited(None)), token(3600)]);
     let cache = half_jittered(&source);
     // 60 s, and half of the 30 s random part.
@@ -1041,7 +1057,7 @@ async fn a_rate_limit_without_retry_after_backs_off_a_minute_and_a_random_part()
         (stats.rate_limited, stats.fetch_failures, stats.failed_fast),
         (1, 1, 1)
     );
-    let logs = String::from_utf8_lossy(&logs.0.lock()).into_owned();
+    let logs = logs.text();
     assert!(
         logs.contains("rate limited by the auth server (HTTP 429)"),
         "{logs}"
@@ -1083,6 +1099,32 @@ async fn a_rate_limited_refresh_keeps_the_valid_token_and_waits_its_minute() {
     settle().await;
     assert_eq!(source.calls(), 3);
     assert_ne!(cache.token().await.unwrap().id(), first.id());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_ending_a_replaced_flight_is_counted_and_logged_as_one() {
+    let (logs, _subscriber) = Captured::start();
+    let source = Scripted::new([token(3600)]);
+    let cache = cache(&source);
+    let current = cache.token().await.unwrap();
+    // A flight replaced by a newer one (as a stranded fetch is) is refused with a 429.
+    replaced_flight(&cache).finish(Instant::now(), Err(rate_limited(Some(10))));
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.fetch_failures, stats.rate_limited),
+        (1, 1),
+        "{stats:?}"
+    );
+    let logs = logs.text();
+    assert!(
+        logs.contains("rate limited by the auth server (HTTP 429)")
+            && logs.contains("rate_limited=true"),
+        "{logs}"
+    );
+    // Its successor decides: no failure window, the cached token stays.
+    assert!(!logs.contains("retry_in_ms"), "{logs}");
+    assert_eq!(cache.token().await.unwrap().id(), current.id());
+    assert_eq!(cache.stats().failed_fast, 0);
 }
 
 #[test]
