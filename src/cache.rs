@@ -411,10 +411,19 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
     }
 
     /// The one place that decides what an API answer to a request carrying `token` means:
-    /// any answer but 401 is evidence the token works; a 401 is judged by
-    /// [`Self::reject`]. Returns whether the request should be resent with another token.
-    pub(crate) fn answered(&self, token: &AccessToken, status: http::StatusCode) -> bool {
-        is_rejection(token, status) && self.reject(token).resend()
+    /// any answer but 401 (or 5xx) from where the token went is evidence the token works; a
+    /// 401 from there is judged by [`Self::reject`]. `from_token_origin` tells whether the
+    /// answer came from the origin the token was sent to, not from one a redirect led to
+    /// (which never saw it); it is asked only for a 401 or while the token is doubted, so
+    /// the hot path never looks. Returns whether the request should be resent with another
+    /// token.
+    pub(crate) fn answered(
+        &self,
+        token: &AccessToken,
+        status: http::StatusCode,
+        from_token_origin: impl FnOnce() -> bool,
+    ) -> bool {
+        is_rejection(token, status, from_token_origin) && self.reject(token).resend()
     }
 
     /// A request carrying `token` was answered 401: the rule in the crate docs ("What
@@ -856,14 +865,22 @@ impl<M> Drop for SharedCache<M> {
     }
 }
 
-/// Whether an answer to a request carrying `token` rejected it (a 401, for
-/// [`TokenCache::reject`] to judge); any other answer is recorded as evidence it works.
-fn is_rejection(token: &AccessToken, status: http::StatusCode) -> bool {
+/// Whether an answer to a request carrying `token` rejected it (a 401 from the origin the
+/// token went to, for [`TokenCache::reject`] to judge); any other answer from there is
+/// recorded as evidence it works. `from_token_origin` is asked only for a 401 or while the
+/// token is doubted (see [`TokenCache::answered`]).
+fn is_rejection(
+    token: &AccessToken,
+    status: http::StatusCode,
+    from_token_origin: impl FnOnce() -> bool,
+) -> bool {
     if status == http::StatusCode::UNAUTHORIZED {
-        return true;
+        // Another origin's 401 answers a request without the token: it says nothing.
+        return from_token_origin();
     }
-    // A 5xx may come from a proxy that never looked at the token.
-    if !status.is_server_error() {
+    // A 5xx may come from a proxy that never looked at the token; an answer from an origin
+    // a redirect led to never saw it (the client strips it across origins).
+    if !status.is_server_error() && token.is_doubted() && from_token_origin() {
         token.note_accepted();
     }
     false

@@ -39,7 +39,8 @@
 //!    so a burst of 100 concurrent rejections causes one token request.
 //! 2. **A replacement token** (one fetched because its predecessor was rejected) is kept
 //!    while it works elsewhere: a request carrying it was answered with anything but 401 (or
-//!    a 5xx) since its last 401. Its 401s are returned to the caller as they came, status and
+//!    a 5xx) since its last 401, by the origin it was sent to (an answer from another origin
+//!    a redirect led to never saw the token and does not count). Its 401s are returned to the caller as they came, status and
 //!    body, without a resend. It is dropped only once it has been rejected, with no such
 //!    acceptance in between, for its cooldown: 5 s
 //!    ([`INVALIDATION_COOLDOWN`]) for the first replacement, four times longer for each

@@ -803,12 +803,12 @@ impl Api {
 async fn request(cache: &TokenCache, api: &Api, needs: Option<&str>) -> StatusCode {
     let token = cache.token().await.unwrap();
     let status = api.answer(&token, needs);
-    if !cache.answered(&token, status) {
+    if !cache.answered(&token, status, || true) {
         return status;
     }
     let token = cache.token().await.unwrap();
     let status = api.answer(&token, needs);
-    cache.answered(&token, status);
+    cache.answered(&token, status, || true);
     status
 }
 
@@ -907,7 +907,7 @@ async fn a_burst_of_rejections_causes_one_token_request() {
                 let token = cache.token().await.unwrap();
                 let status = api.answer(&token, CONSENTS);
                 barrier.wait().await;
-                assert!(cache.answered(&token, status));
+                assert!(cache.answered(&token, status, || true));
                 let token = cache.token().await.unwrap();
                 api.answer(&token, CONSENTS)
             })
@@ -937,6 +937,37 @@ async fn a_revoked_replacement_is_dropped_after_its_cooldown() {
     }
     assert_eq!(Instant::now() - started, INVALIDATION_COOLDOWN);
     assert_eq!(source.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_answers_from_the_token_origin_count_and_only_a_doubted_token_asks() {
+    let source = granting(&["marketing.read"], 3600);
+    let cache = cache(&source);
+    let first = cache.token().await.unwrap();
+    assert!(cache.invalidate(&first));
+    let replacement = cache.token().await.unwrap();
+    let asked = AtomicUsize::new(0);
+    let from = |origin: bool| {
+        let asked = &asked;
+        move || {
+            asked.fetch_add(1, Relaxed);
+            origin
+        }
+    };
+    // The hot path: a token in good standing never asks where an answer came from.
+    assert!(!cache.answered(&replacement, StatusCode::OK, from(true)));
+    assert_eq!(asked.load(Relaxed), 0);
+    // A 401 from another origin says nothing; one from the token's origin puts it in doubt.
+    assert!(!cache.answered(&replacement, StatusCode::UNAUTHORIZED, from(false)));
+    assert!(!replacement.is_doubted());
+    assert!(!cache.answered(&replacement, StatusCode::UNAUTHORIZED, from(true)));
+    assert!(replacement.is_doubted());
+    // While doubted, an answer from elsewhere is no acceptance; one from its origin is.
+    assert!(!cache.answered(&replacement, StatusCode::OK, from(false)));
+    assert!(replacement.is_doubted());
+    assert!(!cache.answered(&replacement, StatusCode::OK, from(true)));
+    assert!(!replacement.is_doubted());
+    assert_eq!(asked.load(Relaxed), 4);
 }
 
 #[tokio::test(start_paused = true)]
