@@ -23,7 +23,9 @@
 //!   down. Callers therefore wait on their own clock, at most until the fetch's deadline plus
 //!   [`STRANDED_FETCH_GRACE`]; a fetch past that is replaced by the next caller, and every
 //!   fetch is numbered, so a late one never overwrites a newer token. A fetch dropped before
-//!   it ended is started again once for its callers; a caller whose own runtime is shutting
+//!   it ended is started again once for its callers, who then wait for the new fetch with a
+//!   budget of its own: a caller waits at most about twice the load timeout plus the grace,
+//!   2 × (load timeout + [`STRANDED_FETCH_GRACE`]). A caller whose own runtime is shutting
 //!   down gets an error at once. The task is spawned only after the lock is released, since a
 //!   runtime that is shutting down drops it inside `spawn`.
 //! * **Refresh ahead.** Each token carries a refresh instant, a margin before its expiry
@@ -364,7 +366,9 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
     ///
     /// A caller waits for a fetch at most until the fetch's deadline plus
     /// [`STRANDED_FETCH_GRACE`], on its own runtime's clock, whichever runtime the fetch runs
-    /// on. A fetch dropped before it ended (its runtime shut down) is started again once.
+    /// on. A fetch dropped before it ended (its runtime shut down) is started again once, and
+    /// its callers wait for that one as long again: at most about 2 × (load timeout +
+    /// [`STRANDED_FETCH_GRACE`]) in all.
     pub(crate) async fn token(&self) -> Result<AccessToken, Error> {
         if let Some(token) = self.fresh() {
             return Ok(token);
