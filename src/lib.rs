@@ -42,7 +42,7 @@
 //!    a 5xx) since its last 401. Its 401s are returned to the caller as they came, status and
 //!    body, without a resend. It is dropped only once it has been rejected, with no such
 //!    acceptance in between, for its cooldown: 5 s
-//!    ([`INVALIDATION_COOLDOWN`]) for the first replacement, four times longer for each
+//!    for the first replacement, four times longer for each
 //!    replacement dropped in a row (20 s, 80 s, 320 s, ...), at most the token's lifetime.
 //!    The count of replacements dropped in a row starts again once a routine token lives to
 //!    its refresh without a 401.
@@ -88,6 +88,7 @@
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![deny(unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod auth;
@@ -115,20 +116,14 @@ pub mod testing;
 
 pub use auth::UnderstoryAuth;
 pub use builder::{
-    CRATE_USER_AGENT, DEFAULT_API_BASE, DEFAULT_AUDIENCE, DEFAULT_TOKEN_TIMEOUT, DEFAULT_TOKEN_URL,
-    UnderstoryAuthBuilder,
+    DEFAULT_API_BASE, DEFAULT_AUDIENCE, DEFAULT_EXPIRY_MARGIN, DEFAULT_REFRESH_AHEAD,
+    DEFAULT_TOKEN_TIMEOUT, DEFAULT_TOKEN_URL, UnderstoryAuthBuilder,
 };
-pub use cache::{
-    CacheStats, INVALIDATION_COOLDOWN, MAX_EXPIRY_SKEW, MIN_REFRESH_MARGIN, PERMANENT_BACKOFF_BASE,
-    PERMANENT_BACKOFF_MAX, REFRESH_JITTER, TRANSIENT_BACKOFF_BASE, TRANSIENT_BACKOFF_MAX,
-};
+pub use cache::CacheStats;
 pub use credentials::{
     ClientAuthMethod, Credentials, ENV_CLIENT_ID, ENV_CLIENT_SECRET, ENV_SCOPES,
 };
 pub use error::Error;
-pub use grant::{
-    DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME, MAX_TOKEN_RESPONSE_BYTES, MIN_TOKEN_LIFETIME,
-};
 pub use token::{AccessToken, TokenId};
 
 #[cfg(feature = "tower")]
@@ -138,10 +133,7 @@ pub use origin::SkipAuth;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 #[cfg(feature = "shared-cache")]
-pub use store::{
-    SHARED_FETCH_WAIT, SHARED_KEY_PREFIX, SHARED_POLL_INTERVAL, STORE_TIMEOUT, StoreError,
-    TokenStore,
-};
+pub use store::{StoreError, TokenStore};
 
 #[cfg(all(feature = "webhooks", feature = "redis"))]
 pub use webhooks::RedisWebhookDedup;
