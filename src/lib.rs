@@ -81,9 +81,12 @@
 //!   ([`TokenStore`], [`UnderstoryAuthBuilder::shared_cache`]); `redis` adds [`RedisStore`].
 //! * `test-util`: [`testing::SandboxServer`], a local stand-in for Understory's auth server
 //!   and API for your integration tests.
-//! * `webhooks`: receiving Understory's webhooks: [`WebhookVerifier`] checks their Standard
-//!   Webhooks signatures, [`WebhookLayer`] does it in a tower (axum, hyper) server, with
-//!   optional deduplication ([`MemoryWebhookDedup`]; with `redis`, `RedisWebhookDedup`);
+//! * `webhooks`: the [`webhooks`] module, receiving Understory's webhooks:
+//!   [`WebhookVerifier`](webhooks::WebhookVerifier) checks their Standard Webhooks
+//!   signatures, [`WebhookLayer`](webhooks::WebhookLayer) does it in a tower (axum, hyper)
+//!   server, with optional deduplication
+//!   ([`MemoryWebhookDedup`](webhooks::MemoryWebhookDedup); with `redis`,
+//!   `RedisWebhookDedup`);
 //!   with `test-util`, `testing::WebhookSandbox` signs and delivers test webhooks.
 
 #![forbid(unsafe_code)]
@@ -109,7 +112,7 @@ mod middleware;
 #[cfg(feature = "shared-cache")]
 mod store;
 #[cfg(feature = "webhooks")]
-mod webhooks;
+pub mod webhooks;
 
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -134,16 +137,6 @@ pub use origin::SkipAuth;
 pub use store::RedisStore;
 #[cfg(feature = "shared-cache")]
 pub use store::{StoreError, TokenStore};
-
-#[cfg(all(feature = "webhooks", feature = "redis"))]
-pub use webhooks::RedisWebhookDedup;
-#[cfg(feature = "webhooks")]
-pub use webhooks::{
-    BookingCreated, DEFAULT_WEBHOOK_BODY_LIMIT, DEFAULT_WEBHOOK_DEDUP_CAPACITY,
-    DEFAULT_WEBHOOK_DEDUP_TTL, DEFAULT_WEBHOOK_TOLERANCE, MemoryWebhookDedup, VerifyWebhook,
-    WebhookDedup, WebhookDedupError, WebhookError, WebhookEvent, WebhookFuture, WebhookLayer,
-    WebhookPayload, WebhookVerifier,
-};
 
 /// The `http` crate, re-exported: its types appear in this crate's API.
 pub use http;
