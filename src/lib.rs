@@ -39,11 +39,12 @@
 //!    so a burst of 100 concurrent rejections causes one token request.
 //! 2. **A replacement token** (one fetched because its predecessor was rejected) is kept
 //!    while it works elsewhere: a request carrying it was answered with anything but 401 (or
-//!    a 5xx) since its last 401. Its 401s are returned to the caller as they came, status and
-//!    body, without a resend. It is dropped only once it has been rejected, with no such
-//!    acceptance in between, for its cooldown: 5 s
-//!    for the first replacement, four times longer for each
-//!    replacement dropped in a row (20 s, 80 s, 320 s, ...), at most the token's lifetime.
+//!    a 5xx) since its last 401, by the origin it was sent to (an answer from another origin
+//!    a redirect led to never saw the token and does not count). Its 401s are returned to
+//!    the caller as they came, status and body, without a resend. It is dropped only once it
+//!    has been rejected, with no such acceptance in between, for its cooldown: 5 s for the
+//!    first replacement, four times longer for each replacement dropped in a row (20 s, 80 s,
+//!    320 s, ...), at most the token's lifetime.
 //!    The count of replacements dropped in a row starts again once a routine token lives to
 //!    its refresh without a 401.
 //!
