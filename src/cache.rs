@@ -23,17 +23,19 @@
 //!   down. Callers therefore wait on their own clock, at most until the fetch's deadline plus
 //!   [`STRANDED_FETCH_GRACE`]; a fetch past that is replaced by the next caller, and every
 //!   fetch is numbered, so a late one never overwrites a newer token. A fetch dropped before
-//!   it ended is started again once for its callers; a caller whose own runtime is shutting
+//!   it ended is started again once for its callers, who then wait for the new fetch with a
+//!   budget of its own: a caller waits at most about twice the load timeout plus the grace,
+//!   2 × (load timeout + [`STRANDED_FETCH_GRACE`]). A caller whose own runtime is shutting
 //!   down gets an error at once. The task is spawned only after the lock is released, since a
 //!   runtime that is shutting down drops it inside `spawn`.
 //! * **Refresh ahead.** Each token carries a refresh instant, a margin before its expiry
 //!   (10 % of the lifetime, at least the builder's `refresh_ahead`, default
-//!   [`MIN_REFRESH_MARGIN`], at most half of it, minus up to [`REFRESH_JITTER`] of the margin
+//!   [`DEFAULT_REFRESH_AHEAD`], at most half of it, minus up to [`REFRESH_JITTER`] of the margin
 //!   so a fleet does not refresh in lockstep). The first caller past it starts a background
 //!   fetch and, like everyone else, keeps using the valid token meanwhile.
 //! * **Expired means expired.** A token is handed out only until its expiry minus a skew
 //!   (5 % of its lifetime, at most the builder's `expiry_margin`, default
-//!   [`MAX_EXPIRY_SKEW`]), so it does not expire in flight.
+//!   [`DEFAULT_EXPIRY_MARGIN`]), so it does not expire in flight.
 //! * **Jitter** is drawn by a function the cache is built with, so tests inject a constant
 //!   and assert exact instants.
 //! * **Failure window.** A failed fetch is remembered until its retry instant: callers in
@@ -64,34 +66,27 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::Error;
+use crate::builder::{DEFAULT_EXPIRY_MARGIN, DEFAULT_REFRESH_AHEAD};
 use crate::source::TokenSource;
 use crate::token::{AccessToken, GrantedToken, Schedule, TokenId};
 
 mod local;
 pub(crate) use local::Held;
 
-/// The default smallest refresh-ahead margin, for tokens that live long enough to afford it
-/// (a token's margin is never more than half its lifetime); set it with
-/// [`refresh_ahead`](crate::UnderstoryAuthBuilder::refresh_ahead).
-pub const MIN_REFRESH_MARGIN: Duration = Duration::from_secs(60);
 /// The fraction of the refresh margin drawn at random and added to it, per token.
-pub const REFRESH_JITTER: f64 = 0.2;
-/// The default for the most a token's usable life is cut short before its expiry, to cover
-/// clock skew and request latency (for short-lived tokens: 5 % of the lifetime); set it with
-/// [`expiry_margin`](crate::UnderstoryAuthBuilder::expiry_margin).
-pub const MAX_EXPIRY_SKEW: Duration = Duration::from_secs(5);
+pub(crate) const REFRESH_JITTER: f64 = 0.2;
 /// The first retry delay after a transient failure (timeout, network, 5xx, 429).
-pub const TRANSIENT_BACKOFF_BASE: Duration = Duration::from_millis(500);
+pub(crate) const TRANSIENT_BACKOFF_BASE: Duration = Duration::from_millis(500);
 /// The longest retry delay after transient failures (unless `Retry-After` asks for more).
-pub const TRANSIENT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub(crate) const TRANSIENT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// The first retry delay after a permanent failure (rejected credentials, scope, ...).
-pub const PERMANENT_BACKOFF_BASE: Duration = Duration::from_secs(5);
+pub(crate) const PERMANENT_BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// The longest retry delay after permanent failures.
-pub const PERMANENT_BACKOFF_MAX: Duration = Duration::from_secs(120);
+pub(crate) const PERMANENT_BACKOFF_MAX: Duration = Duration::from_secs(120);
 /// How long a token fetched to replace a rejected one must be rejected, with no request
 /// carrying it accepted in between, before it is dropped in turn; four times longer with
 /// each replacement dropped in a row, up to the token's lifetime.
-pub const INVALIDATION_COOLDOWN: Duration = Duration::from_secs(5);
+pub(crate) const INVALIDATION_COOLDOWN: Duration = Duration::from_secs(5);
 /// How long callers wait after the auth server answered 429 without `Retry-After`, before
 /// the random part ([`RATE_LIMIT_JITTER`]) is added: Understory asks for at least a minute.
 const RATE_LIMIT_BACKOFF: Duration = Duration::from_secs(60);
@@ -107,17 +102,17 @@ const STRANDED_FETCH_GRACE: Duration = Duration::from_secs(1);
 /// When tokens are refreshed and stop being handed out, as set on the builder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Timing {
-    /// The smallest refresh-ahead margin (default [`MIN_REFRESH_MARGIN`]).
+    /// The smallest refresh-ahead margin (default [`DEFAULT_REFRESH_AHEAD`]).
     pub(crate) refresh_ahead: Duration,
-    /// The most a token's usable life is cut short (default [`MAX_EXPIRY_SKEW`]).
+    /// The most a token's usable life is cut short (default [`DEFAULT_EXPIRY_MARGIN`]).
     pub(crate) expiry_margin: Duration,
 }
 
 impl Default for Timing {
     fn default() -> Self {
         Timing {
-            refresh_ahead: MIN_REFRESH_MARGIN,
-            expiry_margin: MAX_EXPIRY_SKEW,
+            refresh_ahead: DEFAULT_REFRESH_AHEAD,
+            expiry_margin: DEFAULT_EXPIRY_MARGIN,
         }
     }
 }
@@ -364,7 +359,9 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
     ///
     /// A caller waits for a fetch at most until the fetch's deadline plus
     /// [`STRANDED_FETCH_GRACE`], on its own runtime's clock, whichever runtime the fetch runs
-    /// on. A fetch dropped before it ended (its runtime shut down) is started again once.
+    /// on. A fetch dropped before it ended (its runtime shut down) is started again once, and
+    /// its callers wait for that one as long again: at most about 2 × (load timeout +
+    /// [`STRANDED_FETCH_GRACE`]) in all.
     pub(crate) async fn token(&self) -> Result<AccessToken, Error> {
         if let Some(token) = self.fresh() {
             return Ok(token);
@@ -411,10 +408,19 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
     }
 
     /// The one place that decides what an API answer to a request carrying `token` means:
-    /// any answer but 401 is evidence the token works; a 401 is judged by
-    /// [`Self::reject`]. Returns whether the request should be resent with another token.
-    pub(crate) fn answered(&self, token: &AccessToken, status: http::StatusCode) -> bool {
-        is_rejection(token, status) && self.reject(token).resend()
+    /// any answer but 401 (or 5xx) from where the token went is evidence the token works; a
+    /// 401 from there is judged by [`Self::reject`]. `from_token_origin` tells whether the
+    /// answer came from the origin the token was sent to, not from one a redirect led to
+    /// (which never saw it); it is asked only for a 401 or while the token is doubted, so
+    /// the hot path never looks. Returns whether the request should be resent with another
+    /// token.
+    pub(crate) fn answered(
+        &self,
+        token: &AccessToken,
+        status: http::StatusCode,
+        from_token_origin: impl FnOnce() -> bool,
+    ) -> bool {
+        is_rejection(token, status, from_token_origin) && self.reject(token).resend()
     }
 
     /// A request carrying `token` was answered 401: the rule in the crate docs ("What
@@ -555,7 +561,7 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
             },
             background,
             outcome,
-            give_up: deadline + STRANDED_FETCH_GRACE,
+            deadline,
         }
     }
 
@@ -566,7 +572,7 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
             guard,
             background,
             outcome,
-            give_up,
+            deadline,
         } = launch;
         let flight = guard.flight;
         let fetch = Arc::clone(&self.shared.source).fetch();
@@ -576,7 +582,9 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
             async move {
                 guard.count_start(background);
                 let started = Instant::now();
-                let result = match tokio::time::timeout(load_timeout, fetch).await {
+                // Its callers give up at the deadline recorded with the flight (plus a
+                // grace): a task first polled late must not run past it.
+                let result = match tokio::time::timeout_at(deadline, fetch).await {
                     Ok(result) => result,
                     Err(_) => Err(Error::Timeout {
                         after: load_timeout,
@@ -594,7 +602,7 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         Next::Wait {
             flight,
             outcome,
-            give_up,
+            give_up: deadline + STRANDED_FETCH_GRACE,
         }
     }
 
@@ -643,7 +651,9 @@ struct Launch<M> {
     guard: FlightGuard<M>,
     background: bool,
     outcome: Outcome,
-    give_up: Instant,
+    /// When the fetch's own timeout fires: counted from when the flight was recorded, as
+    /// its callers count, not from the task's first poll.
+    deadline: Instant,
 }
 
 /// Owned by the fetch task: records the outcome in the cache and hands it to the waiters.
@@ -763,7 +773,8 @@ impl<M> SharedCache<M> {
     }
 
     /// A fetch failed: the failure window opens (unless the flight was replaced, and its
-    /// successor decides). Returns the error as the flight's callers get it.
+    /// successor decides). Every failure is counted and logged here, a rate limit as one
+    /// whether or not its flight was replaced. Returns the error as the flight's callers get it.
     fn land_failure(
         &self,
         state: &mut FetchState,
@@ -773,12 +784,9 @@ impl<M> SharedCache<M> {
         now: Instant,
     ) -> Error {
         self.counters.failures.fetch_add(1, Relaxed);
-        if !current {
-            tracing::warn!(error = %error, elapsed_ms, "token request failed");
-            return error;
-        }
-        let failure = self.open_failure_window(state, &error, now);
-        let retry_in_ms = (failure.retry_at - now).as_millis() as u64;
+        let failure = current.then(|| self.open_failure_window(state, &error, now));
+        // Absent from the log for a replaced flight, which opened no window.
+        let retry_in_ms = failure.map(|f| (f.retry_at - now).as_millis() as u64);
         if error.is_rate_limited() {
             self.counters.rate_limited.fetch_add(1, Relaxed);
             tracing::warn!(
@@ -788,16 +796,19 @@ impl<M> SharedCache<M> {
                 elapsed_ms,
                 "token request rate limited by the auth server (HTTP 429)"
             );
-            return failure.error_at(now);
+        } else {
+            tracing::warn!(
+                error = %error,
+                transient = error.is_transient(),
+                retry_in_ms,
+                elapsed_ms,
+                "token request failed"
+            );
         }
-        tracing::warn!(
-            error = %error,
-            transient = error.is_transient(),
-            retry_in_ms,
-            elapsed_ms,
-            "token request failed"
-        );
-        error
+        match failure {
+            Some(failure) => failure.error_at(now),
+            None => error,
+        }
     }
 
     /// Makes `token` the cached one.
@@ -851,15 +862,23 @@ impl<M> Drop for SharedCache<M> {
     }
 }
 
-/// Whether an answer to a request carrying `token` rejected it (a 401, for
-/// [`TokenCache::reject`] to judge); any other answer is recorded as evidence it works.
+/// Whether an answer to a request carrying `token` rejected it (a 401 from the origin the
+/// token went to, for [`TokenCache::reject`] to judge); any other answer from there is
+/// recorded as evidence it works. `from_token_origin` is asked only for a 401 or while the
+/// token is doubted (see [`TokenCache::answered`]).
 #[inline]
-fn is_rejection(token: &AccessToken, status: http::StatusCode) -> bool {
+fn is_rejection(
+    token: &AccessToken,
+    status: http::StatusCode,
+    from_token_origin: impl FnOnce() -> bool,
+) -> bool {
     if status == http::StatusCode::UNAUTHORIZED {
-        return true;
+        // Another origin's 401 answers a request without the token: it says nothing.
+        return from_token_origin();
     }
-    // A 5xx may come from a proxy that never looked at the token.
-    if !status.is_server_error() {
+    // A 5xx may come from a proxy that never looked at the token; an answer from an origin
+    // a redirect led to never saw it (the client strips it across origins).
+    if !status.is_server_error() && token.is_doubted() && from_token_origin() {
         token.note_accepted();
     }
     false

@@ -303,11 +303,17 @@ impl AccessToken {
 
     /// Records that a request carrying the token was accepted. Called for every response, so
     /// it costs one load, and a store only when the token was doubted.
-    #[inline]
     pub(crate) fn note_accepted(&self) {
         if self.inner.doubted.load(Ordering::Relaxed) {
             self.inner.doubted.store(false, Ordering::Relaxed);
         }
+    }
+
+    /// Whether a request carrying the token was rejected, with no acceptance since. One
+    /// load: cheap enough for every response (inlined into the tower layer's response future).
+    #[inline]
+    pub(crate) fn is_doubted(&self) -> bool {
+        self.inner.doubted.load(Ordering::Relaxed)
     }
 
     /// Records that a request carrying the token was rejected; returns whether it already

@@ -99,7 +99,8 @@ impl Held {
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     #[inline] // on every response the layer sees: inlined into the response future's poll
     pub(crate) fn answered(&self, status: http::StatusCode) -> bool {
-        super::is_rejection(&self.token, status)
+        // A tower service answers for the URI it was called with: the token's origin.
+        super::is_rejection(&self.token, status, || true)
             && self
                 .cache
                 .upgrade()

@@ -24,8 +24,8 @@ use tower::retry::Retry;
 use tower::{ServiceBuilder, ServiceExt};
 use understory_auth::testing::{SandboxServer, TokenFault};
 use understory_auth::{
-    AccessToken, BearerAuth, BearerAuthLayer, Error, MAX_EXPIRY_SKEW, RetryOnUnauthorized, TokenId,
-    UnderstoryAuth,
+    AccessToken, BearerAuth, BearerAuthLayer, DEFAULT_EXPIRY_MARGIN, Error, RetryOnUnauthorized,
+    TokenId, UnderstoryAuth,
 };
 
 use crate::common::credentials;
@@ -65,7 +65,7 @@ fn fault(n: u64) -> TokenFault {
 
 /// When the cache stops handing `token` out: its expiry minus the documented safety skew.
 fn usable_until(token: &AccessToken) -> Instant {
-    token.expires_at() - (token.lifetime() / 20).min(MAX_EXPIRY_SKEW)
+    token.expires_at() - (token.lifetime() / 20).min(DEFAULT_EXPIRY_MARGIN)
 }
 
 /// The tokens the callers saw the cache hand out, and since when (at the latest): the
