@@ -749,7 +749,12 @@ impl<M> SharedCache<M> {
     ) -> Error {
         self.counters.failures.fetch_add(1, Relaxed);
         if !current {
-            tracing::warn!(error = %error, elapsed_ms, "token request failed");
+            tracing::warn!(
+                error = %error,
+                transient = error.is_transient(),
+                elapsed_ms,
+                "token request failed after a newer one replaced it"
+            );
             return error;
         }
         let failure = self.open_failure_window(state, &error, now);
@@ -758,7 +763,7 @@ impl<M> SharedCache<M> {
             self.counters.rate_limited.fetch_add(1, Relaxed);
             tracing::warn!(
                 error = %error,
-                rate_limited = true,
+                transient = error.is_transient(),
                 retry_in_ms,
                 elapsed_ms,
                 "token request rate limited by the auth server (HTTP 429)"

@@ -275,7 +275,11 @@ impl Claimed {
     fn release(self) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             if let Err(error) = self.dedup.0.release(&self.id).await {
-                tracing::warn!(%error, "could not release a webhook id after its processing failed; its redelivery will be acknowledged unprocessed");
+                tracing::warn!(
+                    webhook_id = %self.id,
+                    %error,
+                    "could not release a webhook id after its processing failed; its redelivery will be acknowledged unprocessed"
+                );
             }
         })
     }
@@ -343,11 +347,15 @@ where
                             claimed: Some(claim),
                         },
                         Ok(false) => {
-                            tracing::debug!(id = %claim.id, "acknowledged a redelivered webhook without processing it");
+                            tracing::debug!(webhook_id = %claim.id, "acknowledged a redelivered webhook without processing it");
                             Self::answer(StatusCode::OK).state
                         }
                         Err(error) => {
-                            tracing::warn!(%error, "webhook deduplication failed; answering 503 so that it is redelivered");
+                            tracing::warn!(
+                                webhook_id = %claim.id,
+                                %error,
+                                "webhook deduplication failed; answering 503 so that it is redelivered"
+                            );
                             Self::answer(StatusCode::SERVICE_UNAVAILABLE).state
                         }
                     }
