@@ -34,7 +34,7 @@ use http_body_util::Full;
 use sha2::Sha256;
 use tower::{Layer, Service};
 use understory_auth::testing::WebhookSandbox;
-use understory_auth::{WebhookEvent, WebhookLayer, WebhookVerifier};
+use understory_auth::webhooks::{WebhookEvent, WebhookLayer, WebhookVerifier};
 
 mod common;
 

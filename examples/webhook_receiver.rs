@@ -18,7 +18,7 @@ use http::StatusCode;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use understory_auth::testing::{WebhookMessage, WebhookSandbox};
-use understory_auth::{
+use understory_auth::webhooks::{
     MemoryWebhookDedup, WebhookEvent, WebhookLayer, WebhookPayload, WebhookVerifier,
 };
 

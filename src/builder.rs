@@ -21,8 +21,20 @@ pub const DEFAULT_AUDIENCE: &str = "https://api.understory.io";
 pub const DEFAULT_API_BASE: &str = "https://api.understory.io";
 /// The default limit on a whole token request, from connecting to the last byte.
 pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long before a token stops being handed out it is replaced, at least (the default of
+/// [`refresh_ahead`](UnderstoryAuthBuilder::refresh_ahead)): 10 % of the token's lifetime
+/// when that is more, and never more than half of it.
+pub const DEFAULT_REFRESH_AHEAD: Duration = Duration::from_secs(60);
+/// The most a token's usable life is cut short before its expiry, to cover clock skew and
+/// request latency (the default of [`expiry_margin`](UnderstoryAuthBuilder::expiry_margin));
+/// for short-lived tokens 5 % of the lifetime.
+pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(5);
+/// The longest `token_timeout` accepted: deadlines are instants, which a huge timeout would
+/// overflow.
+const MAX_TOKEN_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The crate's own product token, always part of the token request's `User-Agent`.
-pub const CRATE_USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
+pub(crate) const CRATE_USER_AGENT: &str =
+    concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
 
 /// Configures an [`UnderstoryAuth`]; made by [`UnderstoryAuth::builder`].
 ///
@@ -138,8 +150,8 @@ impl UnderstoryAuthBuilder {
         self
     }
 
-    /// Your product, sent first in the token request's `User-Agent`, before
-    /// [`CRATE_USER_AGENT`], e.g. `My-Company/Marketing-Automation-App`.
+    /// Your product, sent first in the token request's `User-Agent`, before the crate's own
+    /// `understory-auth/<version>`, e.g. `My-Company/Marketing-Automation-App`.
     ///
     /// ```
     /// # use understory_auth::{Credentials, UnderstoryAuth};
@@ -154,7 +166,8 @@ impl UnderstoryAuthBuilder {
     }
 
     /// The limit on a whole token request, from connecting to the last byte of the answer;
-    /// default [`DEFAULT_TOKEN_TIMEOUT`]. Must not be zero.
+    /// default [`DEFAULT_TOKEN_TIMEOUT`]. Must not be zero, nor longer than an hour (callers
+    /// wait for a token request at most this long, plus a second).
     ///
     /// ```
     /// # use understory_auth::{Credentials, UnderstoryAuth};
@@ -169,7 +182,7 @@ impl UnderstoryAuthBuilder {
     }
 
     /// How long before a token expires, at least, it is replaced in the background, so that
-    /// no request waits for a new one; default [`MIN_REFRESH_MARGIN`](crate::MIN_REFRESH_MARGIN)
+    /// no request waits for a new one; default [`DEFAULT_REFRESH_AHEAD`]
     /// (60 s). A token is refreshed 10 % of its lifetime before it stops being handed out,
     /// or this long if that is more, but never earlier than halfway through its life, and up
     /// to a fifth of that margin earlier at random, so a fleet does not refresh in lockstep.
@@ -191,7 +204,7 @@ impl UnderstoryAuthBuilder {
 
     /// The safety margin before a token's expiry in which it is no longer handed out, so that
     /// it does not expire in flight or by a clock a little ahead of ours; default
-    /// [`MAX_EXPIRY_SKEW`](crate::MAX_EXPIRY_SKEW) (5 s), and never more than 5 % of a
+    /// [`DEFAULT_EXPIRY_MARGIN`] (5 s), and never more than 5 % of a
     /// token's lifetime. Must be shorter than [`refresh_ahead`](Self::refresh_ahead).
     ///
     /// ```
@@ -302,6 +315,11 @@ impl UnderstoryAuthBuilder {
         if self.token_timeout.is_zero() {
             return Err(Error::config("token_timeout is zero"));
         }
+        if self.token_timeout > MAX_TOKEN_TIMEOUT {
+            return Err(Error::config(
+                "token_timeout is longer than an hour: callers would wait that long for a hung auth server",
+            ));
+        }
         if self.timing.refresh_ahead.is_zero() {
             return Err(Error::config(
                 "refresh_ahead is zero: tokens would be replaced only once expired, making requests wait",
@@ -405,6 +423,8 @@ mod tests {
             (builder().allow_origin("ftp://x.io"), "allow_origin"),
             (builder().user_agent("bad\nagent"), "user_agent"),
             (builder().token_timeout(Duration::ZERO), "token_timeout"),
+            // Deadlines are instants: a timeout this long would overflow them and panic.
+            (builder().token_timeout(Duration::MAX), "token_timeout"),
             (builder().refresh_ahead(Duration::ZERO), "refresh_ahead"),
             (
                 builder().expiry_margin(Duration::from_secs(60)),

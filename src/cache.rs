@@ -28,12 +28,12 @@
 //!   runtime that is shutting down drops it inside `spawn`.
 //! * **Refresh ahead.** Each token carries a refresh instant, a margin before its expiry
 //!   (10 % of the lifetime, at least the builder's `refresh_ahead`, default
-//!   [`MIN_REFRESH_MARGIN`], at most half of it, minus up to [`REFRESH_JITTER`] of the margin
+//!   [`DEFAULT_REFRESH_AHEAD`], at most half of it, minus up to [`REFRESH_JITTER`] of the margin
 //!   so a fleet does not refresh in lockstep). The first caller past it starts a background
 //!   fetch and, like everyone else, keeps using the valid token meanwhile.
 //! * **Expired means expired.** A token is handed out only until its expiry minus a skew
 //!   (5 % of its lifetime, at most the builder's `expiry_margin`, default
-//!   [`MAX_EXPIRY_SKEW`]), so it does not expire in flight.
+//!   [`DEFAULT_EXPIRY_MARGIN`]), so it does not expire in flight.
 //! * **Jitter** is drawn by a function the cache is built with, so tests inject a constant
 //!   and assert exact instants.
 //! * **Failure window.** A failed fetch is remembered until its retry instant: callers in
@@ -64,34 +64,27 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::Error;
+use crate::builder::{DEFAULT_EXPIRY_MARGIN, DEFAULT_REFRESH_AHEAD};
 use crate::source::TokenSource;
 use crate::token::{AccessToken, GrantedToken, Schedule, TokenId};
 
 mod local;
 pub(crate) use local::Held;
 
-/// The default smallest refresh-ahead margin, for tokens that live long enough to afford it
-/// (a token's margin is never more than half its lifetime); set it with
-/// [`refresh_ahead`](crate::UnderstoryAuthBuilder::refresh_ahead).
-pub const MIN_REFRESH_MARGIN: Duration = Duration::from_secs(60);
 /// The fraction of the refresh margin drawn at random and added to it, per token.
-pub const REFRESH_JITTER: f64 = 0.2;
-/// The default for the most a token's usable life is cut short before its expiry, to cover
-/// clock skew and request latency (for short-lived tokens: 5 % of the lifetime); set it with
-/// [`expiry_margin`](crate::UnderstoryAuthBuilder::expiry_margin).
-pub const MAX_EXPIRY_SKEW: Duration = Duration::from_secs(5);
+pub(crate) const REFRESH_JITTER: f64 = 0.2;
 /// The first retry delay after a transient failure (timeout, network, 5xx, 429).
-pub const TRANSIENT_BACKOFF_BASE: Duration = Duration::from_millis(500);
+pub(crate) const TRANSIENT_BACKOFF_BASE: Duration = Duration::from_millis(500);
 /// The longest retry delay after transient failures (unless `Retry-After` asks for more).
-pub const TRANSIENT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub(crate) const TRANSIENT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// The first retry delay after a permanent failure (rejected credentials, scope, ...).
-pub const PERMANENT_BACKOFF_BASE: Duration = Duration::from_secs(5);
+pub(crate) const PERMANENT_BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// The longest retry delay after permanent failures.
-pub const PERMANENT_BACKOFF_MAX: Duration = Duration::from_secs(120);
+pub(crate) const PERMANENT_BACKOFF_MAX: Duration = Duration::from_secs(120);
 /// How long a token fetched to replace a rejected one must be rejected, with no request
 /// carrying it accepted in between, before it is dropped in turn; four times longer with
 /// each replacement dropped in a row, up to the token's lifetime.
-pub const INVALIDATION_COOLDOWN: Duration = Duration::from_secs(5);
+pub(crate) const INVALIDATION_COOLDOWN: Duration = Duration::from_secs(5);
 /// How long callers wait after the auth server answered 429 without `Retry-After`, before
 /// the random part ([`RATE_LIMIT_JITTER`]) is added: Understory asks for at least a minute.
 const RATE_LIMIT_BACKOFF: Duration = Duration::from_secs(60);
@@ -107,17 +100,17 @@ const STRANDED_FETCH_GRACE: Duration = Duration::from_secs(1);
 /// When tokens are refreshed and stop being handed out, as set on the builder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Timing {
-    /// The smallest refresh-ahead margin (default [`MIN_REFRESH_MARGIN`]).
+    /// The smallest refresh-ahead margin (default [`DEFAULT_REFRESH_AHEAD`]).
     pub(crate) refresh_ahead: Duration,
-    /// The most a token's usable life is cut short (default [`MAX_EXPIRY_SKEW`]).
+    /// The most a token's usable life is cut short (default [`DEFAULT_EXPIRY_MARGIN`]).
     pub(crate) expiry_margin: Duration,
 }
 
 impl Default for Timing {
     fn default() -> Self {
         Timing {
-            refresh_ahead: MIN_REFRESH_MARGIN,
-            expiry_margin: MAX_EXPIRY_SKEW,
+            refresh_ahead: DEFAULT_REFRESH_AHEAD,
+            expiry_margin: DEFAULT_EXPIRY_MARGIN,
         }
     }
 }
@@ -379,10 +372,15 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
                     give_up,
                 } => (flight, outcome, give_up),
             };
-            // Checked first, so that no timer is made for an outcome already known (a
-            // runtime that is shutting down has none to offer).
+            // Checked first, so that no timer is made for an outcome already known; and a
+            // runtime that is shutting down has no timer to offer (polling one panics).
             let landed = match outcome.clone().now_or_never() {
                 Some(landed) => landed,
+                None if runtime_shutting_down() => {
+                    return Err(Error::Interrupted {
+                        reason: "the runtime it was requested on is shutting down",
+                    });
+                }
                 None => match tokio::time::timeout_at(give_up, outcome).await {
                     Ok(landed) => landed,
                     Err(_) => {
@@ -528,11 +526,6 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
     /// Records a new flight as the one everyone joins; [`Self::launch`] starts it once the
     /// lock is released.
     fn record_flight(&self, state: &mut FetchState, now: Instant, background: bool) -> Launch<M> {
-        let counters = &self.shared.counters;
-        counters.fetches.fetch_add(1, Relaxed);
-        if background {
-            counters.background_refreshes.fetch_add(1, Relaxed);
-        }
         state.flights += 1;
         let flight = state.flights;
         let deadline = now + self.shared.load_timeout;
@@ -574,6 +567,7 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         let span = tracing::info_span!("understory_auth.fetch_token", background);
         let task = runtime.spawn(
             async move {
+                guard.count_start(background);
                 let started = Instant::now();
                 let result = match tokio::time::timeout(load_timeout, fetch).await {
                     Ok(result) => result,
@@ -617,6 +611,19 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
     }
 }
 
+/// Whether the caller's runtime is shutting down (or gone): such a runtime drops a task at
+/// once instead of running it, so a probe task is finished as soon as it is spawned. Only
+/// asked before waiting for a fetch, never on the hot path.
+fn runtime_shutting_down() -> bool {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return true;
+    };
+    let probe = runtime.spawn(std::future::pending::<()>());
+    let dropped = probe.is_finished();
+    probe.abort();
+    dropped
+}
+
 /// Aborts a flight's task; called without any lock held.
 fn abort(inflight: Option<Inflight>) {
     if let Some(abort) = inflight.and_then(|f| f.abort) {
@@ -642,6 +649,17 @@ struct FlightGuard<M> {
 }
 
 impl<M> FlightGuard<M> {
+    /// Counts the token request as started: only once its task runs, so that a task its
+    /// runtime drops unrun (shutting down) or never drives (stranded) counts as no request.
+    fn count_start(&self, background: bool) {
+        if let Some(cache) = self.cache.upgrade() {
+            cache.counters.fetches.fetch_add(1, Relaxed);
+            if background {
+                cache.counters.background_refreshes.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
     fn finish(mut self, started: Instant, result: Result<GrantedToken, Error>) {
         let elapsed = started.elapsed();
         // Without the cache nobody is waiting: the outcome only needs a shape.

@@ -34,16 +34,16 @@ pub(crate) mod sanitize;
 use sanitize::{Secrets, basic_credentials, oauth_error_code, registered_token_type};
 
 /// The largest token answer read; a longer body is refused (a token answer is ~1 KiB).
-pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
 /// The lifetime assumed when the answer has no usable `expires_in` (Understory's is 1 h).
-pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// The shortest lifetime believed: a server answering `expires_in: 0` (or less) cannot turn
 /// every request into a token request. A token the API really rejects is healed by the
 /// 401 handling instead.
-pub const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(1);
+pub(crate) const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(1);
 /// The longest lifetime believed: larger `expires_in` values are clamped, so absurd
 /// numbers cannot overflow a clock, and the token is still replaced daily.
-pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// The longest `Retry-After` honoured: 5 minutes; larger values are clamped to it. A server
 /// answering `Retry-After: 99999` to a process without a valid token would otherwise make
 /// every caller fail at once for a day.

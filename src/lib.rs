@@ -42,7 +42,7 @@
 //!    a 5xx) since its last 401. Its 401s are returned to the caller as they came, status and
 //!    body, without a resend. It is dropped only once it has been rejected, with no such
 //!    acceptance in between, for its cooldown: 5 s
-//!    ([`INVALIDATION_COOLDOWN`]) for the first replacement, four times longer for each
+//!    for the first replacement, four times longer for each
 //!    replacement dropped in a row (20 s, 80 s, 320 s, ...), at most the token's lifetime.
 //!    The count of replacements dropped in a row starts again once a routine token lives to
 //!    its refresh without a 401.
@@ -140,13 +140,17 @@
 //!   ([`TokenStore`], [`UnderstoryAuthBuilder::shared_cache`]); `redis` adds [`RedisStore`].
 //! * `test-util`: [`testing::SandboxServer`], a local stand-in for Understory's auth server
 //!   and API for your integration tests.
-//! * `webhooks`: receiving Understory's webhooks: [`WebhookVerifier`] checks their Standard
-//!   Webhooks signatures, [`WebhookLayer`] does it in a tower (axum, hyper) server, with
-//!   optional deduplication ([`MemoryWebhookDedup`]; with `redis`, `RedisWebhookDedup`);
+//! * `webhooks`: the [`webhooks`] module, receiving Understory's webhooks:
+//!   [`WebhookVerifier`](webhooks::WebhookVerifier) checks their Standard Webhooks
+//!   signatures, [`WebhookLayer`](webhooks::WebhookLayer) does it in a tower (axum, hyper)
+//!   server, with optional deduplication
+//!   ([`MemoryWebhookDedup`](webhooks::MemoryWebhookDedup); with `redis`,
+//!   `RedisWebhookDedup`);
 //!   with `test-util`, `testing::WebhookSandbox` signs and delivers test webhooks.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![deny(unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod auth;
@@ -167,27 +171,21 @@ mod middleware;
 #[cfg(feature = "shared-cache")]
 mod store;
 #[cfg(feature = "webhooks")]
-mod webhooks;
+pub mod webhooks;
 
 #[cfg(feature = "test-util")]
 pub mod testing;
 
 pub use auth::UnderstoryAuth;
 pub use builder::{
-    CRATE_USER_AGENT, DEFAULT_API_BASE, DEFAULT_AUDIENCE, DEFAULT_TOKEN_TIMEOUT, DEFAULT_TOKEN_URL,
-    UnderstoryAuthBuilder,
+    DEFAULT_API_BASE, DEFAULT_AUDIENCE, DEFAULT_EXPIRY_MARGIN, DEFAULT_REFRESH_AHEAD,
+    DEFAULT_TOKEN_TIMEOUT, DEFAULT_TOKEN_URL, UnderstoryAuthBuilder,
 };
-pub use cache::{
-    CacheStats, INVALIDATION_COOLDOWN, MAX_EXPIRY_SKEW, MIN_REFRESH_MARGIN, PERMANENT_BACKOFF_BASE,
-    PERMANENT_BACKOFF_MAX, REFRESH_JITTER, TRANSIENT_BACKOFF_BASE, TRANSIENT_BACKOFF_MAX,
-};
+pub use cache::CacheStats;
 pub use credentials::{
     ClientAuthMethod, Credentials, ENV_CLIENT_ID, ENV_CLIENT_SECRET, ENV_SCOPES,
 };
 pub use error::Error;
-pub use grant::{
-    DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME, MAX_TOKEN_RESPONSE_BYTES, MIN_TOKEN_LIFETIME,
-};
 pub use token::{AccessToken, TokenId};
 
 #[cfg(feature = "tower")]
@@ -197,20 +195,7 @@ pub use origin::SkipAuth;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 #[cfg(feature = "shared-cache")]
-pub use store::{
-    SHARED_FETCH_WAIT, SHARED_KEY_PREFIX, SHARED_POLL_INTERVAL, STORE_TIMEOUT, StoreError,
-    TokenStore,
-};
-
-#[cfg(all(feature = "webhooks", feature = "redis"))]
-pub use webhooks::RedisWebhookDedup;
-#[cfg(feature = "webhooks")]
-pub use webhooks::{
-    BookingCreated, DEFAULT_WEBHOOK_BODY_LIMIT, DEFAULT_WEBHOOK_DEDUP_CAPACITY,
-    DEFAULT_WEBHOOK_DEDUP_TTL, DEFAULT_WEBHOOK_TOLERANCE, MemoryWebhookDedup, VerifyWebhook,
-    WebhookDedup, WebhookDedupError, WebhookError, WebhookEvent, WebhookFuture, WebhookLayer,
-    WebhookPayload, WebhookVerifier,
-};
+pub use store::{StoreError, TokenStore};
 
 /// The `http` crate, re-exported: its types appear in this crate's API.
 pub use http;

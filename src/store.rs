@@ -100,13 +100,13 @@ use source::SharedStoreSource;
 
 /// The longest any single store operation may take; past it the operation counts as failed
 /// and the token is fetched directly.
-pub const STORE_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const STORE_TIMEOUT: Duration = Duration::from_millis(500);
 /// The longest a process waits for another process's token fetch before fetching itself.
-pub const SHARED_FETCH_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const SHARED_FETCH_WAIT: Duration = Duration::from_secs(2);
 /// How often a waiting process looks for the token another process is fetching.
-pub const SHARED_POLL_INTERVAL: Duration = Duration::from_millis(50);
+pub(crate) const SHARED_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// The prefix of every store key this crate writes (entries, their locks and counters).
-pub const SHARED_KEY_PREFIX: &str = "understory-auth:token:v1:";
+pub(crate) const SHARED_KEY_PREFIX: &str = "understory-auth:token:v1:";
 /// At most one warning about an invalid shared entry (tampered with, corrupt, oversized) is
 /// logged per interval and `UnderstoryAuth`; the others go to debug level.
 const INVALID_ENTRY_WARNING_INTERVAL: Duration = Duration::from_secs(60);
@@ -115,7 +115,7 @@ const INVALID_ENTRY_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 /// a counter and an expiring lock. [`RedisStore`] (feature `redis`) is the ready-made one.
 ///
 /// Values are opaque bytes (ciphertext: the store never sees a token). Implementations
-/// need not bound their own latency: every call is made under [`STORE_TIMEOUT`] and any
+/// need not bound their own latency: every call is made under a 500 ms timeout and any
 /// error or timeout makes the process fetch its token directly.
 ///
 /// ```

@@ -10,7 +10,7 @@
 //!   limit, answers refusals itself and hands the inner service the same bytes with the
 //!   event in the request's extensions; optionally it acknowledges a redelivered
 //!   `webhook-id` without processing it again ([`WebhookDedup`], [`MemoryWebhookDedup`],
-//!   and with feature `redis` [`RedisWebhookDedup`](crate::RedisWebhookDedup)).
+//!   and with feature `redis` [`RedisWebhookDedup`]).
 //!
 //! With feature `test-util`, [`testing::WebhookSandbox`](crate::testing::WebhookSandbox)
 //! signs and delivers webhooks, to test a receiver without Understory.

@@ -588,6 +588,15 @@ fn current_thread_runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A multi-thread runtime with one worker, which drives its tasks without being blocked on.
+fn one_worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn a_caller_on_a_dropped_runtime_gets_an_error_and_healthy_callers_are_unaffected() {
     let source = Scripted::new([token(3600)]);
@@ -604,12 +613,16 @@ fn a_caller_on_a_dropped_runtime_gets_an_error_and_healthy_callers_are_unaffecte
     });
     let err = on_dead.expect("answers at once").unwrap_err();
     assert!(matches!(err, Error::Interrupted { .. }), "{err}");
+    let cache_stats = cache.clone();
     let healthy = bounded(Duration::from_secs(10), move || {
         let result = current_thread_runtime().block_on(cache.token());
         (result.map(|t| t.id()), cache.stats().token_id)
     });
     let (id, cached) = healthy;
     assert_eq!(Some(id.unwrap()), cached);
+    // The dead runtime never ran a token request, so the stats count none for it.
+    let stats = cache_stats.stats();
+    assert_eq!((stats.fetches, stats.fetch_successes), (1, 1), "{stats:?}");
 }
 
 #[test]
@@ -653,11 +666,7 @@ fn waiters_of_a_fetch_cancelled_with_its_runtime_are_served_by_a_new_fetch() {
         let mut first = Box::pin(cache.token());
         assert!((&mut first).now_or_never().is_none());
     });
-    let healthy = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let healthy = one_worker_runtime();
     let waiter = healthy.spawn({
         let cache = cache.clone();
         async move { cache.token().await.map(|t| t.id()) }
@@ -1054,4 +1063,38 @@ async fn a_rate_limited_refresh_keeps_the_valid_token_and_waits_its_minute() {
     settle().await;
     assert_eq!(source.calls(), 3);
     assert_ne!(cache.token().await.unwrap().id(), first.id());
+}
+
+#[test]
+fn a_caller_on_a_dropped_runtime_joining_a_healthy_fetch_gets_an_error_not_a_panic() {
+    let source = Scripted::new([Step::Hang]);
+    let cache = cache(&source);
+    // A fetch in flight on a healthy runtime, which keeps driving it.
+    let healthy = one_worker_runtime();
+    let _running = healthy.spawn({
+        let cache = cache.clone();
+        async move { cache.token().await.map(|t| t.id()) }
+    });
+    while source.calls() == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // A caller on a runtime that was dropped joins it: it has no timer to wait with.
+    let dead = current_thread_runtime();
+    let handle = dead.handle().clone();
+    drop(dead);
+    let on_dead = bounded(Duration::from_secs(10), {
+        let cache = cache.clone();
+        move || {
+            let _entered = handle.enter();
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                cache.token().now_or_never()
+            }))
+        }
+    });
+    let answer = on_dead.expect("no panic").expect("answers at once");
+    assert!(
+        matches!(answer, Err(Error::Interrupted { .. })),
+        "{answer:?}"
+    );
+    assert_eq!(source.calls(), 1, "the healthy fetch is left alone");
 }

@@ -49,7 +49,7 @@ const GENERATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// (the token's remaining lifetime) and read with one script doing `GETRANGE` (never more
 /// than the size bound) and `PTTL`; generations come from `INCR` on a counter seeded from
 /// the server's `TIME`; locks are `SET … NX PX`, released by a compare-and-delete script.
-/// Keys start with [`SHARED_KEY_PREFIX`](crate::SHARED_KEY_PREFIX). Scripts run with `EVAL`,
+/// Keys start with `understory-auth:token:v1:` (for a Redis ACL: `~understory-auth:*`). Scripts run with `EVAL`,
 /// so the Redis user needs `EVAL` besides `GET`, `SET`, `GETRANGE`, `PTTL`, `INCR`,
 /// `PEXPIRE`, `EXISTS`, `TIME` and `DEL` on those keys.
 ///

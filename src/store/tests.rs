@@ -12,7 +12,8 @@ use tokio::time::sleep;
 use super::entry::{EntryCodec, MAX_ENTRY_BYTES, Refusal};
 use super::source::SharedStoreSource;
 use super::*;
-use crate::cache::{MAX_EXPIRY_SKEW, Timing};
+use crate::DEFAULT_EXPIRY_MARGIN;
+use crate::cache::Timing;
 use crate::token::GrantedToken;
 
 const SECRET: &str = "client-secret";
@@ -351,7 +352,7 @@ async fn an_entry_is_due_by_the_builders_refresh_ahead_not_the_default() {
     // about seven. An entry with ten minutes left is due for this process.
     let timing = Timing {
         refresh_ahead: Duration::from_secs(600),
-        expiry_margin: MAX_EXPIRY_SKEW,
+        expiry_margin: DEFAULT_EXPIRY_MARGIN,
     };
     let left = Duration::from_secs(600);
     assert!(refresh_lead(HOUR) < left);

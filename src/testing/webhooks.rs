@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::json;
 
-use crate::WebhookError;
+use crate::webhooks::WebhookError;
 use crate::webhooks::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, WebhookSecret};
 
 /// How long a delivery may take before [`WebhookSandbox::deliver`] gives up.
@@ -23,7 +23,7 @@ const GENERATED_KEY_BYTES: usize = 32;
 /// HMAC-SHA256 with a `whsec_` secret), so that a receiver can be tested end to end.
 ///
 /// It starts with a random secret ([`secret`](Self::secret)) to configure the receiver's
-/// [`WebhookVerifier`](crate::WebhookVerifier) with. It can rotate the secret (signing with
+/// [`WebhookVerifier`](crate::webhooks::WebhookVerifier) with. It can rotate the secret (signing with
 /// both, as a sender does during a rotation), build messages ([`booking_created`],
 /// [`message`]) and derive from them a retry with the same id, a tampered body or an old
 /// timestamp ([`WebhookMessage`]), and [`deliver`](Self::deliver) them over HTTP.
@@ -34,7 +34,7 @@ const GENERATED_KEY_BYTES: usize = 32;
 /// [`message`]: Self::message
 ///
 /// ```
-/// use understory_auth::WebhookVerifier;
+/// use understory_auth::webhooks::WebhookVerifier;
 /// use understory_auth::testing::WebhookSandbox;
 ///
 /// let sandbox = WebhookSandbox::new();
@@ -46,7 +46,7 @@ const GENERATED_KEY_BYTES: usize = 32;
 ///
 /// let tampered = message.tampered();
 /// assert!(verifier.verify(&sandbox.headers(&tampered), tampered.body()).is_err());
-/// # Ok::<(), understory_auth::WebhookError>(())
+/// # Ok::<(), understory_auth::webhooks::WebhookError>(())
 /// ```
 pub struct WebhookSandbox {
     current: Secret,
@@ -93,7 +93,7 @@ impl WebhookSandbox {
     ///
     /// let sandbox = WebhookSandbox::with_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?;
     /// assert_eq!(sandbox.secret(), "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
-    /// # Ok::<(), understory_auth::WebhookError>(())
+    /// # Ok::<(), understory_auth::webhooks::WebhookError>(())
     /// ```
     pub fn with_secret(secret: &str) -> Result<Self, WebhookError> {
         Ok(WebhookSandbox {
@@ -110,8 +110,8 @@ impl WebhookSandbox {
     ///
     /// ```
     /// let sandbox = understory_auth::testing::WebhookSandbox::new();
-    /// let verifier = understory_auth::WebhookVerifier::new(sandbox.secret())?;
-    /// # Ok::<(), understory_auth::WebhookError>(())
+    /// let verifier = understory_auth::webhooks::WebhookVerifier::new(sandbox.secret())?;
+    /// # Ok::<(), understory_auth::webhooks::WebhookError>(())
     /// ```
     pub fn secret(&self) -> &str {
         &self.current.shown
@@ -122,7 +122,7 @@ impl WebhookSandbox {
     /// that knows either verifies them. Returns the new secret.
     ///
     /// ```
-    /// use understory_auth::WebhookVerifier;
+    /// use understory_auth::webhooks::WebhookVerifier;
     /// use understory_auth::testing::WebhookSandbox;
     ///
     /// let mut sandbox = WebhookSandbox::new();
@@ -135,7 +135,7 @@ impl WebhookSandbox {
     ///
     /// sandbox.end_rotation();
     /// assert!(old.verify(&sandbox.headers(&message), message.body()).is_err());
-    /// # Ok::<(), understory_auth::WebhookError>(())
+    /// # Ok::<(), understory_auth::webhooks::WebhookError>(())
     /// ```
     pub fn rotate_secret(&mut self) -> String {
         let old = std::mem::replace(&mut self.current, Secret::random());

@@ -1,13 +1,13 @@
 //! [`WebhookDedup`]: "has this `webhook-id` been processed already?", for [`WebhookLayer`].
 //!
-//! [`WebhookLayer`]: crate::WebhookLayer
+//! [`WebhookLayer`]: crate::webhooks::WebhookLayer
 
 use std::error::Error as StdError;
 use std::fmt;
 
 use async_trait::async_trait;
 
-/// Where [`WebhookLayer::dedup`](crate::WebhookLayer::dedup) records the `webhook-id`s it
+/// Where [`WebhookLayer::dedup`](crate::webhooks::WebhookLayer::dedup) records the `webhook-id`s it
 /// has let through, so that a redelivery (Understory retries with the same id) is
 /// acknowledged without being processed twice.
 ///
@@ -15,13 +15,13 @@ use async_trait::async_trait;
 /// Understory signed are ever stored) and before calling the inner service; if the inner
 /// service fails or answers anything but a 2xx, it [`release`](Self::release)s the id, so
 /// Understory's retry is processed. Implementations: [`MemoryWebhookDedup`] for one
-/// process, [`RedisWebhookDedup`](crate::RedisWebhookDedup) (feature `redis`) for a fleet.
+/// process, [`RedisWebhookDedup`](crate::webhooks::RedisWebhookDedup) (feature `redis`) for a fleet.
 ///
-/// [`MemoryWebhookDedup`]: crate::MemoryWebhookDedup
+/// [`MemoryWebhookDedup`]: crate::webhooks::MemoryWebhookDedup
 ///
 /// ```
 /// use std::collections::HashSet;
-/// use understory_auth::{WebhookDedup, WebhookDedupError};
+/// use understory_auth::webhooks::{WebhookDedup, WebhookDedupError};
 ///
 /// /// Never forgets (a real store must expire its ids).
 /// #[derive(Default)]
@@ -50,11 +50,11 @@ pub trait WebhookDedup: Send + Sync + 'static {
 }
 
 /// A [`WebhookDedup`] store failed (for example, Redis is unreachable).
-/// [`WebhookLayer`](crate::WebhookLayer) then answers `503 Service Unavailable`, so that
+/// [`WebhookLayer`](crate::webhooks::WebhookLayer) then answers `503 Service Unavailable`, so that
 /// Understory delivers the webhook again later: nothing is lost, nothing processed twice.
 ///
 /// ```
-/// use understory_auth::WebhookDedupError;
+/// use understory_auth::webhooks::WebhookDedupError;
 ///
 /// let error = WebhookDedupError::new("the dedup store is full");
 /// assert_eq!(error.to_string(), "webhook deduplication failed: the dedup store is full");
@@ -71,7 +71,7 @@ impl WebhookDedupError {
     /// An error that says `message` (which must hold no secret).
     ///
     /// ```
-    /// let error = understory_auth::WebhookDedupError::new("store unreachable");
+    /// let error = understory_auth::webhooks::WebhookDedupError::new("store unreachable");
     /// # let _ = error;
     /// ```
     pub fn new(message: &'static str) -> Self {
@@ -85,7 +85,7 @@ impl WebhookDedupError {
     ///
     /// ```
     /// use std::error::Error;
-    /// use understory_auth::WebhookDedupError;
+    /// use understory_auth::webhooks::WebhookDedupError;
     ///
     /// let io = std::io::Error::other("connection refused");
     /// let error = WebhookDedupError::with_source("store unreachable", io);

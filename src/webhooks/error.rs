@@ -7,10 +7,10 @@ use http::StatusCode;
 /// Every message says what to check; none holds the secret, a signature or the body.
 /// [`status`](Self::status) gives the answer a receiver should send: `401` when the
 /// signature or timestamp is wrong, `413` for a body over the limit, `400` for a malformed
-/// request. [`WebhookLayer`](crate::WebhookLayer) answers exactly that.
+/// request. [`WebhookLayer`](crate::webhooks::WebhookLayer) answers exactly that.
 ///
 /// ```
-/// use understory_auth::{WebhookError, WebhookVerifier};
+/// use understory_auth::webhooks::{WebhookError, WebhookVerifier};
 ///
 /// let verifier = WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?;
 /// let error = verifier.verify(&http::HeaderMap::new(), b"{}").unwrap_err();
@@ -93,7 +93,7 @@ impl WebhookError {
     /// error) and `400 Bad Request` for everything else.
     ///
     /// ```
-    /// use understory_auth::WebhookError;
+    /// use understory_auth::webhooks::WebhookError;
     ///
     /// assert_eq!(WebhookError::NoMatchingSignature.status(), 401);
     /// assert_eq!(WebhookError::BodyTooLarge { limit: 10 }.status(), 413);

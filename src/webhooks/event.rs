@@ -14,11 +14,11 @@ const BOOKING_CREATED: &str = "v1.booking.created";
 /// is kept untouched ([`WebhookPayload::Other`], [`other_fields`](Self::other_fields)),
 /// so a new event type never breaks a deployed handler.
 ///
-/// [`WebhookLayer`](crate::WebhookLayer) puts it in the request's extensions;
-/// [`WebhookVerifier::verify`](crate::WebhookVerifier::verify) returns it.
+/// [`WebhookLayer`](crate::webhooks::WebhookLayer) puts it in the request's extensions;
+/// [`WebhookVerifier::verify`](crate::webhooks::WebhookVerifier::verify) returns it.
 ///
 /// ```
-/// use understory_auth::{WebhookEvent, WebhookPayload};
+/// use understory_auth::webhooks::{WebhookEvent, WebhookPayload};
 ///
 /// let event: WebhookEvent = serde_json::from_str(r#"{
 ///     "id": "8c9e0e6b-3a4e-4f7e-9d55-2f1f5a0c1e11",
@@ -51,7 +51,7 @@ pub struct WebhookEvent {
 /// The payload of a [`WebhookEvent`].
 ///
 /// ```
-/// use understory_auth::{WebhookEvent, WebhookPayload};
+/// use understory_auth::webhooks::{WebhookEvent, WebhookPayload};
 ///
 /// let event: WebhookEvent = serde_json::from_str(
 ///     r#"{"id": "1", "type": "v9.thing.happened", "timestamp": "", "payload": {"thing_id": "t"}}"#,
@@ -72,7 +72,7 @@ pub enum WebhookPayload {
 /// The identifiers of a `v1.booking.created` event.
 ///
 /// ```
-/// use understory_auth::{WebhookEvent, WebhookPayload};
+/// use understory_auth::webhooks::{WebhookEvent, WebhookPayload};
 ///
 /// let event: WebhookEvent = serde_json::from_str(r#"{"id": "1", "type": "v1.booking.created",
 ///     "timestamp": "", "payload": {"booking_id": "b", "host_id": "h", "experience_id": "x",

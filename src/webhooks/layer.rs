@@ -44,7 +44,7 @@ use super::{WebhookDedup, WebhookDedupError, WebhookError, WebhookVerifier};
 ///   request (see [`WebhookError::status`]);
 /// * otherwise calls the inner service with the same bytes, as an
 ///   `http::Request<http_body_util::Full<Bytes>>`, and the verified
-///   [`WebhookEvent`](crate::WebhookEvent) in the request's extensions.
+///   [`WebhookEvent`](crate::webhooks::WebhookEvent) in the request's extensions.
 ///
 /// With [`dedup`](Self::dedup), a `webhook-id` already processed is answered `200 OK`
 /// without calling the inner service (Understory redelivers a webhook until it gets a
@@ -63,14 +63,14 @@ use super::{WebhookDedup, WebhookDedupError, WebhookError, WebhookVerifier};
 ///
 /// ```
 /// use axum::{Extension, Router, routing::post};
-/// use understory_auth::{MemoryWebhookDedup, WebhookEvent, WebhookLayer, WebhookVerifier};
+/// use understory_auth::webhooks::{MemoryWebhookDedup, WebhookEvent, WebhookLayer, WebhookVerifier};
 ///
 /// async fn on_webhook(Extension(event): Extension<WebhookEvent>) -> &'static str {
 ///     println!("{} {}", event.event_type, event.id);
 ///     "ok"
 /// }
 ///
-/// # fn app() -> Result<Router, understory_auth::WebhookError> {
+/// # fn app() -> Result<Router, understory_auth::webhooks::WebhookError> {
 /// let verifier = WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?;
 /// let layer = WebhookLayer::new(verifier).dedup(MemoryWebhookDedup::new());
 /// let app: Router = Router::new().route("/webhooks/understory", post(on_webhook).route_layer(layer));
@@ -87,10 +87,10 @@ impl WebhookLayer {
     /// A layer that verifies webhooks with `verifier`, without deduplication.
     ///
     /// ```
-    /// use understory_auth::{WebhookLayer, WebhookVerifier};
+    /// use understory_auth::webhooks::{WebhookLayer, WebhookVerifier};
     ///
     /// let layer = WebhookLayer::new(WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?);
-    /// # Ok::<(), understory_auth::WebhookError>(())
+    /// # Ok::<(), understory_auth::webhooks::WebhookError>(())
     /// ```
     pub fn new(verifier: WebhookVerifier) -> Self {
         WebhookLayer {
@@ -104,11 +104,11 @@ impl WebhookLayer {
     /// layer answer `503 Service Unavailable` (Understory will redeliver).
     ///
     /// ```
-    /// use understory_auth::{MemoryWebhookDedup, WebhookLayer, WebhookVerifier};
+    /// use understory_auth::webhooks::{MemoryWebhookDedup, WebhookLayer, WebhookVerifier};
     ///
     /// let verifier = WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?;
     /// let layer = WebhookLayer::new(verifier).dedup(MemoryWebhookDedup::new());
-    /// # Ok::<(), understory_auth::WebhookError>(())
+    /// # Ok::<(), understory_auth::webhooks::WebhookError>(())
     /// ```
     pub fn dedup(mut self, store: impl WebhookDedup) -> Self {
         self.dedup = Some(SharedDedup(Arc::new(store)));
@@ -135,14 +135,14 @@ impl<S> Layer<S> for WebhookLayer {
 /// use bytes::Bytes;
 /// use http_body_util::Full;
 /// use tower::{Layer, service_fn};
-/// use understory_auth::{VerifyWebhook, WebhookLayer, WebhookVerifier};
+/// use understory_auth::webhooks::{VerifyWebhook, WebhookLayer, WebhookVerifier};
 ///
 /// let inner = service_fn(|_: http::Request<Full<Bytes>>| async {
 ///     Ok::<_, std::convert::Infallible>(http::Response::new(Full::<Bytes>::default()))
 /// });
 /// let verifier = WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?;
 /// let service: VerifyWebhook<_> = WebhookLayer::new(verifier).layer(inner);
-/// # Ok::<(), understory_auth::WebhookError>(())
+/// # Ok::<(), understory_auth::webhooks::WebhookError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct VerifyWebhook<S> {

@@ -18,7 +18,7 @@ use super::{WebhookDedup, WebhookDedupError};
 ///
 /// ```
 /// # use std::time::Duration;
-/// assert_eq!(understory_auth::DEFAULT_WEBHOOK_DEDUP_TTL, Duration::from_secs(24 * 60 * 60));
+/// assert_eq!(understory_auth::webhooks::DEFAULT_WEBHOOK_DEDUP_TTL, Duration::from_secs(24 * 60 * 60));
 /// ```
 pub const DEFAULT_WEBHOOK_DEDUP_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -27,25 +27,25 @@ pub const DEFAULT_WEBHOOK_DEDUP_TTL: Duration = Duration::from_secs(24 * 60 * 60
 /// oldest id is forgotten first.
 ///
 /// ```
-/// assert_eq!(understory_auth::DEFAULT_WEBHOOK_DEDUP_CAPACITY, 100_000);
+/// assert_eq!(understory_auth::webhooks::DEFAULT_WEBHOOK_DEDUP_CAPACITY, 100_000);
 /// ```
 pub const DEFAULT_WEBHOOK_DEDUP_CAPACITY: usize = 100_000;
 
 /// A [`WebhookDedup`] in this process's memory: each id is remembered for a
 /// [ttl](Self::ttl), and at most [capacity](Self::capacity) ids are held (the oldest go
 /// first). Clones share the ids. For a fleet of receivers behind a load balancer, use a
-/// shared store such as [`RedisWebhookDedup`](crate::RedisWebhookDedup) instead.
+/// shared store such as [`RedisWebhookDedup`](crate::webhooks::RedisWebhookDedup) instead.
 ///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// use understory_auth::{MemoryWebhookDedup, WebhookDedup};
+/// use understory_auth::webhooks::{MemoryWebhookDedup, WebhookDedup};
 ///
 /// let dedup = MemoryWebhookDedup::new();
 /// assert!(dedup.claim("msg_1").await?);
 /// assert!(!dedup.claim("msg_1").await?); // a redelivery
 /// dedup.release("msg_1").await?; // its processing failed
 /// assert!(dedup.claim("msg_1").await?);
-/// # Ok::<(), understory_auth::WebhookDedupError>(())
+/// # Ok::<(), understory_auth::webhooks::WebhookDedupError>(())
 /// # }).unwrap();
 /// ```
 #[derive(Clone)]
@@ -71,7 +71,7 @@ impl MemoryWebhookDedup {
     /// [capacity](DEFAULT_WEBHOOK_DEDUP_CAPACITY).
     ///
     /// ```
-    /// let dedup = understory_auth::MemoryWebhookDedup::new();
+    /// let dedup = understory_auth::webhooks::MemoryWebhookDedup::new();
     /// # let _ = dedup;
     /// ```
     pub fn new() -> Self {
@@ -86,7 +86,7 @@ impl MemoryWebhookDedup {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let dedup = understory_auth::MemoryWebhookDedup::new().ttl(Duration::from_secs(3600));
+    /// let dedup = understory_auth::webhooks::MemoryWebhookDedup::new().ttl(Duration::from_secs(3600));
     /// # let _ = dedup;
     /// ```
     pub fn ttl(mut self, ttl: Duration) -> Self {
@@ -98,7 +98,7 @@ impl MemoryWebhookDedup {
     /// least 1); when full, the oldest is forgotten.
     ///
     /// ```
-    /// let dedup = understory_auth::MemoryWebhookDedup::new().capacity(10_000);
+    /// let dedup = understory_auth::webhooks::MemoryWebhookDedup::new().capacity(10_000);
     /// # let _ = dedup;
     /// ```
     pub fn capacity(mut self, capacity: usize) -> Self {

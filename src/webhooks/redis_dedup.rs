@@ -25,7 +25,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// [`ttl`](Self::ttl) says otherwise. Keys start with `understory-auth:webhook-id:`.
 ///
 /// ```no_run
-/// use understory_auth::{RedisWebhookDedup, WebhookLayer, WebhookVerifier};
+/// use understory_auth::webhooks::{RedisWebhookDedup, WebhookLayer, WebhookVerifier};
 ///
 /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let verifier = WebhookVerifier::new(&std::env::var("UNDERSTORY_WEBHOOK_SECRET")?)?;
@@ -50,7 +50,7 @@ impl RedisWebhookDedup {
     /// parsed (the error never holds the URL).
     ///
     /// ```
-    /// use understory_auth::RedisWebhookDedup;
+    /// use understory_auth::webhooks::RedisWebhookDedup;
     ///
     /// assert!(RedisWebhookDedup::new("redis://127.0.0.1:6379/").is_ok());
     /// assert!(RedisWebhookDedup::new("not a url").is_err());
@@ -71,10 +71,10 @@ impl RedisWebhookDedup {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use understory_auth::RedisWebhookDedup;
+    /// use understory_auth::webhooks::RedisWebhookDedup;
     ///
     /// let dedup = RedisWebhookDedup::new("redis://127.0.0.1/")?.ttl(Duration::from_secs(3600));
-    /// # Ok::<(), understory_auth::WebhookDedupError>(())
+    /// # Ok::<(), understory_auth::webhooks::WebhookDedupError>(())
     /// ```
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;

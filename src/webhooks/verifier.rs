@@ -28,7 +28,7 @@ use super::{WebhookError, WebhookEvent};
 ///
 /// ```
 /// # use std::time::Duration;
-/// assert_eq!(understory_auth::DEFAULT_WEBHOOK_TOLERANCE, Duration::from_secs(300));
+/// assert_eq!(understory_auth::webhooks::DEFAULT_WEBHOOK_TOLERANCE, Duration::from_secs(300));
 /// ```
 pub const DEFAULT_WEBHOOK_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 
@@ -36,7 +36,7 @@ pub const DEFAULT_WEBHOOK_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 /// otherwise: 64 KiB. Understory's events are "thin" (identifiers only), a few hundred bytes.
 ///
 /// ```
-/// assert_eq!(understory_auth::DEFAULT_WEBHOOK_BODY_LIMIT, 64 * 1024);
+/// assert_eq!(understory_auth::webhooks::DEFAULT_WEBHOOK_BODY_LIMIT, 64 * 1024);
 /// ```
 pub const DEFAULT_WEBHOOK_BODY_LIMIT: usize = 64 * 1024;
 
@@ -65,10 +65,10 @@ const MAX_SIGNATURES: usize = 8;
 /// secrets never appear in `Debug`, errors or logs.
 ///
 /// Verify the body exactly as received: never parse and re-serialise it first.
-/// [`WebhookLayer`](crate::WebhookLayer) does all of this in a tower stack.
+/// [`WebhookLayer`](crate::webhooks::WebhookLayer) does all of this in a tower stack.
 ///
 /// ```
-/// use understory_auth::{WebhookPayload, WebhookVerifier};
+/// use understory_auth::webhooks::{WebhookPayload, WebhookVerifier};
 ///
 /// # #[cfg(feature = "test-util")] {
 /// # let sandbox = understory_auth::testing::WebhookSandbox::new();
@@ -82,7 +82,7 @@ const MAX_SIGNATURES: usize = 8;
 ///     println!("booking {} created", ids.booking_id);
 /// }
 /// # }
-/// # Ok::<(), understory_auth::WebhookError>(())
+/// # Ok::<(), understory_auth::webhooks::WebhookError>(())
 /// ```
 #[derive(Clone)]
 pub struct WebhookVerifier {
@@ -98,7 +98,7 @@ impl WebhookVerifier {
     /// not base64.
     ///
     /// ```
-    /// use understory_auth::WebhookVerifier;
+    /// use understory_auth::webhooks::WebhookVerifier;
     ///
     /// assert!(WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_ok());
     /// assert!(WebhookVerifier::new("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_ok());
@@ -117,11 +117,11 @@ impl WebhookVerifier {
     /// over.
     ///
     /// ```
-    /// use understory_auth::WebhookVerifier;
+    /// use understory_auth::webhooks::WebhookVerifier;
     ///
     /// let verifier = WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?
     ///     .with_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")?;
-    /// # Ok::<(), understory_auth::WebhookError>(())
+    /// # Ok::<(), understory_auth::webhooks::WebhookError>(())
     /// ```
     pub fn with_secret(mut self, secret: &str) -> Result<Self, WebhookError> {
         let added = WebhookSecret::parse(secret)?;
@@ -135,11 +135,11 @@ impl WebhookVerifier {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use understory_auth::WebhookVerifier;
+    /// use understory_auth::webhooks::WebhookVerifier;
     ///
     /// let verifier = WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?
     ///     .tolerance(Duration::from_secs(60));
-    /// # Ok::<(), understory_auth::WebhookError>(())
+    /// # Ok::<(), understory_auth::webhooks::WebhookError>(())
     /// ```
     pub fn tolerance(mut self, tolerance: Duration) -> Self {
         self.tolerance = tolerance;
@@ -147,15 +147,15 @@ impl WebhookVerifier {
     }
 
     /// The largest body accepted, in bytes (default [`DEFAULT_WEBHOOK_BODY_LIMIT`]).
-    /// [`WebhookLayer`](crate::WebhookLayer) stops reading a body as soon as it passes
+    /// [`WebhookLayer`](crate::webhooks::WebhookLayer) stops reading a body as soon as it passes
     /// this limit.
     ///
     /// ```
-    /// use understory_auth::WebhookVerifier;
+    /// use understory_auth::webhooks::WebhookVerifier;
     ///
     /// let verifier = WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?
     ///     .max_body_bytes(4096);
-    /// # Ok::<(), understory_auth::WebhookError>(())
+    /// # Ok::<(), understory_auth::webhooks::WebhookError>(())
     /// ```
     pub fn max_body_bytes(mut self, limit: usize) -> Self {
         self.max_body_bytes = limit;
@@ -170,7 +170,7 @@ impl WebhookVerifier {
     /// matches (other versions are ignored), the body is an event.
     ///
     /// ```
-    /// use understory_auth::WebhookVerifier;
+    /// use understory_auth::webhooks::WebhookVerifier;
     ///
     /// # #[cfg(feature = "test-util")] {
     /// use understory_auth::testing::WebhookSandbox;
@@ -181,7 +181,7 @@ impl WebhookVerifier {
     /// let event = verifier.verify(&sandbox.headers(&message), message.body())?;
     /// assert_eq!(event.event_type, "v1.booking.created");
     /// # }
-    /// # Ok::<(), understory_auth::WebhookError>(())
+    /// # Ok::<(), understory_auth::webhooks::WebhookError>(())
     /// ```
     pub fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<WebhookEvent, WebhookError> {
         self.verify_at(headers, body, SystemTime::now())
@@ -192,7 +192,7 @@ impl WebhookVerifier {
     ///
     /// ```
     /// use std::time::{Duration, UNIX_EPOCH};
-    /// use understory_auth::{WebhookError, WebhookVerifier};
+    /// use understory_auth::webhooks::{WebhookError, WebhookVerifier};
     ///
     /// // A published Standard Webhooks example, signed at 1614265330.
     /// let verifier = WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?;

@@ -14,7 +14,10 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use redis::AsyncCommands;
 use understory_auth::testing::SandboxServer;
-use understory_auth::{Credentials, RedisStore, SHARED_KEY_PREFIX, TokenStore, UnderstoryAuth};
+use understory_auth::{Credentials, RedisStore, TokenStore, UnderstoryAuth};
+
+/// The prefix of every key the crate writes to Redis, as `RedisStore`'s docs state it.
+const SHARED_KEY_PREFIX: &str = "understory-auth:token:v1:";
 
 use crate::common::{
     LoopbackCertificate, capture_logs, credentials, loopback_certificate, sandbox,

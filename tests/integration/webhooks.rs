@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower::{Layer, ServiceExt, service_fn};
 use understory_auth::testing::{WebhookMessage, WebhookSandbox};
-use understory_auth::{
+use understory_auth::webhooks::{
     DEFAULT_WEBHOOK_TOLERANCE, MemoryWebhookDedup, WebhookEvent, WebhookLayer, WebhookPayload,
     WebhookVerifier,
 };
@@ -533,7 +533,7 @@ mod redis_dedup {
     use std::process::{Child, Command, Stdio};
     use std::time::Duration;
 
-    use understory_auth::{RedisWebhookDedup, WebhookDedup};
+    use understory_auth::webhooks::{RedisWebhookDedup, WebhookDedup};
 
     use super::*;
 

@@ -16,7 +16,7 @@ use tower::{Service, ServiceExt};
 use super::*;
 use crate::webhooks::secret::WebhookSecret;
 use crate::webhooks::verifier::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
-use crate::{MemoryWebhookDedup, WebhookEvent};
+use crate::webhooks::{MemoryWebhookDedup, WebhookEvent};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 

@@ -113,7 +113,7 @@ fn a_valid_webhook_gives_its_typed_event() {
     assert_eq!(event.id, "0b0f3c1e-5d5a-4c1b-9a43-7c1f3f1d2e10");
     assert!(matches!(
         event.payload,
-        crate::WebhookPayload::BookingCreated(_)
+        crate::webhooks::WebhookPayload::BookingCreated(_)
     ));
 }
 
