@@ -188,10 +188,16 @@ impl UnderstoryAuth {
     /// (the layer reports through its thread's `Held`, to the same rule in the cache):
     /// records a non-401 as evidence the token works (one atomic load per call), judges a
     /// 401 by the rule in the crate docs, and tells whether the request should be resent,
-    /// because the resend would carry another token.
+    /// because the resend would carry another token. `from_token_origin`: see
+    /// `TokenCache::answered`.
     #[cfg_attr(not(feature = "middleware"), allow(dead_code))]
-    pub(crate) fn answered(&self, token: &AccessToken, status: http::StatusCode) -> bool {
-        self.cache.answered(token, status)
+    pub(crate) fn answered(
+        &self,
+        token: &AccessToken,
+        status: http::StatusCode,
+        from_token_origin: impl FnOnce() -> bool,
+    ) -> bool {
+        self.cache.answered(token, status, from_token_origin)
     }
 
     /// A snapshot of the cache's counters, for metrics.

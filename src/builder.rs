@@ -167,7 +167,9 @@ impl UnderstoryAuthBuilder {
 
     /// The limit on a whole token request, from connecting to the last byte of the answer;
     /// default [`DEFAULT_TOKEN_TIMEOUT`]. Must not be zero, nor longer than an hour (callers
-    /// wait for a token request at most this long, plus a second).
+    /// wait for a token request at most this long, plus a second; twice that, about
+    /// 2 × (timeout + 1 s), when the request is cancelled with the runtime it ran on and is
+    /// started once more for them).
     ///
     /// ```
     /// # use understory_auth::{Credentials, UnderstoryAuth};

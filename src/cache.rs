@@ -23,7 +23,9 @@
 //!   down. Callers therefore wait on their own clock, at most until the fetch's deadline plus
 //!   [`STRANDED_FETCH_GRACE`]; a fetch past that is replaced by the next caller, and every
 //!   fetch is numbered, so a late one never overwrites a newer token. A fetch dropped before
-//!   it ended is started again once for its callers; a caller whose own runtime is shutting
+//!   it ended is started again once for its callers, who then wait for the new fetch with a
+//!   budget of its own: a caller waits at most about twice the load timeout plus the grace,
+//!   2 × (load timeout + [`STRANDED_FETCH_GRACE`]). A caller whose own runtime is shutting
 //!   down gets an error at once. The task is spawned only after the lock is released, since a
 //!   runtime that is shutting down drops it inside `spawn`.
 //! * **Refresh ahead.** Each token carries a refresh instant, a margin before its expiry
@@ -357,7 +359,9 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
     ///
     /// A caller waits for a fetch at most until the fetch's deadline plus
     /// [`STRANDED_FETCH_GRACE`], on its own runtime's clock, whichever runtime the fetch runs
-    /// on. A fetch dropped before it ended (its runtime shut down) is started again once.
+    /// on. A fetch dropped before it ended (its runtime shut down) is started again once, and
+    /// its callers wait for that one as long again: at most about 2 × (load timeout +
+    /// [`STRANDED_FETCH_GRACE`]) in all.
     pub(crate) async fn token(&self) -> Result<AccessToken, Error> {
         if let Some(token) = self.fresh() {
             return Ok(token);
@@ -404,10 +408,19 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
     }
 
     /// The one place that decides what an API answer to a request carrying `token` means:
-    /// any answer but 401 is evidence the token works; a 401 is judged by
-    /// [`Self::reject`]. Returns whether the request should be resent with another token.
-    pub(crate) fn answered(&self, token: &AccessToken, status: http::StatusCode) -> bool {
-        is_rejection(token, status) && self.reject(token).resend()
+    /// any answer but 401 (or 5xx) from where the token went is evidence the token works; a
+    /// 401 from there is judged by [`Self::reject`]. `from_token_origin` tells whether the
+    /// answer came from the origin the token was sent to, not from one a redirect led to
+    /// (which never saw it); it is asked only for a 401 or while the token is doubted, so
+    /// the hot path never looks. Returns whether the request should be resent with another
+    /// token.
+    pub(crate) fn answered(
+        &self,
+        token: &AccessToken,
+        status: http::StatusCode,
+        from_token_origin: impl FnOnce() -> bool,
+    ) -> bool {
+        is_rejection(token, status, from_token_origin) && self.reject(token).resend()
     }
 
     /// A request carrying `token` was answered 401: the rule in the crate docs ("What
@@ -548,7 +561,7 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
             },
             background,
             outcome,
-            give_up: deadline + STRANDED_FETCH_GRACE,
+            deadline,
         }
     }
 
@@ -559,7 +572,7 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
             guard,
             background,
             outcome,
-            give_up,
+            deadline,
         } = launch;
         let flight = guard.flight;
         let fetch = Arc::clone(&self.shared.source).fetch();
@@ -569,7 +582,9 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
             async move {
                 guard.count_start(background);
                 let started = Instant::now();
-                let result = match tokio::time::timeout(load_timeout, fetch).await {
+                // Its callers give up at the deadline recorded with the flight (plus a
+                // grace): a task first polled late must not run past it.
+                let result = match tokio::time::timeout_at(deadline, fetch).await {
                     Ok(result) => result,
                     Err(_) => Err(Error::Timeout {
                         after: load_timeout,
@@ -587,7 +602,7 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         Next::Wait {
             flight,
             outcome,
-            give_up,
+            give_up: deadline + STRANDED_FETCH_GRACE,
         }
     }
 
@@ -636,7 +651,9 @@ struct Launch<M> {
     guard: FlightGuard<M>,
     background: bool,
     outcome: Outcome,
-    give_up: Instant,
+    /// When the fetch's own timeout fires: counted from when the flight was recorded, as
+    /// its callers count, not from the task's first poll.
+    deadline: Instant,
 }
 
 /// Owned by the fetch task: records the outcome in the cache and hands it to the waiters.
@@ -756,7 +773,8 @@ impl<M> SharedCache<M> {
     }
 
     /// A fetch failed: the failure window opens (unless the flight was replaced, and its
-    /// successor decides). Returns the error as the flight's callers get it.
+    /// successor decides). Every failure is counted and logged here, a rate limit as one
+    /// whether or not its flight was replaced. Returns the error as the flight's callers get it.
     fn land_failure(
         &self,
         state: &mut FetchState,
@@ -766,17 +784,9 @@ impl<M> SharedCache<M> {
         now: Instant,
     ) -> Error {
         self.counters.failures.fetch_add(1, Relaxed);
-        if !current {
-            tracing::warn!(
-                error = %error,
-                transient = error.is_transient(),
-                elapsed_ms,
-                "token request failed after a newer one replaced it"
-            );
-            return error;
-        }
-        let failure = self.open_failure_window(state, &error, now);
-        let retry_in_ms = (failure.retry_at - now).as_millis() as u64;
+        let failure = current.then(|| self.open_failure_window(state, &error, now));
+        // Absent from the log for a replaced flight, which opened no window.
+        let retry_in_ms = failure.map(|f| (f.retry_at - now).as_millis() as u64);
         if error.is_rate_limited() {
             self.counters.rate_limited.fetch_add(1, Relaxed);
             tracing::warn!(
@@ -786,16 +796,19 @@ impl<M> SharedCache<M> {
                 elapsed_ms,
                 "token request rate limited by the auth server (HTTP 429)"
             );
-            return failure.error_at(now);
+        } else {
+            tracing::warn!(
+                error = %error,
+                transient = error.is_transient(),
+                retry_in_ms,
+                elapsed_ms,
+                "token request failed"
+            );
         }
-        tracing::warn!(
-            error = %error,
-            transient = error.is_transient(),
-            retry_in_ms,
-            elapsed_ms,
-            "token request failed"
-        );
-        error
+        match failure {
+            Some(failure) => failure.error_at(now),
+            None => error,
+        }
     }
 
     /// Makes `token` the cached one.
@@ -849,14 +862,22 @@ impl<M> Drop for SharedCache<M> {
     }
 }
 
-/// Whether an answer to a request carrying `token` rejected it (a 401, for
-/// [`TokenCache::reject`] to judge); any other answer is recorded as evidence it works.
-fn is_rejection(token: &AccessToken, status: http::StatusCode) -> bool {
+/// Whether an answer to a request carrying `token` rejected it (a 401 from the origin the
+/// token went to, for [`TokenCache::reject`] to judge); any other answer from there is
+/// recorded as evidence it works. `from_token_origin` is asked only for a 401 or while the
+/// token is doubted (see [`TokenCache::answered`]).
+fn is_rejection(
+    token: &AccessToken,
+    status: http::StatusCode,
+    from_token_origin: impl FnOnce() -> bool,
+) -> bool {
     if status == http::StatusCode::UNAUTHORIZED {
-        return true;
+        // Another origin's 401 answers a request without the token: it says nothing.
+        return from_token_origin();
     }
-    // A 5xx may come from a proxy that never looked at the token.
-    if !status.is_server_error() {
+    // A 5xx may come from a proxy that never looked at the token; an answer from an origin
+    // a redirect led to never saw it (the client strips it across origins).
+    if !status.is_server_error() && token.is_doubted() && from_token_origin() {
         token.note_accepted();
     }
     false

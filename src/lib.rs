@@ -39,11 +39,12 @@
 //!    so a burst of 100 concurrent rejections causes one token request.
 //! 2. **A replacement token** (one fetched because its predecessor was rejected) is kept
 //!    while it works elsewhere: a request carrying it was answered with anything but 401 (or
-//!    a 5xx) since its last 401. Its 401s are returned to the caller as they came, status and
-//!    body, without a resend. It is dropped only once it has been rejected, with no such
-//!    acceptance in between, for its cooldown: 5 s
-//!    for the first replacement, four times longer for each
-//!    replacement dropped in a row (20 s, 80 s, 320 s, ...), at most the token's lifetime.
+//!    a 5xx) since its last 401, by the origin it was sent to (an answer from another origin
+//!    a redirect led to never saw the token and does not count). Its 401s are returned to
+//!    the caller as they came, status and body, without a resend. It is dropped only once it
+//!    has been rejected, with no such acceptance in between, for its cooldown: 5 s for the
+//!    first replacement, four times longer for each replacement dropped in a row (20 s, 80 s,
+//!    320 s, ...), at most the token's lifetime.
 //!    The count of replacements dropped in a row starts again once a routine token lives to
 //!    its refresh without a 401.
 //!
@@ -80,9 +81,8 @@
 //! |-------|--------|---------|--------|
 //! | INFO span | `cache` | `understory_auth.fetch_token`: one token request, with everything logged inside it (grant, store) | `background` |
 //! | INFO | `cache` | obtained access token | `token_id`, `lifetime_secs`, `scopes`, `elapsed_ms` |
-//! | WARN | `cache` | token request failed | `error`, `transient`, `retry_in_ms`, `elapsed_ms` |
-//! | WARN | `cache` | token request rate limited by the auth server (HTTP 429) | `error`, `transient`, `retry_in_ms`, `elapsed_ms` |
-//! | WARN | `cache` | token request failed after a newer one replaced it | `error`, `transient`, `elapsed_ms` |
+//! | WARN | `cache` | token request failed | `error`, `transient`, `retry_in_ms` (not for a replaced request), `elapsed_ms` |
+//! | WARN | `cache` | token request rate limited by the auth server (HTTP 429) | `error`, `transient`, `retry_in_ms` (not for a replaced request), `elapsed_ms` |
 //! | WARN | `cache` | a token request was not driven by its runtime past its deadline; it will be replaced | `grace_ms` |
 //! | DEBUG | `cache` | a newer token is cached; not storing a late one | `token_id` |
 //! | DEBUG | `cache` | access token rejected; it will be replaced | `token_id` |
@@ -111,7 +111,8 @@
 //! * `error`: the error's `Display`, which names the innermost cause; text from a server or
 //!   a store is sanitised first (secrets redacted, control characters removed, cut short).
 //! * `transient`: [`Error::is_transient`]; `retry_in_ms`: how long callers get the error at
-//!   once before the next attempt; `elapsed_ms`: how long the request took; `grace_ms`,
+//!   once before the next attempt (absent when a newer request had replaced the failed one,
+//!   which then decides); `elapsed_ms`: how long the request took; `grace_ms`,
 //!   `waited_ms`: how long the cache waited for a stranded fetch or for another process.
 //! * `token_id`: the token's [`TokenId`], a number counted by the process, not derived
 //!   from the token; `lifetime_secs`, `left_secs`: its lifetime, and what is left of a

@@ -37,7 +37,9 @@
 //! its 401 is returned as it came, and the token is judged all the same.
 //!
 //! A 401 from another origin, which a redirect led to, says nothing about the token (it was
-//! not sent there) and is returned as it is.
+//! not sent there) and is returned as it is; nor does any other answer from there count as
+//! evidence that the token works. (The response's final URL is looked at only after a 401,
+//! while the token is in doubt.)
 //!
 //! [`UnderstoryAuth::with_unauthorized_retry(false)`](UnderstoryAuth::with_unauthorized_retry)
 //! turns the retry off, for instance when an outer middleware already retries 401s; the
@@ -118,7 +120,7 @@
 //! ```
 
 use http::Extensions;
-use reqwest::{Request, Response, StatusCode};
+use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next, Result};
 
 use crate::auth::UnderstoryAuth;
@@ -178,11 +180,7 @@ impl Middleware for UnderstoryAuth {
             .clone()
             .run(with_token(request, &token), extensions)
             .await?;
-        let status = response.status();
-        if status == StatusCode::UNAUTHORIZED && !from_origin(&response) {
-            return Ok(response);
-        }
-        if !self.answered(&token, status) {
+        if !self.answered(&token, response.status(), || from_origin(&response)) {
             return Ok(response);
         }
         tracing::debug!(
@@ -198,10 +196,7 @@ impl Middleware for UnderstoryAuth {
 
         let token = self.current_token().await?;
         let response = next.run(with_token(request, &token), extensions).await?;
-        let status = response.status();
-        if status != StatusCode::UNAUTHORIZED || from_origin(&response) {
-            self.answered(&token, status);
-        }
+        self.answered(&token, response.status(), || from_origin(&response));
         Ok(response)
     }
 }

@@ -309,6 +309,12 @@ impl AccessToken {
         }
     }
 
+    /// Whether a request carrying the token was rejected, with no acceptance since. One
+    /// load: cheap enough for every response.
+    pub(crate) fn is_doubted(&self) -> bool {
+        self.inner.doubted.load(Ordering::Relaxed)
+    }
+
     /// Records that a request carrying the token was rejected; returns whether it already
     /// was, with no acceptance since.
     pub(crate) fn doubt(&self) -> bool {

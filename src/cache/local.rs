@@ -97,7 +97,8 @@ impl Held {
     /// cache is reached (a shared reference count) only for a 401; false if it is gone.
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn answered(&self, status: http::StatusCode) -> bool {
-        super::is_rejection(&self.token, status)
+        // A tower service answers for the URI it was called with: the token's origin.
+        super::is_rejection(&self.token, status, || true)
             && self
                 .cache
                 .upgrade()

@@ -457,6 +457,26 @@ async fn a_hung_token_request_times_out_and_is_retried_later() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_fetch_first_polled_late_still_times_out_at_the_deadline_its_callers_count() {
+    let source = Scripted::new([Step::Hang, token(3600)]);
+    let cache = cache(&source);
+    // One poll records the flight and spawns its task, which has not run yet...
+    assert!(Box::pin(cache.token()).now_or_never().is_none());
+    assert_eq!(cache.stats().fetches, 0, "counted once its task runs");
+    // ...and first runs well into the load timeout (`advance` yields after moving the clock).
+    advance(LOAD_TIMEOUT / 2).await;
+    assert_eq!(cache.stats().fetches, 1);
+    // A caller joining it gets the fetch's own timeout, at the deadline it counts from, not
+    // a give-up after it: the fetch and its callers agree, and nothing is started twice.
+    let err = cache.token().await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert!(source.dropped.load(Relaxed), "the hung request was dropped");
+    assert_eq!(source.calls(), 1);
+    let stats = cache.stats();
+    assert_eq!((stats.fetches, stats.fetch_failures), (1, 1), "{stats:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_panicking_source_does_not_wedge_the_cache() {
     let source = Scripted::new([Step::Panic, token(3600)]);
     let cache = cache(&source);
@@ -726,18 +746,22 @@ async fn a_failed_replacement_fetch_passes_its_role_to_the_next_one() {
     );
 }
 
+/// The guard of a flight numbered before every flight `cache` started: one that was replaced.
+fn replaced_flight(cache: &TokenCache) -> FlightGuard<()> {
+    FlightGuard {
+        cache: Arc::downgrade(&cache.shared),
+        flight: 0,
+        sender: None,
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_late_fetch_never_overwrites_a_newer_token() {
     let source = Scripted::new([token(3600)]);
     let cache = cache(&source);
     let newer = cache.token().await.unwrap();
     // A fetch numbered before the one that produced the cached token ends late.
-    let late = FlightGuard {
-        cache: Arc::downgrade(&cache.shared),
-        flight: 0,
-        sender: None,
-    };
-    late.finish(
+    replaced_flight(&cache).finish(
         Instant::now(),
         GrantedToken::new("late", Duration::from_secs(3600), vec![]),
     );
@@ -779,12 +803,12 @@ impl Api {
 async fn request(cache: &TokenCache, api: &Api, needs: Option<&str>) -> StatusCode {
     let token = cache.token().await.unwrap();
     let status = api.answer(&token, needs);
-    if !cache.answered(&token, status) {
+    if !cache.answered(&token, status, || true) {
         return status;
     }
     let token = cache.token().await.unwrap();
     let status = api.answer(&token, needs);
-    cache.answered(&token, status);
+    cache.answered(&token, status, || true);
     status
 }
 
@@ -883,7 +907,7 @@ async fn a_burst_of_rejections_causes_one_token_request() {
                 let token = cache.token().await.unwrap();
                 let status = api.answer(&token, CONSENTS);
                 barrier.wait().await;
-                assert!(cache.answered(&token, status));
+                assert!(cache.answered(&token, status, || true));
                 let token = cache.token().await.unwrap();
                 api.answer(&token, CONSENTS)
             })
@@ -913,6 +937,37 @@ async fn a_revoked_replacement_is_dropped_after_its_cooldown() {
     }
     assert_eq!(Instant::now() - started, INVALIDATION_COOLDOWN);
     assert_eq!(source.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_answers_from_the_token_origin_count_and_only_a_doubted_token_asks() {
+    let source = granting(&["marketing.read"], 3600);
+    let cache = cache(&source);
+    let first = cache.token().await.unwrap();
+    assert!(cache.invalidate(&first));
+    let replacement = cache.token().await.unwrap();
+    let asked = AtomicUsize::new(0);
+    let from = |origin: bool| {
+        let asked = &asked;
+        move || {
+            asked.fetch_add(1, Relaxed);
+            origin
+        }
+    };
+    // The hot path: a token in good standing never asks where an answer came from.
+    assert!(!cache.answered(&replacement, StatusCode::OK, from(true)));
+    assert_eq!(asked.load(Relaxed), 0);
+    // A 401 from another origin says nothing; one from the token's origin puts it in doubt.
+    assert!(!cache.answered(&replacement, StatusCode::UNAUTHORIZED, from(false)));
+    assert!(!replacement.is_doubted());
+    assert!(!cache.answered(&replacement, StatusCode::UNAUTHORIZED, from(true)));
+    assert!(replacement.is_doubted());
+    // While doubted, an answer from elsewhere is no acceptance; one from its origin is.
+    assert!(!cache.answered(&replacement, StatusCode::OK, from(false)));
+    assert!(replacement.is_doubted());
+    assert!(!cache.answered(&replacement, StatusCode::OK, from(true)));
+    assert!(!replacement.is_doubted());
+    assert_eq!(asked.load(Relaxed), 4);
 }
 
 #[tokio::test(start_paused = true)]
@@ -983,18 +1038,30 @@ impl std::io::Write for Captured {
     }
 }
 
+impl Captured {
+    /// Captures what this thread logs until the guard is dropped.
+    fn start() -> (Captured, tracing::subscriber::DefaultGuard) {
+        let logs = Captured::default();
+        let guard = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_writer({
+                    let logs = logs.clone();
+                    move || logs.clone()
+                })
+                .with_ansi(false)
+                .finish(),
+        );
+        (logs, guard)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock()).into_owned()
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_rate_limit_without_retry_after_backs_off_a_minute_and_a_random_part() {
-    let logs = Captured::default();
-    let _subscriber = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_writer({
-                let logs = logs.clone();
-                move || logs.clone()
-            })
-            .with_ansi(false)
-            .finish(),
-    );
+    let (logs, _subscriber) = Captured::start();
     let source = Scripted::new([fail(rate_limited(None)), token(3600)]);
     let cache = half_jittered(&source);
     // 60 s, and half of the 30 s random part.
@@ -1021,7 +1088,7 @@ async fn a_rate_limit_without_retry_after_backs_off_a_minute_and_a_random_part()
         (stats.rate_limited, stats.fetch_failures, stats.failed_fast),
         (1, 1, 1)
     );
-    let logs = String::from_utf8_lossy(&logs.0.lock()).into_owned();
+    let logs = logs.text();
     assert!(
         logs.contains("rate limited by the auth server (HTTP 429)"),
         "{logs}"
@@ -1063,6 +1130,31 @@ async fn a_rate_limited_refresh_keeps_the_valid_token_and_waits_its_minute() {
     settle().await;
     assert_eq!(source.calls(), 3);
     assert_ne!(cache.token().await.unwrap().id(), first.id());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_ending_a_replaced_flight_is_counted_and_logged_as_one() {
+    let (logs, _subscriber) = Captured::start();
+    let source = Scripted::new([token(3600)]);
+    let cache = cache(&source);
+    let current = cache.token().await.unwrap();
+    // A flight replaced by a newer one (as a stranded fetch is) is refused with a 429.
+    replaced_flight(&cache).finish(Instant::now(), Err(rate_limited(Some(10))));
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.fetch_failures, stats.rate_limited),
+        (1, 1),
+        "{stats:?}"
+    );
+    let logs = logs.text();
+    assert!(
+        logs.contains("rate limited by the auth server (HTTP 429)"),
+        "{logs}"
+    );
+    // Its successor decides: no failure window, the cached token stays.
+    assert!(!logs.contains("retry_in_ms"), "{logs}");
+    assert_eq!(cache.token().await.unwrap().id(), current.id());
+    assert_eq!(cache.stats().failed_fast, 0);
 }
 
 #[test]

@@ -93,8 +93,8 @@ impl Logged {
         })
     }
 
-    /// Whether a row of the table lists it: its level, its target, its message and exactly
-    /// its fields.
+    /// Whether a row of the table lists it: its level, its target, its message and its
+    /// fields, each field it has and every field listed without a "(not for ...)" note.
     fn is_listed(&self) -> bool {
         let table = include_str!("../../src/lib.rs")
             .lines()
@@ -105,15 +105,21 @@ impl Logged {
                 let [level, target, message, fields] = cells[..] else {
                     return false;
                 };
-                let mut listed: Vec<&str> = fields.split(", ").filter(|f| !f.is_empty()).collect();
-                let mut own: Vec<String> = self.fields.iter().map(|f| format!("`{f}`")).collect();
-                listed.sort_unstable();
-                own.sort_unstable();
+                // `name`, or `name` (not for ...) for a field some occurrences lack.
+                let listed: Vec<(&str, bool)> = fields
+                    .split(", ")
+                    .filter_map(|f| Some((f.split('`').nth(1)?, f.contains("(not for"))))
+                    .collect();
+                let has = |name: &str| self.fields.iter().any(|f| f == name);
                 level.contains(&self.level)
                     && target == format!("`{}`", self.target)
                     && (message.split(" / ").any(|m| m == self.message)
                         || message.starts_with(&format!("`{}`:", self.message)))
-                    && listed == own
+                    && self
+                        .fields
+                        .iter()
+                        .all(|f| listed.iter().any(|(l, _)| l == f))
+                    && listed.iter().all(|(l, optional)| *optional || has(l))
             })
     }
 }

@@ -208,6 +208,38 @@ async fn a_redirect_to_another_origin_carries_no_token() -> TestResult {
     Ok(())
 }
 
+#[tokio::test]
+async fn an_answer_from_another_origin_does_not_keep_a_revoked_replacement() -> TestResult {
+    let server = sandbox().await;
+    let other = sandbox().await;
+    let auth = auth(&server);
+    let client = client(auth.clone());
+    // The routine token is revoked: its 401 brings a replacement, which is then revoked too.
+    server.revoke_token(auth.token().await?.secret());
+    assert_eq!(client.get(me(&server)).send().await?.status(), 200);
+    server.revoke_token(&latest_token(&server));
+    // Its first 401 only puts it in doubt (a replacement's 401 may mean a missing scope).
+    assert_eq!(client.get(me(&server)).send().await?.status(), 401);
+    // A redirect leads elsewhere: the other origin answers a request without the token.
+    let elsewhere = format!("{}/echo-headers", other.api_base());
+    let redirect = format!("{}/redirect?to={elsewhere}", server.api_base());
+    let response = client.get(redirect).send().await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.url().as_str(), elsewhere);
+    // That was no acceptance: once its cooldown has run out, its next 401 drops it, and
+    // the request is resent with a third token.
+    // (The first replacement's cooldown is 5 s: crate docs, "What happens on a 401".)
+    tokio::time::sleep(Duration::from_millis(5_100)).await;
+    assert_eq!(client.get(me(&server)).send().await?.status(), 200);
+    assert_eq!(
+        (server.token_requests(), auth.stats().invalidations),
+        (3, 2),
+        "{:?}",
+        auth.stats()
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // One token for many requests
 // ---------------------------------------------------------------------------------------------
