@@ -191,7 +191,6 @@ pub use token::{AccessToken, TokenId};
 
 #[cfg(feature = "tower")]
 pub use layer::{BearerAuth, BearerAuthFuture, BearerAuthLayer, RetryOnUnauthorized};
-#[cfg(any(feature = "middleware", feature = "tower"))]
 pub use origin::SkipAuth;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
