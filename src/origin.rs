@@ -75,11 +75,6 @@ use crate::token::AccessToken;
 /// # Ok::<(), http::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-// Exported only with an integration (`middleware` or `tower`); the rule reads it always.
-#[cfg_attr(
-    not(any(feature = "middleware", feature = "tower")),
-    allow(unreachable_pub)
-)]
 pub struct SkipAuth;
 
 /// A request's URI as either integration holds it.
