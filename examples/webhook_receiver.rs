@@ -55,9 +55,10 @@ async fn run() -> Result {
     let processed = Arc::new(Mutex::new(Vec::<String>::new()));
 
     let verifier = WebhookVerifier::new(sandbox.secret())?;
+    let verify = WebhookLayer::new(verifier).dedup(MemoryWebhookDedup::new());
+    // On the route itself: other paths keep their 404, other methods their 405.
     let app = Router::new()
-        .route("/webhooks/understory", post(on_webhook))
-        .layer(WebhookLayer::new(verifier).dedup(MemoryWebhookDedup::new()))
+        .route("/webhooks/understory", post(on_webhook).route_layer(verify))
         .layer(Extension(processed.clone()));
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/webhooks/understory", listener.local_addr()?);

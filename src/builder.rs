@@ -381,7 +381,8 @@ impl UnderstoryAuthBuilder {
                 scopes: self.credentials.scopes(),
             };
             let secret = self.credentials.client_secret();
-            let (source, max_fetch_time) = store.wrap(grant, &key, secret, self.token_timeout)?;
+            let (source, max_fetch_time) =
+                store.wrap(grant, &key, secret, self.token_timeout, self.timing)?;
             return Ok(TokenCache::new(
                 source,
                 max_fetch_time,

@@ -791,7 +791,7 @@ impl<M> SharedCache<M> {
             self.counters.rate_limited.fetch_add(1, Relaxed);
             tracing::warn!(
                 error = %error,
-                rate_limited = true,
+                transient = error.is_transient(),
                 retry_in_ms,
                 elapsed_ms,
                 "token request rate limited by the auth server (HTTP 429)"
@@ -926,15 +926,14 @@ fn refresh_margin(lifetime: Duration, timing: Timing) -> Duration {
     (lifetime / 10).max(timing.refresh_ahead).min(lifetime / 2)
 }
 
-/// How long before its expiry a token of `lifetime` may be due for refresh with the default
-/// timing, whatever the jitter draws: a token with less left than this is due (or past due)
-/// by [`schedule`].
+/// How long before its expiry a token of `lifetime` may be due for refresh by `timing`,
+/// whatever the jitter draws: a token with less left than this is due (or past due) by
+/// [`schedule`].
 ///
 /// Never larger for a shorter lifetime, so a token handed on with its remaining lifetime is
 /// due for refresh no later than by its original schedule (see `store`).
 #[cfg(feature = "shared-cache")]
-pub(crate) fn refresh_lead(lifetime: Duration) -> Duration {
-    let timing = Timing::default();
+pub(crate) fn refresh_lead(lifetime: Duration, timing: Timing) -> Duration {
     expiry_skew(lifetime, timing) + refresh_margin(lifetime, timing).mul_f64(1.0 + REFRESH_JITTER)
 }
 

@@ -70,6 +70,65 @@
 //! origin, over HTTPS (plain HTTP only to loopback, for tests); the token request never
 //! follows redirects. See `SECURITY.md`.
 //!
+//! # Logging
+//!
+//! The crate logs with [`tracing`](https://docs.rs/tracing); each event's target is its
+//! module path, so `understory_auth=debug` (e.g. in `RUST_LOG` with `tracing-subscriber`'s
+//! `EnvFilter`) selects them all. At the default `info` level a healthy process logs one
+//! line per token it obtains. Every event, by target (`understory_auth::` left out):
+//!
+//! | Level | Target | Message | Fields |
+//! |-------|--------|---------|--------|
+//! | INFO span | `cache` | `understory_auth.fetch_token`: one token request, with everything logged inside it (grant, store) | `background` |
+//! | INFO | `cache` | obtained access token | `token_id`, `lifetime_secs`, `scopes`, `elapsed_ms` |
+//! | WARN | `cache` | token request failed | `error`, `transient`, `retry_in_ms` (not for a replaced request), `elapsed_ms` |
+//! | WARN | `cache` | token request rate limited by the auth server (HTTP 429) | `error`, `transient`, `retry_in_ms` (not for a replaced request), `elapsed_ms` |
+//! | WARN | `cache` | a token request was not driven by its runtime past its deadline; it will be replaced | `grace_ms` |
+//! | DEBUG | `cache` | a newer token is cached; not storing a late one | `token_id` |
+//! | DEBUG | `cache` | access token rejected; it will be replaced | `token_id` |
+//! | DEBUG | `cache` | a 401 for a token that replaced a rejected one; kept (the endpoint may need a scope the key lacks) | `token_id` |
+//! | DEBUG | `middleware` | the API rejected the access token (HTTP 401) | `token_id`, `retry` |
+//! | DEBUG | `grant` | token answer has no usable expires_in; assuming the default lifetime | |
+//! | DEBUG | `grant` | token answer's scope is not a list of RFC 6749 scopes; assuming the requested ones | |
+//! | WARN | `store::source` | the shared token cache is unavailable; fetching tokens directly until it answers | `error` |
+//! | DEBUG | `store::source` | the shared token cache still fails | `error` |
+//! | INFO | `store::source` | the shared token cache answers again | |
+//! | INFO | `store::source` | no token from the process fetching one for the shared cache; fetching | `waited_ms` |
+//! | WARN | `store::source` | cannot encrypt the token for the shared cache; not sharing it | |
+//! | WARN (then DEBUG for a minute) | `store::source` | ignoring a shared token cache entry larger than 98304 bytes, unread (not written by this crate) | `key` |
+//! | WARN (then DEBUG for a minute) | `store::source` | ignoring a shared token cache entry that failed authentication (tampered with or corrupt) | `key` |
+//! | DEBUG | `store::source` | passing over a shared token cache entry sealed under another client secret or by another version of the crate | |
+//! | DEBUG | `store::source` | passing over a shared token no newer than the newest this process has seen | `generation`, `newest_seen` |
+//! | DEBUG | `store::source` | took the access token from the shared cache | `left_secs`, `generation` |
+//! | WARN | `webhooks::layer` | refused a webhook | `status`, `error` |
+//! | WARN | `webhooks::layer` | webhook deduplication failed; answering 503 so that it is redelivered | `webhook_id`, `error` |
+//! | WARN | `webhooks::layer` | could not release a webhook id after its processing failed; its redelivery will be acknowledged unprocessed | `webhook_id`, `error` |
+//! | DEBUG | `webhooks::layer` | acknowledged a redelivered webhook without processing it | `webhook_id` |
+//! | DEBUG | `testing::server` | sandbox: accepting a connection failed / could not disable Nagle's algorithm / connection closed with an error | `error` |
+//!
+//! The fields:
+//!
+//! * `error`: the error's `Display`, which names the innermost cause; text from a server or
+//!   a store is sanitised first (secrets redacted, control characters removed, cut short).
+//! * `transient`: [`Error::is_transient`]; `retry_in_ms`: how long callers get the error at
+//!   once before the next attempt (absent when a newer request had replaced the failed one,
+//!   which then decides); `elapsed_ms`: how long the request took; `grace_ms`,
+//!   `waited_ms`: how long the cache waited for a stranded fetch or for another process.
+//! * `token_id`: the token's [`TokenId`], a number counted by the process, not derived
+//!   from the token; `lifetime_secs`, `left_secs`: its lifetime, and what is left of a
+//!   shared one; `scopes`: its scopes, space-separated.
+//! * `background`: whether the request refreshes ahead of expiry (nobody waits for it);
+//!   `retry`: whether the rejected request is resent with a new token.
+//! * `key`, `generation`, `newest_seen`: the shared entry's store key (hashes of the
+//!   token URL, client id, audience and scopes, and of a key derived from the secret) and
+//!   generation numbers.
+//! * `status`: the HTTP status the webhook was answered with; `webhook_id`: the
+//!   `webhook-id` of a webhook whose signature was verified (a refused one's headers are
+//!   not logged).
+//!
+//! No field ever holds the client secret, an access token or a webhook secret, in whole or
+//! in part, nor a request's headers or body.
+//!
 //! # Features
 //!
 //! * `rustls` (default): TLS for the crate's token client via rustls; `native-tls` instead
@@ -132,7 +191,6 @@ pub use token::{AccessToken, TokenId};
 
 #[cfg(feature = "tower")]
 pub use layer::{BearerAuth, BearerAuthFuture, BearerAuthLayer, RetryOnUnauthorized};
-#[cfg(any(feature = "middleware", feature = "tower"))]
 pub use origin::SkipAuth;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;

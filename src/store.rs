@@ -81,6 +81,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::Error;
+use crate::cache::Timing;
 use crate::grant::sanitize::Secrets;
 use crate::source::TokenSource;
 
@@ -274,17 +275,25 @@ impl StoreHandle {
 }
 
 impl StoreHandle {
-    /// `source` with this store as its second level, and the longest one fetch through it
-    /// may take (the in-process cache's bound on a fetch).
+    /// `source` with this store as its second level, under an in-process cache that
+    /// refreshes by `timing`, and the longest one fetch through it may take (the in-process
+    /// cache's bound on a fetch).
     pub(crate) fn wrap(
         &self,
         source: Arc<dyn TokenSource>,
         key: &SharedKey<'_>,
         client_secret: &str,
         token_timeout: Duration,
+        timing: Timing,
     ) -> Result<(Arc<dyn TokenSource>, Duration), Error> {
         let codec = EntryCodec::new(key, client_secret)?;
-        let shared = SharedStoreSource::new(source, Arc::clone(&self.store), codec, token_timeout);
+        let shared = SharedStoreSource::new(
+            source,
+            Arc::clone(&self.store),
+            codec,
+            token_timeout,
+            timing,
+        );
         let max_fetch_time = SharedStoreSource::max_fetch_time(token_timeout);
         Ok((Arc::new(shared), max_fetch_time))
     }

@@ -85,6 +85,7 @@ impl Secrets {
 
     /// No secrets to redact: for text that cannot hold the client's (a token store's errors),
     /// which still needs the rest of [`clean`](Self::clean).
+    #[cfg(feature = "shared-cache")]
     pub(crate) fn empty() -> Self {
         Secrets {
             credentials: Vec::new(),

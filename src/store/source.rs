@@ -16,7 +16,7 @@ use super::{
     StoreError, TokenStore,
 };
 use crate::Error;
-use crate::cache::refresh_lead;
+use crate::cache::{Timing, refresh_lead};
 use crate::source::TokenSource;
 use crate::token::GrantedToken;
 
@@ -26,6 +26,9 @@ pub(crate) struct SharedStoreSource {
     codec: EntryCodec,
     /// How long a fetcher's lock lives if it is never released: its fetch and its write.
     lock_ttl: Duration,
+    /// When the in-process cache above refreshes its tokens: an entry it would find due is
+    /// not taken.
+    timing: Timing,
     /// The newest generation this process has taken or written: only a strictly newer entry
     /// is taken. The cache asks again only for a token due for refresh or rejected, and the
     /// token it holds is never newer than this, so an entry an attacker rolls back to (or
@@ -44,12 +47,14 @@ impl SharedStoreSource {
         store: Arc<dyn TokenStore>,
         codec: EntryCodec,
         token_timeout: Duration,
+        timing: Timing,
     ) -> Self {
         SharedStoreSource {
             inner,
             store,
             codec,
             lock_ttl: token_timeout + 2 * STORE_TIMEOUT,
+            timing,
             newest_seen: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
             last_invalid_warning: Mutex::new(None),
@@ -149,7 +154,7 @@ impl SharedStoreSource {
             .ok()?
             .min(entry.lifetime)
             .min(ttl);
-        if left <= refresh_lead(entry.lifetime) {
+        if left <= refresh_lead(entry.lifetime, self.timing) {
             return None;
         }
         let token = GrantedToken::new(&entry.token, left, entry.scopes).ok()?;

@@ -12,7 +12,8 @@ use tokio::time::sleep;
 use super::entry::{EntryCodec, MAX_ENTRY_BYTES, Refusal};
 use super::source::SharedStoreSource;
 use super::*;
-use crate::cache::refresh_lead;
+use crate::DEFAULT_EXPIRY_MARGIN;
+use crate::cache::Timing;
 use crate::token::GrantedToken;
 
 const SECRET: &str = "client-secret";
@@ -170,6 +171,17 @@ fn process_with_secret(
     issuer: &Arc<Issuer>,
     secret: &str,
 ) -> Arc<SharedStoreSource> {
+    process_with(store, issuer, secret, Timing::default())
+}
+
+/// One process whose in-process cache refreshes by `timing` (the builder's
+/// `refresh_ahead` and `expiry_margin`).
+fn process_with(
+    store: &Arc<Memory>,
+    issuer: &Arc<Issuer>,
+    secret: &str,
+    timing: Timing,
+) -> Arc<SharedStoreSource> {
     let inner = Arc::clone(issuer) as Arc<dyn TokenSource>;
     let store = Arc::clone(store) as Arc<dyn TokenStore>;
     Arc::new(SharedStoreSource::new(
@@ -177,7 +189,14 @@ fn process_with_secret(
         store,
         codec(secret),
         Duration::from_secs(10),
+        timing,
     ))
+}
+
+/// How long before its expiry a token of `lifetime` may be due for refresh with the
+/// default timing.
+fn refresh_lead(lifetime: Duration) -> Duration {
+    crate::cache::refresh_lead(lifetime, Timing::default())
 }
 
 async fn fetch(process: &Arc<SharedStoreSource>) -> GrantedToken {
@@ -291,10 +310,20 @@ fn a_token_handed_on_with_its_remaining_lifetime_is_due_no_later_than_the_origin
     let secs = [
         1, 2, 10, 59, 60, 119, 120, 121, 300, 599, 600, 601, 3599, 3600, 86_400,
     ];
-    for original in secs.map(Duration::from_secs) {
-        for remaining in secs.map(Duration::from_secs) {
-            if remaining <= original {
-                assert!(refresh_lead(remaining) <= refresh_lead(original));
+    let timings = [
+        Timing::default(),
+        Timing {
+            refresh_ahead: Duration::from_secs(600),
+            expiry_margin: Duration::from_secs(30),
+        },
+    ];
+    for timing in timings {
+        let lead = |lifetime| crate::cache::refresh_lead(lifetime, timing);
+        for original in secs.map(Duration::from_secs) {
+            for remaining in secs.map(Duration::from_secs) {
+                if remaining <= original {
+                    assert!(lead(remaining) <= lead(original));
+                }
             }
         }
     }
@@ -314,6 +343,24 @@ async fn processes_share_one_token_with_its_remaining_lifetime() {
         store.value(codec(SECRET).lock_key()).is_none(),
         "lock released"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_entry_is_due_by_the_builders_refresh_ahead_not_the_default() {
+    // With `refresh_ahead` at ten minutes, an hour-long token is due with about twelve
+    // minutes left (the margin plus its jitter and the skew); by the default timing, with
+    // about seven. An entry with ten minutes left is due for this process.
+    let timing = Timing {
+        refresh_ahead: Duration::from_secs(600),
+        expiry_margin: DEFAULT_EXPIRY_MARGIN,
+    };
+    let left = Duration::from_secs(600);
+    assert!(refresh_lead(HOUR) < left);
+    let store = Memory::new();
+    let issuer = Issuer::new("new");
+    put_entry(&store, "due", left);
+    let taken = fetch(&process_with(&store, &issuer, SECRET, timing)).await;
+    assert_eq!((taken.secret(), issuer.calls()), ("new-0", 1));
 }
 
 #[tokio::test(start_paused = true)]

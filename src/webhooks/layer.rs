@@ -54,6 +54,13 @@ use super::{WebhookDedup, WebhookDedupError, WebhookError, WebhookVerifier};
 /// The inner service's response body must implement `Default` (the refusals have an empty
 /// body), as axum's and `http_body_util::Full`'s do.
 ///
+/// **In axum, wrap the webhook route, not the whole router.** `Router::layer` also wraps
+/// axum's fallback: a request for any other path (a health check, a scanner's probe) then
+/// goes through the layer too, and is answered `400` (no webhook headers) instead of `404`,
+/// with a warning logged. `Router::route_layer` leaves unknown paths their `404`; the
+/// route's own `route_layer`, as below, also leaves other methods on the webhook path
+/// their `405`.
+///
 /// ```
 /// use axum::{Extension, Router, routing::post};
 /// use understory_auth::webhooks::{MemoryWebhookDedup, WebhookEvent, WebhookLayer, WebhookVerifier};
@@ -65,9 +72,8 @@ use super::{WebhookDedup, WebhookDedupError, WebhookError, WebhookVerifier};
 ///
 /// # fn app() -> Result<Router, understory_auth::webhooks::WebhookError> {
 /// let verifier = WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?;
-/// let app: Router = Router::new().route("/webhooks/understory", post(on_webhook)).layer(
-///     WebhookLayer::new(verifier).dedup(MemoryWebhookDedup::new()),
-/// );
+/// let layer = WebhookLayer::new(verifier).dedup(MemoryWebhookDedup::new());
+/// let app: Router = Router::new().route("/webhooks/understory", post(on_webhook).route_layer(layer));
 /// # Ok(app) }
 /// # app().unwrap();
 /// ```
@@ -275,7 +281,11 @@ impl Claimed {
     fn release(self) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             if let Err(error) = self.dedup.0.release(&self.id).await {
-                tracing::warn!(%error, "could not release a webhook id after its processing failed; its redelivery will be acknowledged unprocessed");
+                tracing::warn!(
+                    webhook_id = %self.id,
+                    %error,
+                    "could not release a webhook id after its processing failed; its redelivery will be acknowledged unprocessed"
+                );
             }
         })
     }
@@ -343,11 +353,15 @@ where
                             claimed: Some(claim),
                         },
                         Ok(false) => {
-                            tracing::debug!(id = %claim.id, "acknowledged a redelivered webhook without processing it");
+                            tracing::debug!(webhook_id = %claim.id, "acknowledged a redelivered webhook without processing it");
                             Self::answer(StatusCode::OK).state
                         }
                         Err(error) => {
-                            tracing::warn!(%error, "webhook deduplication failed; answering 503 so that it is redelivered");
+                            tracing::warn!(
+                                webhook_id = %claim.id,
+                                %error,
+                                "webhook deduplication failed; answering 503 so that it is redelivered"
+                            );
                             Self::answer(StatusCode::SERVICE_UNAVAILABLE).state
                         }
                     }

@@ -12,6 +12,9 @@
 //! show a test exactly what went over the wire, the `Authorization` header and the form body
 //! with the secret included. It is checked the other way round below: it *does* contain the
 //! secrets, which proves that what this test looks for is what a leak would look like.
+//!
+//! Every event and span of the crate seen on the way must be listed, with its level, target,
+//! message and fields, in the crate docs' "Logging" table (`src/lib.rs`).
 
 use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
@@ -59,6 +62,81 @@ thread_local! {
     static CAPTURING: Cell<bool> = const { Cell::new(false) };
     /// Everything captured on this thread since it started capturing.
     static CAPTURED: RefCell<String> = const { RefCell::new(String::new()) };
+    /// The crate's own events and spans among them.
+    static OWN: RefCell<Vec<Logged>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One of the crate's events or spans, as the crate docs' "Logging" table lists it.
+#[derive(Debug)]
+struct Logged {
+    /// `INFO`, `WARN`, ...; `INFO span` for a span.
+    level: String,
+    /// The target without `understory_auth::`.
+    target: String,
+    /// An event's message, a span's name.
+    message: String,
+    fields: Vec<String>,
+}
+
+impl Logged {
+    fn new(meta: &tracing::Metadata<'_>, span: bool) -> Option<Logged> {
+        let target = meta.target().strip_prefix("understory_auth::")?;
+        Some(Logged {
+            level: format!("{}{}", meta.level(), if span { " span" } else { "" }),
+            target: target.to_owned(),
+            message: if span {
+                meta.name().to_owned()
+            } else {
+                String::new()
+            },
+            fields: Vec::new(),
+        })
+    }
+
+    /// Whether a row of the table lists it: its level, its target, its message and its
+    /// fields, each field it has and every field listed without a "(not for ...)" note.
+    fn is_listed(&self) -> bool {
+        let table = include_str!("../../src/lib.rs")
+            .lines()
+            .filter_map(|line| line.strip_prefix("//! |")?.strip_suffix('|'));
+        table
+            .map(|row| row.split('|').map(str::trim).collect::<Vec<_>>())
+            .any(|cells| {
+                let [level, target, message, fields] = cells[..] else {
+                    return false;
+                };
+                // `name`, or `name` (not for ...) for a field some occurrences lack.
+                let listed: Vec<(&str, bool)> = fields
+                    .split(", ")
+                    .filter_map(|f| Some((f.split('`').nth(1)?, f.contains("(not for"))))
+                    .collect();
+                let has = |name: &str| self.fields.iter().any(|f| f == name);
+                level.contains(&self.level)
+                    && target == format!("`{}`", self.target)
+                    && (message.split(" / ").any(|m| m == self.message)
+                        || message.starts_with(&format!("`{}`:", self.message)))
+                    && self
+                        .fields
+                        .iter()
+                        .all(|f| listed.iter().any(|(l, _)| l == f))
+                    && listed.iter().all(|(l, optional)| *optional || has(l))
+            })
+    }
+}
+
+/// Records an event's message and the names of its other fields.
+impl Visit for Logged {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.record_debug(field, &value);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        } else {
+            self.fields.push(field.name().to_owned());
+        }
+    }
 }
 
 /// A layer that writes down every event and span (all levels, all targets, every field, as
@@ -75,6 +153,10 @@ where
             let mut line = format!("span {} {} {}:", meta.level(), meta.target(), meta.name());
             attrs.record(&mut Fields(&mut line));
             push(line);
+            if let Some(mut own) = Logged::new(meta, true) {
+                attrs.record(&mut own);
+                OWN.with_borrow_mut(|logged| logged.push(own));
+            }
         }
     }
 
@@ -92,6 +174,10 @@ where
             let mut line = format!("event {} {}:", meta.level(), meta.target());
             event.record(&mut Fields(&mut line));
             push(line);
+            if let Some(mut own) = Logged::new(meta, false) {
+                event.record(&mut own);
+                OWN.with_borrow_mut(|logged| logged.push(own));
+            }
         }
     }
 }
@@ -145,13 +231,21 @@ impl Capturing {
     fn start() -> Self {
         install();
         CAPTURED.with_borrow_mut(String::clear);
+        OWN.with_borrow_mut(Vec::clear);
         CAPTURING.set(true);
         Capturing
     }
 
-    /// Stops capturing; what was captured.
+    /// Stops capturing; what was captured. Every event and span of the crate must be listed
+    /// in the crate docs' "Logging" table, with its level, target, message and fields.
     fn finish(self) -> String {
         drop(self);
+        for logged in OWN.with_borrow_mut(std::mem::take) {
+            assert!(
+                logged.is_listed(),
+                "not in the crate docs' Logging table: {logged:?}"
+            );
+        }
         CAPTURED.with_borrow_mut(std::mem::take)
     }
 }

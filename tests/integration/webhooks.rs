@@ -69,11 +69,7 @@ impl Receiver {
         let app = Router::new()
             .route("/webhooks/understory", post(handler))
             .layer(layer);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("axum serves");
-        });
+        let (addr, server) = serve(app).await;
         Receiver {
             url: format!("http://{addr}/webhooks/understory"),
             seen,
@@ -86,6 +82,16 @@ impl Receiver {
     fn processed(&self) -> usize {
         self.seen.lock().len()
     }
+}
+
+/// Serves `app` on 127.0.0.1: its address, and the server's task.
+async fn serve(app: Router) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("axum serves");
+    });
+    (addr, server)
 }
 
 fn layer_for(sandbox: &WebhookSandbox) -> WebhookLayer {
@@ -304,6 +310,59 @@ async fn every_missing_or_malformed_header_is_a_400_before_the_handler() {
     assert_eq!(send(headers).await.unwrap().status(), 401);
     assert_eq!(receiver.processed(), 0);
     assert_eq!(send(good).await.unwrap().status(), 204);
+}
+
+#[tokio::test]
+async fn router_layer_also_answers_other_paths_and_a_route_layer_does_not() {
+    let sandbox = WebhookSandbox::new();
+    let route = || post(|| async { StatusCode::NO_CONTENT });
+    let path = "/webhooks/understory";
+    let http = reqwest::Client::new();
+    // (app, GET /health, GET on the webhook path)
+    let cases = [
+        // `Router::layer` wraps axum's 404 fallback and the route's 405: both become the
+        // layer's 400 (no webhook headers).
+        (
+            Router::new()
+                .route(path, route())
+                .layer(layer_for(&sandbox)),
+            400,
+            400,
+        ),
+        // `Router::route_layer`: unknown paths keep their 404.
+        (
+            Router::new()
+                .route(path, route())
+                .route_layer(layer_for(&sandbox)),
+            404,
+            400,
+        ),
+        // The route's own `route_layer`: only a POST to the webhook path is verified.
+        (
+            Router::new().route(path, route().route_layer(layer_for(&sandbox))),
+            404,
+            405,
+        ),
+    ];
+    for (case, (app, other_path, other_method)) in cases.into_iter().enumerate() {
+        let (addr, server) = serve(app).await;
+        let get = |path: &str| http.get(format!("http://{addr}{path}")).send();
+        assert_eq!(
+            get("/health").await.unwrap().status(),
+            other_path,
+            "case {case}"
+        );
+        assert_eq!(
+            get(path).await.unwrap().status(),
+            other_method,
+            "case {case}"
+        );
+        let message = sandbox.booking_created();
+        let url = format!("http://{addr}{path}");
+        let delivered = sandbox.deliver(&url, &message).await.unwrap();
+        assert_eq!(delivered.as_u16(), 204, "case {case}");
+        server.abort();
+    }
 }
 
 #[tokio::test]
