@@ -866,6 +866,7 @@ impl<M> Drop for SharedCache<M> {
 /// token went to, for [`TokenCache::reject`] to judge); any other answer from there is
 /// recorded as evidence it works. `from_token_origin` is asked only for a 401 or while the
 /// token is doubted (see [`TokenCache::answered`]).
+#[inline]
 fn is_rejection(
     token: &AccessToken,
     status: http::StatusCode,

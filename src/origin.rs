@@ -24,7 +24,7 @@
 use std::net::IpAddr;
 
 use http::header::{AUTHORIZATION, HOST};
-use http::uri::Authority;
+use http::uri::{Authority, Scheme};
 use http::{Extensions, HeaderMap};
 use url::Url;
 
@@ -145,6 +145,8 @@ pub(crate) fn authorize(headers: &mut HeaderMap, token: &AccessToken) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Origin {
     scheme: String,
+    /// `scheme` as `http::Uri` holds it: comparing two is one enum comparison for HTTP(S).
+    uri_scheme: Scheme,
     /// As `Url::host_str` spells it: lower case, IPv6 in brackets.
     host: String,
     port: u16,
@@ -166,6 +168,7 @@ impl Origin {
         let port = url.port_or_known_default()?;
         Some(Origin {
             scheme: url.scheme().to_owned(),
+            uri_scheme: url.scheme().parse().ok()?,
             authority: format!("{host}:{port}"),
             default_port_authority: url.port().is_none().then(|| host.clone()),
             host,
@@ -187,15 +190,18 @@ impl Origin {
 
     /// [`matches`](Self::matches) for an `http::Uri`'s parts, spelled exactly as configured
     /// in the common case, which is compared without parsing the authority.
-    fn matches_authority(&self, scheme: &str, authority: &Authority) -> bool {
+    fn matches_authority(&self, scheme: &Scheme, authority: &Authority) -> bool {
+        // One enum comparison for `http`'s HTTP(S); other spellings (`HTTPS` given to a
+        // `uri::Builder`) by letters.
+        if *scheme != self.uri_scheme && !scheme.as_str().eq_ignore_ascii_case(&self.scheme) {
+            return false;
+        }
         let spelled = authority.as_str();
-        if (spelled == self.authority || self.default_port_authority.as_deref() == Some(spelled))
-            && scheme.eq_ignore_ascii_case(&self.scheme)
-        {
+        if spelled == self.authority || self.default_port_authority.as_deref() == Some(spelled) {
             return true;
         }
         // A host in another letter case, a user name, an explicit default port.
-        self.matches(scheme, authority.host(), authority.port_u16())
+        self.has_host(authority.host(), authority.port_u16(), scheme.as_str())
     }
 }
 
@@ -224,7 +230,7 @@ impl AllowedOrigins {
         match target.into() {
             // The hot path of the tower layer: the authority as spelled, without parsing.
             Target::Uri(uri) => {
-                let (scheme, authority) = (uri.scheme_str()?, uri.authority()?);
+                let (scheme, authority) = (uri.scheme()?, uri.authority()?);
                 self.0
                     .iter()
                     .position(|o| o.matches_authority(scheme, authority))
@@ -244,7 +250,8 @@ impl AllowedOrigins {
         headers: &HeaderMap,
         extensions: &Extensions,
     ) -> Destination {
-        if headers.contains_key(AUTHORIZATION) || extensions.get::<SkipAuth>().is_some() {
+        let own = OwnHeaders::of(headers);
+        if own.authorization || extensions.get::<SkipAuth>().is_some() {
             return Destination::Untouched;
         }
         if target.is_relative() {
@@ -253,7 +260,7 @@ impl AllowedOrigins {
                 let (host, port) = (named.host(), named.port_u16());
                 self.0.iter().any(|o| o.has_host(host, port, &o.scheme))
             };
-            return match every_host_header(headers, names_allowed) {
+            return match !own.host || every_host_header(headers, names_allowed) {
                 true => Destination::Relative,
                 false => Destination::Untouched,
             };
@@ -261,6 +268,9 @@ impl AllowedOrigins {
         let Some(origin) = self.allowed_origin(target) else {
             return Destination::Untouched;
         };
+        if !own.host {
+            return Destination::Origin(origin);
+        }
         // A `Host` header, if there is one, must name the URI's host and port.
         let agrees = |named: &Authority| {
             target.origin_parts().is_some_and(|(scheme, host, port)| {
@@ -276,8 +286,39 @@ impl AllowedOrigins {
     }
 }
 
-/// Whether each of the request's `Host` headers (usually none) is an authority that
-/// satisfies `check`. Parsed only when there is one: clients rarely set it.
+/// Which of the headers the origin rule looks at a request has.
+struct OwnHeaders {
+    /// An `Authorization` header of its own: the request goes untouched.
+    authorization: bool,
+    /// A `Host` header, which must then agree.
+    host: bool,
+}
+
+impl OwnHeaders {
+    /// Up to this many header names one pass over them (an enum comparison each for
+    /// standard names) costs less than two hash lookups; beyond, the lookups.
+    const SCAN_LIMIT: usize = 8;
+
+    fn of(headers: &HeaderMap) -> Self {
+        if headers.keys_len() > Self::SCAN_LIMIT {
+            return OwnHeaders {
+                authorization: headers.contains_key(AUTHORIZATION),
+                host: headers.contains_key(HOST),
+            };
+        }
+        let mut own = OwnHeaders {
+            authorization: false,
+            host: false,
+        };
+        for name in headers.keys() {
+            own.authorization |= name == AUTHORIZATION;
+            own.host |= name == HOST;
+        }
+        own
+    }
+}
+
+/// Whether each of the request's `Host` headers is an authority that satisfies `check`.
 fn every_host_header(headers: &HeaderMap, check: impl Fn(&Authority) -> bool) -> bool {
     headers
         .get_all(HOST)
@@ -505,5 +546,58 @@ mod tests {
             o.destination((&api).into(), &HeaderMap::new(), &skip),
             Destination::Untouched
         );
+    }
+
+    /// The headers are read in one pass up to `OwnHeaders::SCAN_LIMIT` names, by lookups
+    /// beyond: the same decisions either way.
+    #[test]
+    fn few_or_many_other_headers_change_nothing() {
+        let o = allowed(&["https://api.understory.io"]);
+        let api = uri("https://api.understory.io/v1/me");
+        for others in [1, OwnHeaders::SCAN_LIMIT - 1, OwnHeaders::SCAN_LIMIT + 3] {
+            let names: Vec<String> = (0..others).map(|i| format!("x-other-{i}")).collect();
+            let mut headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+            assert_eq!(
+                destination(&o, (&api).into(), &headers),
+                Destination::Origin(0)
+            );
+            for (extra, expected) in [
+                (("authorization", "Bearer mine"), Destination::Untouched),
+                (("host", "evil.example"), Destination::Untouched),
+                (("host", "api.understory.io"), Destination::Origin(0)),
+            ] {
+                headers.push(extra);
+                assert_eq!(
+                    destination(&o, (&api).into(), &headers),
+                    expected,
+                    "{others} other headers, {extra:?}"
+                );
+                headers.pop();
+            }
+        }
+    }
+
+    /// `http` parses `HTTPS://` as its HTTPS scheme, but keeps `HTTPS` given to a
+    /// `uri::Builder` as another scheme: letters decide then.
+    #[test]
+    fn schemes_compare_without_regard_to_case_however_built() {
+        let o = allowed(&["https://api.understory.io", "http://127.0.0.1:8080"]);
+        let built = |scheme: &str, authority: &str| {
+            http::Uri::builder()
+                .scheme(scheme)
+                .authority(authority)
+                .path_and_query("/v1/me")
+                .build()
+                .unwrap()
+        };
+        assert_eq!(
+            o.allowed_origin(&built("HTTPS", "api.understory.io")),
+            Some(0)
+        );
+        assert_eq!(o.allowed_origin(&built("Http", "127.0.0.1:8080")), Some(1));
+        assert_eq!(o.allowed_origin(&built("http", "api.understory.io")), None);
+        assert_eq!(o.allowed_origin(&built("HTTP", "api.understory.io")), None);
+        assert_eq!(o.allowed_origin(&built("https", "127.0.0.1:8080")), None);
+        assert_eq!(o.allowed_origin(&built("wss", "api.understory.io")), None);
     }
 }

@@ -310,7 +310,8 @@ impl AccessToken {
     }
 
     /// Whether a request carrying the token was rejected, with no acceptance since. One
-    /// load: cheap enough for every response.
+    /// load: cheap enough for every response (inlined into the tower layer's response future).
+    #[inline]
     pub(crate) fn is_doubted(&self) -> bool {
         self.inner.doubted.load(Ordering::Relaxed)
     }

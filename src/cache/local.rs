@@ -89,6 +89,7 @@ impl Held {
         })
     }
 
+    #[inline]
     pub(crate) fn token(&self) -> &AccessToken {
         &self.token
     }
@@ -96,6 +97,7 @@ impl Held {
     /// [`TokenCache::answered`] for this token: whether the request should be resent. The
     /// cache is reached (a shared reference count) only for a 401; false if it is gone.
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    #[inline] // on every response the layer sees: inlined into the response future's poll
     pub(crate) fn answered(&self, status: http::StatusCode) -> bool {
         // A tower service answers for the URI it was called with: the token's origin.
         super::is_rejection(&self.token, status, || true)
