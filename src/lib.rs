@@ -169,6 +169,8 @@ mod token;
 mod layer;
 #[cfg(feature = "middleware")]
 mod middleware;
+#[cfg(feature = "redis")]
+mod redis_connection;
 #[cfg(feature = "shared-cache")]
 mod store;
 #[cfg(feature = "webhooks")]

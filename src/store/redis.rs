@@ -5,12 +5,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, Cmd, FromRedisValue, TlsCertificates, cmd};
 use async_trait::async_trait;
-use tokio::sync::OnceCell;
 
 use super::{STORE_TIMEOUT, StoreError, TokenStore};
+use crate::redis_connection::LazyRedis;
 
 /// Deletes a lock only if it still holds its owner's value, so a holder whose lock expired
 /// cannot release the next holder's.
@@ -64,12 +63,7 @@ const GENERATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    client: Client,
-    connection: OnceCell<ConnectionManager>,
+    redis: Arc<LazyRedis>,
 }
 
 impl RedisStore {
@@ -123,30 +117,19 @@ impl RedisStore {
     }
 
     fn from_client(client: Client) -> Self {
+        // Fail fast and let the next operation reconnect: every operation is bounded by
+        // STORE_TIMEOUT anyway, and a token fetch never waits for Redis to return.
         RedisStore {
-            inner: Arc::new(Inner {
-                client,
-                connection: OnceCell::new(),
-            }),
+            redis: Arc::new(LazyRedis::new(client, STORE_TIMEOUT)),
         }
     }
 
     async fn query<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, StoreError> {
-        let connection = self
-            .inner
-            .connection
-            .get_or_try_init(|| async {
-                // Fail fast and let the next operation reconnect: every operation is bounded
-                // by STORE_TIMEOUT anyway, and a token fetch never waits for Redis to return.
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(STORE_TIMEOUT))
-                    .set_response_timeout(Some(STORE_TIMEOUT))
-                    .set_number_of_retries(0);
-                self.inner.client.get_connection_manager_lazy(config)
-            })
+        let mut connection = self
+            .redis
+            .connection()
             .await
             .map_err(|e| StoreError::with_source("cannot set up the Redis connection", e))?;
-        let mut connection = connection.clone();
         let result = match command.query_async(&mut connection).await {
             // A lost connection fails one command and starts reconnecting: try the new one
             // once, so a restarted Redis is used again by the very next operation.
@@ -208,7 +191,7 @@ impl TokenStore for RedisStore {
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let info = self.inner.client.get_connection_info();
+        let info = self.redis.client().get_connection_info();
         f.debug_struct("RedisStore")
             .field("addr", &info.addr().to_string())
             .field("db", &info.redis_settings().db())

@@ -4,12 +4,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, Cmd, FromRedisValue, cmd};
 use async_trait::async_trait;
-use tokio::sync::OnceCell;
 
 use super::{DEFAULT_WEBHOOK_DEDUP_TTL, WebhookDedup, WebhookDedupError};
+use crate::redis_connection::LazyRedis;
 
 /// The prefix of every key a [`RedisWebhookDedup`] writes; the `webhook-id` follows.
 const KEY_PREFIX: &str = "understory-auth:webhook-id:";
@@ -35,13 +34,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// ```
 #[derive(Clone)]
 pub struct RedisWebhookDedup {
-    shared: Arc<Shared>,
+    redis: Arc<LazyRedis>,
     ttl: Duration,
-}
-
-struct Shared {
-    client: Client,
-    connection: OnceCell<ConnectionManager>,
 }
 
 impl RedisWebhookDedup {
@@ -59,10 +53,7 @@ impl RedisWebhookDedup {
         let client = Client::open(url)
             .map_err(|e| WebhookDedupError::with_source("invalid Redis URL", e))?;
         Ok(RedisWebhookDedup {
-            shared: Arc::new(Shared {
-                client,
-                connection: OnceCell::new(),
-            }),
+            redis: Arc::new(LazyRedis::new(client, COMMAND_TIMEOUT)),
             ttl: DEFAULT_WEBHOOK_DEDUP_TTL,
         })
     }
@@ -82,20 +73,12 @@ impl RedisWebhookDedup {
     }
 
     async fn run<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, WebhookDedupError> {
-        let connection = self
-            .shared
-            .connection
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(COMMAND_TIMEOUT))
-                    .set_response_timeout(Some(COMMAND_TIMEOUT))
-                    .set_number_of_retries(0);
-                self.shared.client.get_connection_manager_lazy(config)
-            })
-            .await
-            .map_err(|e| WebhookDedupError::with_source("cannot set up the Redis connection", e))?;
+        let mut connection =
+            self.redis.connection().await.map_err(|e| {
+                WebhookDedupError::with_source("cannot set up the Redis connection", e)
+            })?;
         command
-            .query_async(&mut connection.clone())
+            .query_async(&mut connection)
             .await
             .map_err(|e| WebhookDedupError::with_source("Redis command failed", e))
     }
@@ -128,7 +111,7 @@ impl WebhookDedup for RedisWebhookDedup {
 
 impl fmt::Debug for RedisWebhookDedup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let info = self.shared.client.get_connection_info();
+        let info = self.redis.client().get_connection_info();
         f.debug_struct("RedisWebhookDedup")
             .field("addr", &info.addr().to_string())
             .field("ttl", &self.ttl)
