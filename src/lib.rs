@@ -355,3 +355,8 @@ pub use reqwest;
 /// Without its `json` feature: see [`reqwest`](mod@reqwest).
 #[cfg(feature = "middleware")]
 pub use reqwest_middleware;
+
+/// The README's Rust recipes, compiled as doctests so that they stay as written.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
