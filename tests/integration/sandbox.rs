@@ -1488,3 +1488,16 @@ async fn credentials_and_auth_builder_fit_the_sandboxs_client() -> TestResult {
     assert_eq!(request.form_value("client_secret"), None);
     Ok(())
 }
+
+#[cfg(feature = "webhooks")]
+#[test]
+fn the_webhook_sandbox_shows_secrets_and_ids_as_understory_does() -> TestResult {
+    let sandbox = understory_auth::testing::WebhookSandbox::new();
+    assert!(sandbox.secret().starts_with("whsec_"));
+    let message = sandbox.booking_created();
+    assert!(message.id().starts_with("msg_"));
+    assert_ne!(message.id(), sandbox.booking_created().id(), "each message its own id");
+    let headers = sandbox.headers(&message);
+    assert!(headers["webhook-signature"].to_str()?.starts_with("v1,"));
+    Ok(())
+}
