@@ -153,10 +153,9 @@ impl UnderstoryAuth {
     }
 
     /// Reports that a request carrying `token` was rejected (HTTP 401), as the integrations
-    /// do on their own: the token is judged by the rule in the crate docs ("What happens on a
-    /// 401") and dropped from the cache if the rule says so. Returns whether it was dropped;
-    /// the next [`token`](Self::token) then fetches a new one. Concurrent callers reporting
-    /// the same token cause one new fetch, not one each.
+    /// do on their own: the token is judged by the [401 rule](crate#what-happens-on-a-401)
+    /// and dropped from the cache if the rule says so. Returns whether it was dropped; the
+    /// next [`token`](Self::token) then fetches a new one.
     ///
     /// ```
     /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {

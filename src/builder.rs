@@ -21,13 +21,11 @@ pub const DEFAULT_AUDIENCE: &str = "https://api.understory.io";
 pub const DEFAULT_API_BASE: &str = "https://api.understory.io";
 /// The default limit on a whole token request, from connecting to the last byte.
 pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long before a token stops being handed out it is replaced, at least (the default of
-/// [`refresh_ahead`](UnderstoryAuthBuilder::refresh_ahead)): 10 % of the token's lifetime
-/// when that is more, and never more than half of it.
+/// The default of [`refresh_ahead`](UnderstoryAuthBuilder::refresh_ahead) (see
+/// [Cache behaviour](crate#cache-behaviour)).
 pub const DEFAULT_REFRESH_AHEAD: Duration = Duration::from_secs(60);
-/// The most a token's usable life is cut short before its expiry, to cover clock skew and
-/// request latency (the default of [`expiry_margin`](UnderstoryAuthBuilder::expiry_margin));
-/// for short-lived tokens 5 % of the lifetime.
+/// The default of [`expiry_margin`](UnderstoryAuthBuilder::expiry_margin) (see
+/// [Cache behaviour](crate#cache-behaviour)).
 pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 /// The longest `token_timeout` accepted: deadlines are instants, which a huge timeout would
 /// overflow.
@@ -166,10 +164,8 @@ impl UnderstoryAuthBuilder {
     }
 
     /// The limit on a whole token request, from connecting to the last byte of the answer;
-    /// default [`DEFAULT_TOKEN_TIMEOUT`]. Must not be zero, nor longer than an hour (callers
-    /// wait for a token request at most this long, plus a second; twice that, about
-    /// 2 × (timeout + 1 s), when the request is cancelled with the runtime it ran on and is
-    /// started once more for them).
+    /// default [`DEFAULT_TOKEN_TIMEOUT`]. Must not be zero, nor longer than an hour. How long
+    /// callers wait: [Cache behaviour](crate#cache-behaviour).
     ///
     /// ```
     /// # use understory_auth::{Credentials, UnderstoryAuth};
@@ -183,13 +179,10 @@ impl UnderstoryAuthBuilder {
         self
     }
 
-    /// How long before a token expires, at least, it is replaced in the background, so that
-    /// no request waits for a new one; default [`DEFAULT_REFRESH_AHEAD`]
-    /// (60 s). A token is refreshed 10 % of its lifetime before it stops being handed out,
-    /// or this long if that is more, but never earlier than halfway through its life, and up
-    /// to a fifth of that margin earlier at random, so a fleet does not refresh in lockstep.
-    /// Must not be zero, and must be longer than the
-    /// [`expiry_margin`](Self::expiry_margin).
+    /// The least time before a token stops being handed out that it is replaced in the
+    /// background; default [`DEFAULT_REFRESH_AHEAD`]. The schedule:
+    /// [Cache behaviour](crate#cache-behaviour). Must not be zero, and must be longer than
+    /// the [`expiry_margin`](Self::expiry_margin).
     ///
     /// ```
     /// # use understory_auth::{Credentials, UnderstoryAuth};
@@ -204,10 +197,9 @@ impl UnderstoryAuthBuilder {
         self
     }
 
-    /// The safety margin before a token's expiry in which it is no longer handed out, so that
-    /// it does not expire in flight or by a clock a little ahead of ours; default
-    /// [`DEFAULT_EXPIRY_MARGIN`] (5 s), and never more than 5 % of a
-    /// token's lifetime. Must be shorter than [`refresh_ahead`](Self::refresh_ahead).
+    /// The most time before a token's expiry in which it is no longer handed out; default
+    /// [`DEFAULT_EXPIRY_MARGIN`] (see [Cache behaviour](crate#cache-behaviour)). Must be
+    /// shorter than [`refresh_ahead`](Self::refresh_ahead).
     ///
     /// ```
     /// # use understory_auth::{Credentials, UnderstoryAuth};
@@ -233,10 +225,8 @@ impl UnderstoryAuthBuilder {
     /// limit whatever the client. This client sends only the token request: the API
     /// requests go through your own client.
     ///
-    /// What already works without code: `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and
-    /// `NO_PROXY` are honoured (read when [`build`](Self::build) runs; a proxy set here
-    /// replaces them); see the README's "Corporate networks" for the trust store and
-    /// `SSL_CERT_FILE`.
+    /// What already works without code (proxies from the environment, the trust store):
+    /// the crate docs' [Corporate networks](crate#corporate-networks).
     ///
     /// A proxy (it sees only the host name of the token endpoint: HTTPS is tunnelled):
     ///
@@ -277,8 +267,8 @@ impl UnderstoryAuthBuilder {
 
     /// A second-level token cache shared with the other processes using `store` (feature
     /// `shared-cache`): each token fetch asks the store first, and one process fetches for
-    /// all. A failing store never fails a token request. See [`TokenStore`](crate::TokenStore)
-    /// and the README's "Sharing tokens across processes"; default: none.
+    /// all; a failing store never fails a token request. How it works and when it pays:
+    /// [`TokenStore`](crate::TokenStore). Default: none.
     ///
     /// ```no_run
     /// # #[cfg(feature = "redis")]

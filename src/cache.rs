@@ -1,58 +1,7 @@
-//! The token cache: one token for every clone of an `UnderstoryAuth`, fetched by one request
-//! however many callers need it.
-//!
-//! # How it works
-//!
-//! The current token lives in `slot`, a `parking_lot::RwLock<Option<AccessToken>>` inside the
-//! cache's `Arc`, the source of truth. The hot path ([`TokenCache::fresh`], in `local`) reads
-//! in front of it: the id of the slot's token, published with every write to the slot, and
-//! the calling thread's own copy of that token, checked against a coarse monotonic clock.
-//! It writes nothing another thread reads: no lock, no shared reference count, no await, no
-//! allocation. Only a thread without a copy of the current token, or one close to the
-//! token's refresh instant, takes the read lock and reads the precise clock.
-//!
-//! Everything else happens under a second lock, `state`, which the hot path never touches
-//! except for a `try_lock` while a token is due for refresh:
-//!
-//! * **Single flight.** A fetch runs in a spawned task whose outcome is a shared future.
-//!   Callers that find no usable token join the fetch in flight or start one; all of them
-//!   get its outcome. A caller dropped while waiting changes nothing for the others, and the
-//!   task is bounded by the load timeout, so a hung auth server cannot wedge the cache.
-//! * **Any runtime.** The task runs on the runtime of the caller that started it, which may
-//!   stop driving it (a current-thread runtime left idle between `block_on` calls) or shut
-//!   down. Callers therefore wait on their own clock, at most until the fetch's deadline plus
-//!   [`STRANDED_FETCH_GRACE`]; a fetch past that is replaced by the next caller, and every
-//!   fetch is numbered, so a late one never overwrites a newer token. A fetch dropped before
-//!   it ended is started again once for its callers, who then wait for the new fetch with a
-//!   budget of its own: a caller waits at most about twice the load timeout plus the grace,
-//!   2 × (load timeout + [`STRANDED_FETCH_GRACE`]). A caller whose own runtime is shutting
-//!   down gets an error at once. The task is spawned only after the lock is released, since a
-//!   runtime that is shutting down drops it inside `spawn`.
-//! * **Refresh ahead.** Each token carries a refresh instant, a margin before its expiry
-//!   (10 % of the lifetime, at least the builder's `refresh_ahead`, default
-//!   [`DEFAULT_REFRESH_AHEAD`], at most half of it, minus up to [`REFRESH_JITTER`] of the margin
-//!   so a fleet does not refresh in lockstep). The first caller past it starts a background
-//!   fetch and, like everyone else, keeps using the valid token meanwhile.
-//! * **Expired means expired.** A token is handed out only until its expiry minus a skew
-//!   (5 % of its lifetime, at most the builder's `expiry_margin`, default
-//!   [`DEFAULT_EXPIRY_MARGIN`]), so it does not expire in flight.
-//! * **Jitter** is drawn by a function the cache is built with, so tests inject a constant
-//!   and assert exact instants.
-//! * **Failure window.** A failed fetch is remembered until its retry instant: callers in
-//!   that window get the same error at once instead of sending another request. The window
-//!   grows exponentially with jitter (transient failures from [`TRANSIENT_BACKOFF_BASE`] to
-//!   [`TRANSIENT_BACKOFF_MAX`], rejected credentials or scopes from
-//!   [`PERMANENT_BACKOFF_BASE`] to [`PERMANENT_BACKOFF_MAX`]) and is at least the server's
-//!   `Retry-After`. A rate limit (HTTP 429) waits for its `Retry-After`, or else
-//!   [`RATE_LIMIT_BACKOFF`] plus up to [`RATE_LIMIT_JITTER`], and its callers get
-//!   [`Error::RateLimited`] saying when the next attempt is. While a valid token remains, a
-//!   failed background refresh keeps it and retries within half of the time it has left
-//!   (but never sooner than a rate limit allows).
-//! * **Invalidation.** What a 401 means is decided here, in [`TokenCache::answered`], by
-//!   the rule documented in the crate docs ("What happens on a 401"). A token is dropped
-//!   only if it is still the cached one (compare by [`TokenId`](crate::TokenId)), so a
-//!   hundred 401s for one stale token cause one new fetch.
-//! * **Lifetime.** The fetch task holds the cache weakly; dropping the last clone aborts it.
+//! The token cache behind every clone of an `UnderstoryAuth`: single flight (a spawned fetch
+//! whose outcome callers share, replaced past its deadline plus [`STRANDED_FETCH_GRACE`]),
+//! refresh ahead, the failure window and the 401 rule; the user-facing rules are the crate
+//! docs' "Cache behaviour" and "What happens on a 401". The hot path is in `local`.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};

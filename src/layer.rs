@@ -1,12 +1,6 @@
-//! [`BearerAuthLayer`]: the token of an [`UnderstoryAuth`] on any tower stack.
-//!
-//! One file holds the layer, its service, the service's response future and
-//! [`RetryOnUnauthorized`], the retry policy to place outside it.
-//!
-//! The hot path is a cached token: [`BearerAuth::call`] inserts its pre-built header and
-//! calls the inner service at once, and the response future only polls the inner future.
-//! Only when no usable token is cached does the future first wait for one (boxed, since
-//! that is rare), calling the inner service it was handed, the one that was polled ready.
+//! [`BearerAuthLayer`], its service and response future, and [`RetryOnUnauthorized`]. Hot
+//! path: a cached token's header is inserted and the inner future polled as is; only without
+//! one does the (boxed) future first wait for a token.
 
 use std::fmt;
 use std::future::Future;
@@ -30,37 +24,19 @@ use crate::{Error, UnderstoryAuth};
 /// every request bound for the API.
 ///
 /// It wraps any `Service<http::Request<B>, Response = http::Response<R>>` (a hyper-util
-/// client, a tonic `Channel`, a `tower::service_fn`) in a [`BearerAuth`], which
+/// client, a tonic `Channel`, a `tower::service_fn`) in a [`BearerAuth`], which adds the
+/// token to the requests that may carry it (the crate docs:
+/// [which requests carry the token](crate#which-requests-carry-the-token)), reports each
+/// answer to the cache (the [401 rule](crate#what-happens-on-a-401)), and fails with a
+/// [`tower::BoxError`]: the inner service's error, or an [`Error`](crate::Error) when no
+/// token could be had. Resending a rejected request is [`RetryOnUnauthorized`]'s job, placed
+/// outside the layer. The layer shares its cache with every clone of the `UnderstoryAuth`,
+/// the reqwest middleware included.
 ///
-/// * adds `Authorization: Bearer <token>` (marked sensitive) to requests whose URI's origin
-///   the `UnderstoryAuth` allows, and leaves every other request untouched;
-/// * leaves a request alone if it already carries an `Authorization` header, or the
-///   [`SkipAuth`](crate::SkipAuth) extension;
-/// * gives no token to a URI whose origin cannot be checked: an authority without a scheme
-///   (`CONNECT api.understory.io:443`, `//api.understory.io/v1/me`);
-/// * gives no token when a `Host` header names another host or port than the URI;
-/// * gives no token to a relative URI (one without scheme and authority) unless
-///   [`authorize_relative_uris`](Self::authorize_relative_uris) says so (and then not if
-///   its `Host` header names a host that is not allowed);
-/// * reports each answer to a request that carried the token to the cache, which drops the
-///   token after a 401 by the rule in the crate docs ("What happens on a 401"), so the next
-///   request uses a new one (wrap it in a [`RetryOnUnauthorized`] retry to resend the
-///   request itself);
-/// * fails with a [`tower::BoxError`]: the inner service's error, or an
-///   [`understory_auth::Error`](crate::Error) when no token could be obtained.
-///
-/// A 401 is taken as the API's verdict on the token the request carried: the token went only
-/// to an allowed origin, but an `http::Response` does not say which origin answered. Behind
-/// an inner service that follows redirects (tower-http's `FollowRedirect`), a 401 from the
-/// origin a redirect led to (which never saw the token: redirects to another origin drop
-/// `Authorization`) is reported to the cache like the API's own. That costs no secret, and
-/// the token requests it can cause are bounded by the rule in the crate docs ("What happens
-/// on a 401": a replacement token is kept for its cooldown). Place redirect following
-/// outside this layer, or not at all, to avoid it. (The reqwest middleware checks the
-/// answer's URL.)
-///
-/// The layer shares its token cache with every clone of the `UnderstoryAuth` it was made
-/// from, including the reqwest middleware: one token for the whole process.
+/// An `http::Response` does not say which origin answered: behind an inner service that
+/// follows redirects, a 401 from the origin a redirect led to (which never saw the token) is
+/// reported like the API's own. That costs no secret, and the token requests it can cause
+/// are bounded by the 401 rule; place redirect following outside this layer to avoid it.
 ///
 /// ```
 /// # #[cfg(feature = "test-util")]
@@ -333,7 +309,7 @@ where
 
 /// A [`tower::retry::Policy`] that resends a request once when the API rejected the token
 /// it carried (HTTP 401) and the cache replaced it, so that it goes out again with a new
-/// token (see the crate docs, "What happens on a 401").
+/// token (the [401 rule](crate#what-happens-on-a-401)).
 ///
 /// Place it *outside* the [`BearerAuthLayer`]: the retry then clones the request before the
 /// token is added, and the layer adds the new one. It retries only 401s to requests that

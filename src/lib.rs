@@ -26,6 +26,147 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Which requests carry the token
+//!
+//! A request gets `Authorization: Bearer <token>` (marked sensitive) only when its origin
+//! (scheme, host and port, compared exactly) is the
+//! [`api_base`](UnderstoryAuthBuilder::api_base)'s or one added with
+//! [`allow_origin`](UnderstoryAuthBuilder::allow_origin); those must be HTTPS (plain HTTP
+//! only to loopback hosts, for tests). Every other request passes through untouched, and so
+//! does a request that already has an `Authorization` header, one carrying the [`SkipAuth`]
+//! extension, one whose `Host` header names another host or port than its URI, and one
+//! whose origin cannot be checked (an authority without a scheme: `CONNECT host:443`,
+//! `//host/path`). A relative URI (`/v1/me`, as a tonic channel sends) gets the token only
+//! through [`BearerAuthLayer::authorize_relative_uris`]. The token never follows a redirect
+//! to another origin: reqwest drops `Authorization` there, and tower-http's
+//! `FollowRedirect` does too (keep it outside [`BearerAuthLayer`], so that every hop is
+//! checked again).
+//!
+//! # Cache behaviour
+//!
+//! Every clone of an [`UnderstoryAuth`], and every middleware and layer made from it,
+//! shares one cache. Its timing:
+//!
+//! * **Single flight.** Concurrent callers without a usable token share one token request,
+//!   which runs in its own task: a caller that gives up does not cancel it for the others.
+//!   A caller waits at most [`token_timeout`](UnderstoryAuthBuilder::token_timeout) plus a
+//!   second (about twice that if the runtime the request ran on shut down and it had to be
+//!   started again).
+//! * **Refresh ahead.** A token is replaced in the background before it stops being handed
+//!   out, by 10 % of its lifetime, at least
+//!   [`refresh_ahead`](UnderstoryAuthBuilder::refresh_ahead) ([`DEFAULT_REFRESH_AHEAD`],
+//!   60 s), at most half of it, and up to a fifth of that margin earlier at random, so that
+//!   a fleet does not refresh in lockstep. Callers keep using the valid token meanwhile.
+//! * **Expiry margin.** A token is not handed out in the last 5 % of its life, at most
+//!   [`expiry_margin`](UnderstoryAuthBuilder::expiry_margin) ([`DEFAULT_EXPIRY_MARGIN`],
+//!   5 s), so that it does not expire in flight.
+//! * **Backoff.** After a failed token request, callers get the same error at once until the
+//!   next attempt instead of sending more requests. Transient failures
+//!   ([`Error::is_transient`]) back off from 0.5 s to 30 s, rejected credentials or scopes
+//!   from 5 s to 2 min, growing with jitter. `Retry-After` is honoured on 429 and 503 answers
+//!   only, up to 5 minutes. A 429 without it backs off 60 s plus up to 30 s at random
+//!   (Understory asks for at least a minute), and its callers get [`Error::RateLimited`],
+//!   which says when the next attempt is. While a valid token remains, a failed background
+//!   refresh keeps it and tries again within half of the time it has left (never sooner than
+//!   a rate limit allows). The first call after the window tries again: a fixed key or a
+//!   recovered server is picked up without a restart.
+//! * **The hot path** takes no lock, allocates nothing and writes nothing another thread
+//!   reads: each thread keeps its own copy of the current token, checked against a coarse
+//!   monotonic clock while the token is more than 100 ms from its refresh time. A test that
+//!   pauses and advances tokio's clock therefore sees a token come due only once the real
+//!   clock is within 100 ms of its refresh time, or after [`UnderstoryAuth::invalidate`].
+//!
+//! [`UnderstoryAuth::stats`] counts what the cache did, for metrics; a shared cache for a
+//! fleet of processes is [`UnderstoryAuthBuilder::shared_cache`] (see [`TokenStore`]).
+//!
+//! # Corporate networks
+//!
+//! The token request is sent by the crate's own reqwest client; API requests go through
+//! yours. Without code:
+//!
+//! * **Proxies from the environment**: `HTTPS_PROXY` (the token endpoint is HTTPS),
+//!   `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (upper or lower case), read when
+//!   [`build`](UnderstoryAuthBuilder::build) runs. A proxy set in code replaces them,
+//!   `NO_PROXY` included, unless you add `.no_proxy(reqwest::NoProxy::from_env())`.
+//! * **The trust store**: with the default `rustls` feature, certificates are verified by
+//!   the platform's verifier. On Linux and other Unix systems that is the system's CA
+//!   bundle, and `SSL_CERT_FILE` (or `SSL_CERT_DIR`) *replaces* it rather than adding to it.
+//!   On macOS and Windows the system's trust settings are used and `SSL_CERT_FILE` is
+//!   ignored: add a company CA to the system's store, or in code.
+//! * **System proxy settings** (macOS, Windows) are not read: reqwest's `system-proxy`
+//!   feature is off in this crate (Cargo turns it on if your application depends on reqwest
+//!   with its default features).
+//!
+//! Everything else (a proxy, a private CA, mTLS, a resolver) is
+//! [`configure_token_client`](UnderstoryAuthBuilder::configure_token_client). When the
+//! token request cannot be sent, [`Error::Network`] names the innermost cause, in its
+//! message and in the log (`Connection refused (os error 111)`, `invalid peer certificate:
+//! UnknownIssuer`); a TLS setup failure is not transient: waiting will not fix it.
+//!
+//! # Errors
+//!
+//! Every failure to get a token is an [`Error`] whose message says what to do;
+//! [`Error::is_transient`] tells "retry later" (timeouts, network, 5xx, 429) from "fix
+//! something" (a rejected key or scope, bad configuration). When no token can be had the
+//! request is not sent. Through reqwest-middleware the error arrives as
+//! `reqwest_middleware::Error::Middleware`; downcast it:
+//!
+//! ```
+//! # #[cfg(feature = "test-util")]
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use understory_auth::{Credentials, reqwest, reqwest_middleware};
+//!
+//! let sandbox = understory_auth::testing::SandboxServer::start().await?;
+//! let auth = sandbox.auth_builder(Credentials::new(sandbox.client_id(), "wrong secret")).build()?;
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(auth).build();
+//!
+//! let result = client.get(format!("{}/v1/me", sandbox.api_base())).send().await;
+//! let Err(reqwest_middleware::Error::Middleware(err)) = result else {
+//!     return Err("expected a middleware error".into());
+//! };
+//! let err = err.downcast_ref::<understory_auth::Error>().ok_or("not a token error")?;
+//! assert_eq!(err.oauth_code(), Some("invalid_client"));
+//! assert!(!err.is_transient()); // fix the key; retrying will not help
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! Put [reqwest-retry](https://docs.rs/reqwest-retry) and
+//! [reqwest-tracing](https://docs.rs/reqwest-tracing) before [`UnderstoryAuth`] in the
+//! middleware chain, so that every attempt takes the current token and the spans cover the
+//! whole exchange. reqwest-retry wraps the errors it passes on in its `RetryError`, one
+//! level deeper:
+//!
+//! ```
+//! use std::time::Duration;
+//! use reqwest_retry::{RetryError, RetryTransientMiddleware, policies::ExponentialBackoff};
+//! use reqwest_tracing::TracingMiddleware;
+//! use understory_auth::{Credentials, UnderstoryAuth, reqwest, reqwest_middleware};
+//!
+//! let auth = UnderstoryAuth::new(Credentials::new("client-id", "client-secret"));
+//! let retries = ExponentialBackoff::builder()
+//!     .retry_bounds(Duration::from_millis(500), Duration::from_secs(30))
+//!     .build_with_max_retries(3);
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(TracingMiddleware::default())
+//!     .with(RetryTransientMiddleware::new_with_policy(retries))
+//!     .with(auth)
+//!     .build();
+//! # let _ = client;
+//!
+//! fn token_error(err: &reqwest_middleware::Error) -> Option<&understory_auth::Error> {
+//!     let reqwest_middleware::Error::Middleware(err) = err else { return None };
+//!     match err.downcast_ref::<RetryError>() {
+//!         Some(RetryError::Error(inner) | RetryError::WithRetries { err: inner, .. }) => {
+//!             token_error(inner)
+//!         }
+//!         _ => err.downcast_ref(),
+//!     }
+//! }
+//! ```
+//!
+//! In a tower stack the error is a `tower::BoxError`: `err.downcast_ref::<Error>()`.
+//!
 //! # What happens on a 401
 //!
 //! Understory answers 401 both to a token it no longer accepts and to a valid token that
@@ -55,20 +196,21 @@
 //! cooldown costs a few more at first: with hour-long tokens, five more in the first half
 //! hour (after 5, 20, 80, 320 and 1280 s of rejections). A revoked replacement heals after
 //! its cooldown. A key that gains the missing scope uses it at the latest with the next
-//! regular refresh, about 10 % of the token's lifetime (at least 60 s) before it expires.
+//! [regular refresh](#cache-behaviour).
 //!
-//! Resending is safe for any method: a 401 means the server did not process the request
-//! (RFC 9110, section 15.5.2). A request whose body is a stream cannot be resent and gets its
-//! 401 back; [`UnderstoryAuth::with_unauthorized_retry`] turns the retry off. In tower stacks
+//! A second 401 is returned to the caller as the response: there is no loop (and if no new
+//! token can be had, the caller gets that error instead). Resending is safe for any method:
+//! a 401 means the server did not process the request (RFC 9110, section 15.5.2). A request
+//! whose body is a stream cannot be resent and gets its 401 back; [`UnderstoryAuth::with_unauthorized_retry`] turns the retry off. In tower stacks
 //! the retry is the [`RetryOnUnauthorized`] policy, placed outside [`BearerAuthLayer`].
 //! [`UnderstoryAuth::invalidate`] reports a 401 by hand and follows the same rule.
 //!
 //! # Security
 //!
 //! The client secret and tokens never appear in `Debug`, `Display`, errors or logs; the
-//! `Authorization` header is marked sensitive; the token goes only to the configured API
-//! origin, over HTTPS (plain HTTP only to loopback, for tests); the token request never
-//! follows redirects. See `SECURITY.md`.
+//! token goes only to the [allowed origins](#which-requests-carry-the-token); the token
+//! request never follows redirects. The threat model, guarantees and non-guarantees are in
+//! `SECURITY.md`, shipped with the crate's source.
 //!
 //! # Logging
 //!
@@ -213,3 +355,8 @@ pub use reqwest;
 /// Without its `json` feature: see [`reqwest`](mod@reqwest).
 #[cfg(feature = "middleware")]
 pub use reqwest_middleware;
+
+/// The README's Rust recipes, compiled as doctests so that they stay as written.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

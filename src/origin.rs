@@ -1,23 +1,6 @@
-//! Which requests carry the token: the one place both integrations ask.
-//!
-//! A bearer token is worth as much as the key that minted it, so it goes only to the origins
-//! the user configured ([`UnderstoryAuthBuilder::api_base`](crate::UnderstoryAuthBuilder::api_base)
-//! and [`allow_origin`](crate::UnderstoryAuthBuilder::allow_origin)), and those must be HTTPS;
-//! plain HTTP is accepted only for loopback hosts, which is what tests use.
-//!
-//! [`AllowedOrigins::destination`] decides for one request, for the reqwest middleware and
-//! the tower layer alike. A request goes untouched when
-//!
-//! * it already has an `Authorization` header, or carries the [`SkipAuth`] extension;
-//! * its URI names an origin that is not allowed, or one that cannot be checked: an
-//!   authority without a scheme (`CONNECT api.example:443`, `//api.example/v1/me`), a
-//!   scheme without an authority;
-//! * it has a `Host` header naming another host or port than its URI (a shared front end
-//!   routes by `Host`, so the token would reach whoever that names), or, for a relative URI,
-//!   a host that is not an allowed origin's.
-//!
-//! A relative URI (no scheme, no authority: `/v1/me`, as tonic's generated clients send)
-//! names no origin; the tower layer gives it the token only when told to.
+//! Which requests carry the token: the one place both integrations ask
+//! ([`AllowedOrigins::destination`]). The rule, for users: the crate docs' "Which requests
+//! carry the token".
 
 #![cfg_attr(not(any(feature = "middleware", feature = "tower")), allow(dead_code))]
 

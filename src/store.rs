@@ -1,78 +1,6 @@
-//! The shared token cache: a second level under the in-process cache, so that a fleet of
-//! processes shares its tokens (feature `shared-cache`; [`RedisStore`] with feature `redis`).
-//!
-//! # When to turn it on
-//!
-//! Without it every process fetches its own token: a service scaled to 50 pods makes 50
-//! token requests an hour, and 50 more at every restart wave. With it the fleet makes about
-//! one per token lifetime, whatever its size, at the cost of one store round trip (well
-//! under a millisecond to a nearby Redis) on each of a process's token fetches. The hot path
-//! is unchanged: requests never touch the store, only the in-process cache's fetches do.
-//! Turn it on when token requests are rate limited, slow, billed, or simply add up; a
-//! handful of processes gains little.
-//!
-//! ```no_run
-//! # #[cfg(feature = "redis")]
-//! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use understory_auth::{Credentials, RedisStore, UnderstoryAuth};
-//!
-//! let auth = UnderstoryAuth::builder(Credentials::from_env()?)
-//!     .shared_cache(RedisStore::new("redis://127.0.0.1/")?)
-//!     .build()?;
-//! # Ok(()) }
-//! ```
-//!
-//! # How it works
-//!
-//! The in-process cache keeps doing single flight, refresh ahead and backoff; its token
-//! source is wrapped so that each of its fetches first asks the store:
-//!
-//! * **Key.** `understory-auth:token:v1:`, the hex SHA-256 of everything that changes the
-//!   token (token URL, client id, audience and the sorted scopes), `:` and a key id: 16
-//!   bytes derived from the client secret with HKDF-SHA256 under an `info` of its own (not
-//!   the secret, and not the encryption key). So each secret of a key being rotated has its
-//!   own entry, lock and counter: old and new secrets running side by side each share among
-//!   their own processes and never wait for, read or overwrite the other's.
-//! * **Value.** One version byte, the key id, a random 96-bit nonce, and the
-//!   ChaCha20-Poly1305 encryption of the token, its scopes, its original lifetime, its
-//!   absolute expiry and its generation, under a key derived from the client secret
-//!   (HKDF-SHA256), with the store key as associated data. The store holds only
-//!   ciphertext; only holders of the secret can read or forge an entry, and an entry moved
-//!   to another key is rejected. A value longer than 96 KiB (a token is at most 64 KiB) is
-//!   neither read whole (Redis: `GETRANGE`) nor decrypted. A value that fails
-//!   authentication (or is too long) is treated as missing and logged, without its contents,
-//!   as a warning at most once a minute per `UnderstoryAuth` (the others at debug level); one
-//!   sealed under another secret or by another version of the crate is passed over at debug
-//!   level.
-//! * **Generations.** Each entry written carries the next value of a counter shared by the
-//!   fleet (Redis: `INCR`, seeded from the server's clock when missing, so it never goes
-//!   back), sealed with the token, so that nobody without the secret can change it. A
-//!   process remembers the newest generation it has taken or written, and takes only a
-//!   strictly newer entry: an entry put back by someone who captured it earlier is never
-//!   taken after a newer one, and the token a process holds (which it asks to replace only
-//!   when it is due or rejected) is never handed back to it.
-//! * **Freshness.** An entry is taken only while it is not yet due for refresh by its
-//!   original lifetime's schedule (more left than the refresh margin, skew and jitter the
-//!   in-process cache would allow it), and is handed over with its *remaining* lifetime, so
-//!   the in-process cache refreshes it no later than the original schedule: the next fetch
-//!   then finds it due and replaces it. The remaining lifetime is the least of what the
-//!   entry says (by the wall clocks of its writer and its reader) and the time the store
-//!   keeps it (Redis: `PTTL`, by the store's clock), so a clock running ahead cannot
-//!   stretch a token past its life.
-//! * **Cross-process single flight.** When the entry is missing or due, one process fetches
-//!   under a lock with an expiry (Redis: `SET NX PX`, released by compare-and-delete only by
-//!   its owner) and stores the result; the others poll for the entry every
-//!   [`SHARED_POLL_INTERVAL`] for at most [`SHARED_FETCH_WAIT`], then fetch themselves (a
-//!   lock holder that died leaves its lock until it expires).
-//! * **Never worse than without.** Every store operation is bounded by [`STORE_TIMEOUT`]. A
-//!   store that is down, slow or failing never fails a token request: the process fetches
-//!   directly, as it would without a shared cache, and logs a warning once per failure
-//!   streak (and an info line when the store answers again). The store's error text is
-//!   logged as one short line of printable characters.
-//!
-//! It relies on the client secret being a high-entropy random string, as Understory's are:
-//! HKDF is not a password hash. What someone who can read or write the store, or sits
-//! between it and the processes, can and cannot do is in `SECURITY.md`.
+//! The shared token cache (features `shared-cache`, `redis`): the [`TokenStore`] trait, its
+//! error, and the token source that asks the store first. User-facing docs are on
+//! [`TokenStore`]; the entry format is in `entry.rs`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -111,12 +39,50 @@ pub(crate) const SHARED_KEY_PREFIX: &str = "understory-auth:token:v1:";
 /// logged per interval and `UnderstoryAuth`; the others go to debug level.
 const INVALID_ENTRY_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Where a fleet's processes share their tokens: a key-value store with expiring entries,
-/// a counter and an expiring lock. [`RedisStore`] (feature `redis`) is the ready-made one.
+/// Where a fleet's processes share their tokens, for
+/// [`UnderstoryAuthBuilder::shared_cache`](crate::UnderstoryAuthBuilder::shared_cache): a
+/// key-value store with expiring entries, a counter and an expiring lock. [`RedisStore`]
+/// (feature `redis`) is the ready-made one.
 ///
-/// Values are opaque bytes (ciphertext: the store never sees a token). Implementations
-/// need not bound their own latency: every call is made under a 500 ms timeout and any
-/// error or timeout makes the process fetch its token directly.
+/// # When to use a shared cache
+///
+/// Without one every process fetches its own token: 50 pods make 50 token requests an
+/// hour, and 50 more at every restart wave. With one the fleet makes about one per token
+/// lifetime, at the cost of one store round trip on each of a process's token fetches
+/// (requests never touch the store, so the hot path is unchanged). It pays when token
+/// requests are rate limited, slow or add up; a handful of processes gains little.
+///
+/// # How it works
+///
+/// The in-process cache keeps its [behaviour](crate#cache-behaviour); each of its token
+/// fetches asks the store first:
+///
+/// * **Keys** are a SHA-256 of the token URL, client id, audience and scopes plus a key id
+///   derived from the client secret (HKDF-SHA256), under `understory-auth:token:v1:`: the
+///   old and new secrets of a rotation each share their own token.
+/// * **Values** are sealed with ChaCha20-Poly1305 under a key derived from the client
+///   secret, the store key as associated data: the store holds only ciphertext that only
+///   holders of the secret can read or forge. A value that fails authentication, or is over
+///   96 KiB (never read whole), is ignored and logged without its contents.
+/// * **Generations.** Each entry written carries the next value of a fleet-wide counter,
+///   sealed with it; a process takes only an entry newer than any it has seen, so whoever
+///   can write to the store cannot roll it back to old tokens.
+/// * **Freshness.** An entry is taken only while it is not yet due for refresh, and handed
+///   over with its remaining lifetime (bounded by the store's own expiry of the entry).
+/// * **One fetch for the fleet.** When no fresh entry is there, one process fetches under a
+///   lock with an expiry and stores the token; the others poll every 50 ms for at most 2 s,
+///   then fetch themselves.
+/// * **Never worse than without.** Every store call is bounded by 500 ms; a store that is
+///   down, slow or holding garbage never fails a token request: the process fetches
+///   directly and logs a warning (see the crate docs' [Logging](crate#logging)).
+///
+/// This relies on the client secret being a high-entropy random string, as Understory's
+/// are (HKDF is not a password hash). `SECURITY.md` has the threat model.
+///
+/// # Implementing a store
+///
+/// Values are opaque bytes. Implementations need not bound their own latency: every call is
+/// made under the 500 ms timeout and any error makes the process fetch its token directly.
 ///
 /// ```
 /// use std::collections::HashMap;

@@ -13,7 +13,9 @@
 //!   and with feature `redis` [`RedisWebhookDedup`]).
 //!
 //! With feature `test-util`, [`testing::WebhookSandbox`](crate::testing::WebhookSandbox)
-//! signs and delivers webhooks, to test a receiver without Understory.
+//! signs and delivers webhooks, to test a receiver without Understory;
+//! `cargo run --example webhook_receiver --features test-util,webhooks` runs an axum receiver
+//! against it, with no credentials.
 //!
 //! One concept per file: the secret, the error, the verifier, the event, the layer, the
 //! deduplication trait and its stores.

@@ -1,5 +1,5 @@
 //! [`SharedStoreSource`]: the token source under the in-process cache that asks the shared
-//! store before the auth server (see the module docs of `store` for the rules).
+//! store before the auth server (the rules: the docs of `TokenStore`).
 
 use std::future::Future;
 use std::sync::Arc;

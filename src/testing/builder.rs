@@ -10,27 +10,6 @@ use super::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_SCOPES, DEFAULT_TO
 use crate::ClientAuthMethod;
 
 /// Configures a [`SandboxServer`] before starting it; see [`SandboxServer::builder`].
-///
-/// ```
-/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-/// use std::time::Duration;
-/// use understory_auth::ClientAuthMethod;
-/// use understory_auth::testing::SandboxServer;
-///
-/// let server = SandboxServer::builder()
-///     .client_id("my-integration")
-///     .client_secret("my-secret")
-///     .token_lifetime(Duration::from_secs(60))
-///     .allowed_scopes(["booking.read"])
-///     .client_auth_method(ClientAuthMethod::ClientSecretBasic)
-///     .start()
-///     .await?;
-/// assert_eq!(server.client_id(), "my-integration");
-/// # Ok(())
-/// # }
-/// # tokio::runtime::Runtime::new()?.block_on(example())?;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
 #[derive(Clone)]
 #[must_use = "a builder does nothing until `start` is called"]
 pub struct SandboxBuilder {
@@ -70,36 +49,12 @@ impl fmt::Debug for SandboxBuilder {
 
 impl SandboxBuilder {
     /// The only client id the token endpoint accepts (default [`DEFAULT_CLIENT_ID`]).
-    ///
-    /// ```
-    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-    /// use understory_auth::testing::SandboxServer;
-    ///
-    /// let server = SandboxServer::builder().client_id("acme").start().await?;
-    /// assert_eq!(server.client_id(), "acme");
-    /// # Ok(())
-    /// # }
-    /// # tokio::runtime::Runtime::new()?.block_on(example())?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
     pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
         self.client_id = client_id.into();
         self
     }
 
     /// The only client secret the token endpoint accepts (default [`DEFAULT_CLIENT_SECRET`]).
-    ///
-    /// ```
-    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-    /// use understory_auth::testing::SandboxServer;
-    ///
-    /// let server = SandboxServer::builder().client_secret("a+b:c%d").start().await?;
-    /// assert_eq!(server.client_secret(), "a+b:c%d");
-    /// # Ok(())
-    /// # }
-    /// # tokio::runtime::Runtime::new()?.block_on(example())?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
     pub fn client_secret(mut self, client_secret: impl Into<String>) -> Self {
         self.client_secret = client_secret.into();
         self
@@ -107,22 +62,6 @@ impl SandboxBuilder {
 
     /// How long issued tokens stay valid (default [`DEFAULT_TOKEN_LIFETIME`]); see
     /// [`SandboxServer::set_token_lifetime`].
-    ///
-    /// ```
-    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-    /// use std::time::Duration;
-    /// use understory_auth::testing::SandboxServer;
-    ///
-    /// let server = SandboxServer::builder()
-    ///     .token_lifetime(Duration::from_secs(5))
-    ///     .start()
-    ///     .await?;
-    /// # drop(server);
-    /// # Ok(())
-    /// # }
-    /// # tokio::runtime::Runtime::new()?.block_on(example())?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
     pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
         self.token_lifetime = lifetime;
         self
@@ -130,21 +69,6 @@ impl SandboxBuilder {
 
     /// The scopes the client may request (default [`DEFAULT_SCOPES`]); requesting any other
     /// gives `invalid_scope`.
-    ///
-    /// ```
-    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-    /// use understory_auth::testing::SandboxServer;
-    ///
-    /// let server = SandboxServer::builder()
-    ///     .allowed_scopes(["openid", "marketing.read"])
-    ///     .start()
-    ///     .await?;
-    /// # drop(server);
-    /// # Ok(())
-    /// # }
-    /// # tokio::runtime::Runtime::new()?.block_on(example())?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
     pub fn allowed_scopes<I>(mut self, scopes: I) -> Self
     where
         I: IntoIterator,
@@ -158,48 +82,12 @@ impl SandboxBuilder {
     /// as Understory registers its integration keys). As in Hydra, the method is fixed per
     /// client: a client registered for one method that authenticates with the other gets
     /// `invalid_client`.
-    ///
-    /// ```
-    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-    /// use understory_auth::ClientAuthMethod;
-    /// use understory_auth::testing::SandboxServer;
-    ///
-    /// let server = SandboxServer::builder()
-    ///     .client_auth_method(ClientAuthMethod::ClientSecretBasic)
-    ///     .start()
-    ///     .await?;
-    /// assert_eq!(server.client_auth_method(), ClientAuthMethod::ClientSecretBasic);
-    /// # Ok(())
-    /// # }
-    /// # tokio::runtime::Runtime::new()?.block_on(example())?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
     pub fn client_auth_method(mut self, method: ClientAuthMethod) -> Self {
         self.client_auth = method;
         self
     }
 
     /// Binds `127.0.0.1` on a free port and starts serving on the current Tokio runtime.
-    ///
-    /// # Errors
-    ///
-    /// If the socket cannot be bound.
-    ///
-    /// # Panics
-    ///
-    /// If called outside a Tokio runtime.
-    ///
-    /// ```
-    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-    /// use understory_auth::testing::SandboxServer;
-    ///
-    /// let server = SandboxServer::builder().start().await?;
-    /// assert!(server.addr().ip().is_loopback());
-    /// # Ok(())
-    /// # }
-    /// # tokio::runtime::Runtime::new()?.block_on(example())?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
     pub async fn start(self) -> io::Result<SandboxServer> {
         let config = Config {
             client_id: self.client_id,

@@ -17,31 +17,11 @@ use super::response::{
 };
 use super::state::Shared;
 
-/// A way for the token endpoint to fail, for testing how a client copes.
-///
-/// Queue one for the next token request with
-/// [`SandboxServer::push_token_fault`](super::SandboxServer::push_token_fault), or make every
-/// token request fail with
-/// [`SandboxServer::set_token_fault`](super::SandboxServer::set_token_fault). A faulted request
-/// is still counted and recorded, but no token is issued for it (except by the echoes in
-/// [`EchoIn::TokenType`] and [`EchoIn::Scope`], which answer 200).
-///
-/// ```
-/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-/// use understory_auth::testing::{SandboxServer, TokenFault};
-///
-/// let server = SandboxServer::start().await?;
-/// server.push_token_fault(TokenFault::TooManyRequests { retry_after: Some(30) });
-///
-/// let response = reqwest::Client::new().post(server.token_url()).send().await?;
-/// assert_eq!(response.status(), 429);
-/// assert_eq!(response.headers()["retry-after"], "30");
-/// assert!(server.issued_tokens().is_empty());
-/// # Ok(())
-/// # }
-/// # tokio::runtime::Runtime::new()?.block_on(example())?;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
+/// A way for the token endpoint to fail, for testing how a client copes: once
+/// ([`push_token_fault`](super::SandboxServer::push_token_fault)) or for every request
+/// ([`set_token_fault`](super::SandboxServer::set_token_fault)). A faulted request is counted
+/// and recorded, but issues no token (except the echoes in [`EchoIn::TokenType`] and
+/// [`EchoIn::Scope`], which answer 200).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TokenFault {
@@ -103,26 +83,6 @@ pub enum TokenFault {
 }
 
 /// Where [`TokenFault::Echo`] puts the echoed request.
-///
-/// ```
-/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-/// use understory_auth::testing::{EchoIn, SandboxServer, TokenFault};
-///
-/// let server = SandboxServer::start().await?;
-/// server.push_token_fault(TokenFault::Echo(EchoIn::ErrorDescription));
-/// let response = reqwest::Client::new()
-///     .post(server.token_url())
-///     .header("content-type", "application/x-www-form-urlencoded")
-///     .body("client_secret=s3cret")
-///     .send()
-///     .await?;
-/// assert_eq!(response.status(), 400);
-/// assert!(response.text().await?.contains("client_secret=s3cret"));
-/// # Ok(())
-/// # }
-/// # tokio::runtime::Runtime::new()?.block_on(example())?;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum EchoIn {
@@ -143,27 +103,9 @@ pub enum EchoIn {
     Headers,
 }
 
-/// A way for the API (`/v1/...`) to fail, for testing how a client copes.
-///
-/// Queue one for the next API request with
-/// [`SandboxServer::push_api_fault`](super::SandboxServer::push_api_fault). A faulted request is
-/// still counted and recorded.
-///
-/// ```
-/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-/// use understory_auth::testing::{ApiFault, SandboxServer};
-///
-/// let server = SandboxServer::start().await?;
-/// server.push_api_fault(ApiFault::ServerError);
-///
-/// let url = format!("{}/v1/me", server.api_base());
-/// let response = reqwest::Client::new().get(url).send().await?;
-/// assert_eq!(response.status(), 500);
-/// # Ok(())
-/// # }
-/// # tokio::runtime::Runtime::new()?.block_on(example())?;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
+/// A way for the API (`/v1/...`) to fail, for testing how a client copes, once per
+/// [`push_api_fault`](super::SandboxServer::push_api_fault); the request is still counted and
+/// recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ApiFault {

@@ -51,45 +51,114 @@
 //! receives in memory. It needs a Tokio runtime with I/O and timers enabled, and stops when
 //! the last [`SandboxServer`] handle is dropped.
 //!
-//! # Example
+//! # Testing a client
 //!
-//! Test an application's own client against the sandbox: [`SandboxServer::auth_builder`] gives
-//! an [`UnderstoryAuthBuilder`](crate::UnderstoryAuthBuilder) already pointed at it, and
-//! [`SandboxServer::credentials`] the sandbox's key.
+//! [`SandboxServer::auth_builder`] gives an [`UnderstoryAuthBuilder`](crate::UnderstoryAuthBuilder)
+//! already pointed at the sandbox, and [`SandboxServer::credentials`] the sandbox's key. With
+//! `tracing-subscriber`, `RUST_LOG=understory_auth=debug` shows what the crate did.
 //!
 //! ```
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! use understory_auth::testing::SandboxServer;
-//! use understory_auth::{UnderstoryAuth, scope};
+//! use understory_auth::{UnderstoryAuth, reqwest, reqwest_middleware, scope};
 //!
+//! let _ = tracing_subscriber::fmt().with_env_filter("understory_auth=debug").try_init();
 //! let server = SandboxServer::start().await?;
 //! let credentials = server.credentials().with_scopes([scope::OPENID, scope::BOOKING_READ]);
 //! let auth: UnderstoryAuth = server.auth_builder(credentials).build()?;
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(auth).build();
 //!
-//! // What the reqwest middleware and the tower layer do for every request:
-//! let token = auth.token().await?;
-//! assert_eq!(token.scopes(), [scope::OPENID, scope::BOOKING_READ]);
-//! let http = reqwest::Client::new();
-//! let bookings = http
-//!     .get(format!("{}/v1/bookings", server.api_base()))
-//!     .header("authorization", token.header_value().clone())
-//!     .send()
-//!     .await?;
+//! let bookings = client.get(format!("{}/v1/bookings", server.api_base())).send().await?;
 //! assert_eq!(bookings.status(), 200);
-//!
 //! // A scope the token was not granted: 401, as Understory answers.
-//! let orders = http
-//!     .get(format!("{}/v1/orders", server.api_base()))
-//!     .header("authorization", token.header_value().clone())
-//!     .send()
-//!     .await?;
+//! let orders = client.get(format!("{}/v1/orders", server.api_base())).send().await?;
 //! assert_eq!(orders.status(), 401);
 //!
-//! assert_eq!(server.token_requests(), 1);
-//! assert_eq!(server.api_requests(), 2);
+//! // One token for everything; the 401 cost one replacement and one resend.
+//! assert_eq!(server.token_requests(), 2);
+//! assert_eq!(server.api_requests(), 3);
 //! # Ok(())
 //! # }
 //! # tokio::runtime::Runtime::new()?.block_on(example())?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Faults
+//!
+//! [`TokenFault`]s are queued for one token request each
+//! ([`push_token_fault`](SandboxServer::push_token_fault)) before a persistent one
+//! ([`set_token_fault`](SandboxServer::set_token_fault)); [`ApiFault`]s likewise for the API.
+//!
+//! ```
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use understory_auth::testing::{SandboxServer, TokenFault};
+//!
+//! let server = SandboxServer::start().await?;
+//! let auth = server.auth_builder(server.credentials()).build()?;
+//! server.push_token_fault(TokenFault::TooManyRequests { retry_after: Some(30) });
+//!
+//! let error = auth.token().await.unwrap_err();
+//! assert!(error.is_rate_limited());
+//! assert_eq!(error.retry_after(), Some(std::time::Duration::from_secs(30)));
+//! assert!(server.issued_tokens().is_empty());
+//! # Ok(())
+//! # }
+//! # tokio::runtime::Runtime::new()?.block_on(example())?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Keys and tokens that change
+//!
+//! [`revoke_token`](SandboxServer::revoke_token), [`set_token_lifetime`](SandboxServer::set_token_lifetime)
+//! and [`set_allowed_scopes`](SandboxServer::set_allowed_scopes) change the sandbox while a
+//! test runs; [`RecordedRequest`]s show what the client sent.
+//!
+//! ```
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use understory_auth::testing::SandboxServer;
+//! use understory_auth::{reqwest, reqwest_middleware};
+//!
+//! let server = SandboxServer::start().await?;
+//! let auth = server.auth_builder(server.credentials()).build()?;
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(auth.clone())
+//!     .build();
+//!
+//! server.revoke_token(auth.token().await?.secret());
+//! let me = client.get(format!("{}/v1/me", server.api_base())).send().await?;
+//! assert_eq!(me.status(), 200); // replaced and resent
+//!
+//! let sent = server.token_requests_received();
+//! assert_eq!(sent.len(), 2);
+//! assert_eq!(sent[1].form_value("grant_type").as_deref(), Some("client_credentials"));
+//! # Ok(())
+//! # }
+//! # tokio::runtime::Runtime::new()?.block_on(example())?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Webhooks
+//!
+//! With feature `webhooks`, [`WebhookSandbox`] signs messages as Understory does, for a
+//! receiver under test:
+//!
+//! ```
+//! # #[cfg(feature = "webhooks")]
+//! # {
+//! use understory_auth::testing::WebhookSandbox;
+//! use understory_auth::webhooks::WebhookVerifier;
+//!
+//! let mut sandbox = WebhookSandbox::new();
+//! let old = WebhookVerifier::new(sandbox.secret())?;
+//! let message = sandbox.booking_created();
+//! assert_eq!(old.verify(&sandbox.headers(&message), message.body())?.event_type, "v1.booking.created");
+//! let tampered = message.tampered();
+//! assert!(old.verify(&sandbox.headers(&tampered), tampered.body()).is_err());
+//!
+//! sandbox.rotate_secret(); // signs with both secrets until `end_rotation`
+//! let message = sandbox.booking_created();
+//! assert!(old.verify(&sandbox.headers(&message), message.body()).is_ok());
+//! # }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -118,41 +187,19 @@ pub use server::SandboxServer;
 pub use webhooks::{WebhookMessage, WebhookSandbox};
 
 /// The `audience` the sandbox's token endpoint requires, as Understory's does.
-///
-/// ```
-/// assert_eq!(understory_auth::testing::AUDIENCE, "https://api.understory.io");
-/// ```
 pub const AUDIENCE: &str = "https://api.understory.io";
 
 /// The client id of a sandbox started without [`SandboxBuilder::client_id`].
-///
-/// ```
-/// assert_eq!(understory_auth::testing::DEFAULT_CLIENT_ID, "sandbox-client");
-/// ```
 pub const DEFAULT_CLIENT_ID: &str = "sandbox-client";
 
 /// The client secret of a sandbox started without [`SandboxBuilder::client_secret`].
 ///
 /// Like a secret generated by Understory's Hydra, it is 26 characters drawn from
 /// `a-zA-Z0-9_-.~`, and it contains the characters that need care when form-urlencoded.
-///
-/// ```
-/// use understory_auth::testing::DEFAULT_CLIENT_SECRET;
-///
-/// assert_eq!(DEFAULT_CLIENT_SECRET.len(), 26);
-/// assert!(DEFAULT_CLIENT_SECRET.contains('~'));
-/// ```
 pub const DEFAULT_CLIENT_SECRET: &str = "sbx.Secret~with_odd-chars1";
 
 /// The scopes a sandbox client may request unless [`SandboxBuilder::allowed_scopes`] says
 /// otherwise: every Understory scope except `offline` (which integration keys cannot use).
-///
-/// ```
-/// use understory_auth::testing::DEFAULT_SCOPES;
-///
-/// assert!(DEFAULT_SCOPES.contains(&"booking.read"));
-/// assert!(!DEFAULT_SCOPES.contains(&"offline"));
-/// ```
 pub const DEFAULT_SCOPES: &[&str] = &[
     scope::OPENID,
     scope::BOOKING_READ,
@@ -169,12 +216,6 @@ pub const DEFAULT_SCOPES: &[&str] = &[
 /// [`SandboxServer::set_token_lifetime`] say otherwise: 3599 seconds, so that the default
 /// answer carries `"expires_in": 3599`, exactly what Understory's server answers for its
 /// one-hour tokens.
-///
-/// ```
-/// use std::time::Duration;
-///
-/// assert_eq!(understory_auth::testing::DEFAULT_TOKEN_LIFETIME, Duration::from_secs(3599));
-/// ```
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3599);
 
 /// The path of the token endpoint.

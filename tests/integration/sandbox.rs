@@ -1456,3 +1456,48 @@ async fn debug_output_hides_secrets_and_tokens() -> TestResult {
     assert!(!debug.contains(&token), "{debug}");
     Ok(())
 }
+
+#[tokio::test]
+async fn credentials_and_auth_builder_fit_the_sandboxs_client() -> TestResult {
+    // What the sandbox's method doctests used to show, in one place.
+    let server = SandboxServer::builder()
+        .client_id("acme")
+        .client_auth_method(ClientAuthMethod::ClientSecretBasic)
+        .start()
+        .await?;
+    assert!(server.addr().ip().is_loopback());
+    let base = format!("http://127.0.0.1:{}", server.addr().port());
+    assert_eq!(server.api_base(), base);
+    assert_eq!(server.token_url(), format!("{base}/oauth2/token"));
+
+    let credentials = server.credentials().with_scopes([scope::BOOKING_READ]);
+    assert_eq!(credentials.client_id(), "acme");
+    assert_eq!(
+        credentials.auth_method(),
+        ClientAuthMethod::ClientSecretBasic
+    );
+    let auth = server.auth_builder(credentials).build()?;
+    let token = auth.token().await?;
+    assert_eq!(token.scopes(), [scope::BOOKING_READ]);
+    let request = &server.token_requests_received()[0];
+    assert!(
+        request
+            .header("authorization")
+            .is_some_and(|value| value.starts_with("Basic "))
+    );
+    assert_eq!(request.form_value("client_secret"), None);
+    Ok(())
+}
+
+#[cfg(feature = "webhooks")]
+#[test]
+fn the_webhook_sandbox_shows_secrets_and_ids_as_understory_does() -> TestResult {
+    let sandbox = understory_auth::testing::WebhookSandbox::new();
+    assert!(sandbox.secret().starts_with("whsec_"));
+    let message = sandbox.booking_created();
+    assert!(message.id().starts_with("msg_"));
+    assert_ne!(message.id(), sandbox.booking_created().id(), "each message its own id");
+    let headers = sandbox.headers(&message);
+    assert!(headers["webhook-signature"].to_str()?.starts_with("v1,"));
+    Ok(())
+}
