@@ -11,8 +11,10 @@
 //!   `CLIENT SETINFO`),
 //! * a reply nobody asked for (beyond one, the greeting error a full server sends first).
 //!
-//! So one operation reads at most [`MAX_REPLY_BYTES`] for its command, plus at most
-//! [`MAX_SETUP_BYTES`] when it has to connect first.
+//! It never reads past those bounds (a read is limited to the room the reply, or the setup,
+//! has left), so one operation reads at most [`MAX_REPLY_BYTES`] for its command, plus at
+//! most [`MAX_SETUP_BYTES`] when it has to connect first. A refused connection's operations
+//! fail with an error that is not an I/O error, so that callers do not retry them.
 
 use std::io;
 use std::pin::Pin;
@@ -415,9 +417,30 @@ impl AsyncRead for CappedStream {
         if let Some(refusal) = *self.guard.refused.lock() {
             return Poll::Ready(Err(self.refuse(refusal)));
         }
-        let before = buf.filled().len();
-        ready!(self.inner.as_mut().poll_read(cx, buf))?;
+        // Never read past the bounds: a reply (or the setup) that needs more than they
+        // leave is refused before its excess is read.
+        let mut room = self.replies.room();
+        let mut refusal = Refusal::TooLong;
+        if !self.guard.setup_done.load(Relaxed) {
+            let setup_room = MAX_SETUP_BYTES.saturating_sub(self.setup_bytes) as u64;
+            if setup_room < room {
+                (room, refusal) = (setup_room, Refusal::SetupTooLong);
+            }
+        }
+        if room == 0 {
+            return Poll::Ready(Err(self.refuse(refusal)));
+        }
+        let room = usize::try_from(room)
+            .unwrap_or(usize::MAX)
+            .min(buf.remaining());
         let this = &mut *self;
+        let read = {
+            let mut limited = ReadBuf::new(buf.initialize_unfilled_to(room));
+            ready!(this.inner.as_mut().poll_read(cx, &mut limited))?;
+            limited.filled().len()
+        };
+        let before = buf.filled().len();
+        buf.advance(read);
         match this.check_read(&buf.filled()[before..]) {
             Ok(()) => Poll::Ready(Ok(())),
             Err(refusal) => {
@@ -491,6 +514,12 @@ impl Framing {
             state: State::Type,
             open: Vec::new(),
         }
+    }
+
+    /// How many more bytes the top-level value being read may take (all of the bound
+    /// between values).
+    fn room(&self) -> u64 {
+        self.max_len.saturating_sub(self.len)
     }
 
     /// Follows `bytes`, returning how many top-level values they complete.

@@ -119,3 +119,58 @@ fn a_refusal_says_what_happened_and_what_to_do() {
     assert!(message.contains("longer than 102400 bytes"), "{message}");
     assert!(message.contains("rediss://"), "{message}");
 }
+
+/// Reads `from_server` through a capped stream (after writing `commands`), as the redis
+/// crate would, in reads of up to 1 MiB: the bytes it let through and how it ended.
+async fn read_capped(commands: &[u8], from_server: &[u8], setup_done: bool) -> (usize, io::Error) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (client, mut server) = tokio::io::duplex(4 << 20);
+    let guard = Arc::new(Guard::default());
+    guard.setup_done.store(setup_done, Relaxed);
+    let mut capped = CappedStream::new(Box::pin(client), Arc::clone(&guard));
+    capped.write_all(commands).await.expect("write");
+    server.write_all(from_server).await.expect("server writes");
+    drop(server);
+    let (mut total, mut buffer) = (0, vec![0; 1 << 20]);
+    loop {
+        match capped.read(&mut buffer).await {
+            Ok(0) => panic!("read to the end ({total} bytes) without a refusal"),
+            Ok(n) => total += n,
+            Err(error) => {
+                assert!(guard.refused.lock().is_some());
+                return (total, error);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn no_byte_past_the_bound_is_read() {
+    let mut endless = b"+".to_vec();
+    endless.resize(3 << 20, b'a');
+    let (read, error) = read_capped(b"*1\r\n$4\r\nPING\r\n", &endless, true).await;
+    assert_eq!(read, MAX_REPLY_BYTES);
+    assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted);
+    assert!(
+        error.to_string().contains("longer than 102400 bytes"),
+        "{error}"
+    );
+
+    // While connecting, the setup's bound.
+    let (read, error) = read_capped(b"*1\r\n$4\r\nPING\r\n", &endless, false).await;
+    assert_eq!(read, MAX_SETUP_BYTES);
+    assert!(error.to_string().contains("while connecting"), "{error}");
+}
+
+#[tokio::test]
+async fn replies_to_no_command_are_refused() {
+    let ping = b"*1\r\n$4\r\nPING\r\n";
+    let (read, error) = read_capped(ping, &b"+OK\r\n".repeat(1000), true).await;
+    // At most the answer and the one greeting a full server may send first get through
+    // (here none: they came in the same read as the third, which refused it whole).
+    assert!(read <= 10, "{read}");
+    assert!(
+        error.to_string().contains("replies to no command"),
+        "{error}"
+    );
+}

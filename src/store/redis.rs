@@ -56,6 +56,10 @@ const GENERATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// (the token's remaining lifetime) and read with one script doing `GETRANGE` (never more
 /// than the size bound) and `PTTL`; generations come from `INCR` on a counter seeded from
 /// the server's `TIME`; locks are `SET … NX PX`, released by a compare-and-delete script.
+/// Whatever the server sends, an operation reads at most 100 KiB for its reply (a longer
+/// one, announced or sent, fails the operation with a [`StoreError`] and drops the
+/// connection; so does a reply to no command) and at most 16 KiB more when it connects;
+/// with the one retry after a lost connection, at most 232 KiB in all.
 /// Keys start with `understory-auth:token:v1:` (for a Redis ACL: `~understory-auth:*`). Scripts run with `EVAL`,
 /// so the Redis user needs `EVAL` besides `GET`, `SET`, `GETRANGE`, `PTTL`, `INCR`,
 /// `PEXPIRE`, `EXISTS`, `TIME` and `DEL` on those keys.
