@@ -216,20 +216,56 @@ struct Counters {
 
 /// A snapshot of the cache's counters, cheap to take, for export to metrics.
 ///
+/// Each counter counts one kind of event since the `UnderstoryAuth` was built. A *fetch* is
+/// the cache getting a new token: without a
+/// [`shared_cache`](crate::UnderstoryAuthBuilder::shared_cache) each fetch is one token
+/// request to the auth server; with one, a fetch first asks the shared cache and makes a
+/// token request only when that has no token to give (or fails). Each fetch is then one
+/// [shared hit](Self::shared_hits) or one [token request](Self::token_requests) (neither if
+/// the token timeout cuts it short), and [`shared_failures`](Self::shared_failures) says
+/// whether the shared cache works.
+///
 /// ```
-/// # async fn demo(auth: understory_auth::UnderstoryAuth) {
+/// # #[cfg(all(feature = "test-util", feature = "redis"))]
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use understory_auth::{RedisStore, UnderstoryAuth};
+///
+/// let sandbox = understory_auth::testing::SandboxServer::start().await?;
+/// // No Redis listens on port 1: the shared cache fails and the token is requested directly.
+/// let auth = UnderstoryAuth::builder(sandbox.credentials())
+///     .token_url(sandbox.token_url())
+///     .api_base(sandbox.api_base())
+///     .shared_cache(RedisStore::new("redis://127.0.0.1:1/")?)
+///     .build()?;
+/// auth.token().await?;
+///
 /// let stats = auth.stats();
-/// println!("{} token requests, {} failed", stats.fetches, stats.fetch_failures);
-/// # }
+/// assert_eq!((stats.fetches, stats.fetch_successes), (1, 1));
+/// assert_eq!((stats.token_requests, stats.shared_hits), (1, 0));
+/// assert!(stats.shared_failures >= 1);
+/// println!("{} token requests, {} failed", stats.token_requests, stats.fetch_failures);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CacheStats {
-    /// Token requests started (foreground and background).
+    /// Fetches started (foreground and background): token requests, or with a shared cache,
+    /// fetches that ask it first, whether it gives a token or not.
     pub fetches: u64,
-    /// Token requests that produced a token.
+    /// Token requests made to the auth server. Without a shared cache, the same as
+    /// [`CacheStats::fetches`]; with one, the fetches the shared cache could not serve.
+    pub token_requests: u64,
+    /// Tokens taken from the shared cache (another process's token), with no token request.
+    /// Always 0 without a shared cache.
+    pub shared_hits: u64,
+    /// Shared-cache operations (a read, a lock, a write…) that failed or timed out; after
+    /// each the fetch went on without the shared cache. Growing: the shared cache (for
+    /// example Redis) is down or unreachable; the log says why. Always 0 without one.
+    pub shared_failures: u64,
+    /// Fetches that produced a token (from the auth server or the shared cache).
     pub fetch_successes: u64,
-    /// Token requests that failed.
+    /// Fetches that failed (the auth server refused or could not be reached).
     pub fetch_failures: u64,
     /// Of [`CacheStats::fetches`], those started ahead of expiry while a valid token remained.
     pub background_refreshes: u64,
@@ -410,9 +446,14 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
 
     pub(crate) fn stats(&self) -> CacheStats {
         let c = &self.shared.counters;
+        let fetches = c.fetches.load(Relaxed);
+        let shared = self.shared.source.shared_counts();
         let slot = self.shared.slot.read();
         CacheStats {
-            fetches: c.fetches.load(Relaxed),
+            fetches,
+            token_requests: shared.map_or(fetches, |s| s.token_requests),
+            shared_hits: shared.map_or(0, |s| s.hits),
+            shared_failures: shared.map_or(0, |s| s.failures),
             fetch_successes: c.successes.load(Relaxed),
             fetch_failures: c.failures.load(Relaxed),
             background_refreshes: c.background_refreshes.load(Relaxed),

@@ -12,4 +12,21 @@ use crate::token::GrantedToken;
 pub(crate) trait TokenSource: Send + Sync + 'static {
     /// Starts one token request.
     fn fetch(self: Arc<Self>) -> BoxFuture<'static, Result<GrantedToken, Error>>;
+
+    /// What a source in front of the token request counts: `None` for the token request
+    /// itself (each fetch is one).
+    fn shared_counts(&self) -> Option<SharedCounts> {
+        None
+    }
+}
+
+/// The counts of a source that asks a shared cache before the auth server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SharedCounts {
+    /// Token requests made to the auth server.
+    pub(crate) token_requests: u64,
+    /// Tokens taken from the shared cache.
+    pub(crate) hits: u64,
+    /// Shared-cache operations that failed or timed out.
+    pub(crate) failures: u64,
 }

@@ -8,8 +8,16 @@ use std::time::Duration;
 use ::redis::{Client, Cmd, FromRedisValue, TlsCertificates, cmd};
 use async_trait::async_trait;
 
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+use super::entry::MAX_ENTRY_BYTES;
 use super::{STORE_TIMEOUT, StoreError, TokenStore};
-use crate::redis_connection::LazyRedis;
+use crate::redis_connection::{LazyRedis, MAX_REPLY_BYTES};
+
+// The read's reply (the entry's first `MAX_ENTRY_BYTES + 1` bytes and its `PTTL`, framed)
+// must fit in what the connection accepts.
+const _: () = assert!(MAX_ENTRY_BYTES + 1 + 64 <= MAX_REPLY_BYTES);
 
 /// Deletes a lock only if it still holds its owner's value, so a holder whose lock expired
 /// cannot release the next holder's.
@@ -48,6 +56,10 @@ const GENERATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// (the token's remaining lifetime) and read with one script doing `GETRANGE` (never more
 /// than the size bound) and `PTTL`; generations come from `INCR` on a counter seeded from
 /// the server's `TIME`; locks are `SET … NX PX`, released by a compare-and-delete script.
+/// Whatever the server sends, an operation reads at most 100 KiB for its reply (a longer
+/// one, announced or sent, fails the operation with a [`StoreError`] and drops the
+/// connection; so does a reply to no command) and at most 16 KiB more when it connects;
+/// with the one retry after a lost connection, at most 232 KiB in all.
 /// Keys start with `understory-auth:token:v1:` (for a Redis ACL: `~understory-auth:*`). Scripts run with `EVAL`,
 /// so the Redis user needs `EVAL` besides `GET`, `SET`, `GETRANGE`, `PTTL`, `INCR`,
 /// `PEXPIRE`, `EXISTS`, `TIME` and `DEL` on those keys.
@@ -113,12 +125,25 @@ impl RedisStore {
         let client = Client::build_with_tls(url, certificates).map_err(|e| {
             StoreError::with_source("invalid rediss:// URL or root certificates", e)
         })?;
-        Ok(Self::from_client(client))
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in CertificateDer::pem_slice_iter(root_certificates) {
+            let added = certificate
+                .map_err(|e| StoreError::with_source("invalid root certificates (PEM)", e))
+                .and_then(|certificate| {
+                    roots.add(certificate).map_err(|e| {
+                        StoreError::with_source("invalid root certificate (not X.509)", e)
+                    })
+                });
+            added?;
+        }
+        // Fail fast and let the next operation reconnect: every operation is bounded by
+        // STORE_TIMEOUT anyway, and a token fetch never waits for Redis to return.
+        Ok(RedisStore {
+            redis: Arc::new(LazyRedis::with_roots(client, roots, STORE_TIMEOUT)),
+        })
     }
 
     fn from_client(client: Client) -> Self {
-        // Fail fast and let the next operation reconnect: every operation is bounded by
-        // STORE_TIMEOUT anyway, and a token fetch never waits for Redis to return.
         RedisStore {
             redis: Arc::new(LazyRedis::new(client, STORE_TIMEOUT)),
         }
@@ -131,8 +156,9 @@ impl RedisStore {
             .await
             .map_err(|e| StoreError::with_source("cannot set up the Redis connection", e))?;
         let result = match command.query_async(&mut connection).await {
-            // A lost connection fails one command and starts reconnecting: try the new one
-            // once, so a restarted Redis is used again by the very next operation.
+            // A lost connection fails one command: try once more on a new one, so a
+            // restarted Redis is used again by the very next operation. (A reply the
+            // connection refused, too long or unasked for, is neither: it is not retried.)
             Err(e) if e.is_io_error() || e.is_unrecoverable_error() => {
                 command.query_async(&mut connection).await
             }

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::Error;
 use crate::cache::{Timing, refresh_lead};
-use crate::source::TokenSource;
+use crate::source::{SharedCounts, TokenSource};
 use crate::token::GrantedToken;
 
 pub(crate) struct SharedStoreSource {
@@ -39,6 +39,10 @@ pub(crate) struct SharedStoreSource {
     /// When a warning about an invalid entry was logged last: at most one per
     /// [`INVALID_ENTRY_WARNING_INTERVAL`], the others at debug level.
     last_invalid_warning: Mutex<Option<Instant>>,
+    /// For `CacheStats`: token requests, tokens taken from the store, failed store calls.
+    token_requests: AtomicU64,
+    hits: AtomicU64,
+    failures: AtomicU64,
 }
 
 impl SharedStoreSource {
@@ -58,6 +62,9 @@ impl SharedStoreSource {
             newest_seen: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
             last_invalid_warning: Mutex::new(None),
+            token_requests: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
         }
     }
 
@@ -159,6 +166,7 @@ impl SharedStoreSource {
         }
         let token = GrantedToken::new(&entry.token, left, entry.scopes).ok()?;
         self.newest_seen.fetch_max(entry.generation, Relaxed);
+        self.hits.fetch_add(1, Relaxed);
         tracing::debug!(
             left_secs = left.as_secs(),
             generation = entry.generation,
@@ -217,6 +225,7 @@ impl SharedStoreSource {
     }
 
     async fn fetch_directly(&self) -> Result<GrantedToken, Error> {
+        self.token_requests.fetch_add(1, Relaxed);
         Arc::clone(&self.inner).fetch().await
     }
 
@@ -232,6 +241,9 @@ impl SharedStoreSource {
                 STORE_TIMEOUT.as_millis()
             ))),
         };
+        if result.is_err() {
+            self.failures.fetch_add(1, Relaxed);
+        }
         match &result {
             Ok(_) if self.degraded.swap(false, Relaxed) => {
                 tracing::info!("the shared token cache answers again");
@@ -250,5 +262,13 @@ impl SharedStoreSource {
 impl TokenSource for SharedStoreSource {
     fn fetch(self: Arc<Self>) -> BoxFuture<'static, Result<GrantedToken, Error>> {
         Box::pin(async move { self.shared_or_fetch().await })
+    }
+
+    fn shared_counts(&self) -> Option<SharedCounts> {
+        Some(SharedCounts {
+            token_requests: self.token_requests.load(Relaxed),
+            hits: self.hits.load(Relaxed),
+            failures: self.failures.load(Relaxed),
+        })
     }
 }

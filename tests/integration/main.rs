@@ -4,6 +4,8 @@
 mod common;
 mod faults;
 mod grant;
+#[cfg(all(feature = "redis", feature = "webhooks"))]
+mod hostile_redis;
 mod hygiene;
 mod layer;
 mod middleware;

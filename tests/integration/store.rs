@@ -371,6 +371,43 @@ async fn requests_keep_working_while_redis_is_down_and_share_again_once_it_is_ba
 }
 
 #[tokio::test]
+async fn stats_tell_token_requests_shared_hits_and_shared_failures_apart() -> TestResult {
+    let (server, mut redis) = (sandbox().await, RedisServer::start());
+    let a = process(&server, &redis, credentials(&server));
+    let b = process(&server, &redis, credentials(&server));
+    a.token().await?;
+    b.token().await?;
+    assert_eq!(server.token_requests(), 1);
+    let (a_stats, b_stats) = (a.stats(), b.stats());
+    // A asked the auth server; B took A's token from Redis, with no token request.
+    let counts = |s: &understory_auth::CacheStats| {
+        (
+            s.fetches,
+            s.token_requests,
+            s.shared_hits,
+            s.shared_failures,
+        )
+    };
+    assert_eq!(counts(&a_stats), (1, 1, 0, 0));
+    assert_eq!(counts(&b_stats), (1, 0, 1, 0));
+    assert_eq!((b_stats.fetch_successes, b_stats.fetch_failures), (1, 0));
+
+    // Redis down: B's next fetch counts the failure and asks the auth server itself.
+    redis.stop();
+    server.revoke_all_tokens();
+    let me = format!("{}/v1/me", server.api_base());
+    assert_eq!(client(b.clone()).get(&me).send().await?.status(), 200);
+    assert_eq!(server.token_requests(), 2);
+    let b_stats = b.stats();
+    assert_eq!(
+        (b_stats.fetches, b_stats.token_requests, b_stats.shared_hits),
+        (2, 1, 1)
+    );
+    assert_eq!(b_stats.shared_failures, 1, "{b_stats:?}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_token_the_api_rejects_is_replaced_once_for_the_whole_fleet() -> TestResult {
     let (server, redis) = (sandbox().await, RedisServer::start());
     let me = format!("{}/v1/me", server.api_base());
