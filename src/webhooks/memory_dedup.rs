@@ -346,7 +346,11 @@ mod tests {
         assert_eq!(dedup.ids.lock().live.len(), 2);
         assert_eq!(claim(&dedup, "c", "x").await, Done);
         assert_eq!(claim(&dedup, "b", "x").await, Done);
-        assert_eq!(claim(&dedup, "a", "x").await, New, "the oldest was forgotten");
+        assert_eq!(
+            claim(&dedup, "a", "x").await,
+            New,
+            "the oldest was forgotten"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -311,9 +311,10 @@ async fn the_service_sees_the_buffered_length_and_no_transfer_encoding() {
     let body = event_body("evt-1");
     let mut request = signed("msg_1", &body, Full::new(body.clone()));
     request.headers_mut().insert("content-length", 5.into());
-    request
-        .headers_mut()
-        .insert("transfer-encoding", http::HeaderValue::from_static("chunked"));
+    request.headers_mut().insert(
+        "transfer-encoding",
+        http::HeaderValue::from_static("chunked"),
+    );
     let response = service.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let headers = seen.lock().pop().unwrap();
