@@ -4,7 +4,9 @@
 //! no credentials needed, the built-in `WebhookSandbox` signs and delivers a few webhooks to
 //! it the way Understory does (an authentic one, a tampered one, a retry, a stale one, an
 //! event type this version does not know), and the example prints what was accepted and
-//! what was refused, then exits.
+//! what was refused, then exits. With deduplication, a retry of a processed webhook is
+//! acknowledged (200) without reaching the handler; one that arrives while its first run is
+//! still going would get 409, so that Understory retries it later.
 //!
 //! For your real receiver, give `WebhookVerifier::new` the subscription's signing secret
 //! (`whsec_…`) instead of the sandbox's.
@@ -91,6 +93,7 @@ async fn run() -> Result {
         let verdict = match status.as_u16() {
             200 => "acknowledged, not processed again",
             204 => "accepted and processed",
+            409 => "not yet: a run of this id is still going; the sender retries later",
             401 => "refused: not signed by Understory, or outside the time tolerance",
             _ => "refused",
         };

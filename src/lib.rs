@@ -244,8 +244,11 @@
 //! | DEBUG | `store::source` | took the access token from the shared cache | `left_secs`, `generation` |
 //! | WARN | `webhooks::layer` | refused a webhook | `status`, `error` |
 //! | WARN | `webhooks::layer` | webhook deduplication failed; answering 503 so that it is redelivered | `webhook_id`, `error` |
-//! | WARN | `webhooks::layer` | could not release a webhook id after its processing failed; its redelivery will be acknowledged unprocessed | `webhook_id`, `error` |
+//! | WARN | `webhooks::layer` | could not release a webhook id after its processing failed; its redeliveries are answered 409 until the lease runs out | `webhook_id`, `error` |
+//! | WARN | `webhooks::layer` | could not record a webhook id as processed; a redelivery after the lease will be processed again | `webhook_id`, `error` |
 //! | DEBUG | `webhooks::layer` | acknowledged a redelivered webhook without processing it | `webhook_id` |
+//! | DEBUG | `webhooks::layer` | a webhook with this id is being processed; answering 409 so that it is redelivered later | `webhook_id` |
+//! | DEBUG | `webhooks::layer` | a webhook's processing was dropped before it finished; releasing its id | `webhook_id` |
 //! | DEBUG | `testing::server` | sandbox: accepting a connection failed / could not disable Nagle's algorithm / connection closed with an error | `error` |
 //!
 //! The fields:

@@ -8,9 +8,11 @@
 //!   [`WebhookEvent`], or a [`WebhookError`] that says what was wrong;
 //! * [`WebhookLayer`] does it in a tower stack (axum, hyper): it buffers the body up to the
 //!   limit, answers refusals itself and hands the inner service the same bytes with the
-//!   event in the request's extensions; optionally it acknowledges a redelivered
-//!   `webhook-id` without processing it again ([`WebhookDedup`], [`MemoryWebhookDedup`],
-//!   and with feature `redis` [`RedisWebhookDedup`]).
+//!   event in the request's extensions; optionally it processes each `webhook-id` once:
+//!   a redelivery of an id already processed is acknowledged without being processed again,
+//!   one whose processing is still going is answered `409` (retry later)
+//!   ([`WebhookDedup`], [`MemoryWebhookDedup`], and with feature `redis`
+//!   [`RedisWebhookDedup`]).
 //!
 //! With feature `test-util`, [`testing::WebhookSandbox`](crate::testing::WebhookSandbox)
 //! signs and delivers webhooks, to test a receiver without Understory;
@@ -30,7 +32,10 @@ mod redis_dedup;
 mod secret;
 mod verifier;
 
-pub use dedup::{WebhookDedup, WebhookDedupError};
+pub use dedup::{
+    DEFAULT_WEBHOOK_DEDUP_LEASE, MAX_WEBHOOK_DEDUP_DURATION, WebhookDedup, WebhookDedupError,
+    WebhookIdState,
+};
 pub use error::WebhookError;
 pub use event::{BookingCreated, WebhookEvent, WebhookPayload};
 pub use layer::{VerifyWebhook, WebhookFuture, WebhookLayer};
@@ -41,7 +46,9 @@ pub use memory_dedup::{
 pub use redis_dedup::RedisWebhookDedup;
 #[cfg(feature = "test-util")]
 pub(crate) use secret::WebhookSecret;
-pub use verifier::{DEFAULT_WEBHOOK_BODY_LIMIT, DEFAULT_WEBHOOK_TOLERANCE, WebhookVerifier};
+pub use verifier::{
+    DEFAULT_WEBHOOK_BODY_LIMIT, DEFAULT_WEBHOOK_TOLERANCE, MAX_WEBHOOK_ID_BYTES, WebhookVerifier,
+};
 #[cfg(feature = "test-util")]
 pub(crate) use verifier::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 

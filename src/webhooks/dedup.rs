@@ -1,52 +1,145 @@
-//! [`WebhookDedup`]: "has this `webhook-id` been processed already?", for [`WebhookLayer`].
+//! [`WebhookDedup`]: which state a `webhook-id` is in (new, being processed, processed), for
+//! [`WebhookLayer`].
 //!
 //! [`WebhookLayer`]: crate::webhooks::WebhookLayer
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
-/// Where [`WebhookLayer::dedup`](crate::webhooks::WebhookLayer::dedup) records the `webhook-id`s it
-/// has let through, so that a redelivery (Understory retries with the same id) is
-/// acknowledged without being processed twice.
+/// How long a claim on a `webhook-id` holds unless
+/// [`WebhookLayer::dedup_lease`](crate::webhooks::WebhookLayer::dedup_lease) says otherwise: 5
+/// minutes. While a run of the handler holds the claim, redeliveries of its id are answered
+/// `409 Conflict` (retry later). A run that finishes, fails or is dropped gives the claim up at
+/// once; the lease only matters when the process running it dies (a crash, a redeploy): its
+/// redeliveries are answered `409` until the lease runs out, then processed. Keep the lease
+/// longer than the handler's longest run: a run that outlasts it no longer keeps a redelivery
+/// from being processed at the same time.
 ///
-/// The layer [`claim`](Self::claim)s an id after verifying its signature (so only ids
-/// Understory signed are ever stored) and before calling the inner service; if the inner
-/// service fails or answers anything but a 2xx, it [`release`](Self::release)s the id, so
-/// Understory's retry is processed. Implementations: [`MemoryWebhookDedup`] for one
-/// process, [`RedisWebhookDedup`](crate::webhooks::RedisWebhookDedup) (feature `redis`) for a fleet.
+/// ```
+/// # use std::time::Duration;
+/// assert_eq!(understory_auth::webhooks::DEFAULT_WEBHOOK_DEDUP_LEASE, Duration::from_secs(5 * 60));
+/// ```
+pub const DEFAULT_WEBHOOK_DEDUP_LEASE: Duration = Duration::from_secs(5 * 60);
+
+/// The longest ttl or lease a dedup store keeps: 365 days. Longer settings are saturated to
+/// it (so `Duration::MAX` means "as long as a store can"), shorter than a millisecond rounded
+/// up to one.
+///
+/// ```
+/// # use std::time::Duration;
+/// assert_eq!(understory_auth::webhooks::MAX_WEBHOOK_DEDUP_DURATION, Duration::from_secs(365 * 24 * 60 * 60));
+/// ```
+pub const MAX_WEBHOOK_DEDUP_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// `duration` within what a store keeps: at least 1 ms, at most [`MAX_WEBHOOK_DEDUP_DURATION`].
+pub(crate) fn bounded(duration: Duration) -> Duration {
+    duration.clamp(Duration::from_millis(1), MAX_WEBHOOK_DEDUP_DURATION)
+}
+
+/// The state a [`WebhookDedup`] store found a `webhook-id` in when it was
+/// [claimed](WebhookDedup::claim).
+///
+/// ```
+/// use understory_auth::webhooks::WebhookIdState;
+///
+/// let state = WebhookIdState::New;
+/// assert_ne!(state, WebhookIdState::Done);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WebhookIdState {
+    /// Not seen, released, or its previous claim's lease ran out: the caller now holds the
+    /// claim and processes the webhook.
+    New,
+    /// Another run (in this process or another) holds a claim whose lease has not run out:
+    /// the layer answers `409 Conflict`, so that the sender retries later.
+    InProgress,
+    /// A run completed with a 2xx within the ttl: the layer answers `200 OK` without
+    /// processing it again.
+    Done,
+}
+
+/// Where [`WebhookLayer::dedup`](crate::webhooks::WebhookLayer::dedup) records the state of the
+/// `webhook-id`s it lets through, so that a redelivery (Understory retries with the same id
+/// until it gets a 2xx) is processed only if no run of its id succeeded, and never while
+/// another run of it is going.
+///
+/// The layer, for each webhook whose signature verified:
+///
+/// 1. [`claim`](Self::claim)s its key (the layer's namespace and the `webhook-id`) with an
+///    `owner` token unique to this run, for a lease. The store answers the state it found:
+///    [`New`](WebhookIdState::New) (now claimed: the handler is called),
+///    [`InProgress`](WebhookIdState::InProgress) (`409 Conflict`) or
+///    [`Done`](WebhookIdState::Done) (`200 OK`).
+/// 2. If the handler answered a 2xx, [`complete`](Self::complete)s it: the key is done for
+///    the ttl, whoever holds the claim by then (the webhook was processed).
+/// 3. Otherwise (an error, a non-2xx answer, or the request was dropped before the handler
+///    finished), [`release`](Self::release)s it, if `owner` still holds it.
+///
+/// Each of the three must be atomic. Implementations: [`MemoryWebhookDedup`] for one
+/// process, [`RedisWebhookDedup`](crate::webhooks::RedisWebhookDedup) (feature `redis`) for a
+/// fleet.
 ///
 /// [`MemoryWebhookDedup`]: crate::webhooks::MemoryWebhookDedup
 ///
 /// ```
-/// use std::collections::HashSet;
-/// use understory_auth::webhooks::{WebhookDedup, WebhookDedupError};
+/// use std::collections::HashMap;
+/// use std::time::Duration;
+/// use understory_auth::webhooks::{WebhookDedup, WebhookDedupError, WebhookIdState};
 ///
-/// /// Never forgets (a real store must expire its ids).
+/// /// Never forgets, and ignores leases (a real store must expire both).
 /// #[derive(Default)]
-/// struct Forever(parking_lot::Mutex<HashSet<String>>);
+/// struct Forever(parking_lot::Mutex<HashMap<String, Option<String>>>);
 ///
 /// #[async_trait::async_trait]
 /// impl WebhookDedup for Forever {
-///     async fn claim(&self, id: &str) -> Result<bool, WebhookDedupError> {
-///         Ok(self.0.lock().insert(id.to_owned()))
+///     async fn claim(&self, key: &str, owner: &str, _lease: Duration) -> Result<WebhookIdState, WebhookDedupError> {
+///         let mut keys = self.0.lock();
+///         Ok(match keys.get(key) {
+///             None => {
+///                 keys.insert(key.to_owned(), Some(owner.to_owned()));
+///                 WebhookIdState::New
+///             }
+///             Some(Some(_)) => WebhookIdState::InProgress,
+///             Some(None) => WebhookIdState::Done,
+///         })
 ///     }
-///     async fn release(&self, id: &str) -> Result<(), WebhookDedupError> {
-///         self.0.lock().remove(id);
+///     async fn complete(&self, key: &str, _owner: &str) -> Result<(), WebhookDedupError> {
+///         self.0.lock().insert(key.to_owned(), None);
+///         Ok(())
+///     }
+///     async fn release(&self, key: &str, owner: &str) -> Result<(), WebhookDedupError> {
+///         let mut keys = self.0.lock();
+///         if keys.get(key).is_some_and(|held| held.as_deref() == Some(owner)) {
+///             keys.remove(key);
+///         }
 ///         Ok(())
 ///     }
 /// }
 /// ```
 #[async_trait]
 pub trait WebhookDedup: Send + Sync + 'static {
-    /// Records `id` as being processed: `true` if it was not recorded yet (process the
-    /// webhook), `false` if it was (a redelivery: acknowledge it, do not process it).
-    /// Must be atomic: of two concurrent claims of one id, one gets `true`.
-    async fn claim(&self, id: &str) -> Result<bool, WebhookDedupError>;
+    /// If `key` is new (never claimed, released, or its claim's lease ran out), claims it for
+    /// `owner` for `lease` and answers [`New`](WebhookIdState::New); else answers the state it
+    /// is in, unchanged. Atomic: of two concurrent claims of one key, one gets `New`.
+    async fn claim(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<WebhookIdState, WebhookDedupError>;
 
-    /// Forgets `id`, after its processing failed, so that the next delivery is processed.
-    async fn release(&self, id: &str) -> Result<(), WebhookDedupError>;
+    /// Records `key` as processed (a run answered 2xx), for the store's ttl, replacing any
+    /// claim on it.
+    async fn complete(&self, key: &str, owner: &str) -> Result<(), WebhookDedupError>;
+
+    /// Forgets `owner`'s claim on `key` (its run failed or was dropped), so that the next
+    /// delivery is processed; does nothing if `owner` no longer holds it (its lease ran out
+    /// and another run claimed it, or a run completed it).
+    async fn release(&self, key: &str, owner: &str) -> Result<(), WebhookDedupError>;
 }
 
 /// A [`WebhookDedup`] store failed (for example, Redis is unreachable).

@@ -11,6 +11,8 @@ use super::WebhookError;
 
 /// The prefix Standard Webhooks puts before the base64 of the key bytes.
 const SECRET_PREFIX: &str = "whsec_";
+/// What [`WebhookSecret::tag`] authenticates (no `.`, unlike every signed content).
+const NAMESPACE_LABEL: &[u8] = b"understory-auth webhook dedup namespace";
 
 /// The HMAC-SHA256 state of a Standard Webhooks secret, keyed once: verifying or signing a
 /// message clones it and feeds it the signed content.
@@ -47,6 +49,21 @@ impl WebhookSecret {
         mac
     }
 
+    /// A short tag naming this secret (the first 8 bytes of the HMAC, under it, of a fixed
+    /// label), for a dedup namespace: the same secret always gives the same tag, it reveals
+    /// nothing of the key, and it never equals a signature (a signed content holds two `.`,
+    /// the label none).
+    pub(crate) fn tag(&self) -> [u8; 8] {
+        let mut mac = self.keyed.clone();
+        mac.update(NAMESPACE_LABEL);
+        let full = mac.finalize().into_bytes();
+        let mut tag = [0; 8];
+        for (slot, byte) in tag.iter_mut().zip(full.iter()) {
+            *slot = *byte;
+        }
+        tag
+    }
+
     /// The `v1,<base64>` signature of a message, as a sender puts it in `webhook-signature`.
     #[cfg(any(test, feature = "test-util"))]
     pub(crate) fn sign(&self, id: &str, timestamp: &str, body: &[u8]) -> String {
@@ -80,6 +97,17 @@ mod tests {
             assert!(matches!(error, WebhookError::InvalidSecret));
             assert!(!error.to_string().contains("hunter2"));
         }
+    }
+
+    #[test]
+    fn tags_tell_secrets_apart_and_hold_nothing_of_the_key() {
+        let one = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let same = WebhookSecret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let other = WebhookSecret::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        assert_eq!(one.tag(), same.tag());
+        assert_ne!(one.tag(), other.tag());
+        let key = STANDARD.decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        assert!(!key.windows(4).any(|w| one.tag().windows(4).any(|t| t == w)));
     }
 
     #[test]

@@ -40,6 +40,15 @@ pub const DEFAULT_WEBHOOK_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 /// ```
 pub const DEFAULT_WEBHOOK_BODY_LIMIT: usize = 64 * 1024;
 
+/// The longest `webhook-id` accepted: 256 bytes. Standard Webhooks ids are short (`msg_`
+/// and a few dozen characters); a longer one is refused as malformed (`400`) before the
+/// body is read, which bounds what a deduplication store keeps per id.
+///
+/// ```
+/// assert_eq!(understory_auth::webhooks::MAX_WEBHOOK_ID_BYTES, 256);
+/// ```
+pub const MAX_WEBHOOK_ID_BYTES: usize = 256;
+
 /// The `webhook-id` header: the message id, the same on every retry of a delivery.
 pub(crate) const HEADER_ID: &str = "webhook-id";
 /// The `webhook-timestamp` header: Unix seconds of the delivery attempt.
@@ -234,6 +243,15 @@ impl WebhookVerifier {
         self.max_body_bytes
     }
 
+    /// The default deduplication namespace of a layer with this verifier: the hex of the
+    /// first secret's [tag](WebhookSecret::tag) (16 characters, nothing of the secret).
+    pub(crate) fn dedup_namespace(&self) -> String {
+        self.secrets
+            .first()
+            .map(|secret| secret.tag().iter().map(|b| format!("{b:02x}")).collect())
+            .unwrap_or_default()
+    }
+
     /// The error for a body over the limit.
     pub(crate) fn body_too_large(&self) -> WebhookError {
         WebhookError::BodyTooLarge {
@@ -251,6 +269,9 @@ impl WebhookVerifier {
         let id = header(headers, HEADER_ID)?;
         if id.is_empty() {
             return Err(malformed(HEADER_ID, "empty"));
+        }
+        if id.len() > MAX_WEBHOOK_ID_BYTES {
+            return Err(malformed(HEADER_ID, "longer than 256 bytes"));
         }
         let timestamp = header(headers, HEADER_TIMESTAMP)?;
         let signed_at = parse_timestamp(timestamp)?;

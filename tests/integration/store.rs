@@ -30,7 +30,7 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 // ---------------------------------------------------------------------------------------------
 
 /// A `redis-server` child process on 127.0.0.1, without persistence; killed on drop.
-struct RedisServer {
+pub(crate) struct RedisServer {
     port: u16,
     tls: Option<Tls>,
     child: Option<Child>,
@@ -44,7 +44,7 @@ struct Tls {
 
 impl RedisServer {
     /// Starts a server on a free port (retrying if another test took the port meanwhile).
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_with(None)
     }
 
@@ -82,7 +82,7 @@ impl RedisServer {
         panic!("redis-server did not start on a free port in 5 attempts");
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let scheme = if self.tls.is_some() {
             "rediss"
         } else {
@@ -96,7 +96,7 @@ impl RedisServer {
         self.tls.as_ref().expect("a TLS server").ca_pem.as_bytes()
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -104,14 +104,14 @@ impl RedisServer {
     }
 
     /// Starts the server again on the same port, empty.
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.stop();
         let child = spawn_redis(self.port, self.tls.as_ref());
         self.child = Some(child.expect("redis-server restarts on its port"));
     }
 
     /// A direct connection, to look at and meddle with what the store holds.
-    async fn connection(&self) -> redis::aio::MultiplexedConnection {
+    pub(crate) async fn connection(&self) -> redis::aio::MultiplexedConnection {
         let client = match &self.tls {
             None => redis::Client::open(self.url()),
             Some(tls) => redis::Client::build_with_tls(

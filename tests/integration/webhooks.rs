@@ -526,100 +526,603 @@ async fn a_body_over_the_limit_is_a_413_before_it_is_all_read() {
     );
 }
 
+/// Deduplication over loopback HTTP, for an axum `Router` and a bare hyper server alike:
+/// redeliveries while a run is going, senders that time out, concurrent copies, a failing
+/// store. Every scenario ends with the event processed (a run answered 2xx) exactly once,
+/// and every 2xx a sender gets is checked to come after that run.
+mod dedup {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use tokio::sync::{Semaphore, mpsc};
+    use understory_auth::webhooks::{WebhookDedup, WebhookDedupError, WebhookIdState};
+
+    use super::*;
+
+    /// The receiving handler, shared by both servers: counts its runs, how many ran at
+    /// once and how many succeeded; while `held`, each run waits for a permit of `gate`;
+    /// the first `fail` runs answer 500.
+    #[derive(Clone, Default)]
+    pub(super) struct Handler(Arc<Counters>);
+
+    #[derive(Default)]
+    pub(super) struct Counters {
+        calls: AtomicUsize,
+        running: AtomicUsize,
+        max_running: AtomicUsize,
+        succeeded: AtomicUsize,
+        fail: AtomicUsize,
+        held: AtomicBool,
+        gate: Gate,
+    }
+
+    /// A semaphore with no permit to start with.
+    pub(super) struct Gate(Semaphore);
+
+    impl Default for Gate {
+        fn default() -> Self {
+            Gate(Semaphore::new(0))
+        }
+    }
+
+    /// Counts a run as running until dropped (also when the server drops the handler).
+    struct Running(Arc<Counters>);
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.running.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Handler {
+        async fn run(&self) -> StatusCode {
+            let counters = &self.0;
+            counters.calls.fetch_add(1, Ordering::SeqCst);
+            let now = counters.running.fetch_add(1, Ordering::SeqCst) + 1;
+            counters.max_running.fetch_max(now, Ordering::SeqCst);
+            let _running = Running(counters.clone());
+            if counters.held.load(Ordering::SeqCst) {
+                counters.gate.0.acquire().await.expect("gate open").forget();
+            }
+            let fail = counters
+                .fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if fail {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                counters.succeeded.fetch_add(1, Ordering::SeqCst);
+                StatusCode::NO_CONTENT
+            }
+        }
+
+        pub(super) fn hold(&self) {
+            self.0.held.store(true, Ordering::SeqCst);
+        }
+
+        /// Lets the held runs go on, and the next ones run through.
+        pub(super) fn open(&self) {
+            self.0.held.store(false, Ordering::SeqCst);
+            self.0.gate.0.add_permits(64);
+        }
+
+        pub(super) fn fail_next(&self, runs: usize) {
+            self.0.fail.store(runs, Ordering::SeqCst);
+        }
+
+        pub(super) fn calls(&self) -> usize {
+            self.0.calls.load(Ordering::SeqCst)
+        }
+
+        pub(super) fn running(&self) -> usize {
+            self.0.running.load(Ordering::SeqCst)
+        }
+
+        pub(super) fn succeeded(&self) -> usize {
+            self.0.succeeded.load(Ordering::SeqCst)
+        }
+
+        /// The event was processed exactly once, never by two runs at once.
+        pub(super) fn assert_processed_once(&self) {
+            assert_eq!(self.succeeded(), 1, "successful runs");
+            assert_eq!(self.0.max_running.load(Ordering::SeqCst), 1, "runs at once");
+        }
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    pub(super) enum Server {
+        Axum,
+        Hyper,
+    }
+
+    pub(super) const SERVERS: [Server; 2] = [Server::Axum, Server::Hyper];
+
+    /// Serves `handler` behind `layer` on 127.0.0.1 with `server`; the webhook URL.
+    pub(super) async fn receiver(server: Server, layer: WebhookLayer, handler: &Handler) -> String {
+        match server {
+            Server::Axum => {
+                let handler = handler.clone();
+                let route = post(move || {
+                    let handler = handler.clone();
+                    async move { handler.run().await }
+                });
+                let app = Router::new().route("/webhooks", route.route_layer(layer));
+                let (addr, _server) = serve(app).await;
+                format!("http://{addr}/webhooks")
+            }
+            Server::Hyper => {
+                let handler = handler.clone();
+                let inner = service_fn(move |_: Request<Full<Bytes>>| {
+                    let handler = handler.clone();
+                    async move {
+                        let mut response = Response::new(Full::<Bytes>::default());
+                        *response.status_mut() = handler.run().await;
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let service = layer.layer(inner);
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let addr = listener.local_addr().expect("address");
+                tokio::spawn(async move {
+                    while let Ok((stream, _)) = listener.accept().await {
+                        let service = service.clone();
+                        tokio::spawn(async move {
+                            let hyper_service =
+                                hyper::service::service_fn(move |request: Request<Incoming>| {
+                                    service.clone().oneshot(request)
+                                });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), hyper_service)
+                                .await;
+                        });
+                    }
+                });
+                format!("http://{addr}/webhooks")
+            }
+        }
+    }
+
+    /// Delivers `message` to `url`, checking that a 2xx comes only after a run succeeded.
+    pub(super) async fn send(
+        sandbox: &WebhookSandbox,
+        url: &str,
+        message: &WebhookMessage,
+        handler: &Handler,
+    ) -> u16 {
+        let status = sandbox.deliver(url, message).await.expect("delivered");
+        if status.is_success() {
+            assert!(
+                handler.succeeded() >= 1,
+                "answered {status} before any run succeeded"
+            );
+        }
+        status.as_u16()
+    }
+
+    /// Waits (up to 10 s) until `done` holds.
+    pub(super) async fn until(what: &str, done: impl Fn() -> bool) {
+        for _ in 0..2000 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("timed out waiting until {what}");
+    }
+
+    /// Redelivers `message` while it is answered 409 (as a sender retries), at most 100
+    /// times; the first other answer.
+    pub(super) async fn redeliver(
+        sandbox: &WebhookSandbox,
+        url: &str,
+        message: &WebhookMessage,
+        handler: &Handler,
+    ) -> u16 {
+        for _ in 0..100 {
+            let status = send(sandbox, url, &message.retry(), handler).await;
+            if status != 409 {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("still 409 after 100 redeliveries");
+    }
+
+    /// A slow first run: a redelivery meanwhile is answered 409 (not 200, which would stop
+    /// the sender); the first run then fails, and the next redelivery is processed.
+    pub(super) async fn slow_run_fails_while_redelivered(
+        sandbox: &WebhookSandbox,
+        first: &str,
+        second: &str,
+        handler: &Handler,
+    ) {
+        handler.hold();
+        handler.fail_next(1);
+        let message = sandbox.booking_created();
+        let delivery = {
+            let (sandbox, url, message) = (
+                WebhookSandbox::with_secret(sandbox.secret()).unwrap(),
+                first.to_owned(),
+                message.clone(),
+            );
+            let handler = handler.clone();
+            tokio::spawn(async move { send(&sandbox, &url, &message, &handler).await })
+        };
+        until("the first run started", || handler.calls() == 1).await;
+        assert_eq!(send(sandbox, second, &message.retry(), handler).await, 409);
+        assert_eq!(send(sandbox, first, &message.retry(), handler).await, 409);
+        handler.open();
+        assert_eq!(delivery.await.unwrap(), 500);
+        assert_eq!(send(sandbox, second, &message.retry(), handler).await, 204);
+        assert_eq!(send(sandbox, first, &message.retry(), handler).await, 200);
+        assert_eq!(send(sandbox, second, &message.retry(), handler).await, 200);
+        assert_eq!(handler.calls(), 2);
+        handler.assert_processed_once();
+    }
+
+    /// Twenty copies of one delivery at once: one run, nineteen 409s while it goes, its
+    /// 204 after it, and 200 for any copy after that.
+    pub(super) async fn twenty_at_once(sandbox: &WebhookSandbox, urls: &[&str], handler: &Handler) {
+        handler.hold();
+        let message = sandbox.booking_created();
+        let (answers, mut answered) = mpsc::unbounded_channel();
+        for copy in 0..20 {
+            let (sandbox, url, message) = (
+                WebhookSandbox::with_secret(sandbox.secret()).unwrap(),
+                urls[copy % urls.len()].to_owned(),
+                message.clone(),
+            );
+            let (handler, answers) = (handler.clone(), answers.clone());
+            tokio::spawn(async move {
+                let status = send(&sandbox, &url, &message.retry(), &handler).await;
+                let _ = answers.send(status);
+            });
+        }
+        // A copy that panics (a 2xx too early) drops its sender: `recv` then ends.
+        drop(answers);
+        for _ in 0..19 {
+            assert_eq!(answered.recv().await, Some(409));
+        }
+        assert_eq!(handler.calls(), 1);
+        assert_eq!(handler.succeeded(), 0, "nothing was processed yet");
+        handler.open();
+        assert_eq!(answered.recv().await, Some(204));
+        for url in urls {
+            assert_eq!(send(sandbox, url, &message.retry(), handler).await, 200);
+        }
+        assert_eq!(handler.calls(), 1);
+        handler.assert_processed_once();
+    }
+
+    /// A sender that gives up mid-run (the server drops the handler's future) and
+    /// redelivers later: the claim was released, so the redelivery is processed.
+    pub(super) async fn sender_times_out_mid_run(
+        sandbox: &WebhookSandbox,
+        first: &str,
+        second: &str,
+        handler: &Handler,
+    ) {
+        handler.hold();
+        let message = sandbox.booking_created();
+        let impatient = reqwest::Client::builder()
+            .timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let gave_up = impatient
+            .post(first)
+            .headers(sandbox.headers(&message))
+            .body(message.body().to_vec())
+            .send()
+            .await;
+        assert!(gave_up.is_err_and(|e| e.is_timeout()));
+        until("the server dropped the run", || handler.running() == 0).await;
+        assert_eq!(handler.calls(), 1);
+        assert_eq!(handler.succeeded(), 0);
+        handler.open();
+        assert_eq!(redeliver(sandbox, second, &message, handler).await, 204);
+        assert_eq!(send(sandbox, first, &message.retry(), handler).await, 200);
+        assert_eq!(handler.calls(), 2);
+        handler.assert_processed_once();
+    }
+
+    fn memory_layer(sandbox: &WebhookSandbox) -> WebhookLayer {
+        layer_for(sandbox).dedup(MemoryWebhookDedup::new())
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_during_a_slow_run_that_then_fails_is_processed_later() {
+        for server in SERVERS {
+            let sandbox = WebhookSandbox::new();
+            let handler = Handler::default();
+            let url = receiver(server, memory_layer(&sandbox), &handler).await;
+            slow_run_fails_while_redelivered(&sandbox, &url, &url, &handler).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn twenty_concurrent_deliveries_of_one_id_run_the_handler_once() {
+        for server in SERVERS {
+            let sandbox = WebhookSandbox::new();
+            let handler = Handler::default();
+            let url = receiver(server, memory_layer(&sandbox), &handler).await;
+            twenty_at_once(&sandbox, &[&url], &handler).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sender_timing_out_mid_run_gets_its_redelivery_processed() {
+        for server in SERVERS {
+            let sandbox = WebhookSandbox::new();
+            let handler = Handler::default();
+            let url = receiver(server, memory_layer(&sandbox), &handler).await;
+            sender_times_out_mid_run(&sandbox, &url, &url, &handler).await;
+        }
+    }
+
+    /// A store that fails while `down`.
+    #[derive(Clone, Default)]
+    struct Flaky {
+        down: Arc<AtomicBool>,
+        store: MemoryWebhookDedup,
+    }
+
+    impl Flaky {
+        fn check(&self) -> Result<(), WebhookDedupError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(WebhookDedupError::new("the store is down"));
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl WebhookDedup for Flaky {
+        async fn claim(
+            &self,
+            key: &str,
+            owner: &str,
+            lease: Duration,
+        ) -> Result<WebhookIdState, WebhookDedupError> {
+            self.check()?;
+            self.store.claim(key, owner, lease).await
+        }
+        async fn complete(&self, key: &str, owner: &str) -> Result<(), WebhookDedupError> {
+            self.check()?;
+            self.store.complete(key, owner).await
+        }
+        async fn release(&self, key: &str, owner: &str) -> Result<(), WebhookDedupError> {
+            self.check()?;
+            self.store.release(key, owner).await
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_store_answers_503_until_it_is_back() {
+        for server in SERVERS {
+            let sandbox = WebhookSandbox::new();
+            let handler = Handler::default();
+            let store = Flaky::default();
+            store.down.store(true, Ordering::SeqCst);
+            let url = receiver(server, layer_for(&sandbox).dedup(store.clone()), &handler).await;
+            let message = sandbox.booking_created();
+            for _ in 0..3 {
+                assert_eq!(send(&sandbox, &url, &message.retry(), &handler).await, 503);
+            }
+            assert_eq!(handler.calls(), 0);
+            store.down.store(false, Ordering::SeqCst);
+            assert_eq!(send(&sandbox, &url, &message.retry(), &handler).await, 204);
+            assert_eq!(send(&sandbox, &url, &message.retry(), &handler).await, 200);
+            handler.assert_processed_once();
+        }
+    }
+}
+
 /// `RedisWebhookDedup`: a fleet of receivers sharing one real `redis-server` (started by
 /// the test on a free loopback port, killed when it ends).
 #[cfg(feature = "redis")]
 mod redis_dedup {
-    use std::process::{Child, Command, Stdio};
     use std::time::Duration;
 
-    use understory_auth::webhooks::{RedisWebhookDedup, WebhookDedup};
+    use redis::AsyncCommands;
+    use understory_auth::webhooks::{
+        MAX_WEBHOOK_DEDUP_DURATION, RedisWebhookDedup, WebhookDedup, WebhookIdState,
+    };
 
+    use super::dedup::{
+        Handler, SERVERS, Server, receiver, redeliver, send, sender_times_out_mid_run,
+        slow_run_fails_while_redelivered, twenty_at_once,
+    };
     use super::*;
+    use crate::store::RedisServer;
 
-    /// A `redis-server` on 127.0.0.1, killed on drop.
-    struct Redis {
-        url: String,
-        child: Child,
+    /// One receiving "process" of a fleet: its own layer and Redis store.
+    fn process(sandbox: &WebhookSandbox, redis: &RedisServer) -> WebhookLayer {
+        layer_for(sandbox).dedup(RedisWebhookDedup::new(&redis.url()).unwrap())
     }
 
-    impl Drop for Redis {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+    /// Two processes (an axum one and a hyper one) sharing `redis`; their URLs.
+    async fn fleet(
+        sandbox: &WebhookSandbox,
+        redis: &RedisServer,
+        handler: &Handler,
+    ) -> [String; 2] {
+        [
+            receiver(Server::Axum, process(sandbox, redis), handler).await,
+            receiver(Server::Hyper, process(sandbox, redis), handler).await,
+        ]
+    }
+
+    #[tokio::test]
+    async fn claims_are_shared_by_the_fleet_and_done_ids_expire() {
+        let redis = RedisServer::start();
+        let lease = Duration::from_secs(60);
+        let a = RedisWebhookDedup::new(&redis.url()).unwrap();
+        let b = RedisWebhookDedup::new(&redis.url())
+            .unwrap()
+            .ttl(Duration::from_millis(300));
+        assert_eq!(
+            a.claim("ns:msg_1", "a", lease).await.unwrap(),
+            WebhookIdState::New
+        );
+        assert_eq!(
+            b.claim("ns:msg_1", "b", lease).await.unwrap(),
+            WebhookIdState::InProgress
+        );
+        b.release("ns:msg_1", "b").await.unwrap(); // not b's claim: nothing happens
+        assert_eq!(
+            b.claim("ns:msg_1", "b", lease).await.unwrap(),
+            WebhookIdState::InProgress
+        );
+        a.release("ns:msg_1", "a").await.unwrap();
+        assert_eq!(
+            b.claim("ns:msg_1", "b", lease).await.unwrap(),
+            WebhookIdState::New
+        );
+        b.complete("ns:msg_1", "b").await.unwrap();
+        assert_eq!(
+            a.claim("ns:msg_1", "a", lease).await.unwrap(),
+            WebhookIdState::Done
+        );
+        // b's completion had a 300 ms lifetime: gone once Redis expired it.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            a.claim("ns:msg_1", "a", lease).await.unwrap(),
+            WebhookIdState::New
+        );
+    }
+
+    #[tokio::test]
+    async fn a_claim_of_a_dead_process_is_taken_over_after_its_lease() {
+        let redis = RedisServer::start();
+        let sandbox = WebhookSandbox::new();
+        let handler = Handler::default();
+        let layer = process(&sandbox, &redis).dedup_namespace("fleet");
+        let url = receiver(Server::Hyper, layer, &handler).await;
+        let message = sandbox.booking_created();
+        // A process claimed the id with a short lease, then died.
+        let dead = RedisWebhookDedup::new(&redis.url()).unwrap();
+        let key = format!("fleet:{}", message.id());
+        let lease = Duration::from_millis(500);
+        assert_eq!(
+            dead.claim(&key, "dead", lease).await.unwrap(),
+            WebhookIdState::New
+        );
+        assert_eq!(send(&sandbox, &url, &message, &handler).await, 409);
+        assert_eq!(handler.calls(), 0);
+        assert_eq!(redeliver(&sandbox, &url, &message, &handler).await, 204);
+        assert_eq!(send(&sandbox, &url, &message.retry(), &handler).await, 200);
+        handler.assert_processed_once();
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_to_another_process_during_a_slow_run_that_fails_is_processed_later() {
+        let redis = RedisServer::start();
+        let sandbox = WebhookSandbox::new();
+        let handler = Handler::default();
+        let [first, second] = fleet(&sandbox, &redis, &handler).await;
+        slow_run_fails_while_redelivered(&sandbox, &first, &second, &handler).await;
+    }
+
+    #[tokio::test]
+    async fn twenty_concurrent_deliveries_across_the_fleet_run_the_handler_once() {
+        let redis = RedisServer::start();
+        let sandbox = WebhookSandbox::new();
+        let handler = Handler::default();
+        let [first, second] = fleet(&sandbox, &redis, &handler).await;
+        twenty_at_once(&sandbox, &[&first, &second], &handler).await;
+    }
+
+    #[tokio::test]
+    async fn a_sender_timing_out_mid_run_gets_its_redelivery_processed_by_another_process() {
+        let redis = RedisServer::start();
+        let sandbox = WebhookSandbox::new();
+        let handler = Handler::default();
+        let [first, second] = fleet(&sandbox, &redis, &handler).await;
+        sender_times_out_mid_run(&sandbox, &first, &second, &handler).await;
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_answers_503_until_it_is_back() {
+        for server in SERVERS {
+            let mut redis = RedisServer::start();
+            redis.stop();
+            let sandbox = WebhookSandbox::new();
+            let handler = Handler::default();
+            let url = receiver(server, process(&sandbox, &redis), &handler).await;
+            let message = sandbox.booking_created();
+            assert_eq!(send(&sandbox, &url, &message, &handler).await, 503);
+            assert_eq!(handler.calls(), 0);
+            redis.restart();
+            let status = loop {
+                // The store reconnects on a later call.
+                match send(&sandbox, &url, &message.retry(), &handler).await {
+                    503 => tokio::time::sleep(Duration::from_millis(50)).await,
+                    status => break status,
+                }
+            };
+            assert_eq!(status, 204, "{server:?}");
+            assert_eq!(send(&sandbox, &url, &message.retry(), &handler).await, 200);
+            handler.assert_processed_once();
         }
     }
 
-    fn start_redis() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (apt-get install redis-server)");
-        let redis = Redis {
-            url: format!("redis://127.0.0.1:{port}/"),
-            child,
-        };
-        let up = (0..500).any(|_| {
-            std::thread::sleep(Duration::from_millis(10));
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(up, "redis-server did not start on port {port}");
-        redis
+    #[tokio::test]
+    async fn subscriptions_with_different_secrets_sharing_redis_each_process_an_id() {
+        let redis = RedisServer::start();
+        let (one, other) = (WebhookSandbox::new(), WebhookSandbox::new());
+        let (handler_one, handler_other) = (Handler::default(), Handler::default());
+        let url_one = receiver(Server::Axum, process(&one, &redis), &handler_one).await;
+        let url_other = receiver(Server::Hyper, process(&other, &redis), &handler_other).await;
+        // The sender reuses the message (and its id) for every subscribed endpoint.
+        let message = one.booking_created();
+        assert_eq!(send(&one, &url_one, &message, &handler_one).await, 204);
+        assert_eq!(
+            send(&other, &url_other, &message, &handler_other).await,
+            204
+        );
+        assert_eq!(
+            send(&other, &url_other, &message.retry(), &handler_other).await,
+            200
+        );
+        handler_one.assert_processed_once();
+        handler_other.assert_processed_once();
+        // Two keys, neither holding a secret.
+        let keys: Vec<String> = redis
+            .connection()
+            .await
+            .keys("understory-auth:webhook:*")
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        for sandbox in [&one, &other] {
+            let key = sandbox.secret().trim_start_matches("whsec_");
+            assert!(keys.iter().all(|k| !k.contains(key)));
+        }
     }
 
     #[tokio::test]
-    async fn claims_are_shared_by_the_fleet_and_expire() {
-        let redis = start_redis();
-        let a = RedisWebhookDedup::new(&redis.url).unwrap();
-        let b = RedisWebhookDedup::new(&redis.url)
+    async fn the_longest_ttl_is_saturated_and_claims_still_work() {
+        let redis = RedisServer::start();
+        let dedup = RedisWebhookDedup::new(&redis.url())
             .unwrap()
-            .ttl(Duration::from_millis(300));
-        assert!(a.claim("msg_1").await.unwrap());
-        assert!(!b.claim("msg_1").await.unwrap());
-        a.release("msg_1").await.unwrap();
-        assert!(b.claim("msg_1").await.unwrap());
-        assert!(!a.claim("msg_1").await.unwrap());
-        // b's claim had a 300 ms lifetime: gone once Redis expired it.
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        assert!(a.claim("msg_1").await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn a_redelivery_to_another_receiver_of_the_fleet_is_acknowledged_unprocessed() {
-        let redis = start_redis();
-        let sandbox = WebhookSandbox::new();
-        let dedup = || RedisWebhookDedup::new(&redis.url).unwrap();
-        let first = Receiver::start(layer_for(&sandbox).dedup(dedup())).await;
-        let second = Receiver::start(layer_for(&sandbox).dedup(dedup())).await;
-        let message = sandbox.booking_created();
-        assert_eq!(deliver(&sandbox, &first, &message).await, 204);
-        assert_eq!(deliver(&sandbox, &second, &message.retry()).await, 200);
-        assert_eq!(first.processed() + second.processed(), 1);
-    }
-
-    #[tokio::test]
-    async fn an_unreachable_redis_answers_503_so_the_webhook_is_redelivered() {
-        let redis = start_redis();
-        let url = redis.url.clone();
-        drop(redis);
-        let sandbox = WebhookSandbox::new();
-        let dedup = RedisWebhookDedup::new(&url).unwrap();
-        let receiver = Receiver::start(layer_for(&sandbox).dedup(dedup)).await;
-        let message = sandbox.booking_created();
-        assert_eq!(deliver(&sandbox, &receiver, &message).await, 503);
-        assert_eq!(receiver.processed(), 0);
+            .ttl(Duration::MAX);
+        let lease = Duration::MAX;
+        assert_eq!(
+            dedup.claim("ns:a", "p", lease).await.unwrap(),
+            WebhookIdState::New
+        );
+        dedup.complete("ns:a", "p").await.unwrap();
+        assert_eq!(
+            dedup.claim("ns:a", "q", lease).await.unwrap(),
+            WebhookIdState::Done
+        );
+        let ttl: i64 = redis
+            .connection()
+            .await
+            .pttl("understory-auth:webhook:ns:a")
+            .await
+            .unwrap();
+        let max = i64::try_from(MAX_WEBHOOK_DEDUP_DURATION.as_millis()).unwrap();
+        assert!(ttl > 0 && ttl <= max, "{ttl}");
     }
 }

@@ -267,10 +267,18 @@ struct Broken;
 
 #[async_trait::async_trait]
 impl WebhookDedup for Broken {
-    async fn claim(&self, _: &str) -> Result<bool, WebhookDedupError> {
+    async fn claim(
+        &self,
+        _: &str,
+        _: &str,
+        _: std::time::Duration,
+    ) -> Result<WebhookIdState, WebhookDedupError> {
         Err(WebhookDedupError::new("broken"))
     }
-    async fn release(&self, _: &str) -> Result<(), WebhookDedupError> {
+    async fn complete(&self, _: &str, _: &str) -> Result<(), WebhookDedupError> {
+        Err(WebhookDedupError::new("broken"))
+    }
+    async fn release(&self, _: &str, _: &str) -> Result<(), WebhookDedupError> {
         Err(WebhookDedupError::new("broken"))
     }
 }
@@ -287,3 +295,113 @@ async fn a_failing_dedup_store_answers_503_without_processing() {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(recorder.calls.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn the_service_sees_the_buffered_length_and_no_transfer_encoding() {
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let recorded = seen.clone();
+    let inner = tower::service_fn(move |request: Request<Full<Bytes>>| {
+        let recorded = recorded.clone();
+        async move {
+            recorded.lock().push(request.headers().clone());
+            Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+        }
+    });
+    let service = layer().layer(inner);
+    let body = event_body("evt-1");
+    let mut request = signed("msg_1", &body, Full::new(body.clone()));
+    request.headers_mut().insert("content-length", 5.into());
+    request.headers_mut().insert(
+        "transfer-encoding",
+        http::HeaderValue::from_static("chunked"),
+    );
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = seen.lock().pop().unwrap();
+    assert_eq!(
+        headers.get_all("content-length").iter().collect::<Vec<_>>(),
+        [body.len().to_string().as_str()]
+    );
+    assert!(headers.get("transfer-encoding").is_none());
+    assert!(headers.get(HEADER_ID).is_some(), "the other headers stay");
+}
+
+#[tokio::test]
+async fn an_id_longer_than_the_cap_is_refused_as_malformed() {
+    let recorder = Recorder::new(StatusCode::OK);
+    let service = layer()
+        .dedup(MemoryWebhookDedup::new())
+        .layer(recorder.clone());
+    let body = event_body("evt-1");
+    let at_cap = "m".repeat(crate::webhooks::MAX_WEBHOOK_ID_BYTES);
+    let response = service
+        .clone()
+        .oneshot(signed(&at_cap, &body, Full::new(body.clone())))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let over = "m".repeat(crate::webhooks::MAX_WEBHOOK_ID_BYTES + 1);
+    let response = service
+        .oneshot(signed(&over, &body, Full::new(body.clone())))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(recorder.calls.load(Ordering::SeqCst), 1);
+}
+
+/// An inner service that never answers.
+#[derive(Clone, Default)]
+struct Hangs {
+    calls: Arc<AtomicUsize>,
+}
+
+impl Service<Request<Full<Bytes>>> for Hangs {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Pending<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::future::pending()
+    }
+}
+
+#[tokio::test]
+async fn a_run_dropped_before_it_finished_releases_its_id_and_a_concurrent_one_gets_409() {
+    let dedup = MemoryWebhookDedup::new();
+    let hangs = Hangs::default();
+    let service = layer().dedup(dedup.clone()).layer(hangs.clone());
+    let body = event_body("evt-1");
+    let mut first = service
+        .clone()
+        .oneshot(signed("msg_1", &body, Full::new(body.clone())));
+    // Run it until the inner service was called (the claim is held).
+    let polled = futures_util::poll!(&mut first);
+    assert!(polled.is_pending());
+    assert_eq!(hangs.calls.load(Ordering::SeqCst), 1);
+    let during = service
+        .clone()
+        .oneshot(signed("msg_1", &body, Full::new(body.clone())))
+        .now_or_never();
+    assert_eq!(
+        during.map(|r| r.unwrap().status()),
+        Some(StatusCode::CONFLICT)
+    );
+    // The sender went away: the server drops the future; the release runs on the runtime.
+    drop(first);
+    tokio::task::yield_now().await;
+    let recorder = Recorder::new(StatusCode::OK);
+    let service = layer().dedup(dedup).layer(recorder.clone());
+    let response = service
+        .oneshot(signed("msg_1", &body, Full::new(body.clone())))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(recorder.calls.load(Ordering::SeqCst), 1);
+}
+
+use futures_util::FutureExt;
