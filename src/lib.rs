@@ -161,6 +161,7 @@ mod credentials;
 mod error;
 mod grant;
 mod origin;
+mod rate_limit;
 pub mod scope;
 mod source;
 mod token;
@@ -194,6 +195,8 @@ pub use token::{AccessToken, TokenId};
 #[cfg(feature = "tower")]
 pub use layer::{BearerAuth, BearerAuthFuture, BearerAuthLayer, RetryOnUnauthorized};
 pub use origin::SkipAuth;
+#[cfg(any(feature = "middleware", feature = "tower"))]
+pub use rate_limit::{DEFAULT_RATE_LIMIT_RETRIES, RateLimitRetry, TooManyRequests};
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 #[cfg(feature = "shared-cache")]
