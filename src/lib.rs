@@ -88,6 +88,7 @@
 //! | DEBUG | `cache` | access token rejected; it will be replaced | `token_id` |
 //! | DEBUG | `cache` | a 401 for a token that replaced a rejected one; kept (the endpoint may need a scope the key lacks) | `token_id` |
 //! | DEBUG | `middleware` | the API rejected the access token (HTTP 401) | `token_id`, `retry` |
+//! | WARN | `rate_limit::retry` | the API is rate limiting requests (HTTP 429) | `wait_ms`, `resend` |
 //! | DEBUG | `grant` | token answer has no usable expires_in; assuming the default lifetime | |
 //! | DEBUG | `grant` | token answer's scope is not a list of RFC 6749 scopes; assuming the requested ones | |
 //! | WARN | `store::source` | the shared token cache is unavailable; fetching tokens directly until it answers | `error` |
@@ -119,6 +120,8 @@
 //!   shared one; `scopes`: its scopes, space-separated.
 //! * `background`: whether the request refreshes ahead of expiry (nobody waits for it);
 //!   `retry`: whether the rejected request is resent with a new token.
+//! * `wait_ms`: how long [`RateLimitRetry`] waits after a 429 (or would have: the
+//!   [`TooManyRequests`]'s wait); `resend`: whether it resends the request after it.
 //! * `key`, `generation`, `newest_seen`: the shared entry's store key (hashes of the
 //!   token URL, client id, audience and scopes, and of a key derived from the secret) and
 //!   generation numbers.
@@ -137,6 +140,9 @@
 //!   with rustls is a TLS setup failure told apart as not transient.
 //! * `middleware` (default): the reqwest-middleware integration.
 //! * `tower` (default): [`BearerAuthLayer`].
+//! * With `middleware` or `tower`: [`RateLimitRetry`], Understory's rate limit (HTTP 429:
+//!   back off for a minute) for API requests, as a reqwest middleware and a tower retry
+//!   policy.
 //! * `shared-cache`: a second-level token cache shared by a fleet of processes
 //!   ([`TokenStore`], [`UnderstoryAuthBuilder::shared_cache`]); `redis` adds [`RedisStore`].
 //! * `test-util`: [`testing::SandboxServer`], a local stand-in for Understory's auth server

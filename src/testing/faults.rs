@@ -146,8 +146,9 @@ pub enum EchoIn {
 /// A way for the API (`/v1/...`) to fail, for testing how a client copes.
 ///
 /// Queue one for the next API request with
-/// [`SandboxServer::push_api_fault`](super::SandboxServer::push_api_fault). A faulted request is
-/// still counted and recorded.
+/// [`SandboxServer::push_api_fault`](super::SandboxServer::push_api_fault), or make every API
+/// request fail with [`SandboxServer::set_api_fault`](super::SandboxServer::set_api_fault). A
+/// faulted request is still counted and recorded.
 ///
 /// ```
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -173,7 +174,10 @@ pub enum ApiFault {
     ServerError,
     /// 503 `{"code": "SERVICE_UNAVAILABLE", ...}`.
     Unavailable,
-    /// 429 `{"code": "TOO_MANY_REQUESTS", ...}`.
+    /// 429 `{"code": "TOO_MANY_REQUESTS", ...}`, Understory's rate limit. Understory documents
+    /// no `Retry-After` ("back off for at least one minute"): `retry_after: None` is what to
+    /// expect from it; a short `Some` keeps tests of a client that waits
+    /// ([`RateLimitRetry`](crate::RateLimitRetry)) short.
     TooManyRequests {
         /// The `Retry-After` header, in seconds; none is sent if `None`.
         retry_after: Option<u64>,

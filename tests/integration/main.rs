@@ -8,6 +8,7 @@ mod hygiene;
 mod layer;
 mod middleware;
 mod network;
+mod rate_limit;
 mod sandbox;
 mod soak;
 #[cfg(feature = "redis")]
