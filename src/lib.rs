@@ -63,6 +63,14 @@
 //! the retry is the [`RetryOnUnauthorized`] policy, placed outside [`BearerAuthLayer`].
 //! [`UnderstoryAuth::invalidate`] reports a 401 by hand and follows the same rule.
 //!
+//! # Rate limits (HTTP 429)
+//!
+//! Understory asks integrations that get a 429 to "back off for at least one minute". The
+//! crate does so for its own token requests (see [`Error::RateLimited`]); for your API
+//! requests, add [`RateLimitRetry`] to the reqwest-middleware chain or the tower stack: it
+//! waits for `Retry-After` or 60 s plus up to 30 s at random before resending, and gives a
+//! caller that cannot wait the 429 at once, as a [`TooManyRequests`] saying when to retry.
+//!
 //! # Security
 //!
 //! The client secret and tokens never appear in `Debug`, `Display`, errors or logs; the
