@@ -172,6 +172,7 @@ pub struct RateLimitRetry {
     jitter: fn() -> f64,
     /// As a tower policy: how many times this request was resent (tower clones the policy
     /// for each request).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(super) retries: u32,
 }
 
@@ -256,6 +257,7 @@ impl RateLimitRetry {
 
     /// Whether a request with `method`, resent `retries` times so far, may be resent once
     /// more after a 429 (if the wait allows): so whether to keep a copy of it.
+    #[cfg(feature = "middleware")]
     pub(crate) fn may_resend(&self, method: &Method, retries: u32) -> bool {
         retries < self.max_retries && (self.retry_non_idempotent || is_idempotent(method))
     }
