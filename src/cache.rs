@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use crate::Error;
 use crate::builder::{DEFAULT_EXPIRY_MARGIN, DEFAULT_REFRESH_AHEAD};
+use crate::rate_limit;
 use crate::source::TokenSource;
 use crate::token::{AccessToken, GrantedToken, Schedule, TokenId};
 
@@ -36,11 +37,6 @@ pub(crate) const PERMANENT_BACKOFF_MAX: Duration = Duration::from_secs(120);
 /// carrying it accepted in between, before it is dropped in turn; four times longer with
 /// each replacement dropped in a row, up to the token's lifetime.
 pub(crate) const INVALIDATION_COOLDOWN: Duration = Duration::from_secs(5);
-/// How long callers wait after the auth server answered 429 without `Retry-After`, before
-/// the random part ([`RATE_LIMIT_JITTER`]) is added: Understory asks for at least a minute.
-const RATE_LIMIT_BACKOFF: Duration = Duration::from_secs(60);
-/// The most added at random to [`RATE_LIMIT_BACKOFF`], so a fleet does not return in lockstep.
-const RATE_LIMIT_JITTER: Duration = Duration::from_secs(30);
 /// How long past a fetch's deadline (its start plus the load timeout) its callers still
 /// wait for it. A fetch runs on the runtime of the caller that started it; if nobody drives
 /// that runtime (a current-thread runtime left idle between `block_on` calls), its own
@@ -929,13 +925,11 @@ pub(crate) fn refresh_lead(lifetime: Duration, timing: Timing) -> Duration {
 
 /// The failure window after the `attempt`-th consecutive failure (`jitter` in `0.0..1.0`
 /// draws its random part). A rate limit (HTTP 429) waits for the server's `Retry-After`, or
-/// else [`RATE_LIMIT_BACKOFF`] plus up to [`RATE_LIMIT_JITTER`]. Other failures grow
+/// else [`RATE_LIMIT_BACKOFF`](rate_limit::RATE_LIMIT_BACKOFF) plus up to [`RATE_LIMIT_JITTER`](rate_limit::RATE_LIMIT_JITTER). Other failures grow
 /// exponentially, half of the window random, and are never shorter than a `Retry-After`.
 fn backoff(error: &Error, attempt: u32, jitter: f64) -> Duration {
     if error.is_rate_limited() {
-        return error
-            .retry_after()
-            .unwrap_or_else(|| RATE_LIMIT_BACKOFF + RATE_LIMIT_JITTER.mul_f64(jitter));
+        return rate_limit::wait(error.retry_after(), jitter);
     }
     let (base, max) = if error.is_transient() {
         (TRANSIENT_BACKOFF_BASE, TRANSIENT_BACKOFF_MAX)
@@ -949,10 +943,10 @@ fn backoff(error: &Error, attempt: u32, jitter: f64) -> Duration {
 }
 
 /// The shortest wait after `error`, even with a token about to expire: the server's
-/// `Retry-After` or [`RATE_LIMIT_BACKOFF`] for a rate limit, nothing otherwise.
+/// `Retry-After` or [`RATE_LIMIT_BACKOFF`](rate_limit::RATE_LIMIT_BACKOFF) for a rate limit, nothing otherwise.
 fn rate_limit_floor(error: &Error) -> Duration {
     match error.is_rate_limited() {
-        true => error.retry_after().unwrap_or(RATE_LIMIT_BACKOFF),
+        true => rate_limit::wait(error.retry_after(), 0.0),
         false => Duration::ZERO,
     }
 }

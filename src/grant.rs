@@ -15,8 +15,8 @@ use std::fmt;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use http::{HeaderValue, StatusCode};
 use secrecy::{ExposeSecret, SecretSlice};
 use serde_json::{Map, Value};
 use url::Url;
@@ -26,6 +26,7 @@ use crate::Error;
 use crate::credentials::{ClientAuthMethod, Credentials};
 use crate::error::error_chain;
 use crate::origin::origin_and_path;
+use crate::rate_limit::parse_retry_after;
 use crate::source::TokenSource;
 use crate::token::GrantedToken;
 
@@ -44,10 +45,6 @@ pub(crate) const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(1);
 /// The longest lifetime believed: larger `expires_in` values are clamped, so absurd
 /// numbers cannot overflow a clock, and the token is still replaced daily.
 pub(crate) const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
-/// The longest `Retry-After` honoured: 5 minutes; larger values are clamped to it. A server
-/// answering `Retry-After: 99999` to a process without a valid token would otherwise make
-/// every caller fail at once for a day.
-pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(5 * 60);
 
 /// Everything needed to send the token request, prepared once at build time.
 pub(crate) struct Grant {
@@ -246,24 +243,6 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, BodyEr
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-/// `Retry-After` in seconds, honoured only on 429 and 503 (the statuses RFC 9110 and RFC 6585
-/// give it a meaning for; on any other answer it is ignored), clamped to
-/// [`MAX_RETRY_AFTER`]. RFC 9110 also allows an HTTP date, which is ignored: the cache's own
-/// backoff applies then.
-pub(crate) fn parse_retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
-    if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE {
-        return None;
-    }
-    let secs: u64 = headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 /// Turns a token endpoint's answer into a token or an [`Error`]. Never panics; no error it
@@ -589,46 +568,6 @@ mod tests {
         for scope in [r"openid\u001b[31m", r"openid \u202edaer.gnikoob"] {
             let token = ok(&format!(r#"{{"access_token":"t","scope":"{scope}"}}"#)).unwrap();
             assert_eq!(token.scopes(), ["openid"], "{scope:?}");
-        }
-    }
-
-    #[test]
-    fn retry_after_seconds_only_and_clamped() {
-        let limited = StatusCode::TOO_MANY_REQUESTS;
-        let mut headers = HeaderMap::new();
-        assert_eq!(parse_retry_after(limited, &headers), None);
-        headers.insert(RETRY_AFTER, HeaderValue::from_static(" 120 "));
-        assert_eq!(
-            parse_retry_after(limited, &headers),
-            Some(Duration::from_secs(120))
-        );
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("99999999999"));
-        assert_eq!(parse_retry_after(limited, &headers), Some(MAX_RETRY_AFTER));
-        assert_eq!(MAX_RETRY_AFTER, Duration::from_secs(300));
-        headers.insert(
-            RETRY_AFTER,
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
-        assert_eq!(parse_retry_after(limited, &headers), None);
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("-1"));
-        assert_eq!(parse_retry_after(limited, &headers), None);
-    }
-
-    #[test]
-    fn retry_after_only_on_429_and_503() {
-        let mut headers = HeaderMap::new();
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("30"));
-        for status in [429, 503] {
-            let status = StatusCode::from_u16(status).unwrap();
-            assert_eq!(
-                parse_retry_after(status, &headers),
-                Some(Duration::from_secs(30)),
-                "{status}"
-            );
-        }
-        for status in [200, 301, 400, 401, 500, 502, 504] {
-            let status = StatusCode::from_u16(status).unwrap();
-            assert_eq!(parse_retry_after(status, &headers), None, "{status}");
         }
     }
 

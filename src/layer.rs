@@ -377,14 +377,19 @@ where
         if self.retried {
             return None; // no second retry, so no copy to keep
         }
-        let mut clone = Request::new(request.body().clone());
-        *clone.method_mut() = request.method().clone();
-        *clone.uri_mut() = request.uri().clone();
-        *clone.version_mut() = request.version();
-        *clone.headers_mut() = request.headers().clone();
-        *clone.extensions_mut() = request.extensions().clone();
-        Some(clone)
+        Some(clone_request(request))
     }
+}
+
+/// A copy of `request`: method, URI, version, headers, extensions and body.
+pub(crate) fn clone_request<B: Clone>(request: &Request<B>) -> Request<B> {
+    let mut clone = Request::new(request.body().clone());
+    *clone.method_mut() = request.method().clone();
+    *clone.uri_mut() = request.uri().clone();
+    *clone.version_mut() = request.version();
+    *clone.headers_mut() = request.headers().clone();
+    *clone.extensions_mut() = request.extensions().clone();
+    clone
 }
 
 #[cfg(test)]

@@ -205,6 +205,14 @@
 //! the retry is the [`RetryOnUnauthorized`] policy, placed outside [`BearerAuthLayer`].
 //! [`UnderstoryAuth::invalidate`] reports a 401 by hand and follows the same rule.
 //!
+//! # Rate limits (HTTP 429)
+//!
+//! Understory asks integrations that get a 429 to "back off for at least one minute". The
+//! crate does so for its own token requests (see [`Error::RateLimited`]); for your API
+//! requests, add [`RateLimitRetry`] to the reqwest-middleware chain or the tower stack: it
+//! waits for `Retry-After` or 60 s plus up to 30 s at random before resending, and gives a
+//! caller that cannot wait the 429 at once, as a [`TooManyRequests`] saying when to retry.
+//!
 //! # Security
 //!
 //! The client secret and tokens never appear in `Debug`, `Display`, errors or logs; the
@@ -230,6 +238,7 @@
 //! | DEBUG | `cache` | access token rejected; it will be replaced | `token_id` |
 //! | DEBUG | `cache` | a 401 for a token that replaced a rejected one; kept (the endpoint may need a scope the key lacks) | `token_id` |
 //! | DEBUG | `middleware` | the API rejected the access token (HTTP 401) | `token_id`, `retry` |
+//! | WARN | `rate_limit::retry` | the API is rate limiting requests (HTTP 429) | `wait_ms`, `resend` |
 //! | DEBUG | `grant` | token answer has no usable expires_in; assuming the default lifetime | |
 //! | DEBUG | `grant` | token answer's scope is not a list of RFC 6749 scopes; assuming the requested ones | |
 //! | WARN | `store::source` | the shared token cache is unavailable; fetching tokens directly until it answers | `error` |
@@ -264,6 +273,8 @@
 //!   shared one; `scopes`: its scopes, space-separated.
 //! * `background`: whether the request refreshes ahead of expiry (nobody waits for it);
 //!   `retry`: whether the rejected request is resent with a new token.
+//! * `wait_ms`: how long [`RateLimitRetry`] waits after a 429 (or would have: the
+//!   [`TooManyRequests`]'s wait); `resend`: whether it resends the request after it.
 //! * `key`, `generation`, `newest_seen`: the shared entry's store key (hashes of the
 //!   token URL, client id, audience and scopes, and of a key derived from the secret) and
 //!   generation numbers.
@@ -282,6 +293,9 @@
 //!   with rustls is a TLS setup failure told apart as not transient.
 //! * `middleware` (default): the reqwest-middleware integration.
 //! * `tower` (default): [`BearerAuthLayer`].
+//! * With `middleware` or `tower`: [`RateLimitRetry`], Understory's rate limit (HTTP 429:
+//!   back off for a minute) for API requests, as a reqwest middleware and a tower retry
+//!   policy.
 //! * `shared-cache`: a second-level token cache shared by a fleet of processes
 //!   ([`TokenStore`], [`UnderstoryAuthBuilder::shared_cache`]); `redis` adds [`RedisStore`].
 //! * `test-util`: [`testing::SandboxServer`], a local stand-in for Understory's auth server
@@ -306,6 +320,7 @@ mod credentials;
 mod error;
 mod grant;
 mod origin;
+mod rate_limit;
 pub mod scope;
 mod source;
 mod token;
@@ -339,6 +354,8 @@ pub use token::{AccessToken, TokenId};
 #[cfg(feature = "tower")]
 pub use layer::{BearerAuth, BearerAuthFuture, BearerAuthLayer, RetryOnUnauthorized};
 pub use origin::SkipAuth;
+#[cfg(any(feature = "middleware", feature = "tower"))]
+pub use rate_limit::{DEFAULT_RATE_LIMIT_RETRIES, RateLimitRetry, TooManyRequests};
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 #[cfg(feature = "shared-cache")]

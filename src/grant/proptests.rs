@@ -17,12 +17,10 @@ use super::sanitize::{
     MAX_GRANTED_SCOPES, MAX_SCOPE_LEN, MAX_SERVER_TEXT, MIN_FRAGMENT, REDACTED, Secrets,
     basic_credentials,
 };
-use super::{
-    DEFAULT_TOKEN_LIFETIME, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME, MIN_TOKEN_LIFETIME,
-    parse_retry_after, parse_token_response,
-};
+use super::{DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME, MIN_TOKEN_LIFETIME, parse_token_response};
 use crate::Error;
 use crate::credentials::{ClientAuthMethod, Credentials};
+use crate::rate_limit::{MAX_RETRY_AFTER, parse_retry_after};
 use crate::token::{AccessToken, GrantedToken, Schedule};
 
 /// Every token this file generates starts with this, so that an error repeating any token (or

@@ -103,7 +103,10 @@ const ENDPOINTS: &[Endpoint] = &[
 pub(crate) async fn handle(shared: &Shared, head: &Parts, body: RequestBody) -> SandboxResponse {
     let (fault, always_unauthorized) = shared.with(|state| {
         (
-            state.queued_api_faults.pop_front(),
+            state
+                .queued_api_faults
+                .pop_front()
+                .or_else(|| state.persistent_api_fault.clone()),
             state.api_always_unauthorized,
         )
     });

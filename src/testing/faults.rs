@@ -103,8 +103,9 @@ pub enum EchoIn {
     Headers,
 }
 
-/// A way for the API (`/v1/...`) to fail, for testing how a client copes, once per
-/// [`push_api_fault`](super::SandboxServer::push_api_fault); the request is still counted and
+/// A way for the API (`/v1/...`) to fail, for testing how a client copes: once per
+/// [`push_api_fault`](super::SandboxServer::push_api_fault), or for every API request with
+/// [`set_api_fault`](super::SandboxServer::set_api_fault); the request is still counted and
 /// recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -115,7 +116,10 @@ pub enum ApiFault {
     ServerError,
     /// 503 `{"code": "SERVICE_UNAVAILABLE", ...}`.
     Unavailable,
-    /// 429 `{"code": "TOO_MANY_REQUESTS", ...}`.
+    /// 429 `{"code": "TOO_MANY_REQUESTS", ...}`, Understory's rate limit. Understory documents
+    /// no `Retry-After` ("back off for at least one minute"): `retry_after: None` is what to
+    /// expect from it; a short `Some` keeps tests of a client that waits
+    /// ([`RateLimitRetry`](crate::RateLimitRetry)) short.
     TooManyRequests {
         /// The `Retry-After` header, in seconds; none is sent if `None`.
         retry_after: Option<u64>,

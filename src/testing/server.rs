@@ -278,6 +278,37 @@ impl SandboxServer {
             .with(|state| state.queued_api_faults.push_back(fault));
     }
 
+    /// Makes every API request fail with `fault` until called with `None`: e.g. a rate limit
+    /// that does not lift, for testing what a client does once it stops waiting. Faults
+    /// queued with [`push_api_fault`](Self::push_api_fault) still come first.
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use understory_auth::testing::{ApiFault, SandboxServer};
+    ///
+    /// let server = SandboxServer::start().await?;
+    /// server.set_api_fault(Some(ApiFault::TooManyRequests { retry_after: Some(60) }));
+    ///
+    /// let url = format!("{}/v1/me", server.api_base());
+    /// let http = reqwest::Client::new();
+    /// for _ in 0..2 {
+    ///     let response = http.get(&url).send().await?;
+    ///     assert_eq!(response.status(), 429);
+    ///     assert_eq!(response.headers()["retry-after"], "60");
+    /// }
+    /// server.set_api_fault(None);
+    /// assert_eq!(http.get(&url).send().await?.status(), 401); // no token sent
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Runtime::new()?.block_on(example())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_api_fault(&self, fault: Option<ApiFault>) {
+        self.running
+            .shared
+            .with(|state| state.persistent_api_fault = fault);
+    }
+
     /// While `on`, the API answers every request with 401 `UNAUTHORIZED`, whatever the token.
     pub fn set_api_always_unauthorized(&self, on: bool) {
         self.running

@@ -42,7 +42,8 @@ use understory_auth::testing::{ApiFault, EchoIn, SandboxServer, TokenFault};
 
 use crate::common::ECHO_PLACES;
 use understory_auth::{
-    BearerAuthLayer, ClientAuthMethod, Credentials, RetryOnUnauthorized, SkipAuth, UnderstoryAuth,
+    BearerAuthLayer, ClientAuthMethod, Credentials, RateLimitRetry, RetryOnUnauthorized, SkipAuth,
+    TooManyRequests, UnderstoryAuth,
 };
 
 /// The sandbox's secret: distinctive, with a `~` that form encoding changes.
@@ -800,4 +801,39 @@ async fn echoed_requests_never_show_a_secret_with_client_secret_post() {
 #[tokio::test]
 async fn echoed_requests_never_show_a_secret_with_client_secret_basic() {
     echoes_never_show_a_secret(ClientAuthMethod::ClientSecretBasic).await;
+}
+
+#[tokio::test]
+async fn rate_limited_api_requests_never_show_a_secret() {
+    let mut run = Scenario::start();
+    let shown = run.shown.clone();
+    let server = run.server(ClientAuthMethod::ClientSecretPost, SECRET).await;
+    let auth = auth_for(&server, Credentials::new(server.client_id(), SECRET));
+    let me = format!("{}/v1/me", server.api_base());
+    let policy = RateLimitRetry::default();
+    shown.debug("RateLimitRetry", &policy);
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(policy.max_wait(Duration::ZERO))
+        .with(auth.clone())
+        .with(ShowRequest(shown.clone()))
+        .build();
+    // A 429 resent after its Retry-After, and one given back with its TooManyRequests.
+    let resending = ClientBuilder::new(reqwest::Client::new())
+        .with(RateLimitRetry::default())
+        .with(auth.clone())
+        .build();
+    server.push_api_fault(ApiFault::TooManyRequests {
+        retry_after: Some(0),
+    });
+    assert_eq!(via_reqwest(&resending, &me, &shown).await, Some(200));
+    server.push_api_fault(ApiFault::TooManyRequests { retry_after: None });
+    let Err(reqwest_middleware::Error::Middleware(err)) = client.get(&me).send().await else {
+        panic!("expected a middleware error");
+    };
+    let limited = err
+        .downcast_ref::<TooManyRequests>()
+        .expect("TooManyRequests");
+    shown.both("TooManyRequests", limited);
+    assert_eq!(server.api_requests(), 3);
+    run.check(&["the API is rate limiting requests (HTTP 429)"]);
 }

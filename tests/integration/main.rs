@@ -10,6 +10,7 @@ mod hygiene;
 mod layer;
 mod middleware;
 mod network;
+mod rate_limit;
 mod sandbox;
 mod soak;
 #[cfg(feature = "redis")]
