@@ -14,7 +14,7 @@
 //!   scheme without an authority;
 //! * it has a `Host` header naming another host or port than its URI (a shared front end
 //!   routes by `Host`, so the token would reach whoever that names), or, for a relative URI,
-//!   a host that is not an allowed origin's.
+//!   a host that is not an allowed origin's; a `Host` with user info (`x@host`) never agrees.
 //!
 //! A relative URI (no scheme, no authority: `/v1/me`, as tonic's generated clients send)
 //! names no origin; the tower layer gives it the token only when told to.
@@ -318,12 +318,13 @@ impl OwnHeaders {
     }
 }
 
-/// Whether each of the request's `Host` headers is an authority that satisfies `check`.
+/// Whether each of the request's `Host` headers is an authority without user info (RFC 9110
+/// has none in `Host`; `x@host` would be taken as `host`) that satisfies `check`.
 fn every_host_header(headers: &HeaderMap, check: impl Fn(&Authority) -> bool) -> bool {
-    headers
-        .get_all(HOST)
-        .iter()
-        .all(|value| Authority::try_from(value.as_bytes()).is_ok_and(|named| check(&named)))
+    headers.get_all(HOST).iter().all(|value| {
+        !value.as_bytes().contains(&b'@')
+            && Authority::try_from(value.as_bytes()).is_ok_and(|named| check(&named))
+    })
 }
 
 /// `url` without its query and fragment, for `Debug` output: a token URL's query may hold
@@ -514,6 +515,11 @@ mod tests {
                 // Another allowed origin is still another host than the URI's.
                 "127.0.0.1:8080",
                 "not an authority",
+                // User info: no server routes by it as the URI's authority (issue 19).
+                "x@api.understory.io",
+                "x@API.understory.io:443",
+                "@api.understory.io",
+                "user:pass@api.understory.io",
             ] {
                 let headers = [("host", disagreeing)];
                 assert_eq!(
@@ -532,6 +538,8 @@ mod tests {
         assert_eq!(named("127.0.0.1:8080"), Destination::Relative);
         assert_eq!(named("evil.example"), Destination::Untouched);
         assert_eq!(named("127.0.0.1"), Destination::Untouched);
+        assert_eq!(named("x@api.understory.io"), Destination::Untouched);
+        assert_eq!(named("x@127.0.0.1:8080"), Destination::Untouched);
     }
 
     #[test]

@@ -12,4 +12,8 @@ use crate::token::GrantedToken;
 pub(crate) trait TokenSource: Send + Sync + 'static {
     /// Starts one token request.
     fn fetch(self: Arc<Self>) -> BoxFuture<'static, Result<GrantedToken, Error>>;
+
+    /// Learns of a token for the same credentials obtained elsewhere (another process, via
+    /// the shared cache), so that it is redacted from this source's answers as its own are.
+    fn remember_token(&self, _token: &str) {}
 }

@@ -230,14 +230,22 @@ impl SandboxServer {
         &self.running.shared.config.client_id
     }
 
-    /// The client secret the token endpoint accepts.
+    /// The client secret the token endpoint accepts: the one given to
+    /// [`SandboxBuilder::client_secret`](super::SandboxBuilder::client_secret), or else one
+    /// made up when the sandbox started, as Understory's server generates them: 26
+    /// characters drawn from `a-zA-Z0-9_-.~`, here always with at least one `~`, so that
+    /// every client that authenticates shows whether it sends `~` literally (the token
+    /// endpoint refuses `%7E` with `invalid_client`, as Understory's does).
     ///
     /// ```
     /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-    /// use understory_auth::testing::{DEFAULT_CLIENT_SECRET, SandboxServer};
+    /// use understory_auth::testing::SandboxServer;
     ///
     /// let server = SandboxServer::start().await?;
-    /// assert_eq!(server.client_secret(), DEFAULT_CLIENT_SECRET);
+    /// let secret = server.client_secret();
+    /// assert_eq!(secret.len(), 26);
+    /// assert!(secret.contains('~'));
+    /// assert!(secret.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.~".contains(&b)));
     /// # Ok(())
     /// # }
     /// # tokio::runtime::Runtime::new()?.block_on(example())?;
@@ -443,12 +451,12 @@ impl SandboxServer {
     /// use understory_auth::testing::SandboxServer;
     ///
     /// let server = SandboxServer::start().await?;
-    /// # let form = url::form_urlencoded::Serializer::new(String::new())
-    /// #     .append_pair("grant_type", "client_credentials")
-    /// #     .append_pair("audience", "https://api.understory.io")
-    /// #     .append_pair("client_id", server.client_id())
-    /// #     .append_pair("client_secret", server.client_secret())
-    /// #     .finish();
+    /// # let form = format!(
+    /// #     "grant_type=client_credentials&audience=https%3A%2F%2Fapi.understory.io\
+    /// #      &client_id={}&client_secret={}",
+    /// #     server.client_id(),
+    /// #     server.client_secret(),
+    /// # );
     /// # let http = reqwest::Client::new();
     /// # http.post(server.token_url())
     /// #     .header("content-type", "application/x-www-form-urlencoded")
