@@ -95,7 +95,7 @@ impl Secrets {
         let secret = credentials.client_secret();
         let sent = form_encode(secret);
         let encoded: String = byte_serialize(secret.as_bytes()).collect();
-        let forms = vec![
+        let forms = [
             secret.to_owned(),
             lower_case_escapes(&sent),
             sent,
