@@ -157,6 +157,10 @@ impl fmt::Debug for GrantedToken {
 /// Cheap to clone (one `Arc`). `Debug` shows its id, scopes and remaining life, never the
 /// token itself; use [`AccessToken::secret`] or [`AccessToken::header_value`] to send it.
 ///
+/// A token is visible ASCII without spaces and at most 8 KiB (8,192 bytes) long: an auth
+/// server's answer (or a shared cache entry) with another is refused as
+/// [`Error::InvalidResponse`](crate::Error::InvalidResponse).
+///
 /// ```
 /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
 /// let token = auth.token().await?;
