@@ -43,12 +43,14 @@ struct NaiveCache {
 
 impl NaiveCache {
     fn new(sandbox: &SandboxServer, http: reqwest::Client) -> Self {
+        // `~` literally: the sandbox, like Understory's server, refuses `%7E`.
         let form = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("grant_type", "client_credentials")
             .append_pair("audience", AUDIENCE)
             .append_pair("client_id", sandbox.client_id())
             .append_pair("client_secret", sandbox.client_secret())
-            .finish();
+            .finish()
+            .replace("%7E", "~");
         NaiveCache {
             http,
             token_url: sandbox.token_url(),

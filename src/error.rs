@@ -21,20 +21,30 @@ use crate::grant::sanitize::REDACTED;
 /// Use [`Error::is_transient`] to tell "try again later" from "fix something first", and
 /// [`Error::oauth_code`] to see the auth server's RFC 6749 error code.
 ///
-/// ```
-/// use understory_auth::Error;
+/// The enum and each of its variants are `#[non_exhaustive]`: variants and fields may be
+/// added, so match with a wildcard arm and `..` in each pattern. Errors are made by the
+/// crate only.
 ///
-/// fn advice(err: &Error) -> &'static str {
-///     if err.is_transient() { "retry later" } else { "fix the configuration" }
+/// ```
+/// use understory_auth::{Credentials, Error, UnderstoryAuth};
+///
+/// fn advice(err: &Error) -> String {
+///     match err {
+///         Error::Timeout { after, .. } => format!("retry later (timed out after {after:?})"),
+///         Error::Config { reason, .. } => format!("fix the configuration: {reason}"),
+///         err if err.is_transient() => "retry later".to_owned(),
+///         _ => "fix the configuration".to_owned(),
+///     }
 /// }
-/// let err = Error::Timeout { after: std::time::Duration::from_secs(10) };
-/// assert_eq!(advice(&err), "retry later");
+/// let err = UnderstoryAuth::builder(Credentials::new("id", "")).build().unwrap_err();
+/// assert!(advice(&err).starts_with("fix the configuration"));
 /// ```
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The builder or the credentials were given something unusable.
     #[error("invalid understory-auth configuration: {reason}")]
+    #[non_exhaustive]
     Config {
         /// What was wrong and how to fix it.
         reason: String,
@@ -44,6 +54,7 @@ pub enum Error {
     #[error(
         "environment variable {var} is not set (or empty): set it to your Understory integration key's {what}, from Backoffice > Company settings > Integrations"
     )]
+    #[non_exhaustive]
     MissingEnv {
         /// The variable's name.
         var: &'static str,
@@ -53,6 +64,7 @@ pub enum Error {
 
     /// The auth server answered with an OAuth2 error (RFC 6749 section 5.2).
     #[error("{}", describe_oauth(code, description.as_deref(), *status))]
+    #[non_exhaustive]
     OAuth {
         /// The HTTP status of the answer.
         status: StatusCode,
@@ -70,6 +82,7 @@ pub enum Error {
     /// The auth server answered with an error status but no OAuth2 error body (often a
     /// proxy or load balancer in front of it).
     #[error("{}", describe_status(*status, retry_after.as_ref()))]
+    #[non_exhaustive]
     Status {
         /// The HTTP status of the answer.
         status: StatusCode,
@@ -81,6 +94,7 @@ pub enum Error {
     #[error(
         "the auth server's token answer (HTTP {status}) is unusable: {reason}; check that token_url points at an OAuth2 token endpoint"
     )]
+    #[non_exhaustive]
     InvalidResponse {
         /// The HTTP status of the answer.
         status: StatusCode,
@@ -92,6 +106,7 @@ pub enum Error {
     #[error(
         "the auth server issued a token of type {token_type}, but only bearer tokens can be used; check that token_url is Understory's token endpoint"
     )]
+    #[non_exhaustive]
     UnsupportedTokenType {
         /// The type, if it is a registered one (`mac`, `DPoP`, `PoP`, `N_A`); otherwise a
         /// fixed text saying it is not shown (the server's text is never kept).
@@ -102,6 +117,7 @@ pub enum Error {
     #[error(
         "the token request timed out after {after:?}; the auth server is slow or unreachable, it will be retried"
     )]
+    #[non_exhaustive]
     Timeout {
         /// The timeout that ran out.
         after: Duration,
@@ -112,6 +128,7 @@ pub enum Error {
     /// `invalid peer certificate: UnknownIssuer`); a TLS setup failure (an untrusted or
     /// mismatched certificate, no common protocol) is not transient.
     #[error("{}", describe_network(source))]
+    #[non_exhaustive]
     Network {
         /// The transport error.
         #[source]
@@ -124,6 +141,7 @@ pub enum Error {
         "the auth server is rate limiting this key's token requests (HTTP 429); the next attempt will be made in {}s, until then requests that need a new token fail at once",
         next_attempt_in.as_secs()
     )]
+    #[non_exhaustive]
     RateLimited {
         /// How long after this error was made the next token request will be made.
         next_attempt_in: Duration,
@@ -134,6 +152,7 @@ pub enum Error {
 
     /// The token fetch stopped before it finished (its runtime shut down, or it panicked).
     #[error("the token fetch was interrupted before it finished ({reason}); it will be retried")]
+    #[non_exhaustive]
     Interrupted {
         /// What happened.
         reason: &'static str,
@@ -147,8 +166,11 @@ impl Error {
     /// certificate, with the `rustls` feature) are not.
     ///
     /// ```
-    /// use understory_auth::Error;
-    /// let err = Error::Config { reason: "bad url".into() };
+    /// use understory_auth::{Credentials, UnderstoryAuth};
+    /// let err = UnderstoryAuth::builder(Credentials::new("id", "secret"))
+    ///     .token_url("http://auth.example.com/oauth2/token") // plain HTTP: refused
+    ///     .build()
+    ///     .unwrap_err();
     /// assert!(!err.is_transient());
     /// ```
     pub fn is_transient(&self) -> bool {
@@ -173,12 +195,17 @@ impl Error {
     /// clients to back off for at least a minute before trying again.
     ///
     /// ```
-    /// use understory_auth::{Error, http::StatusCode};
+    /// use understory_auth::Error;
     ///
-    /// let limited = Error::Status { status: StatusCode::TOO_MANY_REQUESTS, retry_after: None };
-    /// assert!(limited.is_rate_limited() && limited.is_transient());
-    /// let unavailable = Error::Status { status: StatusCode::SERVICE_UNAVAILABLE, retry_after: None };
-    /// assert!(!unavailable.is_rate_limited());
+    /// fn log_failure(err: &Error) {
+    ///     if err.is_rate_limited() {
+    ///         eprintln!("Understory asks to back off for at least a minute: {err}");
+    ///     } else {
+    ///         eprintln!("no token: {err}");
+    ///     }
+    /// }
+    /// # log_failure(&understory_auth::UnderstoryAuth::builder(
+    /// #     understory_auth::Credentials::new("id", "")).build().unwrap_err());
     /// ```
     pub fn is_rate_limited(&self) -> bool {
         self.status() == Some(StatusCode::TOO_MANY_REQUESTS)
@@ -189,10 +216,16 @@ impl Error {
     /// minutes: a larger value is taken as 5 minutes.
     ///
     /// ```
-    /// use understory_auth::{Error, http::StatusCode};
     /// use std::time::Duration;
-    /// let err = Error::Status { status: StatusCode::TOO_MANY_REQUESTS, retry_after: Some(Duration::from_secs(60)) };
-    /// assert_eq!(err.retry_after(), Some(Duration::from_secs(60)));
+    /// use understory_auth::Error;
+    ///
+    /// fn wait_before_retrying(err: &Error) -> Duration {
+    ///     err.retry_after().unwrap_or(Duration::from_secs(60))
+    /// }
+    /// let err = understory_auth::UnderstoryAuth::builder(understory_auth::Credentials::new("id", ""))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(wait_before_retrying(&err), Duration::from_secs(60));
     /// ```
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -205,15 +238,16 @@ impl Error {
     /// The auth server's OAuth2 error code (`invalid_client`, `invalid_scope`, ...), if any.
     ///
     /// ```
-    /// use understory_auth::{Error, http::StatusCode};
-    /// let err = Error::OAuth {
-    ///     status: StatusCode::UNAUTHORIZED,
-    ///     code: "invalid_client".into(),
-    ///     description: None,
-    ///     retry_after: None,
-    /// };
-    /// assert_eq!(err.oauth_code(), Some("invalid_client"));
-    /// assert!(err.to_string().contains("check the client id and secret"));
+    /// use understory_auth::Error;
+    ///
+    /// fn key_rejected(err: &Error) -> bool {
+    ///     matches!(err.oauth_code(), Some("invalid_client" | "unauthorized_client"))
+    /// }
+    /// let err = understory_auth::UnderstoryAuth::builder(understory_auth::Credentials::new("id", ""))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err.oauth_code(), None); // refused before any request
+    /// assert!(!key_rejected(&err));
     /// ```
     pub fn oauth_code(&self) -> Option<&str> {
         match self {
@@ -226,8 +260,10 @@ impl Error {
     /// The HTTP status the auth server answered with, if it answered.
     ///
     /// ```
-    /// use understory_auth::Error;
-    /// assert_eq!(Error::Timeout { after: std::time::Duration::from_secs(1) }.status(), None);
+    /// let err = understory_auth::UnderstoryAuth::builder(understory_auth::Credentials::new("id", ""))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err.status(), None); // the auth server was not asked
     /// ```
     pub fn status(&self) -> Option<StatusCode> {
         match self {

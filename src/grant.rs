@@ -20,7 +20,6 @@ use http::{HeaderValue, StatusCode};
 use secrecy::{ExposeSecret, SecretSlice};
 use serde_json::{Map, Value};
 use url::Url;
-use url::form_urlencoded::Serializer;
 
 use crate::Error;
 use crate::credentials::{ClientAuthMethod, Credentials};
@@ -32,7 +31,7 @@ use crate::token::GrantedToken;
 
 pub(crate) mod sanitize;
 
-use sanitize::{Secrets, basic_credentials, oauth_error_code, registered_token_type};
+use sanitize::{Secrets, basic_credentials, form_encode, oauth_error_code, registered_token_type};
 
 /// The largest token answer read; a longer body is refused (a token answer is ~1 KiB).
 pub(crate) const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
@@ -121,7 +120,7 @@ impl Grant {
                 ))
             })?;
 
-        let mut form = Serializer::new(String::new());
+        let mut form = Form::default();
         form.append_pair("grant_type", "client_credentials");
         if !credentials.scopes().is_empty() {
             form.append_pair("scope", &credentials.scopes().join(" "));
@@ -141,7 +140,7 @@ impl Grant {
         Ok(Grant {
             client,
             token_url,
-            body: form.finish().into_bytes().into(),
+            body: form.0.into_bytes().into(),
             basic_auth,
             user_agent,
             timeout,
@@ -198,6 +197,26 @@ impl TokenSource for Grant {
     fn fetch(self: std::sync::Arc<Self>) -> BoxFuture<'static, Result<GrantedToken, Error>> {
         Box::pin(async move { self.request().await })
     }
+
+    fn remember_token(&self, token: &str) {
+        self.secrets.remember_token(token);
+    }
+}
+
+/// An `application/x-www-form-urlencoded` body, its names and values [`form_encode`]d (the
+/// RFC 3986 unreserved characters literally, `~` included).
+#[derive(Default)]
+struct Form(String);
+
+impl Form {
+    fn append_pair(&mut self, name: &str, value: &str) {
+        if !self.0.is_empty() {
+            self.0.push('&');
+        }
+        self.0.push_str(&form_encode(name));
+        self.0.push('=');
+        self.0.push_str(&form_encode(value));
+    }
 }
 
 impl fmt::Debug for Grant {
@@ -246,8 +265,9 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, BodyEr
 }
 
 /// Turns a token endpoint's answer into a token or an [`Error`]. Never panics; no error it
-/// returns contains the access token, and none contains anything of `secrets` (an accepted
-/// token is added to them).
+/// returns contains the access token, and none contains anything of `secrets` (a token of
+/// valid form is added to them before its scopes are read). A token longer than
+/// [`MAX_ACCESS_TOKEN_BYTES`](crate::token::MAX_ACCESS_TOKEN_BYTES) is refused.
 pub(crate) fn parse_token_response(
     status: StatusCode,
     retry_after: Option<Duration>,
@@ -319,6 +339,13 @@ pub(crate) fn parse_token_response(
             ));
         }
     };
+    // The token is checked and remembered before anything else of the answer is kept, so
+    // that an answer echoing it (in `scope`) cannot carry it into the token's `Debug` or a log.
+    GrantedToken::check(access_token).map_err(|e| match e {
+        Error::InvalidResponse { reason, .. } => Error::InvalidResponse { status, reason },
+        other => other,
+    })?;
+    secrets.remember_token(access_token);
     let scopes = match map.get("scope") {
         Some(Value::String(s)) => secrets.granted_scopes(s).unwrap_or_else(|| {
             tracing::debug!(
@@ -338,7 +365,6 @@ pub(crate) fn parse_token_response(
         Error::InvalidResponse { reason, .. } => Error::InvalidResponse { status, reason },
         other => other,
     })?;
-    secrets.remember_token(access_token);
     Ok(granted)
 }
 
@@ -366,6 +392,7 @@ fn parse_expires_in(value: Option<&Value>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::MAX_ACCESS_TOKEN_BYTES;
 
     /// The client secret of the tests' credentials.
     const SECRET: &str = "unit-test~Secret.value_1";
@@ -556,6 +583,102 @@ mod tests {
         assert!(shown.contains("replaced here by [REDACTED]"), "{shown}");
     }
 
+    /// Issue 19: a token above [`MAX_ACCESS_TOKEN_BYTES`] is refused, saying why, and is not
+    /// remembered (which would make every later redaction pay for it).
+    #[test]
+    fn an_access_token_over_the_size_limit_is_refused() {
+        let secrets = secrets();
+        let at_limit = "a".repeat(MAX_ACCESS_TOKEN_BYTES);
+        let body = format!(r#"{{"access_token":"{at_limit}"}}"#);
+        parse_token_response(StatusCode::OK, None, body.as_bytes(), &[], &secrets).unwrap();
+        let over = format!("{}b", "c".repeat(MAX_ACCESS_TOKEN_BYTES));
+        let body = format!(r#"{{"access_token":"{over}"}}"#);
+        let err =
+            parse_token_response(StatusCode::OK, None, body.as_bytes(), &[], &secrets).unwrap_err();
+        assert!(matches!(err, Error::InvalidResponse { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("8192 bytes") && !msg.contains("ccc"), "{msg}");
+        assert_eq!(secrets.clean(&over[..40]), over[..40]);
+    }
+
+    /// Issue 19: the largest answers a hostile server can make the sanitizer look at, after 16
+    /// tokens of the largest size: 64 scopes of 128 characters, a long `error_description`.
+    /// Each text is scanned once, with one lookup per 8-character window, however many
+    /// tokens are remembered and however long they are.
+    #[test]
+    fn hostile_answers_at_the_bounds_cost_one_lookup_per_window() {
+        use sanitize::{MAX_GRANTED_SCOPES, MAX_SCOPE_LEN, MIN_FRAGMENT, REMEMBERED_TOKENS};
+        let secrets = secrets();
+        let token = |n: usize| {
+            let head = format!("ory_at_{n:02}_");
+            let tail: String = (0..MAX_ACCESS_TOKEN_BYTES - head.len())
+                .map(|i| char::from(b'a' + ((i * 7 + n) % 26) as u8))
+                .collect();
+            format!("{head}{tail}")
+        };
+        for n in 0..REMEMBERED_TOKENS {
+            let body = format!(r#"{{"access_token":"{}"}}"#, token(n));
+            parse_token_response(StatusCode::OK, None, body.as_bytes(), &[], &secrets).unwrap();
+        }
+        let scopes: Vec<String> = (0..MAX_GRANTED_SCOPES)
+            .map(|n| format!("{n:03}{}", "s".repeat(MAX_SCOPE_LEN - 3)))
+            .collect();
+        let scope = scopes.join(" ");
+        let fresh = "ory_at_fresh-token-after-sixteen";
+        let body = format!(r#"{{"access_token":"{fresh}","scope":"{scope}"}}"#);
+        let before = secrets.lookups();
+        let granted =
+            parse_token_response(StatusCode::OK, None, body.as_bytes(), &[], &secrets).unwrap();
+        assert_eq!(granted.scopes(), scopes);
+        let windows = scope.len() - (MIN_FRAGMENT - 1);
+        assert_eq!(secrets.lookups() - before, windows);
+
+        // As long as is read (1,200 characters), ending in part of a remembered token.
+        let description = format!("{} {}", "x".repeat(999), &token(15)[100..300]);
+        let body = format!(r#"{{"error":"invalid_request","error_description":"{description}"}}"#);
+        let before = secrets.lookups();
+        let err = parse_token_response(
+            StatusCode::BAD_REQUEST,
+            None,
+            body.as_bytes(),
+            &[],
+            &secrets,
+        )
+        .unwrap_err();
+        let Error::OAuth {
+            description: Some(shown),
+            ..
+        } = &err
+        else {
+            panic!("{err:?}")
+        };
+        assert_eq!(shown, &format!("{}…", "x".repeat(300)));
+        let windows = "invalid_request".len() + 1_200 - 2 * (MIN_FRAGMENT - 1);
+        assert_eq!(secrets.lookups() - before, windows);
+        // The remembered token's echo is redacted where it is kept.
+        let short = format!("x {}", &token(15)[100..300]);
+        assert_eq!(secrets.clean(&short), "x [REDACTED]");
+    }
+
+    /// Issue 19: a fresh token echoed in `scope` (whole or any 8 characters of it) must not
+    /// become a granted scope, shown by `Debug` and logged at INFO.
+    #[test]
+    fn a_fresh_token_echoed_in_scope_is_not_kept() {
+        let fresh = "ory_at_Fresh-Token.Echoed~1";
+        for echoed in [fresh, &fresh[3..11], &fresh[10..]] {
+            let body = format!(r#"{{"access_token":"{fresh}","scope":"openid {echoed}"}}"#);
+            let token = ok(&body).unwrap();
+            assert_eq!(token.scopes(), ["openid"], "{echoed}");
+            assert!(!format!("{token:?}").contains(&fresh[3..11]), "{token:?}");
+        }
+        // A scope merely sharing fewer than 8 characters with it is kept.
+        let token = ok(&format!(
+            r#"{{"access_token":"{fresh}","scope":"openid Fresh-T"}}"#
+        ))
+        .unwrap();
+        assert_eq!(token.scopes(), ["openid", "Fresh-T"]);
+    }
+
     #[test]
     fn unusable_server_words_are_not_kept() {
         // An `error` outside RFC 6749's syntax is no OAuth2 error.
@@ -595,11 +718,37 @@ mod tests {
 
     #[test]
     fn basic_header_encodes_before_base64() {
-        let header = basic_auth_header("id:with colon", "s~e.c_r-e+t").unwrap();
+        use base64::Engine as _;
+        let header = basic_auth_header("id:with colon~", "s~e.c_r-e+t").unwrap();
         assert!(header.is_sensitive());
-        // base64("id%3Awith+colon:s%7Ee.c_r-e%2Bt")
-        let expected = "Basic aWQlM0F3aXRoK2NvbG9uOnMlN0VlLmNfci1lJTJCdA==";
-        assert_eq!(header, expected);
+        let encoded = header.to_str().unwrap().strip_prefix("Basic ").unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap();
+        // The unreserved `~ . _ -` literally (issue 18), the rest form-encoded.
+        assert_eq!(decoded, b"id%3Awith+colon~:s~e.c_r-e%2Bt");
+    }
+
+    /// Issue 18: the form body has the RFC 3986 unreserved characters literally.
+    #[test]
+    fn the_form_body_has_unreserved_characters_literally() {
+        let credentials =
+            Credentials::new("my id~", "Ab9~x.y_z-Q +/").with_scopes(["openid", "event.read"]);
+        let grant = Grant::new(GrantConfig {
+            credentials: &credentials,
+            token_url: Url::parse("https://auth.example.com/oauth2/token").unwrap(),
+            audience: "https://api.understory.io",
+            user_agent: HeaderValue::from_static("test"),
+            timeout: Duration::from_secs(1),
+            client_hook: None,
+        })
+        .unwrap();
+        assert_eq!(
+            std::str::from_utf8(grant.body.expose_secret()).unwrap(),
+            "grant_type=client_credentials&scope=openid+event.read\
+             &audience=https%3A%2F%2Fapi.understory.io&client_id=my+id~\
+             &client_secret=Ab9~x.y_z-Q+%2B%2F"
+        );
     }
 }
 

@@ -301,12 +301,13 @@ impl OwnHeaders {
     }
 }
 
-/// Whether each of the request's `Host` headers is an authority that satisfies `check`.
+/// Whether each of the request's `Host` headers is an authority without user info (RFC 9110
+/// has none in `Host`; `x@host` would be taken as `host`) that satisfies `check`.
 fn every_host_header(headers: &HeaderMap, check: impl Fn(&Authority) -> bool) -> bool {
-    headers
-        .get_all(HOST)
-        .iter()
-        .all(|value| Authority::try_from(value.as_bytes()).is_ok_and(|named| check(&named)))
+    headers.get_all(HOST).iter().all(|value| {
+        !value.as_bytes().contains(&b'@')
+            && Authority::try_from(value.as_bytes()).is_ok_and(|named| check(&named))
+    })
 }
 
 /// `url` without its query and fragment, for `Debug` output: a token URL's query may hold
@@ -497,6 +498,11 @@ mod tests {
                 // Another allowed origin is still another host than the URI's.
                 "127.0.0.1:8080",
                 "not an authority",
+                // User info: no server routes by it as the URI's authority (issue 19).
+                "x@api.understory.io",
+                "x@API.understory.io:443",
+                "@api.understory.io",
+                "user:pass@api.understory.io",
             ] {
                 let headers = [("host", disagreeing)];
                 assert_eq!(
@@ -515,6 +521,8 @@ mod tests {
         assert_eq!(named("127.0.0.1:8080"), Destination::Relative);
         assert_eq!(named("evil.example"), Destination::Untouched);
         assert_eq!(named("127.0.0.1"), Destination::Untouched);
+        assert_eq!(named("x@api.understory.io"), Destination::Untouched);
+        assert_eq!(named("x@127.0.0.1:8080"), Destination::Untouched);
     }
 
     #[test]

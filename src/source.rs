@@ -18,6 +18,10 @@ pub(crate) trait TokenSource: Send + Sync + 'static {
     fn shared_counts(&self) -> Option<SharedCounts> {
         None
     }
+
+    /// Learns of a token for the same credentials obtained elsewhere (another process, via
+    /// the shared cache), so that it is redacted from this source's answers as its own are.
+    fn remember_token(&self, _token: &str) {}
 }
 
 /// The counts of a source that asks a shared cache before the auth server.

@@ -57,6 +57,12 @@ impl TokenId {
 /// What precedes the token in its `Authorization` header value.
 const BEARER: &str = "Bearer ";
 
+/// The longest access token accepted: 8 KiB. A longer one is refused as an unusable answer
+/// ([`Error::InvalidResponse`]), from the auth server and from the shared cache alike. Real
+/// tokens are far shorter (Understory's are under 100 bytes, a large JWT a few KiB); the
+/// bound keeps what a hostile server can make the crate hold and redact small.
+pub(crate) const MAX_ACCESS_TOKEN_BYTES: usize = 8 * 1024;
+
 /// What a token source produced: a validated token secret, its lifetime and its scopes.
 ///
 /// The cache turns it into an [`AccessToken`] by placing it in time.
@@ -69,26 +75,15 @@ pub(crate) struct GrantedToken {
 }
 
 impl GrantedToken {
-    /// Validates `secret` as a bearer token and builds its header once.
-    ///
-    /// A token must be non-empty visible ASCII without spaces (which covers RFC 6750's
-    /// `b64token` and every opaque token seen in practice), so it is always a valid header
-    /// value. The error never contains the token.
+    /// Validates `secret` as a bearer token ([`check`](Self::check)) and builds its header
+    /// once.
     pub(crate) fn new(
         secret: &str,
         lifetime: Duration,
         scopes: Vec<String>,
     ) -> Result<Self, Error> {
+        Self::check(secret)?;
         let ok = StatusCode::OK;
-        if secret.is_empty() {
-            return Err(Error::invalid_response(ok, "access_token is empty"));
-        }
-        if !secret.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(Error::invalid_response(
-                ok,
-                "access_token holds characters that cannot be sent in an HTTP header",
-            ));
-        }
         let mut header = HeaderValue::try_from(format!("{BEARER}{secret}"))
             .map_err(|_| Error::invalid_response(ok, "access_token is not a valid header value"))?;
         header.set_sensitive(true);
@@ -97,6 +92,33 @@ impl GrantedToken {
             lifetime,
             scopes,
         })
+    }
+
+    /// Whether `secret` can be a bearer token: non-empty visible ASCII without spaces (which
+    /// covers RFC 6750's `b64token` and every opaque token seen in practice, so it is always a
+    /// valid header value), at most [`MAX_ACCESS_TOKEN_BYTES`]. The error never contains the
+    /// token.
+    pub(crate) fn check(secret: &str) -> Result<(), Error> {
+        let ok = StatusCode::OK;
+        if secret.is_empty() {
+            return Err(Error::invalid_response(ok, "access_token is empty"));
+        }
+        if secret.len() > MAX_ACCESS_TOKEN_BYTES {
+            return Err(Error::invalid_response(
+                ok,
+                format!(
+                    "access_token is {} bytes long, longer than the {MAX_ACCESS_TOKEN_BYTES} bytes accepted",
+                    secret.len()
+                ),
+            ));
+        }
+        if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::invalid_response(
+                ok,
+                "access_token holds characters that cannot be sent in an HTTP header",
+            ));
+        }
+        Ok(())
     }
 
     pub(crate) fn lifetime(&self) -> Duration {
@@ -134,6 +156,10 @@ impl fmt::Debug for GrantedToken {
 ///
 /// Cheap to clone (one `Arc`). `Debug` shows its id, scopes and remaining life, never the
 /// token itself; use [`AccessToken::secret`] or [`AccessToken::header_value`] to send it.
+///
+/// A token is visible ASCII without spaces and at most 8 KiB (8,192 bytes) long: an auth
+/// server's answer (or a shared cache entry) with another is refused as
+/// [`Error::InvalidResponse`](crate::Error::InvalidResponse).
 ///
 /// ```
 /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
@@ -371,6 +397,37 @@ mod tests {
         assert_eq!(token.secret(), "tok.en~_-+/=");
         let debug = format!("{token:?} {:?}", token.inner.granted);
         assert!(!debug.contains("tok.en"), "{debug}");
-        assert_ne!(token.id(), token.clone().id().max(TokenId::next()));
+        // A clone (and a thread's copy) is the same token; a token made later has a new,
+        // larger id.
+        assert_eq!(token.clone().id(), token.id());
+        assert_eq!(token.thread_copy().id(), token.id());
+        let later = AccessToken::new(
+            GrantedToken::new("other", Duration::from_secs(60), vec![]).unwrap(),
+            Schedule {
+                expires_at: now,
+                usable_until: now,
+                refresh_at: now,
+            },
+        );
+        assert!(
+            later.id() > token.id(),
+            "{} after {}",
+            later.id(),
+            token.id()
+        );
+    }
+
+    #[test]
+    fn tokens_up_to_the_size_limit_are_accepted() {
+        let lifetime = Duration::from_secs(60);
+        let longest = "t".repeat(MAX_ACCESS_TOKEN_BYTES);
+        assert!(GrantedToken::new(&longest, lifetime, vec![]).is_ok());
+        let err = GrantedToken::new(&format!("{longest}t"), lifetime, vec![]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("longer than the 8192 bytes accepted"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("ttt"), "{err}");
     }
 }

@@ -19,7 +19,9 @@
 //! `token_type` is named only if it is a registered type ([`registered_token_type`]);
 //! `error_uri`, error pages and headers other than `Retry-After` are never kept.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::ops::Range;
 
 use base64::Engine as _;
 use parking_lot::Mutex;
@@ -55,64 +57,162 @@ pub(crate) const MAX_SCOPE_LEN: usize = 128;
 
 /// The secrets server text must never carry into an error or a log: the client secret in
 /// every form it is sent in, and the tokens this grant obtained.
+///
+/// What it costs: every secret's runs of [`MIN_FRAGMENT`] characters are hashed once, when
+/// the secret is remembered, into one table; redacting a text is then one pass over it, one
+/// lookup per run of [`MIN_FRAGMENT`] characters, however many secrets are remembered and
+/// however long they are (tokens are at most
+/// [`MAX_ACCESS_TOKEN_BYTES`](crate::token::MAX_ACCESS_TOKEN_BYTES)). The table holds keyed
+/// hashes, not the secrets' characters.
 pub(crate) struct Secrets {
-    /// The client secret, raw and as it goes over the wire.
+    known: Mutex<Known>,
+    /// Keys the hashes of the runs (random per process).
+    hasher: RandomState,
+    /// How many runs of text were looked up: the work redaction did.
+    #[cfg(test)]
+    lookups: std::sync::atomic::AtomicUsize,
+}
+
+/// The secrets, with invisible characters removed (text is matched without them).
+struct Known {
+    /// The client secret's forms; never forgotten.
     credentials: Vec<SecretString>,
     /// The latest tokens, newest last.
-    tokens: Mutex<VecDeque<SecretString>>,
+    tokens: VecDeque<SecretString>,
+    /// For each hash of a run of [`MIN_FRAGMENT`] characters of a secret, how many runs of
+    /// the secrets above have it.
+    runs: HashMap<u64, u32>,
+    /// The secrets shorter than a run: only the whole of one is matched.
+    short: Vec<SecretString>,
 }
 
 impl Secrets {
-    /// The forms of `credentials`' secret that go over the wire: raw, form-encoded (with
-    /// upper- and lower-case escapes), and the base64 credentials of HTTP Basic (whatever
-    /// the method: they reveal the secret to anyone who decodes them).
+    /// The forms of `credentials`' secret that go over the wire: raw, form-encoded as the
+    /// crate sends it (`~` literal) and as other encoders do (`%7E`), with upper- and
+    /// lower-case escapes, and the base64 credentials of HTTP Basic (whatever the method:
+    /// they reveal the secret to anyone who decodes them).
     pub(crate) fn new(credentials: &Credentials) -> Self {
         let secret = credentials.client_secret();
+        let sent = form_encode(secret);
         let encoded: String = byte_serialize(secret.as_bytes()).collect();
-        let mut forms = vec![
+        let forms = [
             secret.to_owned(),
+            lower_case_escapes(&sent),
+            sent,
             lower_case_escapes(&encoded),
             encoded,
             basic_credentials(credentials.client_id(), secret),
         ];
-        forms.retain(|form| !form.is_empty());
-        forms.dedup();
-        Secrets {
-            credentials: forms.into_iter().map(SecretString::from).collect(),
-            tokens: Mutex::new(VecDeque::with_capacity(REMEMBERED_TOKENS)),
+        let mut visible: Vec<String> = forms.iter().map(|form| without_invisible(form)).collect();
+        visible.retain(|form| !form.is_empty());
+        visible.sort_unstable();
+        visible.dedup();
+        let secrets = Secrets::empty();
+        {
+            let mut known = secrets.known.lock();
+            for form in visible {
+                let form = SecretString::from(form);
+                secrets.add(&mut known, &form, 1);
+                known.credentials.push(form);
+            }
         }
+        secrets
     }
 
     /// No secrets to redact: for text that cannot hold the client's (a token store's errors),
     /// which still needs the rest of [`clean`](Self::clean).
-    #[cfg(feature = "shared-cache")]
     pub(crate) fn empty() -> Self {
         Secrets {
-            credentials: Vec::new(),
-            tokens: Mutex::new(VecDeque::new()),
+            known: Mutex::new(Known {
+                credentials: Vec::new(),
+                tokens: VecDeque::with_capacity(REMEMBERED_TOKENS),
+                runs: HashMap::new(),
+                short: Vec::new(),
+            }),
+            hasher: RandomState::new(),
+            #[cfg(test)]
+            lookups: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
-    /// Remembers a token this grant obtained, forgetting the oldest beyond
-    /// [`REMEMBERED_TOKENS`].
+    /// Remembers a token this grant obtained (or took from the shared cache), forgetting the
+    /// oldest beyond [`REMEMBERED_TOKENS`]. A token already remembered is not added again.
     pub(crate) fn remember_token(&self, token: &str) {
-        let mut tokens = self.tokens.lock();
-        if tokens.len() == REMEMBERED_TOKENS {
-            tokens.pop_front();
+        let token = without_invisible(token);
+        if token.is_empty() {
+            return;
         }
-        tokens.push_back(SecretString::from(token));
+        let mut known = self.known.lock();
+        if known.tokens.iter().any(|t| t.expose_secret() == token) {
+            return;
+        }
+        if known.tokens.len() == REMEMBERED_TOKENS {
+            if let Some(oldest) = known.tokens.pop_front() {
+                self.add(&mut known, &oldest, -1);
+            }
+        }
+        let token = SecretString::from(token);
+        self.add(&mut known, &token, 1);
+        known.tokens.push_back(token);
     }
 
-    /// Server text made safe to keep: secrets and their fragments redacted, control and
+    /// Adds (`change` 1) or removes (-1) `secret`'s runs, or the whole of it if it is short.
+    fn add(&self, known: &mut Known, secret: &SecretString, change: i32) {
+        let text = secret.expose_secret();
+        let bounds: Vec<usize> = text
+            .char_indices()
+            .map(|(at, _)| at)
+            .chain([text.len()])
+            .collect();
+        if bounds.len() <= MIN_FRAGMENT {
+            if change > 0 {
+                known.short.push(secret.clone());
+            } else if let Some(at) = known.short.iter().position(|s| s.expose_secret() == text) {
+                known.short.swap_remove(at);
+            }
+            return;
+        }
+        for run in bounds.windows(MIN_FRAGMENT + 1) {
+            let (Some(&start), Some(&end)) = (run.first(), run.last()) else {
+                continue;
+            };
+            let hash = self.hasher.hash_one(&text[start..end]);
+            if change > 0 {
+                *known.runs.entry(hash).or_insert(0) += 1;
+            } else if let Some(count) = known.runs.get_mut(&hash) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    known.runs.remove(&hash);
+                }
+            }
+        }
+    }
+
+    /// Server text made safe to keep: secrets and their fragments redacted (matched with
+    /// invisible characters removed, so that they cannot split a secret), control and
     /// invisible characters turned into spaces, trimmed, at most [`MAX_SERVER_TEXT`]
     /// characters (an ellipsis marks a cut).
     pub(crate) fn clean(&self, text: &str) -> String {
         let read: String = text.chars().take(MAX_TEXT_READ).collect();
-        let visible: String = read
-            .chars()
-            .map(|c| if is_invisible(c) { ' ' } else { c })
-            .collect();
-        let redacted = self.redact(&visible);
+        let mut hidden = vec![false; read.len()];
+        for range in self.find(&read, false) {
+            for flag in &mut hidden[range] {
+                *flag = true;
+            }
+        }
+        let mut redacted = String::with_capacity(read.len());
+        let mut in_secret = false;
+        for (at, c) in read.char_indices() {
+            if hidden[at] {
+                if !in_secret {
+                    redacted.push_str(REDACTED);
+                }
+                in_secret = true;
+            } else {
+                redacted.push(if is_invisible(c) { ' ' } else { c });
+                in_secret = false;
+            }
+        }
         let mut kept: String = redacted.trim().chars().take(MAX_SERVER_TEXT).collect();
         if redacted.trim().chars().count() > MAX_SERVER_TEXT || text.len() > read.len() {
             kept.push('…');
@@ -122,75 +222,103 @@ impl Secrets {
 
     /// Whether `text` holds a secret or a fragment of one.
     pub(crate) fn reveal_any(&self, text: &str) -> bool {
-        self.redact(text) != text
+        !self.find(text, true).is_empty()
     }
 
     /// The scopes of a token answer's `scope` if it is usable: at most
     /// [`MAX_GRANTED_SCOPES`] scopes separated by spaces, each at most [`MAX_SCOPE_LEN`]
-    /// characters of RFC 6749's `scope-token` syntax, none holding a secret. `None` otherwise.
+    /// characters of RFC 6749's `scope-token` syntax, and none holding a secret or a
+    /// remembered token, or [`MIN_FRAGMENT`] characters of one (checked once, on the scopes
+    /// joined by spaces). `None` otherwise.
     pub(crate) fn granted_scopes(&self, scope: &str) -> Option<Vec<String>> {
-        let scopes: Vec<&str> = scope.split(' ').filter(|s| !s.is_empty()).collect();
-        let usable = scopes.len() <= MAX_GRANTED_SCOPES
-            && scopes.iter().all(|scope| {
-                scope.len() <= MAX_SCOPE_LEN
-                    && scope.bytes().all(is_nqchar)
-                    && !self.reveal_any(scope)
-            });
-        usable.then(|| scopes.into_iter().map(str::to_owned).collect())
+        let mut scopes = Vec::new();
+        for scope in scope.split(' ').filter(|s| !s.is_empty()) {
+            if scopes.len() == MAX_GRANTED_SCOPES
+                || scope.len() > MAX_SCOPE_LEN
+                || !scope.bytes().all(is_nqchar)
+            {
+                return None;
+            }
+            scopes.push(scope);
+        }
+        if self.reveal_any(&scopes.join(" ")) {
+            return None;
+        }
+        Some(scopes.into_iter().map(str::to_owned).collect())
     }
 
-    /// `text` with every secret, and every run of [`MIN_FRAGMENT`] or more characters of
-    /// one, replaced by [`REDACTED`].
-    fn redact(&self, text: &str) -> String {
-        let tokens = self.tokens.lock();
-        let secrets = self.credentials.iter().chain(tokens.iter());
-        // Which bytes of `text` belong to a secret.
-        let mut hidden = vec![false; text.len()];
-        for secret in secrets {
-            let secret = secret.expose_secret();
-            let bounds: Vec<usize> = secret
-                .char_indices()
-                .map(|(at, _)| at)
-                .chain([secret.len()])
-                .collect();
-            if bounds.len() <= MIN_FRAGMENT {
-                // Shorter than a fragment: only the whole of it.
-                mark_all(text, secret, &mut hidden);
-            }
-            for window in bounds.windows(MIN_FRAGMENT + 1) {
-                if let (Some(&start), Some(&end)) = (window.first(), window.last()) {
-                    mark_all(text, &secret[start..end], &mut hidden);
-                }
-            }
-        }
-        drop(tokens);
-        let mut out = String::with_capacity(text.len());
-        let mut in_secret = false;
+    /// How many runs of text redaction has looked up so far.
+    #[cfg(test)]
+    pub(crate) fn lookups(&self) -> usize {
+        self.lookups.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The byte ranges of `text` that hold a secret, or a run of [`MIN_FRAGMENT`] or more
+    /// characters of one, once invisible characters are removed: each range runs from the
+    /// first matching character to the last, the invisible ones between included. One pass,
+    /// one lookup per run of `text`; with `first_only`, stops at the first range.
+    fn find(&self, text: &str, first_only: bool) -> Vec<Range<usize>> {
+        // The visible characters: where each is in `text`, and in `visible`.
+        let mut visible = String::with_capacity(text.len());
+        let mut places: Vec<(usize, usize)> = Vec::with_capacity(text.len());
         for (at, c) in text.char_indices() {
-            if hidden[at] {
-                if !in_secret {
-                    out.push_str(REDACTED);
-                }
-                in_secret = true;
-            } else {
-                out.push(c);
-                in_secret = false;
+            if !is_invisible(c) {
+                places.push((at, visible.len()));
+                visible.push(c);
             }
         }
-        out
+        // The range in `text` of the visible characters `first..last` (exclusive).
+        let span = |first: usize, last: usize| -> Option<Range<usize>> {
+            let start = places.get(first)?.0;
+            let (at, _) = *places.get(last.checked_sub(1)?)?;
+            let end = at + text[at..].chars().next()?.len_utf8();
+            Some(start..end)
+        };
+        let at_visible = |byte: usize| places.binary_search_by_key(&byte, |&(_, v)| v).ok();
+
+        let known = self.known.lock();
+        let mut found = Vec::new();
+        for short in &known.short {
+            for (byte, matched) in visible.match_indices(short.expose_secret()) {
+                let first = at_visible(byte);
+                let last = at_visible(byte + matched.len()).unwrap_or(places.len());
+                if let Some(range) = first.and_then(|first| span(first, last)) {
+                    found.push(range);
+                    if first_only {
+                        return found;
+                    }
+                }
+            }
+        }
+        if known.runs.is_empty() {
+            return found;
+        }
+        for first in 0..places.len().saturating_sub(MIN_FRAGMENT - 1) {
+            let last = first + MIN_FRAGMENT;
+            let start = places[first].1;
+            let end = places.get(last).map_or(visible.len(), |&(_, v)| v);
+            #[cfg(test)]
+            self.lookups
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if known
+                .runs
+                .contains_key(&self.hasher.hash_one(&visible[start..end]))
+            {
+                if let Some(range) = span(first, last) {
+                    found.push(range);
+                    if first_only {
+                        return found;
+                    }
+                }
+            }
+        }
+        found
     }
 }
 
-/// Marks the bytes of every occurrence of `needle` in `text` as hidden.
-fn mark_all(text: &str, needle: &str, hidden: &mut [bool]) {
-    if needle.is_empty() {
-        return;
-    }
-    for (at, found) in text.match_indices(needle) {
-        for flag in hidden.iter_mut().skip(at).take(found.len()) {
-            *flag = true;
-        }
-    }
+/// `text` without its invisible characters.
+fn without_invisible(text: &str) -> String {
+    text.chars().filter(|&c| !is_invisible(c)).collect()
 }
 
 /// Form-encoded text with its `%XX` escapes in lower case, as some encoders write them.
@@ -212,11 +340,23 @@ fn lower_case_escapes(encoded: &str) -> String {
 }
 
 /// `base64(urlencode(id) ":" urlencode(secret))`: what HTTP Basic carries (RFC 6749 section
-/// 2.3.1).
+/// 2.3.1), with [`form_encode`].
 pub(crate) fn basic_credentials(client_id: &str, secret: &str) -> String {
-    let id: String = byte_serialize(client_id.as_bytes()).collect();
-    let secret: String = byte_serialize(secret.as_bytes()).collect();
+    let (id, secret) = (form_encode(client_id), form_encode(secret));
     base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+}
+
+/// `value` form-urlencoded (`application/x-www-form-urlencoded`: a space is `+`, any byte
+/// but ASCII letters, digits and `*-._` is `%XX`), except that `~` stays literal, as every
+/// RFC 3986 unreserved character (`A-Z a-z 0-9 - . _ ~`) does: Understory's auth server
+/// refuses `%7E` (issue 18), and a literal `~` decodes to `~` in every form parser.
+pub(crate) fn form_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for piece in byte_serialize(value.as_bytes()) {
+        // `byte_serialize` yields `%7E` as one piece, and never a `%` that is not an escape.
+        out.push_str(if piece == "%7E" { "~" } else { piece });
+    }
+    out
 }
 
 /// Control, format, private-use, unassigned, line and paragraph separator characters.
@@ -313,6 +453,36 @@ mod tests {
         assert_eq!(secrets.clean(&format!("<{}>", token(3))), "<[REDACTED]>");
         // The first fell out.
         assert_eq!(secrets.clean(first), first);
+    }
+
+    /// Issue 19: invisible characters inside an echoed secret do not hide it: it is matched
+    /// with them removed, and the whole range it spans in the original is blanked.
+    #[test]
+    fn a_secret_broken_up_by_invisible_characters_is_redacted() {
+        let secrets = secrets(ClientAuthMethod::ClientSecretPost);
+        let token = "ory_at_Q7vX2kLm9pZtJ4hN8bVc3xRq";
+        secrets.remember_token(token);
+        for (whole, c) in [(SECRET, '\u{ad}'), (token, '\u{ad}'), (SECRET, '\u{200b}')] {
+            let mut broken = String::new();
+            for (n, part) in whole.as_bytes().chunks(7).enumerate() {
+                if n > 0 {
+                    broken.push(c);
+                }
+                broken.push_str(std::str::from_utf8(part).unwrap());
+            }
+            let clean = secrets.clean(&format!("got <{broken}> here\u{ad}!"));
+            assert_eq!(
+                clean,
+                "got <[REDACTED]> here !",
+                "{whole} with U+{:04X}",
+                u32::from(c)
+            );
+            // A part of 8 visible characters, split by an invisible one, is still a part.
+            let part = format!("{}{c}{}", &whole[2..6], &whole[6..10]);
+            assert_eq!(secrets.clean(&format!("[{part}]")), "[[REDACTED]]");
+        }
+        // Invisible characters that split no secret still become spaces.
+        assert_eq!(secrets.clean("a\u{ad}b\u{200b}c"), "a b c");
     }
 
     #[test]

@@ -165,6 +165,8 @@ impl SharedStoreSource {
             return None;
         }
         let token = GrantedToken::new(&entry.token, left, entry.scopes).ok()?;
+        // Redacted from what the auth server answers this process, as a token it fetched.
+        self.inner.remember_token(token.secret());
         self.newest_seen.fetch_max(entry.generation, Relaxed);
         self.hits.fetch_add(1, Relaxed);
         tracing::debug!(

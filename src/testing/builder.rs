@@ -5,8 +5,8 @@ use std::io;
 use std::time::Duration;
 
 use super::server::SandboxServer;
-use super::state::Config;
-use super::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_SCOPES, DEFAULT_TOKEN_LIFETIME};
+use super::state::{Config, random_client_secret};
+use super::{DEFAULT_CLIENT_ID, DEFAULT_SCOPES, DEFAULT_TOKEN_LIFETIME};
 use crate::ClientAuthMethod;
 
 /// Configures a [`SandboxServer`] before starting it; see [`SandboxServer::builder`].
@@ -14,7 +14,8 @@ use crate::ClientAuthMethod;
 #[must_use = "a builder does nothing until `start` is called"]
 pub struct SandboxBuilder {
     client_id: String,
-    client_secret: String,
+    /// `None`: one generated when the sandbox starts.
+    client_secret: Option<String>,
     token_lifetime: Duration,
     allowed_scopes: Vec<String>,
     client_auth: ClientAuthMethod,
@@ -24,7 +25,7 @@ impl Default for SandboxBuilder {
     fn default() -> Self {
         Self {
             client_id: DEFAULT_CLIENT_ID.to_owned(),
-            client_secret: DEFAULT_CLIENT_SECRET.to_owned(),
+            client_secret: None,
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
             allowed_scopes: DEFAULT_SCOPES
                 .iter()
@@ -54,9 +55,10 @@ impl SandboxBuilder {
         self
     }
 
-    /// The only client secret the token endpoint accepts (default [`DEFAULT_CLIENT_SECRET`]).
+    /// The only client secret the token endpoint accepts (default: one generated per sandbox,
+    /// like Understory's: 26 characters of `a-zA-Z0-9_-.~` with at least one `~`).
     pub fn client_secret(mut self, client_secret: impl Into<String>) -> Self {
-        self.client_secret = client_secret.into();
+        self.client_secret = Some(client_secret.into());
         self
     }
 
@@ -91,7 +93,7 @@ impl SandboxBuilder {
     pub async fn start(self) -> io::Result<SandboxServer> {
         let config = Config {
             client_id: self.client_id,
-            client_secret: self.client_secret,
+            client_secret: self.client_secret.unwrap_or_else(random_client_secret),
             client_auth: self.client_auth,
         };
         SandboxServer::spawn(config, self.allowed_scopes, self.token_lifetime).await

@@ -125,7 +125,9 @@ impl SandboxServer {
         &self.running.shared.config.client_id
     }
 
-    /// The client secret the token endpoint accepts.
+    /// The client secret the token endpoint accepts: the builder's, or one generated at start
+    /// as Understory's are (26 characters of `a-zA-Z0-9_-.~`, always with a `~`: the token
+    /// endpoint refuses `%7E` with `invalid_client`, as Understory's does).
     pub fn client_secret(&self) -> &str {
         &self.running.shared.config.client_secret
     }

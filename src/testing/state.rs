@@ -206,6 +206,21 @@ impl Log {
 }
 
 /// An opaque token that looks like one of Hydra's: `ory_at_` and 43 URL-safe characters.
+/// A client secret as Understory's Hydra generates them: 26 characters drawn from
+/// `a-zA-Z0-9_-.~`, here always with at least one `~` (which Understory's server refuses
+/// percent-encoded, see the token endpoint), at a random place.
+pub(crate) fn random_client_secret() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.~";
+    const LEN: usize = 26;
+    let mut secret: Vec<char> = (0..LEN)
+        .map(|_| char::from(ALPHABET[fastrand::usize(..ALPHABET.len())]))
+        .collect();
+    if !secret.contains(&'~') {
+        secret[fastrand::usize(..LEN)] = '~';
+    }
+    secret.into_iter().collect()
+}
+
 fn random_token() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     const PREFIX: &str = "ory_at_";

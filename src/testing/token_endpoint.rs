@@ -1,4 +1,5 @@
-//! `POST /oauth2/token`: the `client_credentials` grant as Ory Hydra implements it.
+//! `POST /oauth2/token`: the `client_credentials` grant as Ory Hydra implements it, and as
+//! Understory's server refuses `%7E` (see `refuse_encoded_tilde`).
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
@@ -50,6 +51,7 @@ fn grant(shared: &Shared, head: &Parts, body: RequestBody) -> Result<Issued, OAu
             BodyError::Incomplete => "The request body could not be read.".to_owned(),
         })
     })?;
+    refuse_encoded_tilde(&body)?;
     let form = Form::parse(&body);
 
     let grant_type = form.get("grant_type").unwrap_or_default();
@@ -104,6 +106,35 @@ fn grant_scopes(state: &State, requested: &str) -> Result<Vec<String>, OAuthErro
         scopes.push(scope.to_owned());
     }
     Ok(scopes)
+}
+
+/// Understory's server refuses a `~` sent as `%7E` (a public integration strips the escape
+/// with the comment "Understory auth server requires the literal ~"; its generated secrets
+/// contain `~`): as it answers, `invalid_client` for the credentials, and `invalid_request`
+/// for any other field, here with a hint that says why (the value is not repeated).
+fn refuse_encoded_tilde(body: &[u8]) -> Result<(), OAuthError> {
+    let encoded_tilde = |raw: &[u8]| {
+        raw.windows(3)
+            .any(|w| w[0] == b'%' && w[1] == b'7' && w[2].eq_ignore_ascii_case(&b'e'))
+    };
+    let Some(pair) = body.split(|&b| b == b'&').find(|pair| encoded_tilde(pair)) else {
+        return Ok(());
+    };
+    let name_end = pair.iter().position(|&b| b == b'=').unwrap_or(pair.len());
+    let name = String::from_utf8_lossy(&pair[..name_end]);
+    let name = if encoded_tilde(name.as_bytes()) {
+        "a field name".to_owned()
+    } else {
+        format!("'{name}'")
+    };
+    let hint = format!(
+        "The request body's {name} holds '%7E': this server requires a literal '~' (RFC 3986 \
+         unreserved characters are sent unencoded)."
+    );
+    match name.as_str() {
+        "'client_id'" | "'client_secret'" => Err(OAuthError::InvalidClient(hint)),
+        _ => Err(OAuthError::InvalidRequest(hint)),
+    }
 }
 
 /// Whether the request says its body is `application/x-www-form-urlencoded`.

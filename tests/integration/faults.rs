@@ -239,7 +239,7 @@ async fn a_hanging_token_endpoint_times_out_then_recovers() {
     .expect("the callers were released");
     let error = all_token_errors(
         &outcomes,
-        |e| matches!(e, Error::Timeout { after } if *after == timeout),
+        |e| matches!(e, Error::Timeout { after, .. } if *after == timeout),
     );
     assert!(error.is_transient());
     assert_eq!(server.token_requests(), 1);

@@ -65,10 +65,13 @@ async fn the_request_is_exactly_what_understory_documents() {
             ("client_secret", server.client_secret()),
         ]
     );
-    // The secret's `~` is percent-encoded on the wire, as form encoding requires.
+    // The secret's `~` goes literally (RFC 3986 unreserved): Understory refuses `%7E`.
     let body = String::from_utf8(request.body.to_vec()).unwrap();
     assert!(server.client_secret().contains('~'));
-    assert!(body.contains("%7E") && !body.contains('~'), "{body}");
+    assert!(
+        body.contains(&format!("&client_secret={}", server.client_secret())),
+        "{body}"
+    );
 
     assert_eq!(server.issued_tokens(), [token.secret()]);
     assert_eq!(token.scopes(), ["openid", "marketing.read"]);
@@ -105,6 +108,95 @@ async fn client_secret_basic_sends_the_secret_in_the_header_only() {
     );
     assert_eq!(request.form_value("client_secret"), None);
     assert_eq!(request.form_value("client_id"), None);
+}
+
+/// Issue 18: Understory's auth server refuses `%7E`; the RFC 3986 unreserved characters
+/// (`A-Z a-z 0-9 - . _ ~`) go literally, in the form body and in the Basic credentials
+/// (form-urlencoded before base64), everything else as form encoding has it.
+#[tokio::test]
+async fn unreserved_characters_of_the_secret_go_literally_with_both_methods() {
+    use base64::Engine as _;
+    const SECRET: &str = "Ab9~x.y_z-Q~ +:/%\u{e9}";
+    const ON_THE_WIRE: &str = "Ab9~x.y_z-Q~+%2B%3A%2F%25%C3%A9";
+    const ID: &str = "my.client~1";
+    for method in [
+        ClientAuthMethod::ClientSecretPost,
+        ClientAuthMethod::ClientSecretBasic,
+    ] {
+        let server = SandboxServer::builder()
+            .client_id(ID)
+            .client_secret(SECRET)
+            .client_auth_method(method)
+            .start()
+            .await
+            .unwrap();
+        let creds = credentials(&server)
+            .with_scopes(["openid"])
+            .with_auth_method(method);
+        auth_with(&server, creds).token().await.unwrap();
+        let request = &server.token_requests_received()[0];
+        let body = String::from_utf8(request.body.to_vec()).unwrap();
+        assert!(!body.to_ascii_uppercase().contains("%7E"), "{body}");
+        match method {
+            ClientAuthMethod::ClientSecretPost => {
+                assert_eq!(
+                    body,
+                    format!(
+                        "grant_type=client_credentials&scope=openid\
+                         &audience=https%3A%2F%2Fapi.understory.io\
+                         &client_id={ID}&client_secret={ON_THE_WIRE}"
+                    )
+                );
+                assert_eq!(request.header("authorization"), None);
+            }
+            _ => {
+                assert_eq!(
+                    body,
+                    "grant_type=client_credentials&scope=openid\
+                     &audience=https%3A%2F%2Fapi.understory.io"
+                );
+                let header = request.header("authorization").unwrap();
+                let encoded = header.strip_prefix("Basic ").unwrap();
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .unwrap();
+                assert_eq!(
+                    String::from_utf8(decoded).unwrap(),
+                    format!("{ID}:{ON_THE_WIRE}")
+                );
+            }
+        }
+    }
+}
+
+/// The sandbox refuses `%7E` as Understory's server does, saying why.
+#[tokio::test]
+async fn the_sandbox_refuses_an_encoded_tilde_and_says_why() {
+    let server = sandbox().await;
+    let secret = server.client_secret().replace('~', "%7e");
+    let body = format!(
+        "grant_type=client_credentials&audience=https%3A%2F%2Fapi.understory.io\
+         &client_id={}&client_secret={secret}",
+        server.client_id()
+    );
+    let response = reqwest::Client::new()
+        .post(server.token_url())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let answer: serde_json::Value =
+        serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(answer["error"], "invalid_client");
+    let description = answer["error_description"].as_str().unwrap();
+    assert!(
+        description.contains("'client_secret'") && description.contains("literal '~'"),
+        "{description}"
+    );
+    assert!(!description.contains(&secret), "{description}");
+    assert!(server.issued_tokens().is_empty());
 }
 
 #[tokio::test]
@@ -250,7 +342,9 @@ async fn malformed_answers_are_clear_errors() {
     let (_s, err) = with_fault(TokenFault::EmptyToken).await;
     assert!(err.to_string().contains("access_token is empty"), "{err}");
     let (_s, err) = with_fault(TokenFault::WrongTokenType).await;
-    assert!(matches!(err, Error::UnsupportedTokenType { ref token_type } if token_type == "mac"));
+    assert!(
+        matches!(err, Error::UnsupportedTokenType { ref token_type, .. } if token_type == "mac")
+    );
     let (_s, err) = with_fault(TokenFault::Body {
         status: 200,
         content_type: "application/json".into(),
@@ -313,7 +407,7 @@ async fn a_hanging_server_times_out() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::Timeout { after } if after == Duration::from_millis(300)),
+        matches!(err, Error::Timeout { after, .. } if after == Duration::from_millis(300)),
         "{err}"
     );
     assert!(err.is_transient());

@@ -471,6 +471,32 @@ async fn a_host_header_naming_another_host_gets_no_token() -> TestResult {
     Ok(())
 }
 
+/// Issue 19: `Host: x@127.0.0.1:P` is no authority a server routes by as the URI's: no token.
+#[tokio::test]
+async fn a_host_header_with_user_info_gets_no_token() -> TestResult {
+    let sandbox = sandbox().await;
+    let (opted_in, seen) = recording_opted_in(&sandbox);
+    let api_authority = sandbox.api_base().trim_start_matches("http://").to_owned();
+    for uri in [format!("{}/v1/me", sandbox.api_base()), "/v1/me".to_owned()] {
+        for host in [
+            format!("x@{api_authority}"),
+            format!("evil.example@{api_authority}"),
+            format!("@{api_authority}"),
+        ] {
+            let request = Request::get(&uri)
+                .header(http::header::HOST, host)
+                .body(())
+                .expect("a valid request");
+            opted_in.clone().oneshot(request).await?;
+        }
+    }
+    let seen = seen.lock().expect("not poisoned");
+    assert_eq!(seen.len(), 6);
+    assert!(seen.iter().all(Option::is_none), "{seen:?}");
+    assert_eq!(sandbox.token_requests(), 0);
+    Ok(())
+}
+
 #[tokio::test]
 async fn skip_auth_sends_no_token() -> TestResult {
     let sandbox = sandbox().await;

@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use understory_auth::testing::{
-    AUDIENCE, ApiFault, DEFAULT_CLIENT_SECRET, EchoIn, SandboxBuilder, SandboxServer, TokenFault,
+    AUDIENCE, ApiFault, EchoIn, SandboxBuilder, SandboxServer, TokenFault,
 };
 use understory_auth::{ClientAuthMethod, scope};
 
@@ -108,12 +108,21 @@ fn impatient_client() -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
+/// Form-urlencoded with `~` literal, as Understory's server requires (the sandbox refuses
+/// `%7E`, see `an_encoded_tilde_is_refused_naming_the_field`).
 fn form(pairs: &[(&str, &str)]) -> String {
-    let mut serializer = url::form_urlencoded::Serializer::new(String::new());
-    for (key, value) in pairs {
-        serializer.append_pair(key, value);
-    }
-    serializer.finish()
+    pairs
+        .iter()
+        .map(|(key, value)| format!("{}={}", encode(key), encode(value)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// `value` form-urlencoded, `~` literal.
+fn encode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes())
+        .collect::<String>()
+        .replace("%7E", "~")
 }
 
 async fn json(response: reqwest::Response) -> TestResult<Value> {
@@ -150,8 +159,6 @@ async fn assert_unauthorized(response: reqwest::Response) -> TestResult<String> 
 
 /// `Basic base64(urlencode(id):urlencode(secret))`, as OAuth2 specifies.
 fn basic_authorization(client_id: &str, client_secret: &str) -> String {
-    let encode =
-        |value: &str| url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>();
     let credentials = format!("{}:{}", encode(client_id), encode(client_secret));
     format!("Basic {}", STANDARD.encode(credentials))
 }
@@ -301,15 +308,76 @@ async fn wrong_or_missing_client_id_is_invalid_client() -> TestResult {
 }
 
 #[tokio::test]
-async fn the_default_secret_survives_form_encoding() -> TestResult {
-    let server = Sandbox::start().await?;
-    assert_eq!(server.client_secret(), DEFAULT_CLIENT_SECRET);
-    server.fetch_token("").await?;
-    let recorded = &server.token_requests_received()[0];
-    assert_eq!(
-        recorded.form_value("client_secret").as_deref(),
-        Some(DEFAULT_CLIENT_SECRET)
+async fn the_generated_secret_is_understorys_kind_and_survives_form_encoding() -> TestResult {
+    let (first, second) = (Sandbox::start().await?, Sandbox::start().await?);
+    assert_ne!(
+        first.client_secret(),
+        second.client_secret(),
+        "one per sandbox"
     );
+    for server in [&first, &second] {
+        let secret = server.client_secret();
+        assert_eq!(secret.len(), 26);
+        assert!(secret.contains('~'), "{secret}");
+        assert!(
+            secret
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.~".contains(&b)),
+            "{secret}"
+        );
+        server.fetch_token("").await?;
+        let recorded = &server.token_requests_received()[0];
+        assert_eq!(
+            recorded.form_value("client_secret").as_deref(),
+            Some(secret)
+        );
+    }
+    Ok(())
+}
+
+/// Issue 18: as Understory's server, the sandbox refuses `%7E` (any case) in the body:
+/// `invalid_client` in the credentials, `invalid_request` elsewhere, naming the field.
+#[tokio::test]
+async fn an_encoded_tilde_is_refused_naming_the_field() -> TestResult {
+    let server = Sandbox::start().await?;
+    let secret = server.client_secret().to_owned();
+    let valid = server.valid_form("openid");
+    for (body, field, status, error) in [
+        (
+            valid.replace('~', "%7E"),
+            "client_secret",
+            401,
+            "invalid_client",
+        ),
+        (
+            valid.replace('~', "%7e"),
+            "client_secret",
+            401,
+            "invalid_client",
+        ),
+        (
+            valid.replace("scope=openid", "scope=openid%7Ex"),
+            "scope",
+            400,
+            "invalid_request",
+        ),
+    ] {
+        let response = server.post_token(body).await?;
+        let description = assert_oauth_error(response, status, error).await?;
+        assert!(
+            description.contains(&format!("'{field}' holds '%7E'"))
+                && description.contains("literal '~'"),
+            "{field}: {description}"
+        );
+        assert!(!description.contains(&secret[..8]), "{description}");
+    }
+    assert!(server.issued_tokens().is_empty());
+    // `~` itself, and `%7E` spelled out as `%257E` (a literal "%7E"), are fine.
+    let body = server
+        .valid_form("openid")
+        .replace("audience=", "x=%257E&audience=");
+    assert_eq!(server.post_token(body).await?.status(), 200);
+    assert_eq!(server.issued_tokens().len(), 1);
     Ok(())
 }
 

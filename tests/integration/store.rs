@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::AsyncCommands;
-use understory_auth::testing::SandboxServer;
+use understory_auth::testing::{EchoIn, SandboxServer, TokenFault};
 use understory_auth::{Credentials, RedisStore, TokenStore, UnderstoryAuth};
 
 /// The prefix of every key the crate writes to Redis, as `RedisStore`'s docs state it.
@@ -458,6 +458,31 @@ async fn a_tampered_entry_is_rejected_logged_without_contents_and_replaced() -> 
         .await?;
     assert_eq!(third.secret(), second.secret(), "the entry was replaced");
     assert_eq!(server.token_requests(), 2);
+    Ok(())
+}
+
+/// Issue 18: a token a process took from the shared cache (fetched by another process) is
+/// redacted from what the auth server answers that process, like one it fetched itself.
+#[tokio::test]
+async fn a_token_taken_from_the_shared_cache_is_redacted_from_answers() -> TestResult {
+    let (server, redis) = (sandbox().await, RedisServer::start());
+    let fetched = process(&server, &redis, credentials(&server))
+        .token()
+        .await?;
+    let taker = process(&server, &redis, credentials(&server));
+    let taken = taker.token().await?;
+    assert_eq!(taken.secret(), fetched.secret());
+    assert_eq!(server.token_requests(), 1);
+
+    // The auth server echoes the latest token it issued, the one `taker` took.
+    server.push_token_fault(TokenFault::Echo(EchoIn::ErrorDescription));
+    assert!(taker.invalidate(&taken));
+    let err = taker.token().await.expect_err("the echo is an error");
+    assert_eq!(server.token_requests(), 2);
+    let shown = format!("{err} {err:?}");
+    let random = taken.secret().trim_start_matches("ory_at_");
+    assert!(!shown.contains(&random[..8]), "{shown}");
+    assert!(shown.contains("[REDACTED]"), "{shown}");
     Ok(())
 }
 
