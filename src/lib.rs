@@ -34,7 +34,8 @@
 //! [`allow_origin`](UnderstoryAuthBuilder::allow_origin); those must be HTTPS (plain HTTP
 //! only to loopback hosts, for tests). Every other request passes through untouched, and so
 //! does a request that already has an `Authorization` header, one carrying the [`SkipAuth`]
-//! extension, one whose `Host` header names another host or port than its URI, and one
+//! extension, one whose `Host` header names another host or port than its URI (or holds
+//! user info, `x@host`), and one
 //! whose origin cannot be checked (an authority without a scheme: `CONNECT host:443`,
 //! `//host/path`). A relative URI (`/v1/me`, as a tonic channel sends) gets the token only
 //! through [`BearerAuthLayer::authorize_relative_uris`]. The token never follows a redirect

@@ -189,7 +189,10 @@ async fn a_redis_announcing_a_huge_reply_fails_the_webhook_claim_which_stops_rea
     let mut redis = HostileRedis::start(b"*1\r\n$4294967296\r\n").await;
     let dedup = RedisWebhookDedup::new(&redis.url).expect("dedup");
 
-    let error = dedup.claim("msg_1", "owner", Duration::from_secs(60)).await.expect_err("a 4 GiB reply");
+    let error = dedup
+        .claim("msg_1", "owner", Duration::from_secs(60))
+        .await
+        .expect_err("a 4 GiB reply");
     let chain = format!("{error} {:?}", std::error::Error::source(&error));
     assert!(chain.contains("longer than 102400 bytes"), "{chain}");
     drop(dedup);

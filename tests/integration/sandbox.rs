@@ -1564,7 +1564,11 @@ fn the_webhook_sandbox_shows_secrets_and_ids_as_understory_does() -> TestResult 
     assert!(sandbox.secret().starts_with("whsec_"));
     let message = sandbox.booking_created();
     assert!(message.id().starts_with("msg_"));
-    assert_ne!(message.id(), sandbox.booking_created().id(), "each message its own id");
+    assert_ne!(
+        message.id(),
+        sandbox.booking_created().id(),
+        "each message its own id"
+    );
     let headers = sandbox.headers(&message);
     assert!(headers["webhook-signature"].to_str()?.starts_with("v1,"));
     Ok(())
