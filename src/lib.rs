@@ -209,6 +209,9 @@ pub use http;
 /// `RequestBuilder::json`, `reqwest-middleware = { version = "0.5", features = ["json"] }`)
 /// to your own dependencies: Cargo merges the features into the same crate.
 pub use reqwest;
+/// The `serde_json` crate, re-exported: its `Value` and `Map` appear in this crate's API
+/// (webhook payloads, `testing::WebhookSandbox`).
+pub use serde_json;
 /// The `reqwest-middleware` crate, re-exported: [`UnderstoryAuth`] implements its `Middleware`.
 /// Without its `json` feature: see [`reqwest`](mod@reqwest).
 #[cfg(feature = "middleware")]

@@ -46,6 +46,7 @@ fn invalid_client() -> Error {
         code: "invalid_client".into(),
         description: None,
         retry_after: None,
+        key_from_env: false,
     }
 }
 
