@@ -48,9 +48,10 @@
 //! # Errors
 //!
 //! When no token can be had, the request is not sent and the caller gets
-//! `reqwest_middleware::Error::Middleware` holding an [`Error`](crate::Error): downcast it
-//! to tell a rejected key ([`is_transient`](crate::Error::is_transient) is false) from an
-//! auth server that is down or unreachable (true).
+//! `reqwest_middleware::Error::Middleware` holding an [`Error`](crate::Error):
+//! [`Error::find_in`](crate::Error::find_in) finds it, to tell a rejected key
+//! ([`is_transient`](crate::Error::is_transient) is false) from an auth server that is down
+//! or unreachable (true).
 //!
 //! ```
 //! # #[cfg(feature = "test-util")]
@@ -67,10 +68,8 @@
 //!     .build();
 //!
 //! let result = client.get(format!("{}/v1/me", sandbox.api_base())).send().await;
-//! let Err(reqwest_middleware::Error::Middleware(err)) = result else {
-//!     return Err("expected a middleware error".into());
-//! };
-//! let err = err.downcast_ref::<understory_auth::Error>().ok_or("not a token error")?;
+//! let Err(err) = result else { return Err("expected an error".into()) };
+//! let err = understory_auth::Error::find_in(&err).ok_or("not a token error")?;
 //! assert_eq!(err.oauth_code(), Some("invalid_client"));
 //! assert!(!err.is_transient()); // fix the key; retrying will not help
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -102,20 +101,13 @@
 //! # let _ = client;
 //! ```
 //!
-//! reqwest-retry wraps the errors it passes on in its `RetryError`; a token error is then
-//! one level deeper:
+//! reqwest-retry wraps the errors it passes on in its `RetryError`, whose `source()` skips
+//! the error it holds; with the feature `reqwest-retry`,
+//! [`Error::find_in`](crate::Error::find_in) looks inside it too:
 //!
 //! ```
-//! use reqwest_retry::RetryError;
-//!
 //! fn token_error(err: &reqwest_middleware::Error) -> Option<&understory_auth::Error> {
-//!     let reqwest_middleware::Error::Middleware(err) = err else { return None };
-//!     match err.downcast_ref::<RetryError>() {
-//!         Some(RetryError::Error(inner) | RetryError::WithRetries { err: inner, .. }) => {
-//!             token_error(inner)
-//!         }
-//!         _ => err.downcast_ref(),
-//!     }
+//!     understory_auth::Error::find_in(err)
 //! }
 //! ```
 
