@@ -235,20 +235,39 @@ impl UnderstoryAuthBuilder {
     ///
     /// What already works without code: `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and
     /// `NO_PROXY` are honoured (read when [`build`](Self::build) runs; a proxy set here
-    /// replaces them); see the README's "Corporate networks" for the trust store and
+    /// replaces them), except for a token URL on loopback (`127.0.0.0/8`, `[::1]`,
+    /// `localhost`, e.g. the [sandbox](crate::testing::SandboxServer)), which is never sent
+    /// through a proxy from the environment; a proxy set here applies to it too. A failed
+    /// token request names the proxy it went through (scheme, host and port, never its
+    /// credentials). See the README's "Corporate networks" for the trust store and
     /// `SSL_CERT_FILE`.
     ///
-    /// A proxy (it sees only the host name of the token endpoint: HTTPS is tunnelled):
+    /// A proxy, with `Proxy::all` so that it applies to `https://` and `http://` token URLs
+    /// alike (`Proxy::https` would never apply to the sandbox's `http://` URL). To check
+    /// the setup locally, let the sandbox stand in for the proxy: it answers a forwarded
+    /// token request like the auth server, and the token URL here is reachable only through
+    /// it.
     ///
     /// ```
-    /// use understory_auth::{Credentials, UnderstoryAuth, reqwest};
+    /// # #[cfg(feature = "test-util")]
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use understory_auth::{reqwest, testing::SandboxServer};
     ///
-    /// let proxy = reqwest::Proxy::https("http://proxy.corp.example:3128")?
-    ///     .basic_auth("user", "password");
-    /// let auth = UnderstoryAuth::builder(Credentials::new("client-id", "client-secret"))
+    /// let sandbox = SandboxServer::start().await?;
+    /// // In production: reqwest::Proxy::all("http://proxy.corp.example:3128")?.basic_auth("user", "password")
+    /// let proxy = reqwest::Proxy::all(sandbox.api_base())?;
+    /// // A port nothing listens on: only the proxy can answer for it.
+    /// let unreachable = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    ///
+    /// let auth = sandbox
+    ///     .auth_builder(sandbox.credentials())
+    ///     .token_url(format!("http://{unreachable}/oauth2/token"))
     ///     .configure_token_client(move |client| client.proxy(proxy.clone()))
     ///     .build()?;
+    /// auth.token().await?; // went through the proxy
+    /// assert_eq!(sandbox.token_requests(), 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
     /// ```
     ///
     /// A private CA, trusted besides the system's roots (the PEM file of your company's root
