@@ -92,6 +92,19 @@
 //! # tokio::runtime::Runtime::new()?.block_on(example())?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Testing your own integration
+//!
+//! Let your code take its API base and its [`UnderstoryAuth`](crate::UnderstoryAuth) from
+//! outside, and hand it the sandbox's in a test: [`SandboxServer::auth`] is one for the
+//! sandbox's own key. `examples/testing.rs` in the repository is a complete recipe: an
+//! integration over reqwest and one over tower, and `#[tokio::test]`s for them that
+//! `cargo test --example testing --features test-util` runs. The crate's logs show in a
+//! test's output (printed for failing tests) with one line:
+//!
+//! ```
+//! let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+//! ```
 
 use std::time::Duration;
 
