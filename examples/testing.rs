@@ -76,9 +76,19 @@ impl Me {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let sandbox = understory_auth::testing::SandboxServer::start().await?;
-    let auth = sandbox.auth_builder(sandbox.credentials().with_scopes(["booking.read"])).build()?;
-    println!("bookings: {}", Bookings::new(auth.clone(), sandbox.api_base()).count().await?);
-    println!("client id: {}", Me::new(auth, sandbox.api_base()).client_id().await?);
+    let auth = sandbox
+        .auth_builder(sandbox.credentials().with_scopes(["booking.read"]))
+        .build()?;
+    println!(
+        "bookings: {}",
+        Bookings::new(auth.clone(), sandbox.api_base())
+            .count()
+            .await?
+    );
+    println!(
+        "client id: {}",
+        Me::new(auth, sandbox.api_base()).client_id().await?
+    );
     Ok(())
 }
 
@@ -89,10 +99,12 @@ mod tests {
 
     use super::{Bookings, BoxError, Me};
 
-    /// The crate's log lines in the test's output (shown for failing tests):
-    /// `RUST_LOG=understory_auth=debug cargo test` for more.
+    /// The crate's log lines, down to debug, in the test's output (shown for failing tests).
     fn logs() {
-        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("understory_auth=debug")
+            .with_test_writer()
+            .try_init();
     }
 
     #[tokio::test]
@@ -100,7 +112,10 @@ mod tests {
         logs();
         let sandbox = SandboxServer::start().await?;
         let credentials = sandbox.credentials().with_scopes([scope::BOOKING_READ]);
-        let bookings = Bookings::new(sandbox.auth_builder(credentials).build()?, sandbox.api_base());
+        let bookings = Bookings::new(
+            sandbox.auth_builder(credentials).build()?,
+            sandbox.api_base(),
+        );
 
         assert_eq!(bookings.count().await?, 0);
         assert_eq!(bookings.count().await?, 0);

@@ -645,4 +645,104 @@ mod tests {
             "{msg}"
         );
     }
+
+    fn invalid_client(key_from_env: bool) -> Error {
+        Error::OAuth {
+            status: StatusCode::UNAUTHORIZED,
+            code: "invalid_client".into(),
+            description: Some(
+                "Client authentication failed (e.g., unknown client, no client authentication included, or unsupported authentication method). The provided client secret did not match.".into(),
+            ),
+            retry_after: None,
+            key_from_env,
+        }
+    }
+
+    #[test]
+    fn a_wrong_secret_names_the_variables_only_for_a_key_from_the_environment() {
+        let from_env = invalid_client(true).to_string();
+        assert!(
+            from_env.contains("check UNDERSTORY_CLIENT_ID and UNDERSTORY_CLIENT_SECRET"),
+            "{from_env}"
+        );
+        let given = invalid_client(false).to_string();
+        assert!(given.contains("check the client id and secret"), "{given}");
+        assert!(!given.contains("UNDERSTORY_"), "{given}");
+        // Hydra's description and the advice, no more (it was about 420 characters).
+        assert!(given.len() <= 360, "{} characters: {given}", given.len());
+    }
+
+    /// A transport error, made without a network.
+    fn transport_error() -> reqwest::Error {
+        reqwest::Proxy::all("http://[").expect_err("not a URL")
+    }
+
+    #[test]
+    fn a_network_error_names_the_proxy_and_where_it_was_set() {
+        let proxy = |from_env| Some(("http://proxy.corp.example:3128".to_owned(), from_env));
+        let env = Error::network(transport_error(), proxy(true)).to_string();
+        assert!(
+            env.starts_with(
+                "could not reach the auth server through the proxy http://proxy.corp.example:3128 (from the environment): "
+            ),
+            "{env}"
+        );
+        assert!(env.contains("NO_PROXY"), "{env}");
+        let code = Error::network(transport_error(), proxy(false)).to_string();
+        assert!(code.contains("(set with configure_token_client)"), "{code}");
+        assert!(!code.contains("_PROXY"), "{code}");
+        let direct = Error::network(transport_error(), None).to_string();
+        assert!(
+            direct.starts_with("could not reach the auth server: "),
+            "{direct}"
+        );
+        assert!(direct.contains("no proxy was used"), "{direct}");
+        assert!(direct.ends_with("; it will be retried"), "{direct}");
+    }
+
+    #[test]
+    fn a_network_error_says_when_the_next_attempt_is_and_whether_it_is_remembered() {
+        let error = || Error::network(transport_error(), None);
+        let fresh = error()
+            .with_next_attempt(Duration::from_millis(29_200), None)
+            .to_string();
+        assert!(fresh.ends_with("; retried in 30 s"), "{fresh}");
+        let cached = error()
+            .with_next_attempt(
+                Duration::from_millis(400),
+                Some(Duration::from_millis(2_600)),
+            )
+            .to_string();
+        assert!(
+            cached.ends_with(" (cached failure from 2 s ago; next attempt in 400 ms)"),
+            "{cached}"
+        );
+        // Other errors are left as they are.
+        let oauth = invalid_client(false);
+        let noted = oauth
+            .clone()
+            .with_next_attempt(Duration::from_secs(5), None);
+        assert_eq!(noted.to_string(), oauth.to_string());
+    }
+
+    #[test]
+    fn find_in_walks_the_chain() {
+        #[derive(Debug)]
+        struct Outer(Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("outer")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let outer = Outer(invalid_client(false));
+        let found = Error::find_in(&outer).expect("found");
+        assert_eq!(found.oauth_code(), Some("invalid_client"));
+        let io = std::io::Error::other("unrelated");
+        assert!(Error::find_in(&io).is_none());
+    }
 }

@@ -135,7 +135,8 @@
 //!   uses the platform's TLS (with both on, rustls is used, unless
 //!   [`UnderstoryAuthBuilder::configure_token_client`] picks `tls_backend_native()`). Only
 //!   with rustls is a TLS setup failure told apart as not transient.
-//! * `middleware` (default): the reqwest-middleware integration.
+//! * `middleware` (default): the reqwest-middleware integration; `reqwest-retry` lets
+//!   [`Error::find_in`] look inside reqwest-retry's `RetryError` too.
 //! * `tower` (default): [`BearerAuthLayer`].
 //! * `shared-cache`: a second-level token cache shared by a fleet of processes
 //!   ([`TokenStore`], [`UnderstoryAuthBuilder::shared_cache`]); `redis` adds [`RedisStore`].
@@ -209,10 +210,10 @@ pub use http;
 /// `RequestBuilder::json`, `reqwest-middleware = { version = "0.5", features = ["json"] }`)
 /// to your own dependencies: Cargo merges the features into the same crate.
 pub use reqwest;
-/// The `serde_json` crate, re-exported: its `Value` and `Map` appear in this crate's API
-/// (webhook payloads, `testing::WebhookSandbox`).
-pub use serde_json;
 /// The `reqwest-middleware` crate, re-exported: [`UnderstoryAuth`] implements its `Middleware`.
 /// Without its `json` feature: see [`reqwest`](mod@reqwest).
 #[cfg(feature = "middleware")]
 pub use reqwest_middleware;
+/// The `serde_json` crate, re-exported: its `Value` and `Map` appear in this crate's API
+/// (webhook payloads, `testing::WebhookSandbox`).
+pub use serde_json;

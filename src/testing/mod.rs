@@ -103,7 +103,7 @@
 //! test's output (printed for failing tests) with one line:
 //!
 //! ```
-//! let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+//! let _ = tracing_subscriber::fmt().with_env_filter("understory_auth=debug").with_test_writer().try_init();
 //! ```
 
 use std::time::Duration;

@@ -541,8 +541,12 @@ async fn find_in_finds_the_token_error_in_a_middleware_error() -> TestResult {
 
     let found = Error::find_in(&err).expect("an understory_auth::Error");
     assert_eq!(found.oauth_code(), Some("invalid_client"));
+    // The key came from `Credentials::new`: no environment variables to check.
+    assert!(!found.to_string().contains("UNDERSTORY_"), "{found}");
     // An error of the API request itself holds none.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let plain = ClientBuilder::new(reqwest::Client::new()).build();
     let err = plain
         .get(format!("http://127.0.0.1:{closed}/v1/me"))

@@ -304,14 +304,20 @@ async fn proxies_in_the_environment() -> TestResult {
     }
     child
         .env("PROXY_URL", proxy.url())
-        .env("UNDERSTORY_CLIENT_ID", understory_auth::testing::DEFAULT_CLIENT_ID)
+        .env(
+            "UNDERSTORY_CLIENT_ID",
+            understory_auth::testing::DEFAULT_CLIENT_ID,
+        )
         .env("UNDERSTORY_CLIENT_SECRET", "not-the-sandbox-secret")
         .env_remove("UNDERSTORY_SCOPES");
     let output = child.output().await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("1 passed"), "the child test did not run: {stdout}");
+    assert!(
+        stdout.contains("1 passed"),
+        "the child test did not run: {stdout}"
+    );
     // The loopback sandbox was reached directly; the one other host only through the proxy.
     assert_eq!(
         proxy.request_lines(),
@@ -386,7 +392,10 @@ async fn proxy_environment_child() -> TestResult {
         .await
         .expect_err("a wrong secret");
     assert_eq!(err.oauth_code(), Some("invalid_client"));
-    assert!(err.to_string().contains("UNDERSTORY_CLIENT_SECRET"), "{err}");
+    assert!(
+        err.to_string().contains("UNDERSTORY_CLIENT_SECRET"),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -414,7 +423,10 @@ async fn a_proxy_set_in_code_is_named_without_its_credentials_or_the_variables()
         "{message}"
     );
     for hidden in ["proxy-user", "proxy-password", "HTTPS_PROXY", "NO_PROXY"] {
-        assert!(!format!("{err} {err:?}").contains(hidden), "{hidden}: {err:?}");
+        assert!(
+            !format!("{err} {err:?}").contains(hidden),
+            "{hidden}: {err:?}"
+        );
     }
     Ok(())
 }
