@@ -225,20 +225,36 @@ impl UnderstoryAuthBuilder {
     /// limit whatever the client. This client sends only the token request: the API
     /// requests go through your own client.
     ///
-    /// What already works without code (proxies from the environment, the trust store):
-    /// the crate docs' [Corporate networks](crate#corporate-networks).
+    /// What already works without code (proxies from the environment, never for a loopback
+    /// token URL; the trust store): the crate docs'
+    /// [Corporate networks](crate#corporate-networks).
     ///
-    /// A proxy (it sees only the host name of the token endpoint: HTTPS is tunnelled):
+    /// A proxy, with `Proxy::all` so that it applies to `https://` and `http://` token URLs
+    /// alike (`Proxy::https` would never apply to the sandbox's `http://` URL). To check
+    /// the setup locally, let the sandbox stand in for the proxy: it answers a forwarded
+    /// token request like the auth server, and the token URL here is reachable only through
+    /// it.
     ///
     /// ```
-    /// use understory_auth::{Credentials, UnderstoryAuth, reqwest};
+    /// # #[cfg(feature = "test-util")]
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use understory_auth::{reqwest, testing::SandboxServer};
     ///
-    /// let proxy = reqwest::Proxy::https("http://proxy.corp.example:3128")?
-    ///     .basic_auth("user", "password");
-    /// let auth = UnderstoryAuth::builder(Credentials::new("client-id", "client-secret"))
+    /// let sandbox = SandboxServer::start().await?;
+    /// // In production: reqwest::Proxy::all("http://proxy.corp.example:3128")?.basic_auth("user", "password")
+    /// let proxy = reqwest::Proxy::all(sandbox.api_base())?;
+    /// // A port nothing listens on: only the proxy can answer for it.
+    /// let unreachable = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    ///
+    /// let auth = sandbox
+    ///     .auth_builder(sandbox.credentials())
+    ///     .token_url(format!("http://{unreachable}/oauth2/token"))
     ///     .configure_token_client(move |client| client.proxy(proxy.clone()))
     ///     .build()?;
+    /// auth.token().await?; // went through the proxy
+    /// assert_eq!(sandbox.token_requests(), 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
     /// ```
     ///
     /// A private CA, trusted besides the system's roots (the PEM file of your company's root

@@ -172,17 +172,26 @@ impl Inflight {
 
 struct Failure {
     error: Error,
+    /// When the request failed.
+    failed_at: Instant,
     retry_at: Instant,
 }
 
 impl Failure {
-    /// The error as a caller at `now` gets it: a rate limit says when the next attempt is.
-    fn error_at(&self, now: Instant) -> Error {
+    /// The error as a caller at `now` gets it: it says when the next attempt is (a rate
+    /// limit as [`Error::RateLimited`]), and, handed out from the failure window without a
+    /// new request (`cached`), how long ago the request failed.
+    fn error_at(&self, now: Instant, cached: bool) -> Error {
+        let next_attempt_in = self.retry_at.saturating_duration_since(now);
         if !self.error.is_rate_limited() {
-            return self.error.clone();
+            let failed_ago = cached.then(|| now.saturating_duration_since(self.failed_at));
+            return self
+                .error
+                .clone()
+                .with_next_attempt(next_attempt_in, failed_ago);
         }
         Error::RateLimited {
-            next_attempt_in: self.retry_at.saturating_duration_since(now),
+            next_attempt_in,
             cause: Box::new(self.error.clone()),
         }
     }
@@ -243,7 +252,10 @@ struct Counters {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// # }).unwrap();
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// Its `Debug` shows the time the cached token has left (`expires_in`) instead of the
+/// instant it expires.
+#[derive(Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CacheStats {
     /// Fetches started (foreground and background): token requests, or with a shared cache,
@@ -278,6 +290,30 @@ pub struct CacheStats {
     pub token_id: Option<TokenId>,
     /// When the cached token expires, if there is one.
     pub expires_at: Option<std::time::Instant>,
+}
+
+impl std::fmt::Debug for CacheStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = f.debug_struct("CacheStats");
+        // One line per counter.
+        for (name, count) in [
+            ("fetches", self.fetches),
+            ("fetch_successes", self.fetch_successes),
+            ("fetch_failures", self.fetch_failures),
+            ("background_refreshes", self.background_refreshes),
+            ("coalesced_waits", self.coalesced_waits),
+            ("failed_fast", self.failed_fast),
+            ("invalidations", self.invalidations),
+            ("rate_limited", self.rate_limited),
+        ] {
+            out.field(name, &count);
+        }
+        let now = std::time::Instant::now();
+        let expires_in = self.expires_at.map(|at| at.saturating_duration_since(now));
+        out.field("token_id", &self.token_id)
+            .field("expires_in", &expires_in)
+            .finish()
+    }
 }
 
 impl<M: Send + Sync + 'static> TokenCache<M> {
@@ -493,7 +529,7 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         }
         if let Some(failure) = state.failure.as_ref().filter(|f| now < f.retry_at) {
             self.shared.counters.failed_fast.fetch_add(1, Relaxed);
-            return Err(failure.error_at(now));
+            return Err(failure.error_at(now, true));
         }
         let launch = self.record_flight(&mut state, now, false);
         drop(state);
@@ -792,7 +828,7 @@ impl<M> SharedCache<M> {
             );
         }
         match failure {
-            Some(failure) => failure.error_at(now),
+            Some(failure) => failure.error_at(now, false),
             None => error,
         }
     }
@@ -837,6 +873,7 @@ impl<M> SharedCache<M> {
         }
         state.failure.insert(Failure {
             error: error.clone(),
+            failed_at: now,
             retry_at: now + delay,
         })
     }

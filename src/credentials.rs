@@ -55,6 +55,8 @@ pub struct Credentials {
     client_secret: SecretString,
     scopes: Vec<String>,
     auth_method: ClientAuthMethod,
+    /// Read by [`Credentials::from_env`]: errors then name the variables.
+    from_env: bool,
 }
 
 impl Credentials {
@@ -70,6 +72,7 @@ impl Credentials {
             client_secret: SecretString::from(client_secret.into()),
             scopes: Vec::new(),
             auth_method: ClientAuthMethod::default(),
+            from_env: false,
         }
     }
 
@@ -103,7 +106,14 @@ impl Credentials {
         let client_secret = required(ENV_CLIENT_SECRET, "secret key")?;
         let scopes = lookup(ENV_SCOPES).unwrap_or_default();
         let scopes = scopes.split(|c: char| c == ',' || c.is_whitespace());
-        Ok(Credentials::new(client_id, client_secret).with_scopes(scopes))
+        let mut credentials = Credentials::new(client_id, client_secret).with_scopes(scopes);
+        credentials.from_env = true;
+        Ok(credentials)
+    }
+
+    /// Whether these credentials were read by [`Credentials::from_env`].
+    pub(crate) fn is_from_env(&self) -> bool {
+        self.from_env
     }
 
     /// Replaces the scopes to request (sent space separated; none means no `scope` field).

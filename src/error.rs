@@ -63,7 +63,7 @@ pub enum Error {
     },
 
     /// The auth server answered with an OAuth2 error (RFC 6749 section 5.2).
-    #[error("{}", describe_oauth(code, description.as_deref(), *status))]
+    #[error("{}", describe_oauth(code, description.as_deref(), *status, *key_from_env))]
     #[non_exhaustive]
     OAuth {
         /// The HTTP status of the answer.
@@ -77,6 +77,11 @@ pub enum Error {
         description: Option<String>,
         /// The server's `Retry-After`, if it sent one.
         retry_after: Option<Duration>,
+        /// Whether the key was read from the environment ([`Credentials::from_env`]): the
+        /// advice then names `UNDERSTORY_CLIENT_ID` and `UNDERSTORY_CLIENT_SECRET`.
+        ///
+        /// [`Credentials::from_env`]: crate::Credentials::from_env
+        key_from_env: bool,
     },
 
     /// The auth server answered with an error status but no OAuth2 error body (often a
@@ -124,15 +129,36 @@ pub enum Error {
     },
 
     /// The token request could not be sent or its answer not read (DNS, connect, proxy,
-    /// TLS, reset). The message ends with the innermost cause (`Connection refused`,
-    /// `invalid peer certificate: UnknownIssuer`); a TLS setup failure (an untrusted or
-    /// mismatched certificate, no common protocol) is not transient.
-    #[error("{}", describe_network(source))]
+    /// TLS, reset). The message names the proxy the request went through, if any, and the
+    /// innermost cause (`Connection refused`, `invalid peer certificate: UnknownIssuer`), and
+    /// says when the next attempt is; a TLS setup failure (an untrusted or mismatched
+    /// certificate, no common protocol) is not transient.
+    ///
+    /// Since the message already names the innermost cause, [`source`](std::error::Error::source)
+    /// is `None`, so an `anyhow`/`eyre` report or a tracing error chain prints the cause
+    /// once; the transport error itself is in `error`.
+    #[error(
+        "{}",
+        describe_network(error, proxy.as_deref(), *proxy_from_env, *next_attempt_in, *failed_ago)
+    )]
     #[non_exhaustive]
     Network {
-        /// The transport error.
-        #[source]
-        source: Arc<reqwest::Error>,
+        /// The transport error (its URL removed).
+        error: Arc<reqwest::Error>,
+        /// The proxy the request went through, as `scheme://host:port` (never its
+        /// credentials), or `None` if it went directly.
+        proxy: Option<String>,
+        /// Whether that proxy came from the environment (`HTTPS_PROXY`, `HTTP_PROXY`,
+        /// `ALL_PROXY`) rather than from
+        /// [`configure_token_client`](crate::UnderstoryAuthBuilder::configure_token_client).
+        proxy_from_env: bool,
+        /// How long after this error was made the next token request will be made, when the
+        /// error comes from the cache (it remembers a failure for a while, see
+        /// [`CacheStats::failed_fast`](crate::CacheStats::failed_fast)).
+        next_attempt_in: Option<Duration>,
+        /// Set when this is a remembered failure handed out again without a new request:
+        /// how long ago that request failed.
+        failed_ago: Option<Duration>,
     },
 
     /// The auth server is rate limiting this key (HTTP 429): until the next attempt, no token
@@ -182,7 +208,7 @@ impl Error {
                     || transient_status(*status)
             }
             Error::Status { status, .. } => transient_status(*status),
-            Error::Network { source } => !is_tls_setup_failure(&**source),
+            Error::Network { error, .. } => !is_tls_setup_failure(&**error),
             Error::InvalidResponse { .. }
             | Error::RateLimited { .. }
             | Error::Timeout { .. }
@@ -275,6 +301,89 @@ impl Error {
         }
     }
 
+    /// The crate's [`Error`] in `error` or anywhere in its chain of causes: in a
+    /// `reqwest_middleware::Error` (also inside reqwest-retry's `RetryError`, with the
+    /// feature `reqwest-retry`), in a `tower::BoxError`, or in any error that names its
+    /// cause in [`source`](std::error::Error::source). `None` if the failure was not the
+    /// token's (the API request itself failed).
+    ///
+    /// ```
+    /// # #[cfg(all(feature = "test-util", feature = "middleware"))]
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use understory_auth::{Error, reqwest, reqwest_middleware, testing::SandboxServer};
+    ///
+    /// let sandbox = SandboxServer::start().await?;
+    /// let creds = understory_auth::Credentials::new(sandbox.client_id(), "wrong secret");
+    /// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+    ///     .with(sandbox.auth_builder(creds).build()?)
+    ///     .build();
+    ///
+    /// let err = client.get(format!("{}/v1/me", sandbox.api_base())).send().await.unwrap_err();
+    /// let token_error = Error::find_in(&err).ok_or("not a token error")?;
+    /// assert_eq!(token_error.oauth_code(), Some("invalid_client"));
+    /// assert!(!token_error.is_transient()); // fix the key; retrying will not help
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// A `tower::BoxError` (from [`BearerAuth`](crate::BearerAuth)) is passed as
+    /// `Error::find_in(&*err)`.
+    pub fn find_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Error> {
+        let mut next = Some(error);
+        while let Some(error) = next {
+            if let Some(ours) = error.downcast_ref::<Error>() {
+                return Some(ours);
+            }
+            if let Some(ours) = find_in_wrapper(error) {
+                return Some(ours);
+            }
+            next = error.source();
+        }
+        None
+    }
+
+    /// [`Error::Network`] for a transport failure of a request that went through `proxy`
+    /// (`scheme://host:port`, and whether it was set in the environment), if any.
+    pub(crate) fn network(error: reqwest::Error, proxy: Option<(String, bool)>) -> Self {
+        let proxy_from_env = proxy.as_ref().is_some_and(|(_, from_env)| *from_env);
+        Error::Network {
+            error: Arc::new(error.without_url()),
+            proxy: proxy.map(|(proxy, _)| proxy),
+            proxy_from_env,
+            next_attempt_in: None,
+            failed_ago: None,
+        }
+    }
+
+    /// This error as the cache hands it out: the next attempt is `next_attempt_in` away, and
+    /// when `failed_ago` is set, the error is a remembered one. Only [`Error::Network`]
+    /// carries this (a rate limit says it in [`Error::RateLimited`]).
+    pub(crate) fn with_next_attempt(
+        mut self,
+        next_attempt_in: Duration,
+        failed_ago: Option<Duration>,
+    ) -> Self {
+        if let Error::Network {
+            next_attempt_in: next,
+            failed_ago: ago,
+            ..
+        } = &mut self
+        {
+            *next = Some(next_attempt_in);
+            *ago = failed_ago;
+        }
+        self
+    }
+
+    /// This error, with its advice naming the environment variables if the key came from
+    /// there.
+    pub(crate) fn key_from_env(mut self, from_env: bool) -> Self {
+        if let Error::OAuth { key_from_env, .. } = &mut self {
+            *key_from_env = from_env;
+        }
+        self
+    }
+
     pub(crate) fn config(reason: impl Into<String>) -> Self {
         Error::Config {
             reason: reason.into(),
@@ -287,6 +396,30 @@ impl Error {
             reason: reason.into(),
         }
     }
+}
+
+/// The crate's error inside the wrappers whose `source()` skips it: reqwest-middleware's
+/// `Error::Middleware` is transparent over its `anyhow::Error`, and so is reqwest-retry's
+/// `RetryError::Error` over the middleware error, so walking `source()` alone never meets
+/// the error they hold.
+fn find_in_wrapper<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Error> {
+    #[cfg(feature = "middleware")]
+    if let Some(reqwest_middleware::Error::Middleware(inner)) =
+        error.downcast_ref::<reqwest_middleware::Error>()
+    {
+        let inner: &(dyn std::error::Error + 'static) = &**inner;
+        return Error::find_in(inner);
+    }
+    #[cfg(feature = "reqwest-retry")]
+    if let Some(
+        reqwest_retry::RetryError::Error(inner)
+        | reqwest_retry::RetryError::WithRetries { err: inner, .. },
+    ) = error.downcast_ref::<reqwest_retry::RetryError>()
+    {
+        return Error::find_in(inner);
+    }
+    let _ = error;
+    None
 }
 
 fn transient_status(status: StatusCode) -> bool {
@@ -367,20 +500,64 @@ fn is_tls_setup_failure(error: &(dyn std::error::Error + 'static)) -> bool {
     }
 }
 
-fn describe_network(source: &reqwest::Error) -> String {
-    let cause = error_chain(source);
-    if is_tls_setup_failure(source) {
-        format!(
-            "the TLS connection to the auth server failed: {cause}; check token_url, and if a proxy inspects TLS or the server uses a private CA, trust its root certificate with UnderstoryAuthBuilder::configure_token_client"
-        )
-    } else {
-        format!(
-            "could not reach the auth server: {cause}; check the network, the proxy settings (HTTPS_PROXY, NO_PROXY) and token_url, it will be retried"
-        )
+fn describe_network(
+    error: &reqwest::Error,
+    proxy: Option<&str>,
+    proxy_from_env: bool,
+    next_attempt_in: Option<Duration>,
+    failed_ago: Option<Duration>,
+) -> String {
+    let cause = error_chain(error);
+    let via = match (proxy, proxy_from_env) {
+        (Some(proxy), true) => format!(" through the proxy {proxy} (from the environment)"),
+        (Some(proxy), false) => {
+            format!(" through the proxy {proxy} (set with configure_token_client)")
+        }
+        (None, _) => String::new(),
+    };
+    let when = match (next_attempt_in, failed_ago) {
+        (Some(next), Some(ago)) => format!(
+            " (cached failure from {} ago; next attempt in {})",
+            seconds(ago, false),
+            seconds(next, true)
+        ),
+        (Some(next), None) => format!("; retried in {}", seconds(next, true)),
+        (None, _) => "; it will be retried".to_owned(),
+    };
+    if is_tls_setup_failure(error) {
+        return format!(
+            "the TLS connection to the auth server{via} failed: {cause}; check token_url, and if a proxy inspects TLS or the server uses a private CA, trust its root certificate with UnderstoryAuthBuilder::configure_token_client"
+        );
     }
+    let check = match (proxy, proxy_from_env) {
+        (Some(_), true) => {
+            "check that the proxy is up, or exempt the auth server's host with NO_PROXY"
+        }
+        (Some(_), false) => "check the proxy given to configure_token_client and token_url",
+        (None, _) => {
+            "check the network and token_url (no proxy was used; set HTTPS_PROXY if one is needed)"
+        }
+    };
+    format!("could not reach the auth server{via}: {cause}; {check}{when}")
 }
 
-fn describe_oauth(code: &str, description: Option<&str>, status: StatusCode) -> String {
+/// `duration` for a message: milliseconds below a second, else whole seconds (rounded up
+/// for a wait to come, so that "in 0 s" is never said of a later attempt).
+fn seconds(duration: Duration, round_up: bool) -> String {
+    if duration < Duration::from_secs(1) {
+        return format!("{} ms", duration.as_millis());
+    }
+    let whole = duration.as_secs();
+    let up = round_up && duration.subsec_nanos() > 0;
+    format!("{} s", whole.saturating_add(u64::from(up)))
+}
+
+fn describe_oauth(
+    code: &str,
+    description: Option<&str>,
+    status: StatusCode,
+    key_from_env: bool,
+) -> String {
     let said = match description {
         Some(d) if !d.is_empty() => {
             format!("the auth server refused the token request: {code} ({d})")
@@ -388,8 +565,11 @@ fn describe_oauth(code: &str, description: Option<&str>, status: StatusCode) -> 
         _ => format!("the auth server refused the token request: {code} (HTTP {status})"),
     };
     let advice = match code {
+        "invalid_client" if key_from_env => {
+            "check UNDERSTORY_CLIENT_ID and UNDERSTORY_CLIENT_SECRET: the key may be mistyped, deleted in Backoffice, or need another ClientAuthMethod"
+        }
         "invalid_client" => {
-            "check the client id and secret (UNDERSTORY_CLIENT_ID, UNDERSTORY_CLIENT_SECRET): the key may be mistyped, deleted in Backoffice, or registered for another client authentication method"
+            "check the client id and secret: the key may be mistyped, deleted in Backoffice, or need another ClientAuthMethod"
         }
         "invalid_scope" => {
             "this key lacks a requested scope: give the integration key that permission in Backoffice, or stop requesting the scope"
@@ -450,6 +630,7 @@ mod tests {
             code: code.into(),
             description: None,
             retry_after: None,
+            key_from_env: false,
         };
         assert!(!oauth(401, "invalid_client").is_transient());
         assert!(!oauth(400, "invalid_scope").is_transient());
@@ -475,6 +656,7 @@ mod tests {
             code: "invalid_scope".into(),
             description: Some("The requested scope is invalid: booking.write".into()),
             retry_after: None,
+            key_from_env: false,
         };
         let msg = err.to_string();
         assert!(msg.contains("booking.write"), "{msg}");
@@ -489,11 +671,112 @@ mod tests {
             code: "invalid_request".into(),
             description: Some("got client_secret=[REDACTED]".into()),
             retry_after: None,
+            key_from_env: false,
         };
         let msg = err.to_string();
         assert!(
             msg.contains("repeated the client secret or an access token"),
             "{msg}"
         );
+    }
+
+    fn invalid_client(key_from_env: bool) -> Error {
+        Error::OAuth {
+            status: StatusCode::UNAUTHORIZED,
+            code: "invalid_client".into(),
+            description: Some(
+                "Client authentication failed (e.g., unknown client, no client authentication included, or unsupported authentication method). The provided client secret did not match.".into(),
+            ),
+            retry_after: None,
+            key_from_env,
+        }
+    }
+
+    #[test]
+    fn a_wrong_secret_names_the_variables_only_for_a_key_from_the_environment() {
+        let from_env = invalid_client(true).to_string();
+        assert!(
+            from_env.contains("check UNDERSTORY_CLIENT_ID and UNDERSTORY_CLIENT_SECRET"),
+            "{from_env}"
+        );
+        let given = invalid_client(false).to_string();
+        assert!(given.contains("check the client id and secret"), "{given}");
+        assert!(!given.contains("UNDERSTORY_"), "{given}");
+        // Hydra's description and the advice, no more (it was about 420 characters).
+        assert!(given.len() <= 360, "{} characters: {given}", given.len());
+    }
+
+    /// A transport error, made without a network.
+    fn transport_error() -> reqwest::Error {
+        reqwest::Proxy::all("http://[").expect_err("not a URL")
+    }
+
+    #[test]
+    fn a_network_error_names_the_proxy_and_where_it_was_set() {
+        let proxy = |from_env| Some(("http://proxy.corp.example:3128".to_owned(), from_env));
+        let env = Error::network(transport_error(), proxy(true)).to_string();
+        assert!(
+            env.starts_with(
+                "could not reach the auth server through the proxy http://proxy.corp.example:3128 (from the environment): "
+            ),
+            "{env}"
+        );
+        assert!(env.contains("NO_PROXY"), "{env}");
+        let code = Error::network(transport_error(), proxy(false)).to_string();
+        assert!(code.contains("(set with configure_token_client)"), "{code}");
+        assert!(!code.contains("_PROXY"), "{code}");
+        let direct = Error::network(transport_error(), None).to_string();
+        assert!(
+            direct.starts_with("could not reach the auth server: "),
+            "{direct}"
+        );
+        assert!(direct.contains("no proxy was used"), "{direct}");
+        assert!(direct.ends_with("; it will be retried"), "{direct}");
+    }
+
+    #[test]
+    fn a_network_error_says_when_the_next_attempt_is_and_whether_it_is_remembered() {
+        let error = || Error::network(transport_error(), None);
+        let fresh = error()
+            .with_next_attempt(Duration::from_millis(29_200), None)
+            .to_string();
+        assert!(fresh.ends_with("; retried in 30 s"), "{fresh}");
+        let cached = error()
+            .with_next_attempt(
+                Duration::from_millis(400),
+                Some(Duration::from_millis(2_600)),
+            )
+            .to_string();
+        assert!(
+            cached.ends_with(" (cached failure from 2 s ago; next attempt in 400 ms)"),
+            "{cached}"
+        );
+        // Other errors are left as they are.
+        let oauth = invalid_client(false);
+        let noted = oauth
+            .clone()
+            .with_next_attempt(Duration::from_secs(5), None);
+        assert_eq!(noted.to_string(), oauth.to_string());
+    }
+
+    #[test]
+    fn find_in_walks_the_chain() {
+        #[derive(Debug)]
+        struct Outer(Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("outer")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let outer = Outer(invalid_client(false));
+        let found = Error::find_in(&outer).expect("found");
+        assert_eq!(found.oauth_code(), Some("invalid_client"));
+        let io = std::io::Error::other("unrelated");
+        assert!(Error::find_in(&io).is_none());
     }
 }

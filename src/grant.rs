@@ -24,7 +24,7 @@ use url::Url;
 use crate::Error;
 use crate::credentials::{ClientAuthMethod, Credentials};
 use crate::error::error_chain;
-use crate::origin::origin_and_path;
+use crate::origin::{is_loopback, origin_and_path};
 use crate::rate_limit::parse_retry_after;
 use crate::source::TokenSource;
 use crate::token::GrantedToken;
@@ -58,6 +58,11 @@ pub(crate) struct Grant {
     requested_scopes: Vec<String>,
     /// What the server's answers must never carry into an error or a log.
     secrets: Secrets,
+    /// The proxy the token request goes through (`scheme://host:port`, whether it was set
+    /// in the environment), named in a transport error.
+    proxy: Option<(String, bool)>,
+    /// Whether the key came from the environment, named in an `invalid_client` error.
+    key_from_env: bool,
 }
 
 /// The settings [`Grant::new`] takes from the builder.
@@ -102,9 +107,17 @@ impl Grant {
         {
             client = client.tls_backend_rustls();
         }
+        // A token endpoint on this machine (a sandbox, a local auth server) is never reached
+        // through a proxy from the environment: a corporate HTTP_PROXY would otherwise get
+        // the request for 127.0.0.1. A proxy the hook sets still applies.
+        let loopback = is_loopback(&token_url);
+        if loopback {
+            client = client.no_proxy();
+        }
         if let Some(ClientHook(configure)) = client_hook {
             client = configure(client);
         }
+        let proxy = proxy_route(&client, &token_url, loopback);
         // What the crate owns, set after the hook so that it cannot be weakened: no redirects
         // (the secret must not follow one) and the timeouts. The body limit is enforced
         // while reading the answer, whatever the client.
@@ -146,6 +159,8 @@ impl Grant {
             timeout,
             requested_scopes: credentials.scopes().to_vec(),
             secrets: Secrets::new(credentials),
+            proxy,
+            key_from_env: credentials.is_from_env(),
         })
     }
 
@@ -178,6 +193,7 @@ impl Grant {
             &self.requested_scopes,
             &self.secrets,
         )
+        .map_err(|e| e.key_from_env(self.key_from_env))
     }
 
     fn transport_error(&self, e: reqwest::Error) -> Error {
@@ -186,11 +202,66 @@ impl Grant {
                 after: self.timeout,
             }
         } else {
-            Error::Network {
-                source: std::sync::Arc::new(e.without_url()),
-            }
+            Error::network(e, self.proxy.clone())
         }
     }
+}
+
+/// The proxy `client` will send the token request to `token_url` through, as
+/// `scheme://host:port` (never its credentials), and whether it came from the environment;
+/// only for error messages.
+///
+/// A proxy set with `configure_token_client` is read from the builder's `Debug` (reqwest
+/// offers no other view of it; the URIs there are without credentials), best effort: one
+/// it cannot name (a `Proxy::custom`) is reported as such. Otherwise the environment's
+/// proxy for the URL, by the matcher reqwest reads the environment with (`HTTPS_PROXY`,
+/// `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`), unless the URL is on loopback, which is never
+/// proxied from the environment. A hook that only calls `no_proxy()` is not seen: its
+/// failures then name the environment's proxy.
+fn proxy_route(
+    client: &reqwest::ClientBuilder,
+    token_url: &Url,
+    loopback: bool,
+) -> Option<(String, bool)> {
+    let debug = format!("{client:?}");
+    if let Some(start) = debug.find("proxies: [") {
+        return proxy_in_debug(&debug[start..], token_url.scheme()).map(|name| (name, false));
+    }
+    if loopback {
+        return None;
+    }
+    let uri: http::Uri = token_url.as_str().parse().ok()?;
+    let intercept = hyper_util::client::proxy::matcher::Matcher::from_system().intercept(&uri)?;
+    Some((proxy_name(intercept.uri()), true))
+}
+
+/// The first proxy for `scheme` in the `proxies: [...]` part of a `reqwest::ClientBuilder`'s
+/// `Debug`: `Matcher { http: Intercept { uri: http://proxy:3128/ }, .. }` entries, or `_`
+/// for a `Proxy::custom`.
+fn proxy_in_debug(proxies: &str, scheme: &str) -> Option<String> {
+    let needle = format!("{scheme}: Intercept {{ uri: ");
+    let custom = proxies.find("[_").or_else(|| proxies.find(", _"));
+    match proxies.find(&needle) {
+        Some(at) if custom.is_none_or(|c| c > at) => {
+            let rest = &proxies[at + needle.len()..];
+            let uri: http::Uri = rest.split([' ', ',', '}']).next()?.parse().ok()?;
+            Some(proxy_name(&uri))
+        }
+        _ if custom.is_some() => Some("chosen by a Proxy::custom".to_owned()),
+        _ => None,
+    }
+}
+
+/// A proxy's `scheme://host:port`, its port made explicit; any user info left out.
+fn proxy_name(uri: &http::Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let host = uri.host().unwrap_or("?");
+    let port = uri.port_u16().unwrap_or(match scheme {
+        "https" => 443,
+        "http" => 80,
+        _ => 1080,
+    });
+    format!("{scheme}://{host}:{port}")
 }
 
 impl TokenSource for Grant {
@@ -295,6 +366,7 @@ pub(crate) fn parse_token_response(
                     .and_then(Value::as_str)
                     .map(|description| secrets.clean(description)),
                 retry_after,
+                key_from_env: false,
             });
         }
     }

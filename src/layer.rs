@@ -38,33 +38,43 @@ use crate::{Error, UnderstoryAuth};
 /// reported like the API's own. That costs no secret, and the token requests it can cause
 /// are bounded by the 401 rule; place redirect following outside this layer to avoid it.
 ///
+/// The service's error is a `tower::BoxError`, which is `Send + Sync`: `?` needs a function
+/// returning it (or `Box<dyn Error + Send + Sync>`), not `Box<dyn Error>`.
+///
 /// ```
-/// # #[cfg(feature = "test-util")]
-/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// use bytes::Bytes;
 /// use http_body_util::Empty;
 /// use hyper_util::client::legacy::Client;
 /// use hyper_util::rt::TokioExecutor;
 /// use tower::{ServiceBuilder, ServiceExt};
-/// use understory_auth::{BearerAuthLayer, Credentials, UnderstoryAuth, testing::SandboxServer};
+/// use understory_auth::BearerAuthLayer;
+/// # #[cfg(feature = "test-util")]
+/// use understory_auth::testing::SandboxServer;
 ///
-/// let sandbox = SandboxServer::start().await?;
-/// let credentials = Credentials::new(sandbox.client_id(), sandbox.client_secret());
-/// let auth = UnderstoryAuth::builder(credentials)
-///     .token_url(sandbox.token_url())
-///     .api_base(sandbox.api_base())
-///     .build()?;
+/// # #[cfg(feature = "test-util")]
+/// #[tokio::main]
+/// async fn main() -> Result<(), tower::BoxError> {
+///     let sandbox = SandboxServer::start().await?;
+///     let auth = sandbox.auth()?; // in production: UnderstoryAuth::new(Credentials::from_env()?)
 ///
-/// let client = ServiceBuilder::new()
-///     .layer(BearerAuthLayer::new(auth.clone()))
-///     .service(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+///     let client = ServiceBuilder::new()
+///         .layer(BearerAuthLayer::new(auth.clone()))
+///         .service(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
 ///
-/// let request = http::Request::get(format!("{}/v1/me", sandbox.api_base()))
-///     .body(Empty::new())?;
-/// let response = client.oneshot(request).await?;
-/// assert_eq!(response.status(), 200);
-/// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
-/// # }).unwrap();
+///     let request = http::Request::get(format!("{}/v1/me", sandbox.api_base()))
+///         .body(Empty::new())?;
+///     match client.oneshot(request).await {
+///         Ok(response) => assert_eq!(response.status(), 200),
+///         // No token could be had: the crate's error, found in the BoxError.
+///         Err(err) => match understory_auth::Error::find_in(&*err) {
+///             Some(token_error) => return Err(format!("no token: {token_error}").into()),
+///             None => return Err(err), // the request itself failed
+///         },
+///     }
+///     Ok(())
+/// }
+/// # #[cfg(not(feature = "test-util"))]
+/// # fn main() {}
 /// ```
 #[derive(Debug, Clone)]
 pub struct BearerAuthLayer {
@@ -318,36 +328,36 @@ where
 /// The request body must be `Clone` (e.g. `http_body_util::Full<Bytes>`).
 ///
 /// ```
-/// # #[cfg(feature = "test-util")]
-/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// use bytes::Bytes;
 /// use http_body_util::Full;
 /// use hyper_util::client::legacy::Client;
 /// use hyper_util::rt::TokioExecutor;
 /// use tower::{ServiceBuilder, ServiceExt};
-/// use understory_auth::{BearerAuthLayer, Credentials, RetryOnUnauthorized, UnderstoryAuth};
+/// use understory_auth::{BearerAuthLayer, RetryOnUnauthorized};
+/// # #[cfg(feature = "test-util")]
 /// use understory_auth::testing::SandboxServer;
 ///
-/// let sandbox = SandboxServer::start().await?;
-/// let credentials = Credentials::new(sandbox.client_id(), sandbox.client_secret());
-/// let auth = UnderstoryAuth::builder(credentials)
-///     .token_url(sandbox.token_url())
-///     .api_base(sandbox.api_base())
-///     .build()?;
-/// let client = ServiceBuilder::new()
-///     .retry(RetryOnUnauthorized::default())
-///     .layer(BearerAuthLayer::new(auth.clone()))
-///     .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+/// # #[cfg(feature = "test-util")]
+/// #[tokio::main]
+/// async fn main() -> Result<(), tower::BoxError> {
+///     let sandbox = SandboxServer::start().await?;
+///     let auth = sandbox.auth()?;
+///     let client = ServiceBuilder::new()
+///         .retry(RetryOnUnauthorized::default())
+///         .layer(BearerAuthLayer::new(auth.clone()))
+///         .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
 ///
-/// // The API stops accepting the cached token…
-/// sandbox.revoke_token(auth.token().await?.secret());
-/// // …and the request is resent once with a new one.
-/// let request = http::Request::get(format!("{}/v1/me", sandbox.api_base()))
-///     .body(Full::default())?;
-/// assert_eq!(client.oneshot(request).await?.status(), 200);
-/// assert_eq!(sandbox.api_requests(), 2);
-/// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
-/// # }).unwrap();
+///     // The API stops accepting the cached token…
+///     sandbox.revoke_token(auth.token().await?.secret());
+///     // …and the request is resent once with a new one.
+///     let request = http::Request::get(format!("{}/v1/me", sandbox.api_base()))
+///         .body(Full::default())?;
+///     assert_eq!(client.oneshot(request).await?.status(), 200);
+///     assert_eq!(sandbox.api_requests(), 2);
+///     Ok(())
+/// }
+/// # #[cfg(not(feature = "test-util"))]
+/// # fn main() {}
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RetryOnUnauthorized {

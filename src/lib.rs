@@ -109,8 +109,9 @@
 //! Every failure to get a token is an [`Error`] whose message says what to do;
 //! [`Error::is_transient`] tells "retry later" (timeouts, network, 5xx, 429) from "fix
 //! something" (a rejected key or scope, bad configuration). When no token can be had the
-//! request is not sent. Through reqwest-middleware the error arrives as
-//! `reqwest_middleware::Error::Middleware`; downcast it:
+//! request is not sent. [`Error::find_in`] finds the crate's error in whatever your stack
+//! returns: a `reqwest_middleware::Error`, a `tower::BoxError` (`Error::find_in(&*err)`), or
+//! any error chain:
 //!
 //! ```
 //! # #[cfg(feature = "test-util")]
@@ -122,10 +123,8 @@
 //! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(auth).build();
 //!
 //! let result = client.get(format!("{}/v1/me", sandbox.api_base())).send().await;
-//! let Err(reqwest_middleware::Error::Middleware(err)) = result else {
-//!     return Err("expected a middleware error".into());
-//! };
-//! let err = err.downcast_ref::<understory_auth::Error>().ok_or("not a token error")?;
+//! let Err(err) = result else { return Err("expected an error".into()) };
+//! let err = understory_auth::Error::find_in(&err).ok_or("not a token error")?;
 //! assert_eq!(err.oauth_code(), Some("invalid_client"));
 //! assert!(!err.is_transient()); // fix the key; retrying will not help
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -135,12 +134,13 @@
 //! Put [reqwest-retry](https://docs.rs/reqwest-retry) and
 //! [reqwest-tracing](https://docs.rs/reqwest-tracing) before [`UnderstoryAuth`] in the
 //! middleware chain, so that every attempt takes the current token and the spans cover the
-//! whole exchange. reqwest-retry wraps the errors it passes on in its `RetryError`, one
-//! level deeper:
+//! whole exchange. reqwest-retry wraps the errors it passes on in its `RetryError`, whose
+//! `source()` skips the error it holds; with the feature `reqwest-retry`, [`Error::find_in`]
+//! looks inside it too:
 //!
 //! ```
 //! use std::time::Duration;
-//! use reqwest_retry::{RetryError, RetryTransientMiddleware, policies::ExponentialBackoff};
+//! use reqwest_retry::{RetryTransientMiddleware, policies::ExponentialBackoff};
 //! use reqwest_tracing::TracingMiddleware;
 //! use understory_auth::{Credentials, UnderstoryAuth, reqwest, reqwest_middleware};
 //!
@@ -156,17 +156,9 @@
 //! # let _ = client;
 //!
 //! fn token_error(err: &reqwest_middleware::Error) -> Option<&understory_auth::Error> {
-//!     let reqwest_middleware::Error::Middleware(err) = err else { return None };
-//!     match err.downcast_ref::<RetryError>() {
-//!         Some(RetryError::Error(inner) | RetryError::WithRetries { err: inner, .. }) => {
-//!             token_error(inner)
-//!         }
-//!         _ => err.downcast_ref(),
-//!     }
+//!     understory_auth::Error::find_in(err)
 //! }
 //! ```
-//!
-//! In a tower stack the error is a `tower::BoxError`: `err.downcast_ref::<Error>()`.
 //!
 //! # What happens on a 401
 //!
@@ -292,7 +284,8 @@
 //!   uses the platform's TLS (with both on, rustls is used, unless
 //!   [`UnderstoryAuthBuilder::configure_token_client`] picks `tls_backend_native()`). Only
 //!   with rustls is a TLS setup failure told apart as not transient.
-//! * `middleware` (default): the reqwest-middleware integration.
+//! * `middleware` (default): the reqwest-middleware integration; `reqwest-retry` lets
+//!   [`Error::find_in`] look inside reqwest-retry's `RetryError` too.
 //! * `tower` (default): [`BearerAuthLayer`].
 //! * With `middleware` or `tower`: [`RateLimitRetry`], Understory's rate limit (HTTP 429:
 //!   back off for a minute) for API requests, as a reqwest middleware and a tower retry
@@ -376,6 +369,9 @@ pub use reqwest;
 /// Without its `json` feature: see [`reqwest`](mod@reqwest).
 #[cfg(feature = "middleware")]
 pub use reqwest_middleware;
+/// The `serde_json` crate, re-exported: its `Value` and `Map` appear in this crate's API
+/// (webhook payloads, `testing::WebhookSandbox`).
+pub use serde_json;
 
 /// The README's Rust recipes, compiled as doctests so that they stay as written.
 #[cfg(doctest)]

@@ -46,6 +46,7 @@ fn invalid_client() -> Error {
         code: "invalid_client".into(),
         description: None,
         retry_after: None,
+        key_from_env: false,
     }
 }
 
@@ -1191,4 +1192,21 @@ fn a_caller_on_a_dropped_runtime_joining_a_healthy_fetch_gets_an_error_not_a_pan
         "{answer:?}"
     );
     assert_eq!(source.calls(), 1, "the healthy fetch is left alone");
+}
+
+#[test]
+fn stats_debug_shows_the_time_left_not_an_instant() {
+    let stats = CacheStats {
+        fetches: 3,
+        expires_at: Some(std::time::Instant::now() + Duration::from_secs(3600)),
+        ..CacheStats::default()
+    };
+    let shown = format!("{stats:?}");
+    assert!(shown.starts_with("CacheStats { fetches: 3, "), "{shown}");
+    assert!(shown.contains("expires_in: Some("), "{shown}");
+    assert!(
+        !shown.contains("tv_sec") && !shown.contains("expires_at"),
+        "{shown}"
+    );
+    assert!(shown.contains("rate_limited: 0"), "{shown}");
 }

@@ -94,7 +94,7 @@
 //! use understory_auth::testing::{SandboxServer, TokenFault};
 //!
 //! let server = SandboxServer::start().await?;
-//! let auth = server.auth_builder(server.credentials()).build()?;
+//! let auth = server.auth()?;
 //! server.push_token_fault(TokenFault::TooManyRequests { retry_after: Some(30) });
 //!
 //! let error = auth.token().await.unwrap_err();
@@ -119,7 +119,7 @@
 //! use understory_auth::{reqwest, reqwest_middleware};
 //!
 //! let server = SandboxServer::start().await?;
-//! let auth = server.auth_builder(server.credentials()).build()?;
+//! let auth = server.auth()?;
 //! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
 //!     .with(auth.clone())
 //!     .build();
@@ -160,6 +160,19 @@
 //! assert!(old.verify(&sandbox.headers(&message), message.body()).is_ok());
 //! # }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Testing your own integration
+//!
+//! Let your code take its API base and its [`UnderstoryAuth`](crate::UnderstoryAuth) from
+//! outside, and hand it the sandbox's in a test: [`SandboxServer::auth`] is one for the
+//! sandbox's own key. `examples/testing.rs` in the repository is a complete recipe: an
+//! integration over reqwest and one over tower, and `#[tokio::test]`s for them that
+//! `cargo test --example testing --features test-util` runs. The crate's logs show in a
+//! test's output (printed for failing tests) with one line:
+//!
+//! ```
+//! let _ = tracing_subscriber::fmt().with_env_filter("understory_auth=debug").with_test_writer().try_init();
 //! ```
 
 use std::time::Duration;

@@ -153,6 +153,28 @@ impl SandboxServer {
             .api_base(self.api_base())
     }
 
+    /// An [`UnderstoryAuth`] for this sandbox's own key, without scopes: short for
+    /// `self.auth_builder(self.credentials()).build()`. Fails only as
+    /// [`build`](UnderstoryAuthBuilder::build) does, e.g. for a sandbox started with an
+    /// empty client secret.
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use understory_auth::testing::SandboxServer;
+    ///
+    /// let server = SandboxServer::start().await?;
+    /// let auth = server.auth()?;
+    /// auth.token().await?;
+    /// assert_eq!(server.token_requests(), 1);
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Runtime::new()?.block_on(example())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn auth(&self) -> Result<UnderstoryAuth, crate::Error> {
+        self.auth_builder(self.credentials()).build()
+    }
+
     /// How many requests reached the token endpoint (`/oauth2/token`, any method), failed and
     /// faulted ones included, since the start or the last [`reset_counters`](Self::reset_counters).
     pub fn token_requests(&self) -> usize {

@@ -77,11 +77,10 @@ fn me(server: &SandboxServer) -> String {
 async fn via_middleware(client: &ClientWithMiddleware, url: &str) -> Outcome {
     match client.get(url).send().await {
         Ok(response) => Outcome::Answer(response.status()),
-        Err(reqwest_middleware::Error::Middleware(error)) => match error.downcast::<Error>() {
-            Ok(error) => Outcome::Token(error),
-            Err(other) => Outcome::Other(format!("{other:?}")),
+        Err(error) => match Error::find_in(&error) {
+            Some(error) => Outcome::Token(error.clone()),
+            None => Outcome::Other(format!("{error:?}")),
         },
-        Err(other) => Outcome::Other(format!("{other:?}")),
     }
 }
 
@@ -91,9 +90,9 @@ async fn via_tower(client: &Tower, url: &str) -> Outcome {
         .expect("a valid request");
     match client.clone().oneshot(request).await {
         Ok(response) => Outcome::Answer(response.status()),
-        Err(error) => match error.downcast::<Error>() {
-            Ok(error) => Outcome::Token(*error),
-            Err(other) => Outcome::Other(format!("{other:?}")),
+        Err(error) => match Error::find_in(&*error) {
+            Some(error) => Outcome::Token(error.clone()),
+            None => Outcome::Other(format!("{error:?}")),
         },
     }
 }

@@ -329,13 +329,9 @@ async fn via_reqwest(client: &ClientWithMiddleware, url: &str, shown: &Shown) ->
         }
         Err(error) => {
             shown.error("reqwest_middleware::Error", &error);
-            if let reqwest_middleware::Error::Middleware(inner) = &error {
-                let token_error = inner
-                    .downcast_ref::<understory_auth::Error>()
-                    .expect("a token error");
-                shown.both("Error", token_error);
-                shown.error("Error", token_error);
-            }
+            let token_error = understory_auth::Error::find_in(&error).expect("a token error");
+            shown.both("Error", token_error);
+            shown.error("Error", token_error);
             None
         }
     }
@@ -373,9 +369,7 @@ async fn via_tower(auth: &UnderstoryAuth, url: &str, shown: &Shown) -> Option<u1
         }
         Err(error) => {
             shown.both("BoxError", &error);
-            let token_error = error
-                .downcast_ref::<understory_auth::Error>()
-                .expect("a token error");
+            let token_error = understory_auth::Error::find_in(&*error).expect("a token error");
             shown.error("Error", token_error);
             None
         }

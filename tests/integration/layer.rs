@@ -346,6 +346,42 @@ async fn a_timeout_inside_the_layer_does_not_bound_the_token_wait() -> TestResul
     Ok(())
 }
 
+/// An application's own error around the stack's, naming it as its source.
+#[derive(Debug)]
+struct AppError(BoxError);
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the booking sync failed")
+    }
+}
+
+impl std::error::Error for AppError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+#[tokio::test]
+async fn find_in_finds_the_token_error_in_a_chain() -> TestResult {
+    let sandbox = sandbox().await;
+    let wrong = Credentials::new(sandbox.client_id(), "not-the-sandbox-secret");
+    let client = ServiceBuilder::new()
+        .map_err(|e: BoxError| -> BoxError { Box::new(AppError(e)) })
+        .layer(BearerAuthLayer::new(auth_with(&sandbox, wrong)))
+        .service(http_client());
+
+    let error = client
+        .oneshot(get(&sandbox, "/v1/me"))
+        .await
+        .expect_err("no token");
+
+    assert!(error.is::<AppError>(), "{error:?}");
+    let found = understory_auth::Error::find_in(&*error).expect("an understory_auth::Error");
+    assert_eq!(found.oauth_code(), Some("invalid_client"));
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_token_error_is_a_boxed_understory_auth_error() -> TestResult {
     let sandbox = sandbox().await;
@@ -368,9 +404,8 @@ async fn a_token_error_is_a_boxed_understory_auth_error() -> TestResult {
     ];
 
     for error in errors {
-        let error = error
-            .downcast_ref::<understory_auth::Error>()
-            .expect("an understory_auth::Error");
+        assert!(error.is::<understory_auth::Error>(), "{error:?}");
+        let error = understory_auth::Error::find_in(&*error).expect("an understory_auth::Error");
         assert_eq!(error.oauth_code(), Some("invalid_client"));
         assert!(!format!("{error} {error:?}").contains("not-the-sandbox-secret"));
     }

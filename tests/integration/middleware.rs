@@ -65,10 +65,7 @@ fn latest_token(server: &SandboxServer) -> String {
 
 /// The `understory_auth::Error` inside a middleware error, if it holds one.
 fn token_error(err: &reqwest_middleware::Error) -> Option<&Error> {
-    match err {
-        reqwest_middleware::Error::Middleware(err) => err.downcast_ref::<Error>(),
-        reqwest_middleware::Error::Reqwest(_) => None,
-    }
+    Error::find_in(err)
 }
 
 /// A request body that cannot be cloned: it is produced chunk by chunk.
@@ -529,6 +526,58 @@ async fn through_reqwest_retry_a_token_error_is_one_level_deeper() -> TestResult
     assert_eq!(auth_err.oauth_code(), Some("invalid_client"));
     // reqwest-retry does not retry middleware errors; the cache's backoff holds anyway.
     assert_eq!(server.token_requests(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn find_in_finds_the_token_error_in_a_middleware_error() -> TestResult {
+    let server = sandbox().await;
+    let wrong = Credentials::new(server.client_id(), "wrong-secret-value");
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(auth_with(&server, wrong))
+        .build();
+
+    let err = client.get(me(&server)).send().await.expect_err("no token");
+
+    let found = Error::find_in(&err).expect("an understory_auth::Error");
+    assert_eq!(found.oauth_code(), Some("invalid_client"));
+    // The key came from `Credentials::new`: no environment variables to check.
+    assert!(!found.to_string().contains("UNDERSTORY_"), "{found}");
+    // An error of the API request itself holds none.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let plain = ClientBuilder::new(reqwest::Client::new()).build();
+    let err = plain
+        .get(format!("http://127.0.0.1:{closed}/v1/me"))
+        .send()
+        .await
+        .expect_err("nothing listens");
+    assert!(Error::find_in(&err).is_none(), "{err:?}");
+    Ok(())
+}
+
+/// reqwest-retry's `RetryError::Error` is transparent: its `source()` skips the middleware
+/// error it holds, so only a look inside finds the token error.
+#[cfg(feature = "reqwest-retry")]
+#[tokio::test]
+async fn find_in_looks_inside_reqwest_retry() -> TestResult {
+    let server = sandbox().await;
+    let wrong = Credentials::new(server.client_id(), "wrong-secret-value");
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(quick_retries())
+        .with(auth_with(&server, wrong))
+        .build();
+
+    let err = client.get(me(&server)).send().await.expect_err("no token");
+
+    let found = Error::find_in(&err).expect("an understory_auth::Error");
+    assert_eq!(found.oauth_code(), Some("invalid_client"));
+    // Also wrapped once more, with the retries counted, and boxed as a tower error would be.
+    let boxed: Box<dyn std::error::Error + Send + Sync> =
+        Box::new(RetryError::WithRetries { retries: 2, err });
+    let found = Error::find_in(&*boxed).expect("an understory_auth::Error");
+    assert_eq!(found.oauth_code(), Some("invalid_client"));
     Ok(())
 }
 

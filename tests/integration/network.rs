@@ -276,3 +276,228 @@ async fn the_hook_cannot_turn_on_redirects_or_lift_the_timeout() -> TestResult {
     assert!(server.issued_tokens().is_empty());
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Proxies from the environment and in code (issue 20, 1 and 2)
+// ---------------------------------------------------------------------------------------------
+
+/// Set for the child process [`proxies_in_the_environment`] starts: only then does
+/// [`proxy_environment_child`] run (the environment is the whole process's, so the proxy
+/// variables are set in a process of their own).
+const CHILD: &str = "UNDERSTORY_AUTH_TEST_PROXY_CHILD";
+/// A host the child's token request names but never reaches: the proxy refuses it.
+const UNREACHED_HOST: &str = "auth.example.invalid";
+
+#[tokio::test]
+async fn proxies_in_the_environment() -> TestResult {
+    let proxy = Proxy::start().await?;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?);
+    child
+        .args(["network::proxy_environment_child", "--exact", "--nocapture"])
+        .env(CHILD, "1")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .env_remove("REQUEST_METHOD");
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+        child.env(var, proxy.url());
+        child.env_remove(var.to_lowercase());
+    }
+    child
+        .env("PROXY_URL", proxy.url())
+        .env(
+            "UNDERSTORY_CLIENT_ID",
+            understory_auth::testing::DEFAULT_CLIENT_ID,
+        )
+        .env("UNDERSTORY_CLIENT_SECRET", "not-the-sandbox-secret")
+        .env_remove("UNDERSTORY_SCOPES");
+    let output = child.output().await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("1 passed"),
+        "the child test did not run: {stdout}"
+    );
+    // The loopback sandbox was reached directly; the one other host only through the proxy.
+    assert_eq!(
+        proxy.request_lines(),
+        [format!("CONNECT {UNREACHED_HOST}:443 HTTP/1.1")]
+    );
+    Ok(())
+}
+
+/// Runs in the child of [`proxies_in_the_environment`], with `HTTP_PROXY`, `HTTPS_PROXY`
+/// and `ALL_PROXY` pointing at a proxy that refuses everything but loopback origins.
+#[tokio::test]
+async fn proxy_environment_child() -> TestResult {
+    if std::env::var_os(CHILD).is_none() {
+        return Ok(());
+    }
+    let proxy_url = std::env::var("PROXY_URL")?;
+    let server = sandbox().await;
+
+    // A loopback token URL is never proxied from the environment.
+    server.auth()?.token().await?;
+    assert_eq!(server.token_requests(), 1);
+
+    // Any other goes through the environment's proxy, which the error names.
+    let err = builder(&server, format!("https://{UNREACHED_HOST}/oauth2/token"))
+        .build()?
+        .token()
+        .await
+        .expect_err("the proxy refuses the tunnel");
+    let Error::Network {
+        proxy,
+        proxy_from_env,
+        ..
+    } = &err
+    else {
+        panic!("expected a network error: {err:?}");
+    };
+    assert_eq!(proxy.as_deref(), Some(proxy_url.as_str()), "{err}");
+    assert!(proxy_from_env);
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "could not reach the auth server through the proxy {proxy_url} (from the environment): "
+        )),
+        "{message}"
+    );
+    assert!(message.contains("NO_PROXY"), "{message}");
+
+    // A proxy set in code applies to a loopback URL too, and is named as set in code.
+    let dead = format!("http://127.0.0.1:{}", closed_port()?);
+    let err = builder(&server, server.token_url())
+        .configure_token_client(through_proxy(dead.clone()))
+        .build()?
+        .token()
+        .await
+        .expect_err("the proxy set in code is down");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!(
+            "through the proxy {dead} (set with configure_token_client)"
+        )),
+        "{message}"
+    );
+    assert!(!message.contains("_PROXY"), "{message}");
+    assert_eq!(server.token_requests(), 1);
+
+    // A key read from the environment: the advice names the variables.
+    let err = UnderstoryAuth::builder(understory_auth::Credentials::from_env()?)
+        .token_url(server.token_url())
+        .api_base(server.api_base())
+        .build()?
+        .token()
+        .await
+        .expect_err("a wrong secret");
+    assert_eq!(err.oauth_code(), Some("invalid_client"));
+    assert!(
+        err.to_string().contains("UNDERSTORY_CLIENT_SECRET"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_proxy_set_in_code_is_named_without_its_credentials_or_the_variables() -> TestResult {
+    let server = sandbox().await;
+    let port = closed_port()?;
+    let auth = builder(&server, server.token_url())
+        .configure_token_client(through_proxy(format!(
+            "http://proxy-user:proxy-password@127.0.0.1:{port}"
+        )))
+        .build()?;
+
+    let err = auth.token().await.expect_err("the proxy is down");
+
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "could not reach the auth server through the proxy http://127.0.0.1:{port} (set with configure_token_client): "
+        )),
+        "{message}"
+    );
+    assert!(
+        message.contains("check the proxy given to configure_token_client"),
+        "{message}"
+    );
+    for hidden in ["proxy-user", "proxy-password", "HTTPS_PROXY", "NO_PROXY"] {
+        assert!(
+            !format!("{err} {err:?}").contains(hidden),
+            "{hidden}: {err:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failure_says_when_it_is_retried_and_a_cached_one_says_so() -> TestResult {
+    let server = sandbox().await;
+    let port = closed_port()?;
+    let auth = builder(&server, format!("http://127.0.0.1:{port}/oauth2/token")).build()?;
+
+    let first = auth.token().await.expect_err("nothing listens");
+    let second = auth.token().await.expect_err("inside the failure window");
+
+    let message = first.to_string();
+    assert!(
+        message.starts_with("could not reach the auth server: "),
+        "{message}"
+    );
+    assert!(message.contains("no proxy was used"), "{message}");
+    assert!(message.contains("; retried in "), "{message}");
+    assert!(!message.contains("cached failure"), "{message}");
+    assert!(matches!(
+        first,
+        Error::Network {
+            next_attempt_in: Some(_),
+            failed_ago: None,
+            ..
+        }
+    ));
+
+    let message = second.to_string();
+    assert!(message.contains(" (cached failure from "), "{message}");
+    assert!(message.contains(" ago; next attempt in "), "{message}");
+    assert!(matches!(
+        second,
+        Error::Network {
+            next_attempt_in: Some(_),
+            failed_ago: Some(_),
+            ..
+        }
+    ));
+    assert_eq!(auth.stats().fetches, 1);
+    assert_eq!(auth.stats().failed_fast, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_network_error_chain_names_its_cause_once() -> TestResult {
+    let server = sandbox().await;
+    let port = closed_port()?;
+    let auth = builder(&server, format!("http://127.0.0.1:{port}/oauth2/token")).build()?;
+
+    let err = auth.token().await.expect_err("nothing listens");
+
+    // What anyhow's `{:#}` and eyre's reports print: every error of the chain.
+    let chain: Vec<String> =
+        std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        })
+        .map(ToString::to_string)
+        .collect();
+    let printed = chain.join(": ");
+    assert_eq!(
+        printed.matches("Connection refused").count(),
+        1,
+        "{printed}"
+    );
+    // The transport error is still at hand.
+    let Error::Network { error, .. } = &err else {
+        panic!("expected a network error: {err:?}");
+    };
+    assert!(error.is_connect(), "{error:?}");
+    Ok(())
+}
