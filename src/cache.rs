@@ -298,6 +298,9 @@ impl std::fmt::Debug for CacheStats {
         // One line per counter.
         for (name, count) in [
             ("fetches", self.fetches),
+            ("token_requests", self.token_requests),
+            ("shared_hits", self.shared_hits),
+            ("shared_failures", self.shared_failures),
             ("fetch_successes", self.fetch_successes),
             ("fetch_failures", self.fetch_failures),
             ("background_refreshes", self.background_refreshes),
