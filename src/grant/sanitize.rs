@@ -8,7 +8,10 @@
 //! - the client secret (raw, form-encoded, and the Basic `id:secret` credentials) and every
 //!   access token this grant obtained (the latest [`REMEMBERED_TOKENS`]) are replaced by
 //!   [`REDACTED`], and so is any run of at least [`MIN_FRAGMENT`] characters of them (a
-//!   server may cut an echo short in the middle of a secret);
+//!   server may cut an echo short in the middle of a secret), matched on the text with its
+//!   invisible characters removed (so that they cannot split a secret) and redacted over the
+//!   whole range it spans; the client secret goes over the wire with `~` literal and is also
+//!   looked for with `%7E`;
 //! - control characters, and the invisible or line-breaking ones (Unicode categories Cc, Cf,
 //!   Co, Cn, Zl, Zp: bidi overrides, zero-width characters, U+2028, ...) become spaces, so the
 //!   text can neither forge log lines nor hide what it says;
