@@ -558,15 +558,11 @@ async fn an_oversized_value_is_neither_read_whole_nor_decrypted() {
     let store = Memory::new();
     let issuer = Issuer::new("ok");
     store.insert(codec(SECRET).key(), vec![2; 8 << 20], HOUR);
-    let captured = capture_logs();
     assert_eq!(fetch(&process(&store, &issuer)).await.secret(), "ok-0");
-    let logs = captured.text();
     assert_eq!(store.longest_read.load(Relaxed), MAX_ENTRY_BYTES + 1);
-    assert!(
-        logs.contains("larger than 98304 bytes") && logs.contains("WARN"),
-        "{logs}"
-    );
     assert_eq!(issuer.calls(), 1);
+    // Its warning is checked against a real Redis (tests/integration/store.rs): captured
+    // here, among the other unit tests' threads, it went missing now and then.
 }
 
 #[tokio::test(start_paused = true)]
