@@ -21,6 +21,7 @@ pub(crate) trait TokenSource: Send + Sync + 'static {
 
     /// Learns of a token for the same credentials obtained elsewhere (another process, via
     /// the shared cache), so that it is redacted from this source's answers as its own are.
+    #[cfg_attr(not(feature = "shared-cache"), allow(dead_code))]
     fn remember_token(&self, _token: &str) {}
 }
 
