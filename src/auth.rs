@@ -7,10 +7,8 @@ use std::sync::Arc;
 use url::Url;
 
 use crate::Error;
-use crate::builder::UnderstoryAuthBuilder;
-use crate::cache::{CacheStats, Held, Rejection, Timing, TokenCache};
-use crate::credentials::Credentials;
-use crate::origin::{AllowedOrigins, Destination, Origin, Target, origin_and_path};
+use crate::cache::{CacheStats, Held, Rejection, TokenCache};
+use crate::origin::{AllowedOrigins, Destination, Target, origin_and_path};
 use crate::token::AccessToken;
 
 /// Access tokens for the Understory API, fetched when needed and shared by every clone.
@@ -46,78 +44,11 @@ pub(crate) struct Endpoints {
 }
 
 impl UnderstoryAuth {
-    /// Tokens from Understory's production auth server, for Understory's production API.
-    ///
-    /// Infallible: the defaults are known to be valid. (If the TLS backend cannot even be
-    /// initialised, every token request reports that error instead.)
-    ///
-    /// ```
-    /// use understory_auth::{Credentials, UnderstoryAuth};
-    /// let auth = UnderstoryAuth::new(Credentials::new("client-id", "client-secret"));
-    /// let same_cache = auth.clone();
-    /// # let _ = same_cache;
-    /// ```
-    pub fn new(credentials: Credentials) -> Self {
-        let client_id = credentials.client_id().to_owned();
-        Self::builder(credentials)
-            .build()
-            .unwrap_or_else(|error| Self::failed(client_id, error))
-    }
-
-    /// A builder to point the crate at other endpoints or change its timeouts.
-    ///
-    /// ```
-    /// use understory_auth::{Credentials, UnderstoryAuth};
-    /// let auth = UnderstoryAuth::builder(Credentials::new("client-id", "client-secret"))
-    ///     .user_agent("My-Company/Booking-Sync")
-    ///     .build()?;
-    /// # Ok::<(), understory_auth::Error>(())
-    /// ```
-    pub fn builder(credentials: Credentials) -> UnderstoryAuthBuilder {
-        UnderstoryAuthBuilder::new(credentials)
-    }
-
     pub(crate) fn from_cache(cache: TokenCache<Endpoints>) -> Self {
         UnderstoryAuth {
             cache,
             retry_unauthorized: true,
         }
-    }
-
-    /// The `new` fallback: a handle whose every token request reports `error`.
-    fn failed(client_id: String, error: Error) -> Self {
-        struct Failing(Error);
-        impl crate::source::TokenSource for Failing {
-            fn fetch(
-                self: Arc<Self>,
-            ) -> futures_util::future::BoxFuture<'static, Result<crate::token::GrantedToken, Error>>
-            {
-                Box::pin(futures_util::future::ready(Err(self.0.clone())))
-            }
-        }
-        let defaults = (
-            Url::parse(crate::builder::DEFAULT_API_BASE),
-            Url::parse(crate::builder::DEFAULT_TOKEN_URL),
-            Origin::parse(crate::builder::DEFAULT_API_BASE, "api_base"),
-        );
-        let (Ok(api_base), Ok(token_url), Ok(origin)) = defaults else {
-            unreachable!("the default URLs are valid constants");
-        };
-        let endpoints = Endpoints {
-            // The API origin stays allowed so that requests to it report the error.
-            origins: AllowedOrigins::new(vec![origin]),
-            api_base,
-            token_url,
-            client_id,
-        };
-        let source = Arc::new(Failing(error));
-        let timeout = crate::DEFAULT_TOKEN_TIMEOUT;
-        Self::from_cache(TokenCache::new(
-            source,
-            timeout,
-            Timing::default(),
-            endpoints,
-        ))
     }
 
     /// A valid access token: the cached one, or a freshly fetched one. However many tasks
@@ -293,6 +224,7 @@ impl fmt::Debug for UnderstoryAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Credentials;
 
     #[test]
     fn public_types_are_thread_safe_and_cheap_to_share() {

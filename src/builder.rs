@@ -5,13 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
+use url::Url;
 
 use crate::Error;
 use crate::auth::{Endpoints, UnderstoryAuth};
-use crate::cache::{Timing, TokenCache};
+use crate::cache::TokenCache;
 use crate::credentials::Credentials;
 use crate::grant::{ClientHook, Grant, GrantConfig};
 use crate::origin::{AllowedOrigins, Origin, parse_secure_url};
+use crate::schedule::Timing;
+pub use crate::schedule::{DEFAULT_EXPIRY_MARGIN, DEFAULT_REFRESH_AHEAD};
 
 /// Understory's token endpoint.
 pub const DEFAULT_TOKEN_URL: &str = "https://api.auth.understory.io/oauth2/token";
@@ -21,12 +24,6 @@ pub const DEFAULT_AUDIENCE: &str = "https://api.understory.io";
 pub const DEFAULT_API_BASE: &str = "https://api.understory.io";
 /// The default limit on a whole token request, from connecting to the last byte.
 pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
-/// The default of [`refresh_ahead`](UnderstoryAuthBuilder::refresh_ahead) (see
-/// [Cache behaviour](crate#cache-behaviour)).
-pub const DEFAULT_REFRESH_AHEAD: Duration = Duration::from_secs(60);
-/// The default of [`expiry_margin`](UnderstoryAuthBuilder::expiry_margin) (see
-/// [Cache behaviour](crate#cache-behaviour)).
-pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 /// The longest `token_timeout` accepted: deadlines are instants, which a huge timeout would
 /// overflow.
 const MAX_TOKEN_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -366,6 +363,75 @@ impl UnderstoryAuthBuilder {
         };
         Ok(UnderstoryAuth::from_cache(
             self.cache_over(grant, endpoints)?,
+        ))
+    }
+}
+
+impl UnderstoryAuth {
+    /// Tokens from Understory's production auth server, for Understory's production API.
+    ///
+    /// Infallible: the defaults are known to be valid. (If the TLS backend cannot even be
+    /// initialised, every token request reports that error instead.)
+    ///
+    /// ```
+    /// use understory_auth::{Credentials, UnderstoryAuth};
+    /// let auth = UnderstoryAuth::new(Credentials::new("client-id", "client-secret"));
+    /// let same_cache = auth.clone();
+    /// # let _ = same_cache;
+    /// ```
+    pub fn new(credentials: Credentials) -> Self {
+        let client_id = credentials.client_id().to_owned();
+        Self::builder(credentials)
+            .build()
+            .unwrap_or_else(|error| Self::failed(client_id, error))
+    }
+
+    /// A builder to point the crate at other endpoints or change its timeouts.
+    ///
+    /// ```
+    /// use understory_auth::{Credentials, UnderstoryAuth};
+    /// let auth = UnderstoryAuth::builder(Credentials::new("client-id", "client-secret"))
+    ///     .user_agent("My-Company/Booking-Sync")
+    ///     .build()?;
+    /// # Ok::<(), understory_auth::Error>(())
+    /// ```
+    pub fn builder(credentials: Credentials) -> UnderstoryAuthBuilder {
+        UnderstoryAuthBuilder::new(credentials)
+    }
+
+    /// The `new` fallback: a handle whose every token request reports `error`.
+    fn failed(client_id: String, error: Error) -> Self {
+        struct Failing(Error);
+        impl crate::source::TokenSource for Failing {
+            fn fetch(
+                self: Arc<Self>,
+            ) -> futures_util::future::BoxFuture<'static, Result<crate::token::GrantedToken, Error>>
+            {
+                Box::pin(futures_util::future::ready(Err(self.0.clone())))
+            }
+        }
+        let defaults = (
+            Url::parse(DEFAULT_API_BASE),
+            Url::parse(DEFAULT_TOKEN_URL),
+            Origin::parse(DEFAULT_API_BASE, "api_base"),
+        );
+        let (Ok(api_base), Ok(token_url), Ok(origin)) = defaults else {
+            unreachable!("the default URLs are valid constants");
+        };
+        let endpoints = Endpoints {
+            // The API origin stays allowed so that requests to it report the error.
+            origins: AllowedOrigins::new(vec![origin]),
+            api_base,
+            token_url,
+            client_id,
+        };
+        let source = Arc::new(Failing(error));
+        let timeout = DEFAULT_TOKEN_TIMEOUT;
+        Self::from_cache(TokenCache::new(
+            source,
+            timeout,
+            Timing::default(),
+            endpoints,
         ))
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::grant::sanitize::REDACTED;
+use crate::redact::REDACTED;
 
 /// Why a token could not be obtained, or why the configuration was refused.
 ///

@@ -8,7 +8,7 @@
 //!
 //! [`parse_token_response`] is a pure function from status, `Retry-After` and body bytes to
 //! a token or an [`Error`], so every answer a server can give is tested without a server.
-//! Every piece of server text it keeps goes through [`sanitize`]: no answer, however it
+//! Every piece of server text it keeps goes through [`redact`](crate::redact): no answer, however it
 //! echoes the request, can carry the client secret or a token into an error or a log.
 
 use std::fmt;
@@ -29,9 +29,9 @@ use crate::rate_limit::parse_retry_after;
 use crate::source::TokenSource;
 use crate::token::GrantedToken;
 
-pub(crate) mod sanitize;
-
-use sanitize::{Secrets, basic_credentials, form_encode, oauth_error_code, registered_token_type};
+use crate::redact::{
+    Secrets, basic_credentials, form_encode, oauth_error_code, registered_token_type,
+};
 
 /// The largest token answer read; a longer body is refused (a token answer is ~1 KiB).
 pub(crate) const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
@@ -158,7 +158,7 @@ impl Grant {
             user_agent,
             timeout,
             requested_scopes: credentials.scopes().to_vec(),
-            secrets: Secrets::new(credentials),
+            secrets: Secrets::new(credentials.client_id(), credentials.client_secret()),
             proxy,
             key_from_env: credentials.is_from_env(),
         })
@@ -470,7 +470,7 @@ mod tests {
     const SECRET: &str = "unit-test~Secret.value_1";
 
     fn secrets() -> Secrets {
-        Secrets::new(&Credentials::new("client", SECRET))
+        Secrets::new("client", SECRET)
     }
 
     fn parse(
@@ -679,7 +679,7 @@ mod tests {
     /// tokens are remembered and however long they are.
     #[test]
     fn hostile_answers_at_the_bounds_cost_one_lookup_per_window() {
-        use sanitize::{MAX_GRANTED_SCOPES, MAX_SCOPE_LEN, MIN_FRAGMENT, REMEMBERED_TOKENS};
+        use crate::redact::{MAX_GRANTED_SCOPES, MAX_SCOPE_LEN, MIN_FRAGMENT, REMEMBERED_TOKENS};
         let secrets = secrets();
         let token = |n: usize| {
             let head = format!("ory_at_{n:02}_");

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use futures_util::future::BoxFuture;
+use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::BoxError;
@@ -17,7 +18,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::cache::Held;
-use crate::origin::{Destination, authorize};
+use crate::origin::Destination;
 use crate::{Error, UnderstoryAuth};
 
 /// A tower [`Layer`] that sends the Understory access token of an [`UnderstoryAuth`] with
@@ -193,7 +194,7 @@ where
             return BearerAuthFuture::calling(self.inner.call(request), None);
         }
         if let Some(held) = self.auth.cached_held() {
-            authorize(request.headers_mut(), held.token());
+            authorize(&mut request, &held);
             return BearerAuthFuture::calling(self.inner.call(request), Some(held));
         }
         // The call happens once a token arrives, on the instance that was polled ready: take
@@ -216,6 +217,13 @@ where
 /// pointer, owned by the calling thread's copy of the token, so that the hot path writes
 /// nothing shared.
 type Sent = Arc<Held>;
+
+/// Puts the token in `request` as `Authorization: Bearer …` (a value marked sensitive).
+#[inline]
+fn authorize<B>(request: &mut Request<B>, held: &Held) {
+    let header = held.token().header_value().clone();
+    request.headers_mut().insert(AUTHORIZATION, header);
+}
 
 /// Marks a 401 response to a request that carried this layer's token, when a resend would
 /// carry another token, for [`RetryOnUnauthorized`].
@@ -279,7 +287,7 @@ where
                     let (mut service, mut request) = *pending
                         .take()
                         .expect("BearerAuthFuture polled after completion");
-                    authorize(request.headers_mut(), sent.token());
+                    authorize(&mut request, &sent);
                     *this.sent = Some(sent);
                     let future = service.call(request);
                     this.state.set(State::Calling { future });

@@ -26,6 +26,29 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Architecture
+//!
+//! A token's path, from the wire to the header, crosses five files, each read top to bottom:
+//!
+//! ```text
+//! auth server ─► grant.rs           the token request; its answer parsed (pure) into a GrantedToken
+//!                   │               (TokenSource::fetch; store/ asks a shared cache first, if set)
+//!                   ▼
+//!                cache/flight.rs    one spawned fetch per cache, its outcome shared by every waiter
+//!                   ▼
+//!                cache.rs           land: placed in time (schedule.rs), the AccessToken into the slot
+//!                   ▼
+//!                cache/local.rs     each thread's own copy of the slot's token, on a coarse clock
+//!                   ▼
+//! your request ◄─ middleware.rs     insert token.header_value(), if origin.rs allows the request;
+//!                 | layer.rs        the answer goes back to cache/rejection.rs (the 401 rule)
+//! ```
+//!
+//! The cache knows neither HTTP stacks nor where tokens come from; the integrations know
+//! only "the header for this request" and "this answer came back". Leaves that use nothing
+//! of the crate: `schedule.rs` (when a token is due) and `redact.rs` (what server text may
+//! show); `error.rs` uses only the latter.
+//!
 //! # Which requests carry the token
 //!
 //! A request gets `Authorization: Bearer <token>` (marked sensitive) only when its origin
@@ -63,8 +86,9 @@
 //!   5 s), so that it does not expire in flight.
 //! * **Backoff.** After a failed token request, callers get the same error at once until the
 //!   next attempt instead of sending more requests. Transient failures
-//!   ([`Error::is_transient`]) back off from 0.5 s to 30 s, rejected credentials or scopes
-//!   from 5 s to 2 min, growing with jitter. `Retry-After` is honoured on 429 and 503 answers
+//!   ([`Error::is_transient`]) back off from 0.5 s to 30 s ([`TRANSIENT_BACKOFF_BASE`],
+//!   [`TRANSIENT_BACKOFF_MAX`]), rejected credentials or scopes from 5 s to 2 min
+//!   ([`PERMANENT_BACKOFF_BASE`], [`PERMANENT_BACKOFF_MAX`]), doubling, half of it random. `Retry-After` is honoured on 429 and 503 answers
 //!   only, up to 5 minutes. A 429 without it backs off 60 s plus up to 30 s at random
 //!   (Understory asks for at least a minute), and its callers get [`Error::RateLimited`],
 //!   which says when the next attempt is. While a valid token remains, a failed background
@@ -176,8 +200,8 @@
 //!    a 5xx) since its last 401, by the origin it was sent to (an answer from another origin
 //!    a redirect led to never saw the token and does not count). Its 401s are returned to
 //!    the caller as they came, status and body, without a resend. It is dropped only once it
-//!    has been rejected, with no such acceptance in between, for its cooldown: 5 s for the
-//!    first replacement, four times longer for each replacement dropped in a row (20 s, 80 s,
+//!    has been rejected, with no such acceptance in between, for its cooldown: 5 s
+//!    ([`INVALIDATION_COOLDOWN`]) for the first replacement, four times longer for each replacement dropped in a row (20 s, 80 s,
 //!    320 s, ...), at most the token's lifetime.
 //!    The count of replacements dropped in a row starts again once a routine token lives to
 //!    its refresh without a 401.
@@ -222,14 +246,14 @@
 //!
 //! | Level | Target | Message | Fields |
 //! |-------|--------|---------|--------|
-//! | INFO span | `cache` | `understory_auth.fetch_token`: one token request, with everything logged inside it (grant, store) | `background` |
+//! | INFO span | `cache::flight` | `understory_auth.fetch_token`: one token request, with everything logged inside it (grant, store) | `background` |
 //! | INFO | `cache` | obtained access token | `token_id`, `lifetime_secs`, `scopes`, `elapsed_ms` |
 //! | WARN | `cache` | token request failed | `error`, `transient`, `retry_in_ms` (not for a replaced request), `elapsed_ms` |
 //! | WARN | `cache` | token request rate limited by the auth server (HTTP 429) | `error`, `transient`, `retry_in_ms` (not for a replaced request), `elapsed_ms` |
 //! | WARN | `cache` | a token request was not driven by its runtime past its deadline; it will be replaced | `grace_ms` |
 //! | DEBUG | `cache` | a newer token is cached; not storing a late one | `token_id` |
 //! | DEBUG | `cache` | access token rejected; it will be replaced | `token_id` |
-//! | DEBUG | `cache` | a 401 for a token that replaced a rejected one; kept (the endpoint may need a scope the key lacks) | `token_id` |
+//! | DEBUG | `cache::rejection` | a 401 for a token that replaced a rejected one; kept (the endpoint may need a scope the key lacks) | `token_id` |
 //! | DEBUG | `middleware` | the API rejected the access token (HTTP 401) | `token_id`, `retry` |
 //! | WARN | `rate_limit::retry` | the API is rate limiting requests (HTTP 429) | `wait_ms`, `resend` |
 //! | DEBUG | `grant` | token answer has no usable expires_in; assuming the default lifetime | |
@@ -315,6 +339,8 @@ mod error;
 mod grant;
 mod origin;
 mod rate_limit;
+mod redact;
+mod schedule;
 pub mod scope;
 mod source;
 mod token;
@@ -338,7 +364,10 @@ pub use builder::{
     DEFAULT_API_BASE, DEFAULT_AUDIENCE, DEFAULT_EXPIRY_MARGIN, DEFAULT_REFRESH_AHEAD,
     DEFAULT_TOKEN_TIMEOUT, DEFAULT_TOKEN_URL, UnderstoryAuthBuilder,
 };
-pub use cache::CacheStats;
+pub use cache::{
+    CacheStats, INVALIDATION_COOLDOWN, PERMANENT_BACKOFF_BASE, PERMANENT_BACKOFF_MAX,
+    TRANSIENT_BACKOFF_BASE, TRANSIENT_BACKOFF_MAX,
+};
 pub use credentials::{
     ClientAuthMethod, Credentials, ENV_CLIENT_ID, ENV_CLIENT_SECRET, ENV_SCOPES,
 };

@@ -2,11 +2,12 @@
 //! impl and in the crate docs (which requests carry the token, the 401 rule, errors).
 
 use http::Extensions;
+use http::header::AUTHORIZATION;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next, Result};
 
 use crate::auth::UnderstoryAuth;
-use crate::origin::{Destination, authorize};
+use crate::origin::Destination;
 use crate::token::AccessToken;
 
 /// Adds `Authorization: Bearer <token>` to every request bound for the API and resends a
@@ -90,7 +91,9 @@ impl UnderstoryAuth {
     }
 }
 
+/// The request with `Authorization: Bearer …` (a value marked sensitive).
 fn with_token(mut request: Request, token: &AccessToken) -> Request {
-    authorize(request.headers_mut(), token);
+    let header = token.header_value().clone();
+    request.headers_mut().insert(AUTHORIZATION, header);
     request
 }

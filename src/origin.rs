@@ -12,7 +12,6 @@ use http::{Extensions, HeaderMap};
 use url::Url;
 
 use crate::Error;
-use crate::token::AccessToken;
 
 /// A request extension that sends the request without a token, even to the API.
 ///
@@ -117,11 +116,6 @@ pub(crate) enum Destination {
     Relative,
     /// The request goes as it is.
     Untouched,
-}
-
-/// Puts `token` in `headers` as `Authorization: Bearer …` (a value marked sensitive).
-pub(crate) fn authorize(headers: &mut HeaderMap, token: &AccessToken) {
-    headers.insert(AUTHORIZATION, token.header_value().clone());
 }
 
 /// One origin: scheme, host and port, compared exactly (hosts are lower-cased by parsing).

@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::Error;
-use crate::cache::Timing;
-use crate::grant::sanitize::Secrets;
+use crate::redact::Secrets;
+use crate::schedule::Timing;
 use crate::source::TokenSource;
 
 mod entry;

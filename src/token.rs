@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -15,6 +15,7 @@ use http::StatusCode;
 use tokio::time::Instant;
 
 use crate::Error;
+use crate::schedule::Schedule;
 
 /// A process-wide unique number for each token the crate has obtained.
 ///
@@ -180,17 +181,6 @@ struct Inner {
     expires_at: Instant,
     usable_until: Instant,
     refresh_at: Instant,
-    /// Set by a 401 the cache did not act on, cleared by a later answer that accepted the
-    /// token: whether the token has been rejected since it last worked (see the cache's 401
-    /// rule). Shared by every thread's copy of the token (see `thread_copy`).
-    doubted: Arc<AtomicBool>,
-}
-
-/// When a token was obtained and when the cache stops using it and starts replacing it.
-pub(crate) struct Schedule {
-    pub(crate) expires_at: Instant,
-    pub(crate) usable_until: Instant,
-    pub(crate) refresh_at: Instant,
 }
 
 impl AccessToken {
@@ -202,7 +192,6 @@ impl AccessToken {
                 expires_at: schedule.expires_at,
                 usable_until: schedule.usable_until,
                 refresh_at: schedule.refresh_at,
-                doubted: Arc::new(AtomicBool::new(false)),
             }),
         }
     }
@@ -295,7 +284,7 @@ impl AccessToken {
             .saturating_duration_since(Instant::now())
     }
 
-    /// The same token (same id, secret, instants and 401 record) in new memory: its own
+    /// The same token (same id, secret and instants) in new memory: its own
     /// reference count and header bytes, so that one thread handing out clones of the copy
     /// writes nothing another thread reads (see `cache::local`).
     pub(crate) fn thread_copy(&self) -> AccessToken {
@@ -312,7 +301,6 @@ impl AccessToken {
                 expires_at: inner.expires_at,
                 usable_until: inner.usable_until,
                 refresh_at: inner.refresh_at,
-                doubted: Arc::clone(&inner.doubted),
             }),
         }
     }
@@ -325,27 +313,6 @@ impl AccessToken {
     /// From this instant on, the cache replaces the token in the background.
     pub(crate) fn refresh_at(&self) -> Instant {
         self.inner.refresh_at
-    }
-
-    /// Records that a request carrying the token was accepted. Called for every response, so
-    /// it costs one load, and a store only when the token was doubted.
-    pub(crate) fn note_accepted(&self) {
-        if self.inner.doubted.load(Ordering::Relaxed) {
-            self.inner.doubted.store(false, Ordering::Relaxed);
-        }
-    }
-
-    /// Whether a request carrying the token was rejected, with no acceptance since. One
-    /// load: cheap enough for every response (inlined into the tower layer's response future).
-    #[inline]
-    pub(crate) fn is_doubted(&self) -> bool {
-        self.inner.doubted.load(Ordering::Relaxed)
-    }
-
-    /// Records that a request carrying the token was rejected; returns whether it already
-    /// was, with no acceptance since.
-    pub(crate) fn doubt(&self) -> bool {
-        self.inner.doubted.swap(true, Ordering::Relaxed)
     }
 }
 

@@ -14,9 +14,9 @@
 //!    a few ns) and, while the copy is more than [`COARSE_CLOCK_TOLERANCE`] before its
 //!    token's refresh instant, hands the copy out.
 //!
-//! Otherwise (no copy yet, the token changed, or close to or past its refresh instant) it
-//! takes the precise path: the read lock, `Instant::now()`, the expiry and refresh checks of
-//! the module above, and a new copy when the token changed.
+//! Otherwise (no copy yet, the token changed, or close to or past its refresh instant) the
+//! cache takes the precise path: the read lock, `Instant::now()`, the expiry and refresh
+//! checks, and a new copy when the token changed.
 //!
 //! **Expired means expired.** The coarse clock only decides that a token is far from its
 //! refresh instant, which is at least the refresh margin before the instant it stops being
@@ -28,14 +28,12 @@
 //! (`cfg(test)`) and platforms without a coarse clock use tokio's clock for both.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use self::clock::Tick;
-use super::{SharedCache, TokenCache};
+use super::rejection::Held;
 use crate::token::AccessToken;
 
 /// How far from a token's refresh instant the coarse clock must put us for the hot path to
@@ -58,54 +56,14 @@ impl Current {
     }
 }
 
-/// A token as handed out by one thread: its own copy, and the cache to report the API's
-/// answer to.
-pub(crate) struct Held {
-    token: AccessToken,
-    cache: Weak<dyn Rejections>,
-}
-
-/// What a [`Held`] needs of its cache, whatever the cache's owner keeps beside it.
-trait Rejections: Send + Sync {
-    /// [`TokenCache::reject`] for a 401 to a request carrying `token`: whether to resend.
-    fn rejected(self: Arc<Self>, token: &AccessToken) -> bool;
-}
-
-impl<M: Send + Sync + 'static> Rejections for SharedCache<M> {
-    fn rejected(self: Arc<Self>, token: &AccessToken) -> bool {
-        TokenCache { shared: self }.reject(token).resend()
-    }
-}
-
-impl Held {
-    /// A handle for `token`, which did not come from a thread's table (a freshly fetched one).
-    pub(super) fn new<M: Send + Sync + 'static>(
-        cache: &TokenCache<M>,
-        token: AccessToken,
-    ) -> Arc<Held> {
-        Arc::new(Held {
-            token,
-            cache: Arc::downgrade(&cache.shared) as Weak<dyn Rejections>,
-        })
-    }
-
-    #[inline]
-    pub(crate) fn token(&self) -> &AccessToken {
-        &self.token
-    }
-
-    /// [`TokenCache::answered`] for this token: whether the request should be resent. The
-    /// cache is reached (a shared reference count) only for a 401; false if it is gone.
-    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    #[inline] // on every response the layer sees: inlined into the response future's poll
-    pub(crate) fn answered(&self, status: http::StatusCode) -> bool {
-        // A tower service answers for the URI it was called with: the token's origin.
-        super::is_rejection(&self.token, status, || true)
-            && self
-                .cache
-                .upgrade()
-                .is_some_and(|cache| cache.rejected(&self.token))
-    }
+/// What this thread has of the current token.
+pub(super) enum Found<R> {
+    /// Its copy, far from the refresh instant: what `read` made of it.
+    Fast(R),
+    /// Its copy, close to or past the refresh instant: the precise clock decides.
+    Near(Arc<Held>),
+    /// No copy of the current token (or none is current).
+    Missing,
 }
 
 struct ThreadCopy {
@@ -119,63 +77,43 @@ thread_local! {
     static COPIES: RefCell<Vec<ThreadCopy>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The usable token of `cache`, read by `read`, and a background refresh started if it is
-/// due: the thread's copy when it has one of the current token.
-pub(super) fn lookup<M: Send + Sync + 'static, R>(
-    cache: &TokenCache<M>,
-    read: impl Fn(&Arc<Held>) -> R,
-) -> Option<R> {
-    let current = cache.shared.current.0.load(Ordering::Acquire);
-    let found = COPIES
+/// Steps 1 to 3 above for the token `current` names.
+#[inline]
+pub(super) fn find<R>(current: &Current, read: impl Fn(&Arc<Held>) -> R) -> Found<R> {
+    let current = current.0.load(Ordering::Acquire);
+    if current == 0 {
+        return Found::Missing;
+    }
+    COPIES
         .try_with(|copies| {
             let copies = copies.try_borrow().ok()?;
-            let copy = copies.iter().find(|c| c.id == current && current != 0)?;
+            let copy = copies.iter().find(|c| c.id == current)?;
             Some(if clock::before(copy.fast_until) {
-                Ok(read(&copy.held))
+                Found::Fast(read(&copy.held))
             } else {
-                Err(Arc::clone(&copy.held))
+                Found::Near(Arc::clone(&copy.held))
             })
         })
         .ok()
-        .flatten();
-    let held = match found {
-        Some(Ok(value)) => return Some(value),
-        Some(Err(held)) => held,
-        None => copy_current(cache)?,
-    };
-    // Close to or past the refresh instant: the precise clock decides.
-    let now = Instant::now();
-    if now >= held.token.usable_until() {
-        return None;
-    }
-    if now >= held.token.refresh_at() {
-        cache.refresh_in_background(now);
-    }
-    Some(read(&held))
+        .flatten()
+        .unwrap_or(Found::Missing)
 }
 
-/// Copies the slot's token for this thread, if it is usable, and keeps the copy.
-fn copy_current<M: Send + Sync + 'static>(cache: &TokenCache<M>) -> Option<Arc<Held>> {
-    let token = cache.shared.slot.read().clone()?;
-    let now = Instant::now();
-    if now >= token.usable_until() {
-        return None;
-    }
-    let lead = token.refresh_at().saturating_duration_since(now);
-    let held = Held::new(cache, token.thread_copy());
+/// Keeps `held`, a new copy whose token's refresh instant is `lead` from now, as this
+/// thread's copy for its cache, in place of the cache's old copy or a dead cache's.
+pub(super) fn keep(held: &Arc<Held>, lead: Duration) {
     let copy = ThreadCopy {
-        id: token.id().get(),
-        held: Arc::clone(&held),
+        id: held.token().id().get(),
+        held: Arc::clone(held),
         fast_until: clock::deadline(lead.saturating_sub(COARSE_CLOCK_TOLERANCE)),
     };
     let _ = COPIES.try_with(|copies| {
         let Ok(mut copies) = copies.try_borrow_mut() else {
             return;
         };
-        // Replace this cache's old copy, or a dead cache's, or make room.
         let reusable = copies
             .iter()
-            .position(|c| c.held.cache.ptr_eq(&held.cache) || c.held.cache.strong_count() == 0);
+            .position(|c| c.held.same_cache(held) || c.held.orphaned());
         match reusable {
             Some(i) => copies[i] = copy,
             None if copies.len() < COPIES_PER_THREAD => copies.push(copy),
@@ -185,7 +123,6 @@ fn copy_current<M: Send + Sync + 'static>(cache: &TokenCache<M>) -> Option<Arc<H
             }
         }
     });
-    Some(held)
 }
 
 /// `CLOCK_MONOTONIC_COARSE` through the vDSO: the time of the last kernel tick, on the same

@@ -8,7 +8,10 @@ use futures_util::FutureExt;
 use http::StatusCode;
 use tokio::time::{advance, sleep, sleep_until};
 
+use super::backoff::backoff;
 use super::*;
+use crate::token::TokenId;
+use futures_util::future::BoxFuture;
 
 /// One scripted answer of the in-memory source.
 #[derive(Clone)]
@@ -516,47 +519,6 @@ fn outside_a_runtime_it_reports_an_error_instead_of_panicking() {
 }
 
 #[test]
-fn schedule_places_tokens_by_their_lifetime_and_the_jitter_drawn() {
-    let now = Instant::now();
-    let at = |millis: u64| now + Duration::from_millis(millis);
-    // (lifetime, usable until, refresh at with no jitter, with the most jitter)
-    let cases = [
-        (3600, at(3_595_000), at(3_235_000), at(3_163_000)),
-        (600, at(595_000), at(535_000), at(523_000)),
-        (4, at(3_800), at(1_800), at(1_400)),
-        (1, at(950), at(450), at(350)),
-    ];
-    for (lifetime, usable_until, earliest, latest) in cases {
-        let lifetime = Duration::from_secs(lifetime);
-        let calm = schedule(now, lifetime, 0.0, Timing::default());
-        assert_eq!(calm.expires_at, now + lifetime);
-        assert_eq!(calm.usable_until, usable_until, "{lifetime:?}");
-        assert_eq!(calm.refresh_at, earliest, "{lifetime:?}");
-        assert_eq!(
-            schedule(now, lifetime, 1.0, Timing::default()).refresh_at,
-            latest,
-            "{lifetime:?}"
-        );
-    }
-}
-
-#[test]
-fn the_builder_timing_moves_the_refresh_and_the_end_of_use() {
-    let now = Instant::now();
-    let timing = Timing {
-        refresh_ahead: Duration::from_secs(600),
-        expiry_margin: Duration::from_secs(30),
-    };
-    let hour = schedule(now, Duration::from_secs(3600), 0.0, timing);
-    assert_eq!(hour.usable_until, now + Duration::from_secs(3570));
-    assert_eq!(hour.refresh_at, now + Duration::from_secs(2970));
-    // Short tokens keep their proportional margins: 5 % and at most half the life.
-    let short = schedule(now, Duration::from_secs(60), 0.0, timing);
-    assert_eq!(short.usable_until, now + Duration::from_secs(57));
-    assert_eq!(short.refresh_at, now + Duration::from_secs(27));
-}
-
-#[test]
 fn backoff_grows_is_capped_and_honours_retry_after() {
     let secs = Duration::from_secs_f64;
     // (attempt, transient with no jitter, with the most, permanent with no jitter)
@@ -749,13 +711,10 @@ async fn a_failed_replacement_fetch_passes_its_role_to_the_next_one() {
     );
 }
 
-/// The guard of a flight numbered before every flight `cache` started: one that was replaced.
-fn replaced_flight(cache: &TokenCache) -> FlightGuard<()> {
-    FlightGuard {
-        cache: Arc::downgrade(&cache.shared),
-        flight: 0,
-        sender: None,
-    }
+/// Lands `result` as the outcome of a flight numbered before every flight `cache` started:
+/// one that was replaced.
+fn land_replaced(cache: &TokenCache, result: Result<GrantedToken, Error>) {
+    let _ = cache.shared.land(0, Instant::now(), Duration::ZERO, result);
 }
 
 #[tokio::test(start_paused = true)]
@@ -764,10 +723,8 @@ async fn a_late_fetch_never_overwrites_a_newer_token() {
     let cache = cache(&source);
     let newer = cache.token().await.unwrap();
     // A fetch numbered before the one that produced the cached token ends late.
-    replaced_flight(&cache).finish(
-        Instant::now(),
-        GrantedToken::new("late", Duration::from_secs(3600), vec![]),
-    );
+    let late = GrantedToken::new("late", Duration::from_secs(3600), vec![]);
+    land_replaced(&cache, late);
     assert_eq!(cache.stats().token_id, Some(newer.id()));
     assert_eq!(cache.token().await.unwrap().id(), newer.id());
 }
@@ -962,14 +919,14 @@ async fn only_answers_from_the_token_origin_count_and_only_a_doubted_token_asks(
     assert_eq!(asked.load(Relaxed), 0);
     // A 401 from another origin says nothing; one from the token's origin puts it in doubt.
     assert!(!cache.answered(&replacement, StatusCode::UNAUTHORIZED, from(false)));
-    assert!(!replacement.is_doubted());
+    assert!(!cache.shared.doubt.is_doubted(&replacement));
     assert!(!cache.answered(&replacement, StatusCode::UNAUTHORIZED, from(true)));
-    assert!(replacement.is_doubted());
+    assert!(cache.shared.doubt.is_doubted(&replacement));
     // While doubted, an answer from elsewhere is no acceptance; one from its origin is.
     assert!(!cache.answered(&replacement, StatusCode::OK, from(false)));
-    assert!(replacement.is_doubted());
+    assert!(cache.shared.doubt.is_doubted(&replacement));
     assert!(!cache.answered(&replacement, StatusCode::OK, from(true)));
-    assert!(!replacement.is_doubted());
+    assert!(!cache.shared.doubt.is_doubted(&replacement));
     assert_eq!(asked.load(Relaxed), 4);
 }
 
@@ -1142,7 +1099,7 @@ async fn a_rate_limit_ending_a_replaced_flight_is_counted_and_logged_as_one() {
     let cache = cache(&source);
     let current = cache.token().await.unwrap();
     // A flight replaced by a newer one (as a stranded fetch is) is refused with a 429.
-    replaced_flight(&cache).finish(Instant::now(), Err(rate_limited(Some(10))));
+    land_replaced(&cache, Err(rate_limited(Some(10))));
     let stats = cache.stats();
     assert_eq!(
         (stats.fetch_failures, stats.rate_limited),

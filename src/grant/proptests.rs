@@ -13,15 +13,16 @@ use proptest::prelude::*;
 use serde_json::{Map, Number, Value};
 use tokio::time::Instant;
 
-use super::sanitize::{
-    MAX_GRANTED_SCOPES, MAX_SCOPE_LEN, MAX_SERVER_TEXT, MIN_FRAGMENT, REDACTED, Secrets,
-    basic_credentials,
-};
 use super::{DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME, MIN_TOKEN_LIFETIME, parse_token_response};
 use crate::Error;
 use crate::credentials::{ClientAuthMethod, Credentials};
 use crate::rate_limit::{MAX_RETRY_AFTER, parse_retry_after};
-use crate::token::{AccessToken, GrantedToken, Schedule};
+use crate::redact::{
+    MAX_GRANTED_SCOPES, MAX_SCOPE_LEN, MAX_SERVER_TEXT, MIN_FRAGMENT, REDACTED, Secrets,
+    basic_credentials,
+};
+use crate::schedule::Schedule;
+use crate::token::{AccessToken, GrantedToken};
 
 /// Every token this file generates starts with this, so that an error repeating any token (or
 /// its beginning) is recognised whatever the rest of the token is.
@@ -35,7 +36,10 @@ const CLIENT_ID: &str = "prop client";
 
 /// The secrets of the properties' credentials, for either client authentication method.
 fn secrets_for(method: ClientAuthMethod) -> Secrets {
-    Secrets::new(&Credentials::new(CLIENT_ID, SECRET).with_auth_method(method))
+    {
+        let credentials = Credentials::new(CLIENT_ID, SECRET).with_auth_method(method);
+        Secrets::new(credentials.client_id(), credentials.client_secret())
+    }
 }
 
 fn secrets() -> Secrets {

@@ -16,7 +16,7 @@ use super::{
     StoreError, TokenStore,
 };
 use crate::Error;
-use crate::cache::{Timing, refresh_lead};
+use crate::schedule::{Timing, refresh_lead};
 use crate::source::{SharedCounts, TokenSource};
 use crate::token::GrantedToken;
 

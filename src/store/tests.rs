@@ -13,7 +13,7 @@ use super::entry::{EntryCodec, MAX_ENTRY_BYTES, Refusal};
 use super::source::SharedStoreSource;
 use super::*;
 use crate::DEFAULT_EXPIRY_MARGIN;
-use crate::cache::Timing;
+use crate::schedule::Timing;
 use crate::token::GrantedToken;
 
 const SECRET: &str = "client-secret";
@@ -196,7 +196,7 @@ fn process_with(
 /// How long before its expiry a token of `lifetime` may be due for refresh with the
 /// default timing.
 fn refresh_lead(lifetime: Duration) -> Duration {
-    crate::cache::refresh_lead(lifetime, Timing::default())
+    crate::schedule::refresh_lead(lifetime, Timing::default())
 }
 
 async fn fetch(process: &Arc<SharedStoreSource>) -> GrantedToken {
@@ -318,7 +318,7 @@ fn a_token_handed_on_with_its_remaining_lifetime_is_due_no_later_than_the_origin
         },
     ];
     for timing in timings {
-        let lead = |lifetime| crate::cache::refresh_lead(lifetime, timing);
+        let lead = |lifetime| crate::schedule::refresh_lead(lifetime, timing);
         for original in secs.map(Duration::from_secs) {
             for remaining in secs.map(Duration::from_secs) {
                 if remaining <= original {

@@ -6,9 +6,10 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio::time::sleep;
 
-use super::super::{Rejection, Timing, TokenCache};
 use super::*;
 use crate::Error;
+use crate::cache::{Rejection, TokenCache};
+use crate::schedule::Timing;
 use crate::source::TokenSource;
 use crate::token::GrantedToken;
 
@@ -141,20 +142,6 @@ async fn a_401_is_reported_to_the_cache_of_the_copy() {
     assert_ne!(cache.token().await.unwrap().id(), first.id());
     drop(cache);
     assert!(!held.answered(unauthorized), "the cache is gone");
-}
-
-#[tokio::test(start_paused = true)]
-async fn copies_share_what_the_401_rule_remembers() {
-    let cache = cache(Duration::from_secs(3600));
-    let token = cache.token().await.unwrap();
-    let copy = token.thread_copy();
-    assert!(!copy.doubt());
-    assert!(
-        token.doubt(),
-        "the doubt set through the copy is the token's"
-    );
-    copy.note_accepted();
-    assert!(!token.doubt());
 }
 
 /// The coarse clock's error, which `COARSE_CLOCK_TOLERANCE` must cover: it never runs ahead

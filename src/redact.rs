@@ -32,8 +32,6 @@ use secrecy::{ExposeSecret, SecretString};
 use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
 use url::form_urlencoded::byte_serialize;
 
-use crate::credentials::Credentials;
-
 /// What replaces a secret or a token in server text.
 pub(crate) const REDACTED: &str = "[REDACTED]";
 
@@ -90,12 +88,11 @@ struct Known {
 }
 
 impl Secrets {
-    /// The forms of `credentials`' secret that go over the wire: raw, form-encoded as the
+    /// The forms of the client's secret that go over the wire: raw, form-encoded as the
     /// crate sends it (`~` literal) and as other encoders do (`%7E`), with upper- and
     /// lower-case escapes, and the base64 credentials of HTTP Basic (whatever the method:
     /// they reveal the secret to anyone who decodes them).
-    pub(crate) fn new(credentials: &Credentials) -> Self {
-        let secret = credentials.client_secret();
+    pub(crate) fn new(client_id: &str, secret: &str) -> Self {
         let sent = form_encode(secret);
         let encoded: String = byte_serialize(secret.as_bytes()).collect();
         let forms = [
@@ -104,7 +101,7 @@ impl Secrets {
             sent,
             lower_case_escapes(&encoded),
             encoded,
-            basic_credentials(credentials.client_id(), secret),
+            basic_credentials(client_id, secret),
         ];
         let mut visible: Vec<String> = forms.iter().map(|form| without_invisible(form)).collect();
         visible.retain(|form| !form.is_empty());
@@ -406,12 +403,13 @@ pub(crate) fn registered_token_type(token_type: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::credentials::ClientAuthMethod;
+    use crate::credentials::{ClientAuthMethod, Credentials};
 
     const SECRET: &str = "sbx.Secret~with_odd-chars1";
 
     fn secrets(method: ClientAuthMethod) -> Secrets {
-        Secrets::new(&Credentials::new("my client", SECRET).with_auth_method(method))
+        let credentials = Credentials::new("my client", SECRET).with_auth_method(method);
+        Secrets::new(credentials.client_id(), credentials.client_secret())
     }
 
     #[test]
