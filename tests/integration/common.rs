@@ -42,6 +42,27 @@ pub fn auth_with(sandbox: &SandboxServer, credentials: Credentials) -> Understor
         .expect("auth builds")
 }
 
+/// Moves tokio's clock, which the token cache reads, `by` ahead at once, instead of sleeping
+/// through a failure window or a cooldown. Call it only between requests, on a
+/// current-thread runtime (`#[tokio::test]`): the clock is paused just for the jump, so no
+/// socket waits while it moves (paused time and waiting sockets do not mix).
+pub async fn skip_ahead(by: std::time::Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
+/// Runs `work` with tokio's clock stopped: for callers that must be answered inside a
+/// failure window, however slowly a loaded machine runs them. Only for work that sends
+/// nothing (answered from the window): a socket waiting under the paused clock would let it
+/// jump ahead. Current-thread runtime only.
+pub async fn clock_stopped<F: std::future::Future>(work: F) -> F::Output {
+    tokio::time::pause();
+    let output = work.await;
+    tokio::time::resume();
+    output
+}
+
 /// Everything written through a test's tracing subscriber (a `MakeWriter`).
 #[derive(Clone, Default)]
 pub struct Logs(Arc<parking_lot::Mutex<Vec<u8>>>);

@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::future::join_all;
 use http::{Request, StatusCode};
 use http_body_util::Full;
@@ -27,9 +26,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 use understory_auth::testing::{SandboxServer, TokenFault};
-use understory_auth::{BearerAuth, BearerAuthLayer, Error, UnderstoryAuth};
+use understory_auth::{
+    BearerAuth, BearerAuthLayer, Error, PERMANENT_BACKOFF_BASE, PERMANENT_BACKOFF_MAX,
+    TRANSIENT_BACKOFF_BASE, TRANSIENT_BACKOFF_MAX, UnderstoryAuth,
+};
 
-use crate::common::{auth, credentials, sandbox};
+use crate::common::{auth, clock_stopped, credentials, sandbox, skip_ahead};
 
 /// Requests sent at once in each wave.
 const WAVE: usize = 200;
@@ -138,9 +140,9 @@ fn all_ok(outcomes: &[Outcome]) {
 /// 30 s, rejected credentials from 5 s to 2 min), before jitter shortens it.
 fn longest_window(failures: u32, transient: bool) -> Duration {
     let (base, max) = if transient {
-        (Duration::from_millis(500), Duration::from_secs(30))
+        (TRANSIENT_BACKOFF_BASE, TRANSIENT_BACKOFF_MAX)
     } else {
-        (Duration::from_secs(5), Duration::from_secs(120))
+        (PERMANENT_BACKOFF_BASE, PERMANENT_BACKOFF_MAX)
     };
     base.saturating_mul(1 << failures.saturating_sub(1).min(16))
         .min(max)
@@ -185,9 +187,8 @@ async fn token_endpoint_down_then_back_up() {
         "one connection attempt for 200 callers"
     );
 
-    // Inside the failure window (at least half of the first transient window (0.5 s), and this wave
-    // follows at once) the tower layer's callers get the error without a request.
-    let outcomes = tower_wave(&tower, &me(&server)).await;
+    // Inside the failure window the tower layer's callers get the error without a request.
+    let outcomes = clock_stopped(tower_wave(&tower, &me(&server))).await;
     all_token_errors(&outcomes, |e| matches!(e, Error::Network { .. }));
     assert_eq!(
         auth.stats().fetches,
@@ -206,7 +207,7 @@ async fn token_endpoint_down_then_back_up() {
         .await
         .expect("the port is free again");
     tokio::spawn(forward(listener, server.addr()));
-    tokio::time::sleep(longest_window(1, true)).await;
+    skip_ahead(longest_window(1, true)).await;
 
     all_ok(&middleware_wave(&reqwest, &me(&server)).await);
     all_ok(&tower_wave(&tower, &me(&server)).await);
@@ -244,7 +245,7 @@ async fn a_hanging_token_endpoint_times_out_then_recovers() {
     assert_eq!(server.token_requests(), 1);
 
     // Inside the failure window, which this wave follows at once.
-    let outcomes = tower_wave(&tower, &me(&server)).await;
+    let outcomes = clock_stopped(tower_wave(&tower, &me(&server))).await;
     all_token_errors(&outcomes, |e| matches!(e, Error::Timeout { .. }));
     assert_eq!(
         server.token_requests(),
@@ -255,7 +256,7 @@ async fn a_hanging_token_endpoint_times_out_then_recovers() {
     assert_eq!(server.api_requests(), 0);
 
     server.set_token_fault(None);
-    tokio::time::sleep(longest_window(1, true)).await;
+    skip_ahead(longest_window(1, true)).await;
     all_ok(&tower_wave(&tower, &me(&server)).await);
     all_ok(&middleware_wave(&reqwest, &me(&server)).await);
     assert_eq!(server.token_requests(), 2);
@@ -283,10 +284,10 @@ async fn a_slow_token_endpoint_is_waited_for_once() {
 
 #[tokio::test]
 async fn a_slow_refresh_does_not_hold_callers_back() {
-    // Tokens of 4 s are refreshed 1.4 s to 1.8 s after they were requested and handed out
-    // until 3.8 s; the refresh takes 2 s, so the callers have 1.8 s to show they do not wait.
+    // Tokens of 2 s are refreshed 0.7 s to 0.9 s after they were requested and handed out
+    // until 1.9 s; the refresh takes 2 s, so the callers have 0.9 s to show they do not wait.
     let server = SandboxServer::builder()
-        .token_lifetime(Duration::from_secs(4))
+        .token_lifetime(Duration::from_secs(2))
         .start()
         .await
         .expect("sandbox starts");
@@ -297,7 +298,7 @@ async fn a_slow_refresh_does_not_hold_callers_back() {
     let first = server.issued_tokens()[0].clone();
 
     server.set_token_delay(Duration::from_secs(2));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     server.reset_counters();
     let (a, b) = tokio::join!(middleware_wave(&reqwest, &url), tower_wave(&tower, &url));
     all_ok(&a);
@@ -402,7 +403,7 @@ async fn flapping_5xx_cost_one_token_request_per_failure_window() {
 
 #[tokio::test]
 async fn a_429_storm_is_answered_locally_until_retry_after() {
-    let retry_after = 3;
+    let retry_after = 2;
     let server = sandbox().await;
     server.set_token_fault(Some(TokenFault::TooManyRequests {
         retry_after: Some(retry_after),
@@ -496,14 +497,15 @@ async fn bad_answer(row: BadAnswer) {
     assert_eq!(error.is_transient(), transient, "{name}: {error}");
     assert_eq!(server.token_requests(), 1, "{name}");
     // A second wave, at once: inside the failure window, so answered without a request.
-    all_token_errors(&middleware_wave(&client, &me(&server)).await, expected);
+    let again = clock_stopped(middleware_wave(&client, &me(&server))).await;
+    all_token_errors(&again, expected);
     assert_eq!(server.token_requests(), 1, "{name}");
     assert_eq!(auth.stats().failed_fast, WAVE as u64, "{name}");
     assert!(server.issued_tokens().is_empty(), "{name}");
     assert_eq!(server.api_requests(), 0, "{name}");
 
     server.set_token_fault(None);
-    tokio::time::sleep(longest_window(1, transient)).await;
+    skip_ahead(longest_window(1, transient)).await;
     all_ok(&middleware_wave(&client, &me(&server)).await);
     assert_eq!(server.token_requests(), 2, "{name}");
 }
@@ -576,9 +578,8 @@ async fn bad_answers_fail_clearly_once_and_heal() {
             transient: false,
         },
     ];
-    // A few rows run side by side, each against its own sandbox.
-    futures_util::stream::iter(rows.into_iter().map(bad_answer))
-        .buffer_unordered(4)
-        .collect::<Vec<()>>()
-        .await;
+    // One after the other, each against its own sandbox: a row stops and moves the clock.
+    for row in rows {
+        bad_answer(row).await;
+    }
 }

@@ -13,9 +13,9 @@ use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use reqwest_retry::{RetryError, RetryTransientMiddleware, policies::ExponentialBackoff};
 use reqwest_tracing::TracingMiddleware;
 use understory_auth::testing::{ApiFault, SandboxServer};
-use understory_auth::{Credentials, Error, SkipAuth, UnderstoryAuth, scope};
+use understory_auth::{Credentials, Error, INVALIDATION_COOLDOWN, SkipAuth, UnderstoryAuth, scope};
 
-use crate::common::{auth, auth_with, capture_logs, credentials, sandbox};
+use crate::common::{auth, auth_with, capture_logs, credentials, sandbox, skip_ahead};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -225,8 +225,7 @@ async fn an_answer_from_another_origin_does_not_keep_a_revoked_replacement() -> 
     assert_eq!(response.url().as_str(), elsewhere);
     // That was no acceptance: once its cooldown has run out, its next 401 drops it, and
     // the request is resent with a third token.
-    // (The first replacement's cooldown is 5 s: crate docs, "What happens on a 401".)
-    tokio::time::sleep(Duration::from_millis(5_100)).await;
+    skip_ahead(INVALIDATION_COOLDOWN).await;
     assert_eq!(client.get(me(&server)).send().await?.status(), 200);
     assert_eq!(
         (server.token_requests(), auth.stats().invalidations),
