@@ -5,9 +5,8 @@ use http::StatusCode;
 /// Why a webhook could not be verified (or a webhook secret could not be used).
 ///
 /// Every message says what to check; none holds the secret, a signature or the body.
-/// [`status`](Self::status) gives the answer a receiver should send: `401` when the
-/// signature or timestamp is wrong, `413` for a body over the limit, `400` for a malformed
-/// request. [`WebhookLayer`](crate::webhooks::WebhookLayer) answers exactly that.
+/// [`status`](Self::status) is the answer a receiver should send, as
+/// [`WebhookLayer`](crate::webhooks::WebhookLayer) does.
 ///
 /// ```
 /// use understory_auth::webhooks::{WebhookError, WebhookVerifier};
