@@ -11,8 +11,7 @@ use crate::Error;
 pub const ENV_CLIENT_ID: &str = "UNDERSTORY_CLIENT_ID";
 /// Environment variable holding the client secret, read by [`Credentials::from_env`].
 pub const ENV_CLIENT_SECRET: &str = "UNDERSTORY_CLIENT_SECRET";
-/// Optional environment variable with the scopes to request, separated by spaces and/or
-/// commas (`"openid, booking.read"`), read by [`Credentials::from_env`].
+/// Optional environment variable: the scopes to request, separated by spaces and/or commas.
 pub const ENV_SCOPES: &str = "UNDERSTORY_SCOPES";
 
 /// How the client id and secret are sent to the token endpoint (RFC 6749 section 2.3.1), set
@@ -97,7 +96,6 @@ impl Credentials {
         Ok(credentials)
     }
 
-    /// Whether these credentials were read by [`Credentials::from_env`].
     pub(crate) fn is_from_env(&self) -> bool {
         self.from_env
     }

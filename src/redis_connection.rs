@@ -1,11 +1,10 @@
 //! One lazily connected Redis client, shared by `RedisStore` and `RedisWebhookDedup`.
 //!
-//! The crate opens the connection itself (TCP, TLS or a Unix socket) and hands the redis
-//! crate a [`CappedStream`] over it, because the redis crate buffers whatever bulk reply a
-//! server announces. The capped stream follows the replies' framing, never reads past its
-//! bounds, and drops the connection on a reply over [`MAX_REPLY_BYTES`], more than
-//! [`MAX_SETUP_BYTES`] while connecting, or a reply nobody asked for; the operations then
-//! fail with an error that is not an I/O error, so that callers do not retry them.
+//! It hands the redis crate (which buffers whatever bulk reply a server announces) a
+//! [`CappedStream`] over its own TCP, TLS or Unix connection: it follows the replies' framing,
+//! never reads past its bounds, and drops the connection on a reply over [`MAX_REPLY_BYTES`],
+//! more than [`MAX_SETUP_BYTES`] while connecting, or a reply nobody asked for, failing the
+//! operations with an error that is not an I/O error, so that callers do not retry them.
 
 use std::io;
 use std::pin::Pin;

@@ -129,11 +129,10 @@ const INVALID_ENTRY_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {
     /// The value stored under `key` and the time it has left to live (`Duration::MAX` if it
-    /// never expires), if there is one and it has not expired.
-    ///
-    /// Of a value longer than `max_len` bytes, return only the first `max_len + 1` (or all of
-    /// it, if that is no cheaper): it is refused unread, and a shared store should not let
-    /// whoever can write to it make every process read megabytes.
+    /// never expires), if there is one and it has not expired. Of a value longer than
+    /// `max_len` bytes, return only the first `max_len + 1` (or all, if that is no cheaper):
+    /// it is refused unread, so that whoever can write to the store cannot make every process
+    /// read megabytes.
     async fn get(
         &self,
         key: &str,

@@ -6,11 +6,9 @@
 //!
 //! * [`WebhookVerifier`] verifies one request's headers and raw body and returns its typed
 //!   [`WebhookEvent`], or a [`WebhookError`] that says what was wrong;
-//! * [`WebhookLayer`] does it in a tower stack (axum, hyper): it buffers the body up to the
-//!   limit, answers refusals itself and hands the inner service the same bytes with the
-//!   event in the request's extensions; [`WebhookLayer::dedup`] processes each `webhook-id`
-//!   once ([`MemoryWebhookDedup`]; with feature `redis`, [`RedisWebhookDedup`]; or your own
-//!   [`WebhookDedup`]).
+//! * [`WebhookLayer`] does it in a tower stack (axum, hyper), handing the inner service the
+//!   event; [`WebhookLayer::dedup`] processes each `webhook-id` once ([`MemoryWebhookDedup`];
+//!   with feature `redis`, [`RedisWebhookDedup`]; or your own [`WebhookDedup`]).
 //!
 //! With feature `test-util`, [`testing::WebhookSandbox`](crate::testing::WebhookSandbox)
 //! signs and delivers webhooks, to test a receiver without Understory;

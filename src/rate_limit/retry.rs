@@ -12,10 +12,9 @@ use super::{MAX_RETRY_AFTER, parse_retry_after, wait};
 pub const DEFAULT_RATE_LIMIT_RETRIES: u32 = 2;
 
 /// Honours Understory's [rate limit](crate#rate-limits-http-429) on API requests: after an
-/// HTTP 429 it waits as the rule says and resends the request; every other answer passes
-/// through untouched, for your own retry policy to judge. It is a
-/// [reqwest-middleware](https://docs.rs/reqwest-middleware) `Middleware` (feature
-/// `middleware`) and a [`tower::retry::Policy`] (feature `tower`), and resends a request
+/// HTTP 429 it waits as the rule says and resends the request (every other answer is left to
+/// your own retry policy). A reqwest-middleware `Middleware` (feature `middleware`) and a
+/// [`tower::retry::Policy`] (feature `tower`), it resends a request
 ///
 /// * only if its method is idempotent (`GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`),
 ///   unless [`retry_non_idempotent`](Self::retry_non_idempotent);
@@ -27,15 +26,6 @@ pub const DEFAULT_RATE_LIMIT_RETRIES: u32 = 2;
 /// clones of one [`UnderstoryAuth`](crate::UnderstoryAuth) share one token, so a background
 /// job's client may keep the default and wait. Requests to any origin are judged alike: use it
 /// on clients for the Understory API.
-///
-/// ```
-/// use std::time::Duration;
-/// use understory_auth::RateLimitRetry;
-///
-/// let web = RateLimitRetry::default().max_wait(Duration::ZERO); // the 429 at once
-/// let job = RateLimitRetry::default().max_retries(5).retry_non_idempotent(true);
-/// # let _ = (web, job);
-/// ```
 ///
 /// # reqwest-middleware
 ///
@@ -87,7 +77,7 @@ pub const DEFAULT_RATE_LIMIT_RETRIES: u32 = 2;
 ///
 /// let auth = UnderstoryAuth::new(Credentials::new("client-id", "client-secret"));
 /// let client = tower::ServiceBuilder::new()
-///     .retry(RateLimitRetry::default())
+///     .retry(RateLimitRetry::default().max_retries(3))
 ///     .retry(RetryOnUnauthorized::default())
 ///     .layer(BearerAuthLayer::new(auth))
 ///     .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());

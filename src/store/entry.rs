@@ -118,17 +118,14 @@ impl EntryCodec {
         })
     }
 
-    /// The entry's store key.
     pub(crate) fn key(&self) -> &str {
         &self.key
     }
 
-    /// The store key of the lock its fetcher holds.
     pub(crate) fn lock_key(&self) -> &str {
         &self.lock_key
     }
 
-    /// The store key of the fleet's generation counter for this entry.
     pub(crate) fn generation_key(&self) -> &str {
         &self.generation_key
     }

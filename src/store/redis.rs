@@ -1,5 +1,4 @@
-//! [`RedisStore`]: the shared token cache on Redis (or any server speaking its protocol,
-//! such as Valkey).
+//! [`RedisStore`]: the shared token cache on Redis (or a server speaking its protocol).
 
 use std::fmt;
 use std::time::Duration;
@@ -77,11 +76,10 @@ impl RedisStore {
     /// the first token fetch; fails only on a URL that cannot be parsed (the error never holds
     /// the URL).
     ///
-    /// With `rediss://` the server's certificate must be valid for the host and signed by
-    /// one of the public certificate authorities that browsers trust (Mozilla's list, built
-    /// in), as managed Redis services' are; for a private one, see
-    /// [`with_root_certificates`](Self::with_root_certificates). There is no way to turn
-    /// certificate verification off.
+    /// With `rediss://` the server's certificate must be valid for the host and signed by a
+    /// public certificate authority (Mozilla's list, built in), as managed Redis services'
+    /// are, or see [`with_root_certificates`](Self::with_root_certificates); verification
+    /// cannot be turned off.
     ///
     /// ```
     /// use understory_auth::RedisStore;

@@ -232,13 +232,9 @@ impl SharedStoreSource {
         &self,
         operation: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let result = match tokio::time::timeout(STORE_TIMEOUT, operation).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::new(format!(
-                "no answer within {}ms",
-                STORE_TIMEOUT.as_millis()
-            ))),
-        };
+        let late = || format!("no answer within {}ms", STORE_TIMEOUT.as_millis());
+        let timed = tokio::time::timeout(STORE_TIMEOUT, operation).await;
+        let result = timed.unwrap_or_else(|_| Err(StoreError::new(late())));
         if result.is_err() {
             self.failures.fetch_add(1, Relaxed);
         }

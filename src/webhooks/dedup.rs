@@ -24,14 +24,11 @@ pub(crate) fn bounded(duration: Duration) -> Duration {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum WebhookIdState {
-    /// Not seen, released, or its previous claim's lease ran out: the caller now holds the
-    /// claim and processes the webhook.
+    /// Not seen, released, or its claim's lease ran out: now claimed by the caller.
     New,
-    /// Another run (in this process or another) holds a claim whose lease has not run out:
-    /// the layer answers `409 Conflict`, so that the sender retries later.
+    /// Claimed by a run whose lease has not run out (the layer answers `409 Conflict`).
     InProgress,
-    /// A run completed with a 2xx within the ttl: the layer answers `200 OK` without
-    /// processing it again.
+    /// Completed within the ttl (the layer answers `200 OK` without processing it again).
     Done,
 }
 

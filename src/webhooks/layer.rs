@@ -530,7 +530,6 @@ where
     }
 }
 
-/// A response with `status` and an empty body.
 fn empty<R: Default>(status: StatusCode) -> Response<R> {
     let mut response = Response::new(R::default());
     *response.status_mut() = status;
