@@ -11,21 +11,12 @@ use crate::Error;
 pub const ENV_CLIENT_ID: &str = "UNDERSTORY_CLIENT_ID";
 /// Environment variable holding the client secret, read by [`Credentials::from_env`].
 pub const ENV_CLIENT_SECRET: &str = "UNDERSTORY_CLIENT_SECRET";
-/// Optional environment variable with the scopes to request, separated by spaces and/or
-/// commas (`"openid booking.read"`, `"openid, booking.read"`), read by
-/// [`Credentials::from_env`].
+/// Optional environment variable: the scopes to request, separated by spaces and/or commas.
 pub const ENV_SCOPES: &str = "UNDERSTORY_SCOPES";
 
-/// How the client id and secret are sent to the token endpoint (RFC 6749 section 2.3.1).
-///
-/// The auth server fixes the method per client; Understory registers integration keys for
-/// [`ClientAuthMethod::ClientSecretPost`], the default.
-///
-/// ```
-/// use understory_auth::{ClientAuthMethod, Credentials};
-/// let creds = Credentials::new("id", "secret").with_auth_method(ClientAuthMethod::ClientSecretBasic);
-/// assert_eq!(creds.auth_method(), ClientAuthMethod::ClientSecretBasic);
-/// ```
+/// How the client id and secret are sent to the token endpoint (RFC 6749 section 2.3.1), set
+/// with [`Credentials::with_auth_method`]. The auth server fixes it per client; Understory
+/// registers integration keys for [`ClientSecretPost`](Self::ClientSecretPost), the default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum ClientAuthMethod {
@@ -37,17 +28,19 @@ pub enum ClientAuthMethod {
 }
 
 /// An integration key: client id, client secret, the scopes to request and how to send them.
-///
-/// The secret is held in a [`SecretString`]: it is zeroed when dropped and never printed by
-/// `Debug`.
+/// The secret is held in a [`SecretString`]: zeroed when dropped, never printed by `Debug`.
 ///
 /// ```
-/// use understory_auth::Credentials;
+/// use understory_auth::{ClientAuthMethod, Credentials};
 ///
 /// let creds = Credentials::new("my-client-id", "my-secret").with_scopes(["openid", "marketing.read"]);
 /// assert_eq!(creds.client_id(), "my-client-id");
 /// assert_eq!(creds.scopes(), ["openid", "marketing.read"]);
+/// assert_eq!(creds.auth_method(), ClientAuthMethod::ClientSecretPost);
 /// assert!(!format!("{creds:?}").contains("my-secret"));
+///
+/// let basic = creds.with_auth_method(ClientAuthMethod::ClientSecretBasic);
+/// assert_eq!(basic.auth_method(), ClientAuthMethod::ClientSecretBasic);
 /// ```
 #[derive(Clone)]
 pub struct Credentials {
@@ -61,11 +54,6 @@ pub struct Credentials {
 
 impl Credentials {
     /// Credentials from a client id and secret, requesting no scopes.
-    ///
-    /// ```
-    /// let creds = understory_auth::Credentials::new("id", String::from("secret"));
-    /// assert!(creds.scopes().is_empty());
-    /// ```
     pub fn new(client_id: impl Into<String>, client_secret: impl Into<String>) -> Self {
         Credentials {
             client_id: client_id.into(),
@@ -76,10 +64,8 @@ impl Credentials {
         }
     }
 
-    /// Reads `UNDERSTORY_CLIENT_ID`, `UNDERSTORY_CLIENT_SECRET` and the optional
-    /// `UNDERSTORY_SCOPES` (separated by spaces and/or commas) from the environment.
-    ///
-    /// Fails with [`Error::MissingEnv`] naming the variable that is missing or empty.
+    /// Reads [`ENV_CLIENT_ID`], [`ENV_CLIENT_SECRET`] and the optional [`ENV_SCOPES`] from
+    /// the environment. Fails with [`Error::MissingEnv`] naming a variable missing or empty.
     ///
     /// ```
     /// use understory_auth::{Credentials, Error};
@@ -93,8 +79,7 @@ impl Credentials {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// [`Credentials::from_env`] over any lookup function, so it can be tested without
-    /// touching the process environment.
+    /// [`Credentials::from_env`] over any lookup function, for tests.
     pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
         let required = |var: &'static str, what: &'static str| {
             lookup(var)
@@ -111,17 +96,11 @@ impl Credentials {
         Ok(credentials)
     }
 
-    /// Whether these credentials were read by [`Credentials::from_env`].
     pub(crate) fn is_from_env(&self) -> bool {
         self.from_env
     }
 
     /// Replaces the scopes to request (sent space separated; none means no `scope` field).
-    ///
-    /// ```
-    /// let creds = understory_auth::Credentials::new("id", "secret").with_scopes(["booking.read"]);
-    /// assert_eq!(creds.scopes(), ["booking.read"]);
-    /// ```
     pub fn with_scopes<I>(mut self, scopes: I) -> Self
     where
         I: IntoIterator,
@@ -136,42 +115,22 @@ impl Credentials {
     }
 
     /// Chooses how the secret is sent; the default is [`ClientAuthMethod::ClientSecretPost`].
-    ///
-    /// ```
-    /// use understory_auth::{ClientAuthMethod, Credentials};
-    /// let creds = Credentials::new("id", "secret").with_auth_method(ClientAuthMethod::ClientSecretBasic);
-    /// assert_eq!(creds.auth_method(), ClientAuthMethod::ClientSecretBasic);
-    /// ```
     pub fn with_auth_method(mut self, method: ClientAuthMethod) -> Self {
         self.auth_method = method;
         self
     }
 
     /// The client id.
-    ///
-    /// ```
-    /// assert_eq!(understory_auth::Credentials::new("id", "s").client_id(), "id");
-    /// ```
     pub fn client_id(&self) -> &str {
         &self.client_id
     }
 
     /// The scopes that will be requested.
-    ///
-    /// ```
-    /// let creds = understory_auth::Credentials::new("id", "s").with_scopes(["openid"]);
-    /// assert_eq!(creds.scopes(), ["openid"]);
-    /// ```
     pub fn scopes(&self) -> &[String] {
         &self.scopes
     }
 
     /// How the secret is sent.
-    ///
-    /// ```
-    /// use understory_auth::{ClientAuthMethod, Credentials};
-    /// assert_eq!(Credentials::new("id", "s").auth_method(), ClientAuthMethod::ClientSecretPost);
-    /// ```
     pub fn auth_method(&self) -> ClientAuthMethod {
         self.auth_method
     }

@@ -1,20 +1,10 @@
-//! One lazily connected Redis client, shared by the crate's Redis-backed stores (the shared
-//! token cache's `RedisStore` and the webhooks' `RedisWebhookDedup`).
+//! One lazily connected Redis client, shared by `RedisStore` and `RedisWebhookDedup`.
 //!
-//! The crate opens the connection itself (TCP, TLS or a Unix socket) and hands the redis
-//! crate a [`CappedStream`] over it, because the redis crate buffers whatever bulk reply a
-//! server announces (`$4294967296` and a stream of bytes), with no limit of its own. The
-//! capped stream follows the replies' framing and refuses, dropping the connection:
-//!
-//! * a reply longer than [`MAX_REPLY_BYTES`] (a length announced above it fails at once),
-//! * more than [`MAX_SETUP_BYTES`] read while connecting (`AUTH`/`HELLO`, `SELECT`,
-//!   `CLIENT SETINFO`),
-//! * a reply nobody asked for (beyond one, the greeting error a full server sends first).
-//!
-//! It never reads past those bounds (a read is limited to the room the reply, or the setup,
-//! has left), so one operation reads at most [`MAX_REPLY_BYTES`] for its command, plus at
-//! most [`MAX_SETUP_BYTES`] when it has to connect first. A refused connection's operations
-//! fail with an error that is not an I/O error, so that callers do not retry them.
+//! It hands the redis crate (which buffers whatever bulk reply a server announces) a
+//! [`CappedStream`] over its own TCP, TLS or Unix connection: it follows the replies' framing,
+//! never reads past its bounds, and drops the connection on a reply over [`MAX_REPLY_BYTES`],
+//! more than [`MAX_SETUP_BYTES`] while connecting, or a reply nobody asked for, failing the
+//! operations with an error that is not an I/O error, so that callers do not retry them.
 
 use std::io;
 use std::pin::Pin;
@@ -25,8 +15,8 @@ use std::time::Duration;
 
 use ::redis::aio::{AsyncStream, ConnectionLike, MultiplexedConnection};
 use ::redis::{
-    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ErrorKind, Pipeline, RedisError,
-    RedisFuture, RedisResult, Value,
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, Pipeline,
+    RedisError, RedisFuture, RedisResult, Value, cmd,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::JoinHandle;
@@ -44,7 +34,9 @@ const MAX_DEPTH: usize = 128;
 /// take the connection (`-ERR max number of clients reached`) sends before any command.
 const UNASKED_REPLIES_ALLOWED: u64 = 1;
 
-/// A Redis client whose connection is set up by the first operation, not at construction.
+/// A Redis client whose connection is set up by the first command, not at construction;
+/// clones share it.
+#[derive(Clone)]
 pub(crate) struct LazyRedis {
     inner: Arc<Inner>,
 }
@@ -86,21 +78,13 @@ impl Drop for Driver {
 }
 
 impl LazyRedis {
-    /// Connecting and every answer are bounded by `timeout`.
-    pub(crate) fn new(client: Client, timeout: Duration) -> Self {
-        Self::build(client, None, timeout)
-    }
-
-    /// As [`new`](Self::new), trusting `roots` (and only them) for `rediss://`.
-    pub(crate) fn with_roots(
+    /// Connecting and every answer are bounded by `timeout`; `roots`, if given, are the only
+    /// authorities trusted for `rediss://` (else the public ones).
+    pub(crate) fn new(
         client: Client,
-        roots: rustls::RootCertStore,
+        roots: Option<rustls::RootCertStore>,
         timeout: Duration,
     ) -> Self {
-        Self::build(client, Some(roots), timeout)
-    }
-
-    fn build(client: Client, roots: Option<rustls::RootCertStore>, timeout: Duration) -> Self {
         LazyRedis {
             inner: Arc::new(Inner {
                 client,
@@ -117,24 +101,26 @@ impl LazyRedis {
         &self.inner.client
     }
 
-    /// A handle for commands (`Cmd::query_async`, pipelines, scripts). Nothing is connected
-    /// here: a command connects when there is no live connection, so after a failure the
-    /// next command reconnects (no retries, no background work): callers bound their
-    /// operations and fall back without Redis.
-    pub(crate) async fn connection(&self) -> RedisResult<RedisConnection> {
-        Ok(RedisConnection {
-            inner: Arc::clone(&self.inner),
-        })
+    /// Runs `command`, connecting first if there is no live connection: after a failure the
+    /// next command reconnects (no retries, no background work).
+    pub(crate) async fn query<T: FromRedisValue>(&self, command: &Cmd) -> RedisResult<T> {
+        command.query_async(&mut self.clone()).await
     }
 }
 
-/// A handle on a [`LazyRedis`]'s connection; see [`LazyRedis::connection`].
-#[derive(Clone)]
-pub(crate) struct RedisConnection {
-    inner: Arc<Inner>,
+/// `EVAL script 1 key`, for the caller to add the script's arguments.
+pub(crate) fn eval(script: &str, key: &str) -> Cmd {
+    cmd("EVAL").arg(script).arg(1).arg(key).take()
 }
 
-impl ConnectionLike for RedisConnection {
+/// `duration` in whole milliseconds for `PX`, at least 1 (Redis refuses `PX 0`).
+pub(crate) fn px(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+impl ConnectionLike for LazyRedis {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let mut current = self.inner.current().await?;
@@ -185,27 +171,18 @@ impl Inner {
                 "connecting to Redis failed just now",
             )));
         }
-        let connected = match tokio::time::timeout(self.timeout, self.connect()).await {
-            Ok(connected) => connected,
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "no connection to Redis within {}ms",
-                    self.timeout.as_millis()
-                ),
-            )
-            .into()),
-        };
-        match connected {
-            Ok(current) => {
-                *self.current.lock() = Some(current.clone());
-                Ok(current)
-            }
-            Err(error) => {
-                self.failed_attempts.fetch_add(1, Relaxed);
-                Err(error)
-            }
+        let within = format!(
+            "no connection to Redis within {}ms",
+            self.timeout.as_millis()
+        );
+        let connected = tokio::time::timeout(self.timeout, self.connect())
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, within).into()));
+        match &connected {
+            Ok(current) => *self.current.lock() = Some(current.clone()),
+            Err(_) => _ = self.failed_attempts.fetch_add(1, Relaxed),
         }
+        connected
     }
 
     fn live(&self) -> Option<Current> {
@@ -219,23 +196,18 @@ impl Inner {
     /// Drops the connection after an error that ends it, and turns a refused reply into an
     /// error of its own (not an I/O error: retrying it would only read another one).
     fn settle<T>(&self, current: &Current, result: RedisResult<T>) -> RedisResult<T> {
-        let error = match result {
-            Ok(value) => return Ok(value),
-            Err(error) => error,
-        };
-        let refused = *current.guard.refused.lock();
-        if refused.is_some() || error.is_unrecoverable_error() {
-            let mut slot = self.current.lock();
-            if slot
-                .as_ref()
-                .is_some_and(|c| Arc::ptr_eq(&c.guard, &current.guard))
-            {
-                *slot = None;
+        result.map_err(|error| {
+            let refused = *current.guard.refused.lock();
+            if refused.is_some() || error.is_unrecoverable_error() {
+                let mut slot = self.current.lock();
+                if slot
+                    .as_ref()
+                    .is_some_and(|c| Arc::ptr_eq(&c.guard, &current.guard))
+                {
+                    *slot = None;
+                }
             }
-        }
-        Err(match refused {
-            Some(refusal) => refusal.into(),
-            None => error,
+            refused.map_or(error, RedisError::from)
         })
     }
 
@@ -274,16 +246,10 @@ impl Inner {
         let guard = Arc::new(Guard::default());
         let config = AsyncConnectionConfig::new().set_response_timeout(Some(self.timeout));
         let capped = CappedStream::new(stream, Arc::clone(&guard));
+        let connected =
+            MultiplexedConnection::new_with_config(info.redis_settings(), capped, config).await;
         let (connection, driver) =
-            match MultiplexedConnection::new_with_config(info.redis_settings(), capped, config)
-                .await
-            {
-                Ok(connected) => connected,
-                Err(error) => {
-                    let refused = *guard.refused.lock();
-                    return Err(refused.map_or(error, RedisError::from));
-                }
-            };
+            connected.map_err(|error| (*guard.refused.lock()).map_or(error, RedisError::from))?;
         guard.setup_done.store(true, Relaxed);
         Ok(Current {
             connection,
@@ -306,57 +272,36 @@ impl Inner {
 }
 
 /// Why a connection was dropped for what the server sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 enum Refusal {
-    /// A reply longer than [`MAX_REPLY_BYTES`], announced or sent.
+    #[error("the server sent a reply longer than {MAX_REPLY_BYTES} bytes{ADVICE}")]
     TooLong,
-    /// More than [`MAX_SETUP_BYTES`] while connecting.
+    #[error("the server sent more than {MAX_SETUP_BYTES} bytes while connecting{ADVICE}")]
     SetupTooLong,
-    /// A reply to no command.
+    #[error("the server sent replies to no command{ADVICE}")]
     Unasked,
-    /// Bytes that are not the Redis protocol.
+    #[error("the server sent bytes that are not the Redis protocol{ADVICE}")]
     Malformed,
 }
 
-impl Refusal {
-    fn describe(self) -> String {
-        let what = match self {
-            Refusal::TooLong => format!("a reply longer than {MAX_REPLY_BYTES} bytes"),
-            Refusal::SetupTooLong => {
-                format!("more than {MAX_SETUP_BYTES} bytes while connecting")
-            }
-            Refusal::Unasked => "replies to no command".to_owned(),
-            Refusal::Malformed => "bytes that are not the Redis protocol".to_owned(),
-        };
-        format!(
-            "the server sent {what}, which no honest Redis sends this crate; the connection \
-             was dropped. Check that the URL names your Redis, and use rediss:// if the \
-             network between may be tampered with"
-        )
-    }
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.describe())
-    }
-}
-
-impl std::error::Error for Refusal {}
+/// What every [`Refusal`] says after what the server sent.
+const ADVICE: &str = ", which no honest Redis sends this crate; the connection was dropped. \
+    Check that the URL names your Redis, and use rediss:// if the network between may be \
+    tampered with";
 
 impl From<Refusal> for RedisError {
     fn from(refusal: Refusal) -> Self {
         RedisError::from((
             ErrorKind::Client,
             "refused what Redis sent",
-            refusal.describe(),
+            refusal.to_string(),
         ))
     }
 }
 
 /// The connection's bytes, with the replies' framing followed so that each is bounded (see
-/// the module docs). A refusal is final: it fails every later read, so the redis crate
-/// drops the connection.
+/// the module docs). A refusal fails every later read, so the redis crate drops the
+/// connection.
 struct CappedStream {
     inner: Pin<Box<dyn AsyncStream + Send + Sync>>,
     replies: Framing,

@@ -1,13 +1,10 @@
 //! Understory's documented OAuth2 scopes, as constants, so that a typo fails to compile.
 //!
-//! An integration key may request only the scopes it was given in Backoffice (its
-//! permissions); requesting another makes the auth server refuse the whole token request with
-//! `invalid_scope`. A token carries the scopes granted when it was issued, and an API endpoint
-//! whose scope the token lacks answers `401 UNAUTHORIZED`, the same status as an invalid token.
-//!
-//! Scopes are plain strings: [`Credentials::with_scopes`](crate::Credentials::with_scopes)
-//! takes these constants and any other string alike, so a scope Understory adds later works
-//! before this crate names it.
+//! An integration key may request only the scopes it was given in Backoffice; another makes
+//! the auth server refuse the whole token request with `invalid_scope`. An endpoint whose
+//! scope the token lacks answers `401`, as for an invalid token ([what the crate does
+//! then](crate#what-happens-on-a-401)). [`Credentials::with_scopes`](crate::Credentials::with_scopes)
+//! takes any string alike, so a scope Understory adds later works before this crate names it.
 //!
 //! ```
 //! use understory_auth::{Credentials, scope};

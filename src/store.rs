@@ -1,6 +1,5 @@
-//! The shared token cache (features `shared-cache`, `redis`): the [`TokenStore`] trait, its
-//! error, and the token source that asks the store first. User-facing docs are on
-//! [`TokenStore`]; the entry format is in `entry.rs`.
+//! The shared token cache (features `shared-cache`, `redis`): [`TokenStore`] (whose docs are
+//! the user's), its error, and the token source that asks the store first.
 
 use std::fmt;
 use std::sync::Arc;
@@ -35,8 +34,8 @@ pub(crate) const SHARED_FETCH_WAIT: Duration = Duration::from_secs(2);
 pub(crate) const SHARED_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// The prefix of every store key this crate writes (entries, their locks and counters).
 pub(crate) const SHARED_KEY_PREFIX: &str = "understory-auth:token:v1:";
-/// At most one warning about an invalid shared entry (tampered with, corrupt, oversized) is
-/// logged per interval and `UnderstoryAuth`; the others go to debug level.
+/// At most one warning about an invalid shared entry is logged per interval and
+/// `UnderstoryAuth`; the others go to debug level.
 const INVALID_ENTRY_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Where a fleet's processes share their tokens, for
@@ -44,13 +43,10 @@ const INVALID_ENTRY_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 /// key-value store with expiring entries, a counter and an expiring lock. [`RedisStore`]
 /// (feature `redis`) is the ready-made one.
 ///
-/// # When to use a shared cache
-///
-/// Without one every process fetches its own token: 50 pods make 50 token requests an
-/// hour, and 50 more at every restart wave. With one the fleet makes about one per token
-/// lifetime, at the cost of one store round trip on each of a process's token fetches
-/// (requests never touch the store, so the hot path is unchanged). It pays when token
-/// requests are rate limited, slow or add up; a handful of processes gains little.
+/// Without one, every process fetches its own token (50 pods: 50 token requests an hour, and
+/// 50 more at every restart wave); with one, the fleet makes about one per token lifetime, at
+/// the cost of a store round trip on each of a process's token fetches (requests never touch
+/// the store). It pays when token requests are rate limited, slow or add up.
 ///
 /// # How it works
 ///
@@ -61,28 +57,27 @@ const INVALID_ENTRY_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 ///   derived from the client secret (HKDF-SHA256), under `understory-auth:token:v1:`: the
 ///   old and new secrets of a rotation each share their own token.
 /// * **Values** are sealed with ChaCha20-Poly1305 under a key derived from the client
-///   secret, the store key as associated data: the store holds only ciphertext that only
-///   holders of the secret can read or forge. A value that fails authentication, or is over
-///   96 KiB (never read whole), is ignored and logged without its contents.
-/// * **Generations.** Each entry written carries the next value of a fleet-wide counter,
-///   sealed with it; a process takes only an entry newer than any it has seen, so whoever
-///   can write to the store cannot roll it back to old tokens.
-/// * **Freshness.** An entry is taken only while it is not yet due for refresh, and handed
-///   over with its remaining lifetime (bounded by the store's own expiry of the entry).
-/// * **One fetch for the fleet.** When no fresh entry is there, one process fetches under a
-///   lock with an expiry and stores the token; the others poll every 50 ms for at most 2 s,
-///   then fetch themselves.
+///   secret, the store key as associated data: only holders of the secret can read or forge
+///   them. A value that fails authentication, or is over 96 KiB (never read whole), is
+///   ignored and logged without its contents.
+/// * **Generations.** Each entry carries the next value of a fleet-wide counter; a process
+///   takes only an entry newer than any it has seen, so whoever can write to the store
+///   cannot roll it back to old tokens.
+/// * **Freshness.** An entry is taken only while not yet due for refresh, with its remaining
+///   lifetime (bounded by the store's own expiry of it).
+/// * **One fetch for the fleet.** With no fresh entry, one process fetches under an expiring
+///   lock and stores the token; the others poll every 50 ms for at most 2 s, then fetch.
 /// * **Never worse than without.** Every store call is bounded by 500 ms; a store that is
 ///   down, slow or holding garbage never fails a token request: the process fetches
-///   directly and logs a warning (see the crate docs' [Logging](crate#logging)).
+///   directly and [logs](crate#logging) a warning.
 ///
 /// This relies on the client secret being a high-entropy random string, as Understory's
 /// are (HKDF is not a password hash). `SECURITY.md` has the threat model.
 ///
 /// # Implementing a store
 ///
-/// Values are opaque bytes. Implementations need not bound their own latency: every call is
-/// made under the 500 ms timeout and any error makes the process fetch its token directly.
+/// Values are opaque bytes. Calls need not bound their own latency: each runs under the
+/// 500 ms timeout, and any error makes the process fetch its token directly.
 ///
 /// ```
 /// use std::collections::HashMap;
@@ -134,11 +129,10 @@ const INVALID_ENTRY_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {
     /// The value stored under `key` and the time it has left to live (`Duration::MAX` if it
-    /// never expires), if there is one and it has not expired.
-    ///
-    /// Of a value longer than `max_len` bytes, return only the first `max_len + 1` (or all of
-    /// it, if that is no cheaper): it is refused unread, and a shared store should not let
-    /// whoever can write to it make every process read megabytes.
+    /// never expires), if there is one and it has not expired. Of a value longer than
+    /// `max_len` bytes, return only the first `max_len + 1` (or all, if that is no cheaper):
+    /// it is refused unread, so that whoever can write to the store cannot make every process
+    /// read megabytes.
     async fn get(
         &self,
         key: &str,
@@ -168,6 +162,9 @@ pub trait TokenStore: Send + Sync + 'static {
 /// use understory_auth::StoreError;
 /// let err = StoreError::new("connection refused");
 /// assert_eq!(err.to_string(), "token store: connection refused");
+/// let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+/// let err = StoreError::with_source("cannot connect", io);
+/// assert_eq!(err.to_string(), "token store: cannot connect: connection refused");
 /// ```
 #[derive(Debug)]
 pub struct StoreError {
@@ -177,11 +174,6 @@ pub struct StoreError {
 
 impl StoreError {
     /// An error with a message saying what failed.
-    ///
-    /// ```
-    /// let err = understory_auth::StoreError::new("the store is read-only");
-    /// # let _ = err;
-    /// ```
     pub fn new(message: impl Into<String>) -> Self {
         StoreError {
             message: message.into(),
@@ -190,13 +182,6 @@ impl StoreError {
     }
 
     /// An error with a message and the underlying error, shown after the message.
-    ///
-    /// ```
-    /// use understory_auth::StoreError;
-    /// let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-    /// let err = StoreError::with_source("cannot connect", io);
-    /// assert_eq!(err.to_string(), "token store: cannot connect: connection refused");
-    /// ```
     pub fn with_source(
         message: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
@@ -238,9 +223,7 @@ impl StoreHandle {
             type_name: std::any::type_name::<S>(),
         }
     }
-}
 
-impl StoreHandle {
     /// `source` with this store as its second level, under an in-process cache that
     /// refreshes by `timing`, and the longest one fetch through it may take (the in-process
     /// cache's bound on a fetch).

@@ -6,21 +6,14 @@
 //!
 //! * [`WebhookVerifier`] verifies one request's headers and raw body and returns its typed
 //!   [`WebhookEvent`], or a [`WebhookError`] that says what was wrong;
-//! * [`WebhookLayer`] does it in a tower stack (axum, hyper): it buffers the body up to the
-//!   limit, answers refusals itself and hands the inner service the same bytes with the
-//!   event in the request's extensions; optionally it processes each `webhook-id` once:
-//!   a redelivery of an id already processed is acknowledged without being processed again,
-//!   one whose processing is still going is answered `409` (retry later)
-//!   ([`WebhookDedup`], [`MemoryWebhookDedup`], and with feature `redis`
-//!   [`RedisWebhookDedup`]).
+//! * [`WebhookLayer`] does it in a tower stack (axum, hyper), handing the inner service the
+//!   event; [`WebhookLayer::dedup`] processes each `webhook-id` once ([`MemoryWebhookDedup`];
+//!   with feature `redis`, [`RedisWebhookDedup`]; or your own [`WebhookDedup`]).
 //!
 //! With feature `test-util`, [`testing::WebhookSandbox`](crate::testing::WebhookSandbox)
 //! signs and delivers webhooks, to test a receiver without Understory;
 //! `cargo run --example webhook_receiver --features test-util,webhooks` runs an axum receiver
 //! against it, with no credentials.
-//!
-//! One concept per file: the secret, the error, the verifier, the event, the layer, the
-//! deduplication trait and its stores.
 
 mod dedup;
 mod error;

@@ -1,16 +1,11 @@
-//! A shared entry: its store keys, and its value, sealed under a key derived from the client
-//! secret so that the store holds only ciphertext nobody else can read or forge.
+//! A shared entry's store keys, and its value, sealed under a key derived from the secret.
 //!
-//! Store keys: `SHARED_KEY_PREFIX`, the hex SHA-256 of what changes the token, `:` and the
-//! hex key id (16 bytes derived from the secret through HKDF with its own `info`), so that
-//! each secret of a key being rotated has its own entry, lock and generation counter.
-//!
-//! Value layout: `VERSION (1 byte) | key id (16 bytes) | nonce (12 bytes) |
-//! ChaCha20-Poly1305(plaintext) with its 16-byte tag`, the store key as associated data; the
-//! plaintext is JSON and holds the entry's generation.
+//! Keys: `SHARED_KEY_PREFIX`, the hex SHA-256 of what changes the token, `:` and the hex key
+//! id (16 bytes from HKDF), so that each secret of a rotation has its own entry, lock and
+//! counter. Value: `VERSION (1 byte) | key id (16) | nonce (12) | ChaCha20-Poly1305(JSON
+//! plaintext, with the generation) and its 16-byte tag`, the store key as associated data.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chacha20poly1305::aead::{Aead, Generate, KeyInit, Payload};
@@ -31,9 +26,8 @@ const NONCE_LEN: usize = 12;
 const HKDF_SALT: &[u8] = b"understory-auth shared token cache";
 const HKDF_INFO_ENCRYPTION: &[u8] = b"v1 entry encryption key, ChaCha20-Poly1305";
 const HKDF_INFO_KEY_ID: &[u8] = b"v1 store key id";
-/// The largest value an entry may have: tokens are at most 64 KiB
-/// (`MAX_TOKEN_RESPONSE_BYTES`), and sealing adds JSON, scopes and 45 bytes. A longer value
-/// is neither read whole nor decrypted.
+/// The largest value an entry may have (a token is at most 64 KiB; sealing adds JSON, scopes
+/// and 45 bytes). A longer value is neither read whole nor decrypted.
 pub(crate) const MAX_ENTRY_BYTES: usize = 96 * 1024;
 
 /// Everything that changes the token an entry holds (not the secret: it does not).
@@ -124,17 +118,14 @@ impl EntryCodec {
         })
     }
 
-    /// The entry's store key.
     pub(crate) fn key(&self) -> &str {
         &self.key
     }
 
-    /// The store key of the lock its fetcher holds.
     pub(crate) fn lock_key(&self) -> &str {
         &self.lock_key
     }
 
-    /// The store key of the fleet's generation counter for this entry.
     pub(crate) fn generation_key(&self) -> &str {
         &self.generation_key
     }
@@ -170,8 +161,8 @@ impl EntryCodec {
     }
 
     /// The entry in `value`, if it is authentic: sealed by a holder of the secret, for this
-    /// key, and unchanged since. A value over [`MAX_ENTRY_BYTES`] is refused before anything
-    /// else, and one that says it was sealed under another secret is not decrypted.
+    /// key, and unchanged since. One over [`MAX_ENTRY_BYTES`] or sealed under another secret
+    /// is not decrypted.
     pub(crate) fn open(&self, value: &[u8]) -> Result<Opened, Refusal> {
         if value.len() > MAX_ENTRY_BYTES {
             return Err(Refusal::Oversized);
@@ -205,11 +196,7 @@ impl EntryCodec {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(2 * bytes.len());
-    for byte in bytes {
-        let _ = write!(out, "{byte:02x}");
-    }
-    out
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -1,19 +1,16 @@
-//! [`RedisStore`]: the shared token cache on Redis (or any server speaking its protocol,
-//! such as Valkey).
+//! [`RedisStore`]: the shared token cache on Redis (or a server speaking its protocol).
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::{Client, Cmd, FromRedisValue, TlsCertificates, cmd};
 use async_trait::async_trait;
-
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 use super::entry::MAX_ENTRY_BYTES;
 use super::{STORE_TIMEOUT, StoreError, TokenStore};
-use crate::redis_connection::{LazyRedis, MAX_REPLY_BYTES};
+use crate::redis_connection::{LazyRedis, MAX_REPLY_BYTES, eval, px};
 
 // The read's reply (the entry's first `MAX_ENTRY_BYTES + 1` bytes and its `PTTL`, framed)
 // must fit in what the connection accepts.
@@ -52,17 +49,12 @@ const GENERATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// (feature `redis`).
 ///
 /// It connects on first use, over TLS for `rediss://` URLs, and reconnects by itself after a
-/// failure; clones share one multiplexed connection. Entries are written with `SET … PX`
-/// (the token's remaining lifetime) and read with one script doing `GETRANGE` (never more
-/// than the size bound) and `PTTL`; generations come from `INCR` on a counter seeded from
-/// the server's `TIME`; locks are `SET … NX PX`, released by a compare-and-delete script.
-/// Whatever the server sends, an operation reads at most 100 KiB for its reply (a longer
-/// one, announced or sent, fails the operation with a [`StoreError`] and drops the
-/// connection; so does a reply to no command) and at most 16 KiB more when it connects;
-/// with the one retry after a lost connection, at most 232 KiB in all.
-/// Keys start with `understory-auth:token:v1:` (for a Redis ACL: `~understory-auth:*`). Scripts run with `EVAL`,
-/// so the Redis user needs `EVAL` besides `GET`, `SET`, `GETRANGE`, `PTTL`, `INCR`,
-/// `PEXPIRE`, `EXISTS`, `TIME` and `DEL` on those keys.
+/// failure; clones share one multiplexed connection. Whatever the server sends, an operation
+/// reads at most 100 KiB for its reply and 16 KiB more when it connects (232 KiB in all, with
+/// the one retry after a lost connection); a longer reply, or one to no command, fails the
+/// operation with a [`StoreError`] and drops the connection. Keys start with
+/// `understory-auth:token:v1:` (for a Redis ACL: `~understory-auth:*`); the Redis user needs
+/// `EVAL`, `GET`, `SET`, `GETRANGE`, `PTTL`, `INCR`, `PEXPIRE`, `EXISTS`, `TIME` and `DEL`.
 ///
 /// ```no_run
 /// use understory_auth::{Credentials, RedisStore, UnderstoryAuth};
@@ -75,7 +67,7 @@ const GENERATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    redis: Arc<LazyRedis>,
+    redis: LazyRedis,
 }
 
 impl RedisStore {
@@ -84,15 +76,13 @@ impl RedisStore {
     /// the first token fetch; fails only on a URL that cannot be parsed (the error never holds
     /// the URL).
     ///
-    /// With `rediss://` the server's certificate must be valid for the host and signed by
-    /// one of the public certificate authorities that browsers trust (Mozilla's list, built
-    /// in), as managed Redis services' are; for a private one, see
-    /// [`with_root_certificates`](Self::with_root_certificates). There is no way to turn
-    /// certificate verification off.
+    /// With `rediss://` the server's certificate must be valid for the host and signed by a
+    /// public certificate authority (Mozilla's list, built in), as managed Redis services'
+    /// are, or see [`with_root_certificates`](Self::with_root_certificates); verification
+    /// cannot be turned off.
     ///
     /// ```
     /// use understory_auth::RedisStore;
-    /// let store = RedisStore::new("redis://127.0.0.1:6379/")?;
     /// let tls = RedisStore::new("rediss://:password@redis.example.com:6380/")?;
     /// assert!(RedisStore::new("not a url").is_err());
     /// assert!(!format!("{:?}", RedisStore::new("redis://:hunter2@127.0.0.1/")?).contains("hunter2"));
@@ -101,7 +91,9 @@ impl RedisStore {
     pub fn new(url: &str) -> Result<Self, StoreError> {
         let client =
             Client::open(url).map_err(|e| StoreError::with_source("invalid Redis URL", e))?;
-        Ok(Self::from_client(client))
+        Ok(RedisStore {
+            redis: LazyRedis::new(client, None, STORE_TIMEOUT),
+        })
     }
 
     /// A store for the `rediss://` server at `url` whose certificate is signed by a private
@@ -127,40 +119,24 @@ impl RedisStore {
         })?;
         let mut roots = rustls::RootCertStore::empty();
         for certificate in CertificateDer::pem_slice_iter(root_certificates) {
-            let added = certificate
-                .map_err(|e| StoreError::with_source("invalid root certificates (PEM)", e))
-                .and_then(|certificate| {
-                    roots.add(certificate).map_err(|e| {
-                        StoreError::with_source("invalid root certificate (not X.509)", e)
-                    })
-                });
-            added?;
+            let certificate = certificate
+                .map_err(|e| StoreError::with_source("invalid root certificates (PEM)", e))?;
+            roots
+                .add(certificate)
+                .map_err(|e| StoreError::with_source("invalid root certificate (not X.509)", e))?;
         }
-        // Fail fast and let the next operation reconnect: every operation is bounded by
-        // STORE_TIMEOUT anyway, and a token fetch never waits for Redis to return.
         Ok(RedisStore {
-            redis: Arc::new(LazyRedis::with_roots(client, roots, STORE_TIMEOUT)),
+            redis: LazyRedis::new(client, Some(roots), STORE_TIMEOUT),
         })
     }
 
-    fn from_client(client: Client) -> Self {
-        RedisStore {
-            redis: Arc::new(LazyRedis::new(client, STORE_TIMEOUT)),
-        }
-    }
-
     async fn query<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, StoreError> {
-        let mut connection = self
-            .redis
-            .connection()
-            .await
-            .map_err(|e| StoreError::with_source("cannot set up the Redis connection", e))?;
-        let result = match command.query_async(&mut connection).await {
-            // A lost connection fails one command: try once more on a new one, so a
-            // restarted Redis is used again by the very next operation. (A reply the
-            // connection refused, too long or unasked for, is neither: it is not retried.)
+        let result = match self.redis.query(command).await {
+            // A lost connection fails one command: try once more on a new one, so that a
+            // restarted Redis is used by the very next operation (a refused reply is not
+            // retried).
             Err(e) if e.is_io_error() || e.is_unrecoverable_error() => {
-                command.query_async(&mut connection).await
+                self.redis.query(command).await
             }
             result => result,
         };
@@ -185,13 +161,13 @@ impl TokenStore for RedisStore {
     }
 
     async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
-        self.query(cmd("SET").arg(key).arg(value).arg("PX").arg(millis(ttl)))
+        self.query(cmd("SET").arg(key).arg(value).arg("PX").arg(px(ttl)))
             .await
     }
 
     async fn next_generation(&self, key: &str) -> Result<u64, StoreError> {
         let eval = eval(NEXT_GENERATION_SCRIPT, key)
-            .arg(millis(GENERATION_TTL))
+            .arg(px(GENERATION_TTL))
             .take();
         self.query(&eval).await
     }
@@ -202,7 +178,7 @@ impl TokenStore for RedisStore {
             .arg(owner)
             .arg("NX")
             .arg("PX")
-            .arg(millis(ttl))
+            .arg(px(ttl))
             .take();
         let answer: Option<String> = self.query(&set).await?;
         Ok(answer.is_some())
@@ -223,14 +199,4 @@ impl fmt::Debug for RedisStore {
             .field("db", &info.redis_settings().db())
             .finish_non_exhaustive()
     }
-}
-
-/// `EVAL script 1 key`, for the caller to add the script's arguments.
-fn eval(script: &str, key: &str) -> Cmd {
-    cmd("EVAL").arg(script).arg(1).arg(key).take()
-}
-
-/// Whole milliseconds, at least 1 (Redis refuses `PX 0`).
-fn millis(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }

@@ -1,5 +1,5 @@
-//! [`SharedStoreSource`]: the token source under the in-process cache that asks the shared
-//! store before the auth server (the rules: the docs of `TokenStore`).
+//! [`SharedStoreSource`]: the token source that asks the shared store before the auth server
+//! (the rules: `TokenStore`'s docs).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,14 +30,11 @@ pub(crate) struct SharedStoreSource {
     /// not taken.
     timing: Timing,
     /// The newest generation this process has taken or written: only a strictly newer entry
-    /// is taken. The cache asks again only for a token due for refresh or rejected, and the
-    /// token it holds is never newer than this, so an entry an attacker rolls back to (or
-    /// the token handed over last) is never taken.
+    /// is taken, so an entry an attacker rolls back to (or the one taken last) never is.
     newest_seen: AtomicU64,
     /// Whether the store is failing: a warning is logged once per failure streak.
     degraded: AtomicBool,
-    /// When a warning about an invalid entry was logged last: at most one per
-    /// [`INVALID_ENTRY_WARNING_INTERVAL`], the others at debug level.
+    /// When a warning about an invalid entry was logged last.
     last_invalid_warning: Mutex<Option<Instant>>,
     /// For `CacheStats`: token requests, tokens taken from the store, failed store calls.
     token_requests: AtomicU64,
@@ -141,10 +138,9 @@ impl SharedStoreSource {
         }
     }
 
-    /// `entry` as a token with its remaining lifetime, unless it is not newer than every
-    /// entry this process has seen, or is due for refresh by its original lifetime's
-    /// schedule. The remaining lifetime is bounded by the entry's `ttl` in the store, so a
-    /// writer's clock running ahead cannot stretch it.
+    /// `entry` as a token with its remaining lifetime (bounded by its `ttl` in the store, so
+    /// that a writer's clock running ahead cannot stretch it), unless it is no newer than
+    /// every entry this process has seen or is due for refresh.
     fn take(&self, entry: Opened, ttl: Duration) -> Option<GrantedToken> {
         let newest_seen = self.newest_seen.load(Relaxed);
         if entry.generation <= newest_seen {
@@ -236,13 +232,9 @@ impl SharedStoreSource {
         &self,
         operation: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let result = match tokio::time::timeout(STORE_TIMEOUT, operation).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::new(format!(
-                "no answer within {}ms",
-                STORE_TIMEOUT.as_millis()
-            ))),
-        };
+        let late = || format!("no answer within {}ms", STORE_TIMEOUT.as_millis());
+        let timed = tokio::time::timeout(STORE_TIMEOUT, operation).await;
+        let result = timed.unwrap_or_else(|_| Err(StoreError::new(late())));
         if result.is_err() {
             self.failures.fetch_add(1, Relaxed);
         }

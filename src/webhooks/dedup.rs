@@ -1,7 +1,4 @@
-//! [`WebhookDedup`]: which state a `webhook-id` is in (new, being processed, processed), for
-//! [`WebhookLayer`].
-//!
-//! [`WebhookLayer`]: crate::webhooks::WebhookLayer
+//! [`WebhookDedup`]: which state a `webhook-id` is in (new, being processed, processed).
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -9,29 +6,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-/// How long a claim on a `webhook-id` holds unless
-/// [`WebhookLayer::dedup_lease`](crate::webhooks::WebhookLayer::dedup_lease) says otherwise: 5
-/// minutes. While a run of the handler holds the claim, redeliveries of its id are answered
-/// `409 Conflict` (retry later). A run that finishes, fails or is dropped gives the claim up at
-/// once; the lease only matters when the process running it dies (a crash, a redeploy): its
-/// redeliveries are answered `409` until the lease runs out, then processed. Keep the lease
-/// longer than the handler's longest run: a run that outlasts it no longer keeps a redelivery
-/// from being processed at the same time.
-///
-/// ```
-/// # use std::time::Duration;
-/// assert_eq!(understory_auth::webhooks::DEFAULT_WEBHOOK_DEDUP_LEASE, Duration::from_secs(5 * 60));
-/// ```
+/// How long a claim on a `webhook-id` holds by default
+/// ([`WebhookLayer::dedup_lease`](crate::webhooks::WebhookLayer::dedup_lease)): 5 minutes.
 pub const DEFAULT_WEBHOOK_DEDUP_LEASE: Duration = Duration::from_secs(5 * 60);
 
 /// The longest ttl or lease a dedup store keeps: 365 days. Longer settings are saturated to
-/// it (so `Duration::MAX` means "as long as a store can"), shorter than a millisecond rounded
-/// up to one.
-///
-/// ```
-/// # use std::time::Duration;
-/// assert_eq!(understory_auth::webhooks::MAX_WEBHOOK_DEDUP_DURATION, Duration::from_secs(365 * 24 * 60 * 60));
-/// ```
+/// it (`Duration::MAX` means "as long as a store can"), shorter than 1 ms rounded up to it.
 pub const MAX_WEBHOOK_DEDUP_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// `duration` within what a store keeps: at least 1 ms, at most [`MAX_WEBHOOK_DEDUP_DURATION`].
@@ -41,47 +21,24 @@ pub(crate) fn bounded(duration: Duration) -> Duration {
 
 /// The state a [`WebhookDedup`] store found a `webhook-id` in when it was
 /// [claimed](WebhookDedup::claim).
-///
-/// ```
-/// use understory_auth::webhooks::WebhookIdState;
-///
-/// let state = WebhookIdState::New;
-/// assert_ne!(state, WebhookIdState::Done);
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum WebhookIdState {
-    /// Not seen, released, or its previous claim's lease ran out: the caller now holds the
-    /// claim and processes the webhook.
+    /// Not seen, released, or its claim's lease ran out: now claimed by the caller.
     New,
-    /// Another run (in this process or another) holds a claim whose lease has not run out:
-    /// the layer answers `409 Conflict`, so that the sender retries later.
+    /// Claimed by a run whose lease has not run out (the layer answers `409 Conflict`).
     InProgress,
-    /// A run completed with a 2xx within the ttl: the layer answers `200 OK` without
-    /// processing it again.
+    /// Completed within the ttl (the layer answers `200 OK` without processing it again).
     Done,
 }
 
-/// Where [`WebhookLayer::dedup`](crate::webhooks::WebhookLayer::dedup) records the state of the
-/// `webhook-id`s it lets through, so that a redelivery (Understory retries with the same id
-/// until it gets a 2xx) is processed only if no run of its id succeeded, and never while
-/// another run of it is going.
-///
-/// The layer, for each webhook whose signature verified:
-///
-/// 1. [`claim`](Self::claim)s its key (the layer's namespace and the `webhook-id`) with an
-///    `owner` token unique to this run, for a lease. The store answers the state it found:
-///    [`New`](WebhookIdState::New) (now claimed: the handler is called),
-///    [`InProgress`](WebhookIdState::InProgress) (`409 Conflict`) or
-///    [`Done`](WebhookIdState::Done) (`200 OK`).
-/// 2. If the handler answered a 2xx, [`complete`](Self::complete)s it: the key is done for
-///    the ttl, whoever holds the claim by then (the webhook was processed).
-/// 3. Otherwise (an error, a non-2xx answer, or the request was dropped before the handler
-///    finished), [`release`](Self::release)s it, if `owner` still holds it.
-///
-/// Each of the three must be atomic. Implementations: [`MemoryWebhookDedup`] for one
-/// process, [`RedisWebhookDedup`](crate::webhooks::RedisWebhookDedup) (feature `redis`) for a
-/// fleet.
+/// Where [`WebhookLayer::dedup`](crate::webhooks::WebhookLayer::dedup) records the state of
+/// the `webhook-id`s it lets through. For each verified webhook the layer
+/// [`claim`](Self::claim)s its key (`<namespace>:<webhook-id>`) with an `owner` token unique
+/// to the run, then [`complete`](Self::complete)s it after a 2xx or
+/// [`release`](Self::release)s it otherwise. Each of the three must be atomic.
+/// Implementations: [`MemoryWebhookDedup`] for one process,
+/// [`RedisWebhookDedup`](crate::webhooks::RedisWebhookDedup) (feature `redis`) for a fleet.
 ///
 /// [`MemoryWebhookDedup`]: crate::webhooks::MemoryWebhookDedup
 ///
@@ -142,15 +99,18 @@ pub trait WebhookDedup: Send + Sync + 'static {
     async fn release(&self, key: &str, owner: &str) -> Result<(), WebhookDedupError>;
 }
 
-/// A [`WebhookDedup`] store failed (for example, Redis is unreachable).
-/// [`WebhookLayer`](crate::webhooks::WebhookLayer) then answers `503 Service Unavailable`, so that
-/// Understory delivers the webhook again later: nothing is lost, nothing processed twice.
+/// A [`WebhookDedup`] store failed (for example, Redis is unreachable):
+/// [`WebhookLayer`](crate::webhooks::WebhookLayer) answers `503 Service Unavailable`, so that
+/// Understory delivers the webhook again later.
 ///
 /// ```
+/// use std::error::Error;
 /// use understory_auth::webhooks::WebhookDedupError;
 ///
 /// let error = WebhookDedupError::new("the dedup store is full");
 /// assert_eq!(error.to_string(), "webhook deduplication failed: the dedup store is full");
+/// let io = std::io::Error::other("connection refused");
+/// assert!(WebhookDedupError::with_source("store unreachable", io).source().is_some());
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[error("webhook deduplication failed: {message}")]
@@ -162,11 +122,6 @@ pub struct WebhookDedupError {
 
 impl WebhookDedupError {
     /// An error that says `message` (which must hold no secret).
-    ///
-    /// ```
-    /// let error = understory_auth::webhooks::WebhookDedupError::new("store unreachable");
-    /// # let _ = error;
-    /// ```
     pub fn new(message: &'static str) -> Self {
         WebhookDedupError {
             message,
@@ -175,15 +130,6 @@ impl WebhookDedupError {
     }
 
     /// An error that says `message`, caused by `source`.
-    ///
-    /// ```
-    /// use std::error::Error;
-    /// use understory_auth::webhooks::WebhookDedupError;
-    ///
-    /// let io = std::io::Error::other("connection refused");
-    /// let error = WebhookDedupError::with_source("store unreachable", io);
-    /// assert!(error.source().is_some());
-    /// ```
     pub fn with_source(
         message: &'static str,
         source: impl StdError + Send + Sync + 'static,

@@ -5,9 +5,8 @@ use http::StatusCode;
 /// Why a webhook could not be verified (or a webhook secret could not be used).
 ///
 /// Every message says what to check; none holds the secret, a signature or the body.
-/// [`status`](Self::status) gives the answer a receiver should send: `401` when the
-/// signature or timestamp is wrong, `413` for a body over the limit, `400` for a malformed
-/// request. [`WebhookLayer`](crate::webhooks::WebhookLayer) answers exactly that.
+/// [`status`](Self::status) is the answer a receiver should send, as
+/// [`WebhookLayer`](crate::webhooks::WebhookLayer) does.
 ///
 /// ```
 /// use understory_auth::webhooks::{WebhookError, WebhookVerifier};
@@ -16,6 +15,8 @@ use http::StatusCode;
 /// let error = verifier.verify(&http::HeaderMap::new(), b"{}").unwrap_err();
 /// assert!(matches!(error, WebhookError::MissingHeader("webhook-id")));
 /// assert_eq!(error.status(), http::StatusCode::BAD_REQUEST);
+/// assert_eq!(WebhookError::NoMatchingSignature.status(), 401);
+/// assert_eq!(WebhookError::BodyTooLarge { limit: 10 }.status(), 413);
 /// # Ok::<(), WebhookError>(())
 /// ```
 #[derive(Debug, thiserror::Error)]
@@ -91,13 +92,6 @@ impl WebhookError {
     /// signature that does not match or a timestamp outside the tolerance, `413 Payload Too
     /// Large` for a body over the limit, `500` for an unusable secret (a configuration
     /// error) and `400 Bad Request` for everything else.
-    ///
-    /// ```
-    /// use understory_auth::webhooks::WebhookError;
-    ///
-    /// assert_eq!(WebhookError::NoMatchingSignature.status(), 401);
-    /// assert_eq!(WebhookError::BodyTooLarge { limit: 10 }.status(), 413);
-    /// ```
     pub fn status(&self) -> StatusCode {
         match self {
             WebhookError::NoMatchingSignature

@@ -1,10 +1,5 @@
-//! [`WebhookLayer`]: verifies Understory's webhooks in front of a receiving tower service.
-//!
-//! The layer, its service and the service's response future. The future reads the body
-//! (up to the limit), verifies it, claims the `webhook-id` when deduplication is on, calls
-//! the inner service (the instance that was polled ready) and records the outcome: the id
-//! is done after a 2xx, released otherwise, and released too if the future is dropped
-//! before the inner service finished (the release is handed to the tokio runtime).
+//! [`WebhookLayer`], its service and the service's response future: read the body, verify
+//! it, claim the `webhook-id` (with dedup), call the inner service, record the outcome.
 
 use std::fmt;
 use std::future::Future;
@@ -36,38 +31,21 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A tower [`Layer`] that lets through only webhooks Understory signed.
 ///
-/// Its service, [`VerifyWebhook`], takes any `http::Request<B>` (`B: http_body::Body`, so
-/// axum's and hyper's bodies alike) and
+/// Its service, [`VerifyWebhook`], takes any `http::Request<B: http_body::Body>` (axum's and
+/// hyper's alike), refuses a body over the verifier's [limit](WebhookVerifier::max_body_bytes)
+/// (by its `Content-Length`, before reading it, or as soon as reading passes the limit), and
+/// verifies it with its [`WebhookVerifier`]. It answers a refusal itself, with an empty body
+/// and [`WebhookError::status`]; an authentic webhook goes to the inner service as an
+/// `http::Request<http_body_util::Full<Bytes>>` with the same headers and bytes (but
+/// `Content-Length` set, `Transfer-Encoding` removed) and the verified
+/// [`WebhookEvent`](crate::webhooks::WebhookEvent) in its extensions. The inner service's
+/// response body must implement `Default`, as axum's and `Full`'s do.
+/// [`dedup`](Self::dedup) processes each `webhook-id` once.
 ///
-/// * refuses a body whose `Content-Length` is over the verifier's
-///   [limit](WebhookVerifier::max_body_bytes) before reading it, and stops reading a body
-///   as soon as it passes the limit;
-/// * verifies headers and body with its [`WebhookVerifier`], and answers a refusal itself,
-///   without calling the inner service: `401` for a signature that does not match or a
-///   timestamp outside the tolerance, `413` for a body too large, `400` for a malformed
-///   request (see [`WebhookError::status`]);
-/// * otherwise calls the inner service with the same bytes, as an
-///   `http::Request<http_body_util::Full<Bytes>>`, and the verified
-///   [`WebhookEvent`](crate::webhooks::WebhookEvent) in the request's extensions.
-///
-/// With [`dedup`](Self::dedup), each `webhook-id` is processed once (see there): a
-/// redelivery of an id a run processed (answered 2xx) is answered `200 OK` without calling
-/// the inner service, one that arrives while another run of its id is going is answered
-/// `409 Conflict` (retry later), and an id whose run failed or was dropped is processed again
-/// on its next delivery.
-///
-/// The inner service gets the headers as received, except the framing: `Content-Length`
-/// is the buffered body's length and `Transfer-Encoding` is removed.
-///
-/// The inner service's response body must implement `Default` (the refusals have an empty
-/// body), as axum's and `http_body_util::Full`'s do.
-///
-/// **In axum, wrap the webhook route, not the whole router.** `Router::layer` also wraps
-/// axum's fallback: a request for any other path (a health check, a scanner's probe) then
-/// goes through the layer too, and is answered `400` (no webhook headers) instead of `404`,
-/// with a warning logged. `Router::route_layer` leaves unknown paths their `404`; the
-/// route's own `route_layer`, as below, also leaves other methods on the webhook path
-/// their `405`.
+/// **In axum, wrap the webhook route, not the router**: `Router::layer` also wraps the
+/// fallback, so any other path (a health check, a probe) would get `400` and a warning
+/// instead of `404`; the route's own `route_layer`, as below, also leaves other methods their
+/// `405`.
 ///
 /// ```
 /// use axum::{Extension, Router, routing::post};
@@ -95,13 +73,6 @@ pub struct WebhookLayer {
 
 impl WebhookLayer {
     /// A layer that verifies webhooks with `verifier`, without deduplication.
-    ///
-    /// ```
-    /// use understory_auth::webhooks::{WebhookLayer, WebhookVerifier};
-    ///
-    /// let layer = WebhookLayer::new(WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?);
-    /// # Ok::<(), understory_auth::webhooks::WebhookError>(())
-    /// ```
     pub fn new(verifier: WebhookVerifier) -> Self {
         WebhookLayer {
             namespace: verifier.dedup_namespace().into(),
@@ -111,45 +82,22 @@ impl WebhookLayer {
         }
     }
 
-    /// Processes each `webhook-id` once, recording ids in `store`. What holds:
+    /// Processes each `webhook-id` once, recording ids in `store` under the layer's
+    /// [namespace](Self::dedup_namespace):
     ///
-    /// * **No 2xx without a success.** A delivery is answered 2xx only if a run of the
-    ///   inner service for its id answered a 2xx: this one (its own answer), or an earlier
-    ///   one (`200 OK`, without calling the inner service; ids are remembered for the
-    ///   store's ttl, by default [`DEFAULT_WEBHOOK_DEDUP_TTL`](crate::webhooks::DEFAULT_WEBHOOK_DEDUP_TTL)).
-    /// * **In progress is not done.** A delivery that arrives while another run of its id
-    ///   is going (in this process or, with a shared store, another) is answered
-    ///   `409 Conflict` with an empty body: the sender counts it a failure and retries later.
-    ///   The inner service is never called twice at once for one id (within the lease).
-    /// * **A failed or dropped run does not hold the id.** After an error or a non-2xx
-    ///   answer, the id is released before the answer goes out. If the request is dropped
-    ///   before the inner service finished (the sender timed out and hyper or axum dropped
-    ///   the future), the release is handed to the tokio runtime. If the process dies, its
-    ///   claim runs out after the [lease](Self::dedup_lease) and the next delivery is
-    ///   processed: the lease is what a crash costs.
+    /// * **No 2xx without a success.** A delivery is answered 2xx only if a run of the inner
+    ///   service for its id answered 2xx: this one, or an earlier one within the store's ttl
+    ///   (then `200 OK` without calling it; by default
+    ///   [`DEFAULT_WEBHOOK_DEDUP_TTL`](crate::webhooks::DEFAULT_WEBHOOK_DEDUP_TTL)).
+    /// * **In progress is not done.** A delivery while another run of its id is going (in any
+    ///   process sharing the store) is answered `409 Conflict`, empty: the sender retries
+    ///   later. The inner service never runs twice at once for one id (within the lease).
+    /// * **A failed or dropped run does not hold the id.** After an error or a non-2xx answer
+    ///   the id is released before the answer goes out; if the future is dropped first (the
+    ///   sender timed out), the release is handed to the tokio runtime; if the process dies,
+    ///   the claim runs out after the [lease](Self::dedup_lease).
     /// * **A failing store answers `503 Service Unavailable`** without calling the inner
-    ///   service (Understory will redeliver).
-    ///
-    /// Ids are recorded under the layer's [namespace](Self::dedup_namespace), so layers
-    /// for different subscriptions can share a store.
-    ///
-    /// ```
-    /// use understory_auth::webhooks::{MemoryWebhookDedup, WebhookLayer, WebhookVerifier};
-    ///
-    /// let verifier = WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?;
-    /// let layer = WebhookLayer::new(verifier).dedup(MemoryWebhookDedup::new());
-    /// # Ok::<(), understory_auth::webhooks::WebhookError>(())
-    /// ```
-    pub fn dedup(mut self, store: impl WebhookDedup) -> Self {
-        self.dedup = Some(SharedDedup(Arc::new(store)));
-        self
-    }
-
-    /// How long a run's claim on its id holds if nothing releases or completes it (its
-    /// process died): default [`DEFAULT_WEBHOOK_DEDUP_LEASE`], saturated to
-    /// [`MAX_WEBHOOK_DEDUP_DURATION`](crate::webhooks::MAX_WEBHOOK_DEDUP_DURATION) and at
-    /// least 1 ms. Keep it longer than the inner service's longest run: a run that outlasts
-    /// its lease no longer keeps a redelivery from being processed beside it.
+    ///   service: Understory redelivers.
     ///
     /// ```
     /// use std::time::Duration;
@@ -158,36 +106,33 @@ impl WebhookLayer {
     /// let verifier = WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?;
     /// let layer = WebhookLayer::new(verifier)
     ///     .dedup(MemoryWebhookDedup::new())
-    ///     .dedup_lease(Duration::from_secs(60));
+    ///     .dedup_lease(Duration::from_secs(60)) // optional
+    ///     .dedup_namespace("bookings-service"); // optional
     /// # Ok::<(), understory_auth::webhooks::WebhookError>(())
     /// ```
+    pub fn dedup(mut self, store: impl WebhookDedup) -> Self {
+        self.dedup = Some(SharedDedup(Arc::new(store)));
+        self
+    }
+
+    /// How long a run's claim on its id holds if nothing releases or completes it (its
+    /// process died, so redeliveries get `409` until then): default
+    /// [`DEFAULT_WEBHOOK_DEDUP_LEASE`], within 1 ms and
+    /// [`MAX_WEBHOOK_DEDUP_DURATION`](crate::webhooks::MAX_WEBHOOK_DEDUP_DURATION). Keep it
+    /// longer than the inner service's longest run: a run that outlasts its lease no longer
+    /// keeps a redelivery from being processed beside it.
     pub fn dedup_lease(mut self, lease: Duration) -> Self {
         self.lease = bounded(lease);
         self
     }
 
-    /// The namespace the layer records its ids under in the dedup store: the store's key
-    /// for a webhook is `<namespace>:<webhook-id>`. By default it is derived from the
-    /// verifier's first secret (16 hex characters of an HMAC under it: the same secret
-    /// always gives the same namespace, which reveals nothing of the secret), so that the
-    /// receivers of one subscription share their ids and those of different subscriptions
-    /// never collide, although a sender reuses a message's `webhook-id` for every endpoint
-    /// subscribed to it.
-    ///
-    /// Set it when the default would change under you: a secret rotation that puts the
-    /// new secret first changes the default namespace, and ids processed before it are
-    /// then processed again if redelivered. Every receiver of one subscription must use
-    /// the same namespace.
-    ///
-    /// ```
-    /// use understory_auth::webhooks::{MemoryWebhookDedup, WebhookLayer, WebhookVerifier};
-    ///
-    /// let verifier = WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?;
-    /// let layer = WebhookLayer::new(verifier)
-    ///     .dedup(MemoryWebhookDedup::new())
-    ///     .dedup_namespace("bookings-service");
-    /// # Ok::<(), understory_auth::webhooks::WebhookError>(())
-    /// ```
+    /// The namespace of the layer's ids in the dedup store (keys are
+    /// `<namespace>:<webhook-id>`). By default 16 hex characters of an HMAC under the
+    /// verifier's first secret (revealing nothing of it): the receivers of one subscription
+    /// share their ids, and different subscriptions never collide, although a sender reuses a
+    /// `webhook-id` for every endpoint subscribed to it. Set it if a secret rotation will put
+    /// a new secret first (that changes the default, and ids processed before would be
+    /// processed again); every receiver of one subscription must use the same one.
     pub fn dedup_namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = namespace.into().into();
         self
@@ -220,20 +165,6 @@ struct Dedup {
 
 /// The service made by [`WebhookLayer`]: it verifies each webhook and passes the authentic
 /// ones on to the inner service `S`.
-///
-/// ```
-/// use bytes::Bytes;
-/// use http_body_util::Full;
-/// use tower::{Layer, service_fn};
-/// use understory_auth::webhooks::{VerifyWebhook, WebhookLayer, WebhookVerifier};
-///
-/// let inner = service_fn(|_: http::Request<Full<Bytes>>| async {
-///     Ok::<_, std::convert::Infallible>(http::Response::new(Full::<Bytes>::default()))
-/// });
-/// let verifier = WebhookVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?;
-/// let service: VerifyWebhook<_> = WebhookLayer::new(verifier).layer(inner);
-/// # Ok::<(), understory_auth::webhooks::WebhookError>(())
-/// ```
 #[derive(Debug, Clone)]
 pub struct VerifyWebhook<S> {
     inner: S,
@@ -264,7 +195,9 @@ where
             .check_headers(&parts.headers, SystemTime::now())
             .and_then(|_| self.check_length(&parts, &body));
         if let Err(error) = checked {
-            return WebhookFuture::refused(&error);
+            return WebhookFuture {
+                state: State::refused(&error),
+            };
         }
         // The call happens once the body is read, on the instance that was polled ready:
         // take it, and leave a fresh clone (which must be polled ready itself) in its place.
@@ -311,11 +244,9 @@ struct Pending<S> {
 }
 
 pin_project! {
-    /// The response future of [`VerifyWebhook`].
-    ///
-    /// Dropped after it claimed a `webhook-id` and before the inner service finished (the
-    /// sender went away), it hands the release of the claim to the current tokio runtime
-    /// (without one, the claim runs out with its lease).
+    /// The response future of [`VerifyWebhook`]. Dropped while it holds a `webhook-id`'s
+    /// claim, it hands the release to the current tokio runtime (without one, the claim runs
+    /// out with its lease).
     pub struct WebhookFuture<S, B>
     where
         S: Service<Request<Full<Bytes>>>,
@@ -357,31 +288,26 @@ pin_project! {
         B: Body,
         B::Error: Into<BoxError>,
     {
-        // Reading the body, up to the limit.
         Reading {
             #[pin]
             collect: Collect<Limited<B>>,
             // Boxed, so that the states after it do not make the future larger.
             pending: Option<Box<Pending<S>>>,
         },
-        // Claiming the `webhook-id`; the service is called if it is new.
         Claiming {
             claim: BoxFuture<'static, Result<WebhookIdState, WebhookDedupError>>,
             call: Option<(S, Request<Full<Bytes>>, Claimed)>,
         },
-        // The inner service was called; a claimed id is completed or released after it.
         Calling {
             #[pin]
             future: F,
             claimed: Option<Claimed>,
         },
-        // Recording the outcome (the id completed after a success, released after a
-        // failure) before answering, so that a redelivery finds it recorded.
+        // Recording the outcome before answering, so that a redelivery finds it recorded.
         Finishing {
             finish: Option<BoxFuture<'static, ()>>,
             outcome: Option<Result<T, E>>,
         },
-        // Answering at once (a refusal, a duplicate).
         Answer {
             status: Option<StatusCode>,
         },
@@ -433,19 +359,6 @@ impl Claimed {
                 );
             }
         })
-    }
-}
-
-impl<S, B> WebhookFuture<S, B>
-where
-    S: Service<Request<Full<Bytes>>>,
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    fn refused(error: &WebhookError) -> Self {
-        WebhookFuture {
-            state: State::refused(error),
-        }
     }
 }
 
@@ -617,7 +530,6 @@ where
     }
 }
 
-/// A response with `status` and an empty body.
 fn empty<R: Default>(status: StatusCode) -> Response<R> {
     let mut response = Response::new(R::default());
     *response.status_mut() = status;

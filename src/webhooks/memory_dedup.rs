@@ -13,45 +13,28 @@ use tokio::time::Instant;
 use super::dedup::bounded;
 use super::{WebhookDedup, WebhookDedupError, WebhookIdState};
 
-/// How long a processed `webhook-id` is remembered unless the store's `ttl` says otherwise
-/// ([`MemoryWebhookDedup::ttl`], `RedisWebhookDedup::ttl`): 24 hours. A redelivery later
-/// than that is processed again. Understory does not document its retry schedule; Standard
-/// Webhooks senders typically retry for about a day, so this covers a delivery whose answer
-/// was lost.
-///
-/// ```
-/// # use std::time::Duration;
-/// assert_eq!(understory_auth::webhooks::DEFAULT_WEBHOOK_DEDUP_TTL, Duration::from_secs(24 * 60 * 60));
-/// ```
+/// How long a processed `webhook-id` is remembered by default ([`MemoryWebhookDedup::ttl`],
+/// `RedisWebhookDedup::ttl`): 24 hours, about as long as Standard Webhooks senders retry. A
+/// later redelivery is processed again.
 pub const DEFAULT_WEBHOOK_DEDUP_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// How many ids a [`MemoryWebhookDedup`] holds at most unless
-/// [`MemoryWebhookDedup::capacity`] says otherwise: 100,000 (about 10 MiB: each id costs a
-/// fixed ~100 bytes, whatever its length, since only a 16-byte hash of it is kept). When
-/// full, the oldest entry is forgotten first.
-///
-/// ```
-/// assert_eq!(understory_auth::webhooks::DEFAULT_WEBHOOK_DEDUP_CAPACITY, 100_000);
-/// ```
+/// How many ids a [`MemoryWebhookDedup`] holds at most by default
+/// ([`MemoryWebhookDedup::capacity`]): 100,000, about 10 MiB.
 pub const DEFAULT_WEBHOOK_DEDUP_CAPACITY: usize = 100_000;
 
 /// A [`WebhookDedup`] in this process's memory: a processed id is remembered for a
-/// [ttl](Self::ttl), a claim held for the lease the layer asks for, and at most
-/// [capacity](Self::capacity) ids are held (the oldest go first). Each id is kept as a
-/// 16-byte hash (SHA-256, truncated), so its memory does not depend on the id's length
-/// (which the verifier caps at [`MAX_WEBHOOK_ID_BYTES`](crate::webhooks::MAX_WEBHOOK_ID_BYTES)).
-///
-/// Clones share the ids; a store given to one layer serves that layer only (and the layer's
-/// namespace keeps ids apart even if the same store is given to two layers). For a fleet of
+/// [ttl](Self::ttl), a claim held for the layer's lease, and at most
+/// [capacity](Self::capacity) ids are held (the oldest go first), each as a 16-byte hash
+/// (about 100 bytes an id, whatever its length). Clones share the ids. For a fleet of
 /// receivers behind a load balancer, use a shared store such as
-/// [`RedisWebhookDedup`](crate::webhooks::RedisWebhookDedup) instead.
+/// [`RedisWebhookDedup`](crate::webhooks::RedisWebhookDedup).
 ///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// use std::time::Duration;
 /// use understory_auth::webhooks::{MemoryWebhookDedup, WebhookDedup, WebhookIdState};
 ///
-/// let dedup = MemoryWebhookDedup::new();
+/// let dedup = MemoryWebhookDedup::new().ttl(Duration::from_secs(3600)).capacity(10_000);
 /// let lease = Duration::from_secs(60);
 /// assert_eq!(dedup.claim("msg_1", "run-1", lease).await?, WebhookIdState::New);
 /// assert_eq!(dedup.claim("msg_1", "run-2", lease).await?, WebhookIdState::InProgress);
@@ -73,11 +56,8 @@ pub struct MemoryWebhookDedup {
 type Hashed = [u8; 16];
 
 fn hashed(text: &str) -> Hashed {
-    let digest = Sha256::digest(text.as_bytes());
     let mut out = [0; 16];
-    for (slot, byte) in out.iter_mut().zip(digest.iter()) {
-        *slot = *byte;
-    }
+    out.copy_from_slice(&Sha256::digest(text.as_bytes())[..16]);
     out
 }
 
@@ -104,11 +84,6 @@ struct Ids {
 impl MemoryWebhookDedup {
     /// A store with the default [ttl](DEFAULT_WEBHOOK_DEDUP_TTL) and
     /// [capacity](DEFAULT_WEBHOOK_DEDUP_CAPACITY).
-    ///
-    /// ```
-    /// let dedup = understory_auth::webhooks::MemoryWebhookDedup::new();
-    /// # let _ = dedup;
-    /// ```
     pub fn new() -> Self {
         MemoryWebhookDedup {
             ids: Arc::default(),
@@ -117,15 +92,8 @@ impl MemoryWebhookDedup {
         }
     }
 
-    /// How long a processed id is remembered (default [`DEFAULT_WEBHOOK_DEDUP_TTL`]),
-    /// saturated to [`MAX_WEBHOOK_DEDUP_DURATION`](crate::webhooks::MAX_WEBHOOK_DEDUP_DURATION)
-    /// and at least 1 ms.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// let dedup = understory_auth::webhooks::MemoryWebhookDedup::new().ttl(Duration::from_secs(3600));
-    /// # let _ = dedup;
-    /// ```
+    /// How long a processed id is remembered (default [`DEFAULT_WEBHOOK_DEDUP_TTL`]), within
+    /// 1 ms and [`MAX_WEBHOOK_DEDUP_DURATION`](crate::webhooks::MAX_WEBHOOK_DEDUP_DURATION).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = bounded(ttl);
         self
@@ -133,11 +101,6 @@ impl MemoryWebhookDedup {
 
     /// How many ids are held at most (default [`DEFAULT_WEBHOOK_DEDUP_CAPACITY`], at
     /// least 1); when full, the oldest is forgotten.
-    ///
-    /// ```
-    /// let dedup = understory_auth::webhooks::MemoryWebhookDedup::new().capacity(10_000);
-    /// # let _ = dedup;
-    /// ```
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity.max(1);
         self
@@ -180,8 +143,7 @@ impl Ids {
         self.drop_oldest(now, |ids| ids.order.len() >= capacity);
         let seq = self.next;
         self.next = self.next.wrapping_add(1);
-        // `duration` is bounded (365 days at most), so this does not overflow in practice;
-        // if it did, the entry would expire at once rather than panic.
+        // `duration` is bounded; were it not, the entry would expire at once, not panic.
         let expires = now.checked_add(duration).unwrap_or(now);
         self.live.insert(
             id,

@@ -1,7 +1,6 @@
 //! [`RedisWebhookDedup`]: the `webhook-id`s of a fleet of receivers, on Redis.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::{Client, Cmd, FromRedisValue, cmd};
@@ -9,7 +8,7 @@ use async_trait::async_trait;
 
 use super::dedup::bounded;
 use super::{DEFAULT_WEBHOOK_DEDUP_TTL, WebhookDedup, WebhookDedupError, WebhookIdState};
-use crate::redis_connection::LazyRedis;
+use crate::redis_connection::{LazyRedis, eval, px};
 
 /// The prefix of every key a [`RedisWebhookDedup`] writes; the layer's namespace, `:` and
 /// the `webhook-id` follow.
@@ -42,26 +41,11 @@ return 0
 ";
 
 /// A [`WebhookDedup`] on Redis (feature `redis`), shared by every receiver that uses the
-/// same server, each transition one atomic command:
-///
-/// * a claim is a script that sets `<key> claimed:<owner> PX <lease>` if the key is absent
-///   and otherwise answers whether it is claimed or done;
-/// * a completion is `SET <key> done PX <ttl>`;
-/// * a release a script that deletes the key if `claimed:<owner>` still holds it.
-///
-/// A claim whose process died expires with its lease (Redis's clock), and the next delivery
-/// is processed. It connects on first use and reconnects by itself after a failure; clones
-/// share one connection. Processed ids are remembered for [`DEFAULT_WEBHOOK_DEDUP_TTL`]
-/// unless [`ttl`](Self::ttl) says otherwise.
-///
-/// Keys are `understory-auth:webhook:<namespace>:<webhook-id>` (for a Redis ACL:
-/// `~understory-auth:*`; the commands used are `GET`, `SET`, `DEL` and `EVAL`). The
-/// namespace is the layer's ([`WebhookLayer::dedup_namespace`]): by default a short hash
-/// derived from the verifier's first secret, so that two services (two subscriptions) sharing
-/// one Redis never take each other's ids for their own, even though a sender reuses a
-/// message's `webhook-id` for every endpoint subscribed to it.
-///
-/// [`WebhookLayer::dedup_namespace`]: crate::webhooks::WebhookLayer::dedup_namespace
+/// same server, each transition one atomic command (claims expire with their lease, by
+/// Redis's clock). It connects on first use and reconnects by itself after a failure; clones
+/// share one connection. Keys are `understory-auth:webhook:<namespace>:<webhook-id>`, with the
+/// layer's [namespace](crate::webhooks::WebhookLayer::dedup_namespace) (for a Redis ACL:
+/// `~understory-auth:*`, with `GET`, `SET`, `DEL` and `EVAL`).
 ///
 /// ```no_run
 /// use understory_auth::webhooks::{RedisWebhookDedup, WebhookLayer, WebhookVerifier};
@@ -74,7 +58,7 @@ return 0
 /// ```
 #[derive(Clone)]
 pub struct RedisWebhookDedup {
-    redis: Arc<LazyRedis>,
+    redis: LazyRedis,
     ttl: Duration,
 }
 
@@ -93,51 +77,24 @@ impl RedisWebhookDedup {
         let client = Client::open(url)
             .map_err(|e| WebhookDedupError::with_source("invalid Redis URL", e))?;
         Ok(RedisWebhookDedup {
-            redis: Arc::new(LazyRedis::new(client, COMMAND_TIMEOUT)),
+            redis: LazyRedis::new(client, None, COMMAND_TIMEOUT),
             ttl: DEFAULT_WEBHOOK_DEDUP_TTL,
         })
     }
 
-    /// How long a processed id is remembered (default [`DEFAULT_WEBHOOK_DEDUP_TTL`]),
-    /// saturated to [`MAX_WEBHOOK_DEDUP_DURATION`](crate::webhooks::MAX_WEBHOOK_DEDUP_DURATION)
-    /// and at least 1 ms.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use understory_auth::webhooks::RedisWebhookDedup;
-    ///
-    /// let dedup = RedisWebhookDedup::new("redis://127.0.0.1/")?.ttl(Duration::from_secs(3600));
-    /// # Ok::<(), understory_auth::webhooks::WebhookDedupError>(())
-    /// ```
+    /// How long a processed id is remembered (default [`DEFAULT_WEBHOOK_DEDUP_TTL`]), within
+    /// 1 ms and [`MAX_WEBHOOK_DEDUP_DURATION`](crate::webhooks::MAX_WEBHOOK_DEDUP_DURATION).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = bounded(ttl);
         self
     }
 
     async fn run<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, WebhookDedupError> {
-        let mut connection =
-            self.redis.connection().await.map_err(|e| {
-                WebhookDedupError::with_source("cannot set up the Redis connection", e)
-            })?;
-        command
-            .query_async(&mut connection)
+        self.redis
+            .query(command)
             .await
             .map_err(|e| WebhookDedupError::with_source("Redis command failed", e))
     }
-}
-
-/// `duration` in whole milliseconds, within what a store keeps (never 0, which Redis refuses).
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(bounded(duration).as_millis()).unwrap_or(u64::MAX)
-}
-
-/// `EVAL script 1 <key>`, for the caller to add the script's arguments.
-fn eval(script: &str, key: &str) -> Cmd {
-    cmd("EVAL")
-        .arg(script)
-        .arg(1)
-        .arg(format!("{KEY_PREFIX}{key}"))
-        .take()
 }
 
 #[async_trait]
@@ -148,9 +105,9 @@ impl WebhookDedup for RedisWebhookDedup {
         owner: &str,
         lease: Duration,
     ) -> Result<WebhookIdState, WebhookDedupError> {
-        let claim = eval(CLAIM_SCRIPT, key)
+        let claim = eval(CLAIM_SCRIPT, &format!("{KEY_PREFIX}{key}"))
             .arg(format!("claimed:{owner}"))
-            .arg(millis(lease))
+            .arg(px(bounded(lease)))
             .take();
         match self.run::<i64>(&claim).await? {
             0 => Ok(WebhookIdState::New),
@@ -167,14 +124,14 @@ impl WebhookDedup for RedisWebhookDedup {
             .arg(format!("{KEY_PREFIX}{key}"))
             .arg(DONE)
             .arg("PX")
-            .arg(millis(self.ttl))
+            .arg(px(self.ttl))
             .take();
         let _ok: String = self.run(&set).await?;
         Ok(())
     }
 
     async fn release(&self, key: &str, owner: &str) -> Result<(), WebhookDedupError> {
-        let release = eval(RELEASE_SCRIPT, key)
+        let release = eval(RELEASE_SCRIPT, &format!("{KEY_PREFIX}{key}"))
             .arg(format!("claimed:{owner}"))
             .take();
         let _deleted: i64 = self.run(&release).await?;

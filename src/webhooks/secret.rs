@@ -56,11 +56,8 @@ impl WebhookSecret {
     pub(crate) fn tag(&self) -> [u8; 8] {
         let mut mac = self.keyed.clone();
         mac.update(NAMESPACE_LABEL);
-        let full = mac.finalize().into_bytes();
         let mut tag = [0; 8];
-        for (slot, byte) in tag.iter_mut().zip(full.iter()) {
-            *slot = *byte;
-        }
+        tag.copy_from_slice(&mac.finalize().into_bytes()[..8]);
         tag
     }
 
