@@ -319,6 +319,8 @@ pub mod scope;
 mod source;
 mod token;
 
+#[cfg(feature = "app")]
+mod app;
 #[cfg(feature = "tower")]
 mod layer;
 #[cfg(feature = "middleware")]
@@ -345,6 +347,11 @@ pub use credentials::{
 pub use error::Error;
 pub use token::{AccessToken, TokenId};
 
+#[cfg(feature = "app")]
+pub use app::{
+    Company, GrantState, GrantStore, GrantStoreError, GrantSummary, MemoryGrantStore, RefreshToken,
+    SaveOutcome, StoredGrant,
+};
 #[cfg(feature = "tower")]
 pub use layer::{BearerAuth, BearerAuthFuture, BearerAuthLayer, RetryOnUnauthorized};
 pub use origin::SkipAuth;
