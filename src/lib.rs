@@ -349,8 +349,9 @@ pub use token::{AccessToken, TokenId};
 
 #[cfg(feature = "app")]
 pub use app::{
-    Company, GrantState, GrantStore, GrantStoreError, GrantSummary, MemoryGrantStore, RefreshToken,
-    SaveOutcome, StoredGrant,
+    AuthorizationStart, AuthorizeUrl, Company, DEFAULT_AUTHORIZATION_LIFETIME, GrantState,
+    GrantStore, GrantStoreError, GrantSummary, MemoryGrantStore, PendingAuthorization,
+    RefreshToken, SaveOutcome, StoredGrant,
 };
 #[cfg(feature = "tower")]
 pub use layer::{BearerAuth, BearerAuthFuture, BearerAuthLayer, RetryOnUnauthorized};
