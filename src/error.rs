@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+#[cfg(feature = "app")]
+use crate::app::GrantStoreError;
 use crate::redact::REDACTED;
 
 /// Why a token could not be obtained, or why the configuration was refused.
@@ -183,6 +185,99 @@ pub enum Error {
         /// What happened.
         reason: &'static str,
     },
+
+    /// The authorization callback's `state` is missing or is not the pending authorization's:
+    /// the callback belongs to another authorization (another browser's, an earlier one) or
+    /// was forged. No code was exchanged.
+    #[cfg(feature = "app")]
+    #[error(
+        "the authorization callback's state {problem}: the callback does not belong to this pending authorization (forged, replayed, or another browser session's) and no code was exchanged; restart the authorization, and never reuse a pending authorization"
+    )]
+    #[non_exhaustive]
+    AuthorizationState {
+        /// `"is missing"` or `"does not match"`.
+        problem: &'static str,
+    },
+
+    /// Understory redirected back with an error instead of a code: `access_denied` when the
+    /// user declined. Nothing was granted.
+    #[cfg(feature = "app")]
+    #[error("{}", describe_declined(error, description.as_deref()))]
+    #[non_exhaustive]
+    AuthorizationDeclined {
+        /// The `error` code (RFC 6749 section 4.1.2.1's syntax only, e.g. `access_denied`).
+        error: String,
+        /// The server's `error_description`: at most 300 characters, without control or
+        /// invisible characters, the authorization's `state`, PKCE verifier and code
+        /// replaced by `[REDACTED]`.
+        description: Option<String>,
+    },
+
+    /// The pending authorization is older than the authorization lifetime (or was started
+    /// in the future); refused before any request.
+    #[cfg(feature = "app")]
+    #[error(
+        "the pending authorization was started {}; start a new authorization",
+        if *in_the_future { "in the future (the clocks of the processes disagree)".to_owned() } else { format!("more than {} ago, the authorization lifetime", seconds(*lifetime, false)) }
+    )]
+    #[non_exhaustive]
+    AuthorizationExpired {
+        /// The authorization lifetime it exceeded.
+        lifetime: Duration,
+        /// Whether its start lies in the future instead (more than a minute).
+        in_the_future: bool,
+    },
+
+    /// The authorization callback's query string is malformed. No code was exchanged.
+    #[cfg(feature = "app")]
+    #[error(
+        "the authorization callback's query string is malformed: {reason}; pass the query string exactly as the browser brought it, and start a new authorization"
+    )]
+    #[non_exhaustive]
+    InvalidCallback {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// The connection's grant is lost (consent revoked, refresh token expired unused, or a
+    /// refresh token presented twice): the company must authorize the app again. No token
+    /// request is made for it until then.
+    #[cfg(feature = "app")]
+    #[error(
+        "the Understory connection {connection:?} must be authorized again (its consent was revoked, its refresh token expired unused or was presented twice); no token request is made for it until the company completes a new authorization"
+    )]
+    #[non_exhaustive]
+    NeedsReauthorization {
+        /// The connection's key.
+        connection: String,
+    },
+
+    /// No company is connected under this key.
+    #[cfg(feature = "app")]
+    #[error(
+        "no Understory company is connected as {connection:?}: complete an authorization for it first, or check the key; nothing was sent"
+    )]
+    #[non_exhaustive]
+    UnknownConnection {
+        /// The key asked for.
+        connection: String,
+    },
+
+    /// A request went through the app without naming its connection, so it was not sent
+    /// (it would have carried no company's token, or another company's).
+    #[cfg(feature = "app")]
+    #[error(
+        "the request names no Understory connection and was not sent: add the company's Connection to its extensions"
+    )]
+    #[non_exhaustive]
+    MissingConnection,
+
+    /// The grant store failed; [`GrantStoreError::is_transient`](crate::GrantStoreError::is_transient)
+    /// says whether retrying may help.
+    #[cfg(feature = "app")]
+    #[error(transparent)]
+    #[non_exhaustive]
+    GrantStore(#[from] GrantStoreError),
 }
 
 impl Error {
@@ -213,6 +308,19 @@ impl Error {
             | Error::RateLimited { .. }
             | Error::Timeout { .. }
             | Error::Interrupted { .. } => true,
+            #[cfg(feature = "app")]
+            Error::AuthorizationDeclined { error, .. } => {
+                matches!(error.as_str(), "server_error" | "temporarily_unavailable")
+            }
+            #[cfg(feature = "app")]
+            Error::GrantStore(error) => error.is_transient(),
+            #[cfg(feature = "app")]
+            Error::AuthorizationState { .. }
+            | Error::AuthorizationExpired { .. }
+            | Error::InvalidCallback { .. }
+            | Error::NeedsReauthorization { .. }
+            | Error::UnknownConnection { .. }
+            | Error::MissingConnection => false,
         }
     }
 
@@ -278,6 +386,8 @@ impl Error {
     pub fn oauth_code(&self) -> Option<&str> {
         match self {
             Error::OAuth { code, .. } => Some(code),
+            #[cfg(feature = "app")]
+            Error::AuthorizationDeclined { error, .. } => Some(error),
             Error::RateLimited { cause, .. } => cause.oauth_code(),
             _ => None,
         }
@@ -595,6 +705,20 @@ fn describe_oauth(
         ""
     };
     format!("{said}; {advice}{redacted}")
+}
+
+#[cfg(feature = "app")]
+fn describe_declined(error: &str, description: Option<&str>) -> String {
+    let said = description.map_or_else(String::new, |text| format!(": {text}"));
+    if error == "access_denied" {
+        format!(
+            "the user declined to connect the app to Understory (access_denied{said}); nothing was granted: offer to connect again"
+        )
+    } else {
+        format!(
+            "Understory refused the authorization ({error}{said}); check the app's registration with Understory (client id, redirect URIs, scopes), then start a new authorization"
+        )
+    }
 }
 
 fn describe_status(status: StatusCode, retry_after: Option<&Duration>) -> String {

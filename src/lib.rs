@@ -345,6 +345,8 @@ pub mod scope;
 mod source;
 mod token;
 
+#[cfg(feature = "app")]
+mod app;
 #[cfg(feature = "tower")]
 mod layer;
 #[cfg(feature = "middleware")]
@@ -374,6 +376,12 @@ pub use credentials::{
 pub use error::Error;
 pub use token::{AccessToken, TokenId};
 
+#[cfg(feature = "app")]
+pub use app::{
+    AuthorizationStart, AuthorizeUrl, Company, DEFAULT_AUTHORIZATION_LIFETIME, GrantState,
+    GrantStore, GrantStoreError, GrantSummary, MemoryGrantStore, PendingAuthorization,
+    RefreshToken, SaveOutcome, StoredGrant,
+};
 #[cfg(feature = "tower")]
 pub use layer::{BearerAuth, BearerAuthFuture, BearerAuthLayer, RetryOnUnauthorized};
 pub use origin::SkipAuth;

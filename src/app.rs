@@ -1,0 +1,108 @@
+//! Third-party apps (feature `app`): the OAuth2 authorization code grant, for apps that act
+//! for many Understory companies, each with its consent.
+//!
+//! This module holds the pieces the app is built from:
+//!
+//! * the authorization step, pure (no request): the authorize URL with a fresh `state` and
+//!   PKCE (`S256`) pair, both from the OS CSPRNG ([`AuthorizationStart`], [`AuthorizeUrl`],
+//!   [`PendingAuthorization`]), and the callback's checks (age, `state` compared in
+//!   constant time, Understory's error, the code), see `callback.rs`;
+//! * where refresh tokens live: the [`GrantStore`] trait (versions for compare-and-swap,
+//!   leases for single-flight refreshes), [`StoredGrant`] and its parts, and
+//!   [`MemoryGrantStore`].
+//!
+//! One concept per file: the random values, PKCE, the pending authorization, the authorize
+//! URL, the callback; the refresh token, the company, the stored grant, the store trait, its
+//! error and the memory store.
+
+mod authorize;
+mod callback;
+mod company;
+mod grant_store;
+mod grant_store_error;
+mod memory_store;
+mod pending;
+mod pkce;
+mod random;
+mod refresh_token;
+mod stored_grant;
+
+pub use authorize::{AuthorizationStart, AuthorizeUrl};
+#[expect(
+    unused_imports,
+    reason = "used by UnderstoryApp, which is wired in next"
+)]
+pub(crate) use authorize::{AuthorizeConfig, start};
+#[expect(
+    unused_imports,
+    reason = "used by UnderstoryApp, which is wired in next"
+)]
+pub(crate) use callback::{AuthorizationCode, callback};
+pub use company::Company;
+pub use grant_store::{GrantStore, GrantSummary, SaveOutcome};
+pub use grant_store_error::GrantStoreError;
+pub use memory_store::MemoryGrantStore;
+pub use pending::{DEFAULT_AUTHORIZATION_LIFETIME, PendingAuthorization};
+pub use refresh_token::RefreshToken;
+pub use stored_grant::{GrantState, StoredGrant};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_public_types_are_thread_safe_and_the_store_an_object() {
+        fn thread_safe<T: Send + Sync + 'static>() {}
+        thread_safe::<AuthorizationStart>();
+        thread_safe::<PendingAuthorization>();
+        thread_safe::<StoredGrant>();
+        thread_safe::<GrantStoreError>();
+        thread_safe::<MemoryGrantStore>();
+        thread_safe::<std::sync::Arc<dyn GrantStore>>();
+    }
+
+    #[test]
+    fn the_new_errors_say_what_to_do_and_are_not_transient() {
+        use crate::Error;
+        let errors = [
+            Error::AuthorizationState {
+                problem: "does not match",
+            },
+            Error::AuthorizationDeclined {
+                error: "invalid_scope".to_owned(),
+                description: None,
+            },
+            Error::AuthorizationExpired {
+                lifetime: DEFAULT_AUTHORIZATION_LIFETIME,
+                in_the_future: true,
+            },
+            Error::InvalidCallback { reason: "bad" },
+            Error::NeedsReauthorization {
+                connection: "tenant\n42".to_owned(),
+            },
+            Error::UnknownConnection {
+                connection: "tenant-42".to_owned(),
+            },
+            Error::MissingConnection,
+            Error::GrantStore(GrantStoreError::permanent("corrupt")),
+        ];
+        let advice = [
+            "restart the authorization",
+            "check the app's registration",
+            "clocks of the processes disagree",
+            "start a new authorization",
+            "completes a new authorization",
+            "complete an authorization for it first",
+            "add the company's Connection",
+            "retrying will not help",
+        ];
+        for (err, advice) in errors.iter().zip(advice) {
+            let message = err.to_string();
+            assert!(message.contains(advice), "{message}");
+            assert!(!message.contains('\n'), "{message}");
+            assert!(!err.is_transient(), "{message}");
+            assert_eq!(err.status(), None);
+        }
+        assert_eq!(errors[1].oauth_code(), Some("invalid_scope"));
+    }
+}
