@@ -6,19 +6,12 @@ use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::json;
 
+use super::body::{BodyError, RequestBody};
+use super::fault_answers::api_fault;
 use super::response::{self, SandboxResponse, api_error, api_json};
-use super::routes::{BodyError, RequestBody};
-use super::state::{Shared, TokenStatus};
+use super::state::Shared;
+use super::tokens::TokenStatus;
 use crate::scope;
-
-/// An endpoint of the API: a method on a path, and the scope a token needs to call it.
-struct Endpoint {
-    method: Method,
-    path: &'static str,
-    /// The scope the token must have been granted; `None` if any valid token will do.
-    scope: Option<&'static str>,
-    answer: Answer,
-}
 
 /// What an endpoint answers to an authorised request.
 #[derive(Clone, Copy)]
@@ -31,87 +24,27 @@ enum Answer {
     Created,
 }
 
-const fn endpoint(
-    method: Method,
-    path: &'static str,
-    scope: Option<&'static str>,
-    answer: Answer,
-) -> Endpoint {
-    Endpoint {
-        method,
-        path,
-        scope,
-        answer,
-    }
-}
-
-/// Every endpoint the sandbox serves, with the scope Understory requires for it.
-const ENDPOINTS: &[Endpoint] = &[
-    endpoint(Method::GET, "/v1/me", None, Answer::Me),
-    endpoint(
-        Method::GET,
-        "/v1/bookings",
-        Some(scope::BOOKING_READ),
-        Answer::EmptyList,
-    ),
-    endpoint(
-        Method::GET,
-        "/v1/events",
-        Some(scope::EVENT_READ),
-        Answer::EmptyList,
-    ),
-    endpoint(
-        Method::GET,
-        "/v1/event-availabilities",
-        Some(scope::EVENT_READ),
-        Answer::EmptyList,
-    ),
-    endpoint(
-        Method::GET,
-        "/v1/experiences",
-        Some(scope::EXPERIENCE_READ),
-        Answer::EmptyList,
-    ),
-    endpoint(
-        Method::GET,
-        "/v1/marketing-consents",
-        Some(scope::MARKETING_READ),
-        Answer::EmptyList,
-    ),
-    endpoint(
-        Method::GET,
-        "/v1/orders",
-        Some(scope::ORDER_READ),
-        Answer::EmptyList,
-    ),
-    endpoint(
-        Method::GET,
-        "/v1/webhook-subscriptions",
-        Some(scope::WEBHOOK_READ),
-        Answer::EmptyList,
-    ),
-    endpoint(
-        Method::POST,
-        "/v1/webhook-subscriptions",
-        Some(scope::WEBHOOK_WRITE),
-        Answer::Created,
-    ),
+/// Every endpoint: method, path, the scope a token needs (`None`: any valid token) and answer.
+#[rustfmt::skip]
+const ENDPOINTS: &[(Method, &str, Option<&str>, Answer)] = &[
+    (Method::GET, "/v1/me", None, Answer::Me),
+    (Method::GET, "/v1/bookings", Some(scope::BOOKING_READ), Answer::EmptyList),
+    (Method::GET, "/v1/events", Some(scope::EVENT_READ), Answer::EmptyList),
+    (Method::GET, "/v1/event-availabilities", Some(scope::EVENT_READ), Answer::EmptyList),
+    (Method::GET, "/v1/experiences", Some(scope::EXPERIENCE_READ), Answer::EmptyList),
+    (Method::GET, "/v1/marketing-consents", Some(scope::MARKETING_READ), Answer::EmptyList),
+    (Method::GET, "/v1/orders", Some(scope::ORDER_READ), Answer::EmptyList),
+    (Method::GET, "/v1/webhook-subscriptions", Some(scope::WEBHOOK_READ), Answer::EmptyList),
+    (Method::POST, "/v1/webhook-subscriptions", Some(scope::WEBHOOK_WRITE), Answer::Created),
 ];
 
 /// Answers a request under `/v1` (already recorded and delayed by the prelude): apply a fault
 /// if one is queued, check the bearer token, then route.
 pub(crate) async fn handle(shared: &Shared, head: &Parts, body: RequestBody) -> SandboxResponse {
-    let (fault, always_unauthorized) = shared.with(|state| {
-        (
-            state
-                .queued_api_faults
-                .pop_front()
-                .or_else(|| state.persistent_api_fault.clone()),
-            state.api_always_unauthorized,
-        )
-    });
+    let (fault, always_unauthorized) =
+        shared.with(|state| (state.api_faults.next(), state.api_always_unauthorized));
     if let Some(fault) = fault {
-        return fault.respond().await;
+        return api_fault(fault).await;
     }
     if always_unauthorized {
         return unauthorized("The access token is not valid.");
@@ -120,7 +53,7 @@ pub(crate) async fn handle(shared: &Shared, head: &Parts, body: RequestBody) -> 
     let Some(token) = bearer_token(&head.headers) else {
         return unauthorized("Missing bearer token in the Authorization header.");
     };
-    let scopes = match shared.with(|state| state.token_status(token)) {
+    let scopes = match shared.with(|state| state.tokens.status(token)) {
         TokenStatus::Valid { scopes } => scopes,
         TokenStatus::Unknown => return unauthorized("The access token is not valid."),
         TokenStatus::Revoked => return unauthorized("The access token has been revoked."),
@@ -128,13 +61,13 @@ pub(crate) async fn handle(shared: &Shared, head: &Parts, body: RequestBody) -> 
     };
 
     let path = head.uri.path();
-    let Some(endpoint) = ENDPOINTS
+    let Some(&(_, _, needed, answer)) = ENDPOINTS
         .iter()
-        .find(|endpoint| endpoint.path == path && endpoint.method == head.method)
+        .find(|(method, at, ..)| *at == path && *method == head.method)
     else {
         return no_such_endpoint(&head.method, path);
     };
-    if let Some(needed) = endpoint.scope {
+    if let Some(needed) = needed {
         if !scopes.iter().any(|granted| granted == needed) {
             return unauthorized(&format!(
                 "Authorization for the resource was not successful: {} {path} requires the \
@@ -143,7 +76,7 @@ pub(crate) async fn handle(shared: &Shared, head: &Parts, body: RequestBody) -> 
             ));
         }
     }
-    match endpoint.answer {
+    match answer {
         Answer::Me => api_json(
             StatusCode::OK,
             &json!({ "client_id": shared.config.client_id, "scopes": scopes }),
@@ -151,16 +84,10 @@ pub(crate) async fn handle(shared: &Shared, head: &Parts, body: RequestBody) -> 
         Answer::EmptyList => api_json(StatusCode::OK, &json!({ "next": null, "items": [] })),
         Answer::Created => match body {
             Ok(body) => response::with_body(StatusCode::CREATED, response::API_JSON, body),
-            Err(BodyError::TooLarge) => api_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PAYLOAD_TOO_LARGE",
-                "The request body is too large.",
-            ),
-            Err(BodyError::Incomplete) => api_error(
-                StatusCode::BAD_REQUEST,
-                "BAD_REQUEST",
-                "The request body could not be read.",
-            ),
+            Err(error @ BodyError::TooLarge) => {
+                api_error(StatusCode::PAYLOAD_TOO_LARGE, error.message())
+            }
+            Err(error) => api_error(StatusCode::BAD_REQUEST, error.message()),
         },
     }
 }
@@ -169,19 +96,14 @@ pub(crate) async fn handle(shared: &Shared, head: &Parts, body: RequestBody) -> 
 fn no_such_endpoint(method: &Method, path: &str) -> SandboxResponse {
     let allowed: Vec<&str> = ENDPOINTS
         .iter()
-        .filter(|endpoint| endpoint.path == path)
-        .map(|endpoint| endpoint.method.as_str())
+        .filter(|(_, at, ..)| *at == path)
+        .map(|(method, ..)| method.as_str())
         .collect();
     if allowed.is_empty() {
-        return api_error(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            format_args!("No route for {path}."),
-        );
+        return api_error(StatusCode::NOT_FOUND, format_args!("No route for {path}."));
     }
     let response = api_error(
         StatusCode::METHOD_NOT_ALLOWED,
-        "METHOD_NOT_ALLOWED",
         format_args!("{method} is not supported on {path}."),
     );
     response::with_dynamic_header(response, ALLOW, &allowed.join(", "))
@@ -200,5 +122,5 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn unauthorized(message: &str) -> SandboxResponse {
-    api_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+    api_error(StatusCode::UNAUTHORIZED, message)
 }

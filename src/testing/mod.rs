@@ -3,29 +3,21 @@
 //! [`SandboxServer`] is a real HTTP/1.1 server on `127.0.0.1` (a random free port) that
 //! answers like Understory's token endpoint (an Ory Hydra: `POST /oauth2/token` with the
 //! `client_credentials` grant) **and** like its API (`/v1/...`, bearer tokens). Point a client
-//! at [`SandboxServer::token_url`] and [`SandboxServer::api_base`] instead of the production
-//! URLs and it can run its whole authentication flow without network access or real keys.
+//! at [`SandboxServer::token_url`] and [`SandboxServer::api_base`] and it runs its whole
+//! authentication flow without network access or real keys. A test can also inspect what
+//! the client sent ([`RecordedRequest`]), make either side fail ([`TokenFault`], [`ApiFault`])
+//! or slow down, and revoke or expire tokens ([`SandboxServer::revoke_token`],
+//! [`SandboxServer::set_token_lifetime`]) and change the key's scopes while it runs.
 //!
-//! On top of the happy path, the sandbox lets a test
-//!
-//! - inspect what the client sent ([`SandboxServer::token_requests_received`],
-//!   [`RecordedRequest`]) and how often ([`SandboxServer::token_requests`]);
-//! - make the token endpoint misbehave once or persistently ([`TokenFault`]: Hydra errors,
-//!   rate limits with and without `Retry-After`, proxy error pages, malformed bodies, hangs,
-//!   truncated and endless bodies, answers echoing the request and its secrets back, …) and
-//!   the API too ([`ApiFault`]);
-//! - revoke or expire tokens ([`SandboxServer::revoke_token`],
-//!   [`SandboxServer::set_token_lifetime`]) to exercise re-authentication;
-//! - slow either side down ([`SandboxServer::set_token_delay`]);
-//! - change at run time which scopes the key may request
-//!   ([`SandboxServer::set_allowed_scopes`]), as an administrator does in Backoffice.
+//! **For tests only.** Plain HTTP on the loopback interface, a client secret made up at start
+//! ([`SandboxServer::client_secret`]), every request kept in memory. It needs a Tokio runtime
+//! with I/O and timers, and stops when the last [`SandboxServer`] handle is dropped.
 //!
 //! # The API
 //!
 //! Like Understory's, the API answers every error as `{"code": "...", "message": "..."}`, and
-//! answers `401` with the code `UNAUTHORIZED` both to a token that is missing, unknown,
-//! expired or revoked **and** to a valid token that lacks the endpoint's scope ("authorization
-//! for the resource was not successful"). The endpoints, and the scope each requires:
+//! `401 UNAUTHORIZED` both to a token that is missing, unknown, expired or revoked **and** to
+//! a valid token that lacks the endpoint's scope. The endpoints (scopes in [`crate::scope`]):
 //!
 //! | Endpoint | Scope | Answer |
 //! |---|---|---|
@@ -39,30 +31,22 @@
 //! | `POST /v1/webhook-subscriptions` | `webhook.write` | 201 with the request body |
 //!
 //! Another method on a listed path answers `405 METHOD_NOT_ALLOWED` (with `Allow`), any other
-//! path `404 NOT_FOUND`. The scopes are in [`crate::scope`].
-//!
-//! Besides the token endpoint and `/v1/...`, two helper routes are served (neither is counted
-//! or recorded): `GET /redirect?to=<url-encoded URL>[&status=307]` answers a redirect (302 by
-//! default) to `to`, and `GET /echo-headers` answers the request's headers as a JSON object
-//! mapping each lower-case name to the list of its values.
-//!
-//! **For tests only.** The sandbox speaks plain HTTP on the loopback interface, has a client
-//! secret made up when it starts ([`SandboxServer::client_secret`]) and keeps every request it
-//! receives in memory. It needs a Tokio runtime with I/O and timers enabled, and stops when
-//! the last [`SandboxServer`] handle is dropped.
+//! path `404 NOT_FOUND`. Two helper routes are neither counted nor recorded:
+//! `GET /redirect?to=<url-encoded URL>[&status=307]` redirects (302 by default) to `to`, and
+//! `GET /echo-headers` answers the request's headers as `{"name": ["value", ...]}`.
 //!
 //! # Testing a client
 //!
 //! [`SandboxServer::auth_builder`] gives an [`UnderstoryAuthBuilder`](crate::UnderstoryAuthBuilder)
-//! already pointed at the sandbox, and [`SandboxServer::credentials`] the sandbox's key. With
-//! `tracing-subscriber`, `RUST_LOG=understory_auth=debug` shows what the crate did.
+//! pointed at the sandbox, [`SandboxServer::credentials`] its key and [`SandboxServer::auth`]
+//! both at once. The crate's logs show in a test's output with `tracing-subscriber`:
 //!
 //! ```
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! use understory_auth::testing::SandboxServer;
 //! use understory_auth::{UnderstoryAuth, reqwest, reqwest_middleware, scope};
 //!
-//! let _ = tracing_subscriber::fmt().with_env_filter("understory_auth=debug").try_init();
+//! let _ = tracing_subscriber::fmt().with_env_filter("understory_auth=debug").with_test_writer().try_init();
 //! let server = SandboxServer::start().await?;
 //! let credentials = server.credentials().with_scopes([scope::OPENID, scope::BOOKING_READ]);
 //! let auth: UnderstoryAuth = server.auth_builder(credentials).build()?;
@@ -77,11 +61,19 @@
 //! // One token for everything; the 401 cost one replacement and one resend.
 //! assert_eq!(server.token_requests(), 2);
 //! assert_eq!(server.api_requests(), 3);
+//! // What the client sent.
+//! let sent = &server.token_requests_received()[0];
+//! assert_eq!(sent.form_value("scope").as_deref(), Some("openid booking.read"));
 //! # Ok(())
 //! # }
 //! # tokio::runtime::Runtime::new()?.block_on(example())?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! To test your own integration, let your code take its API base and its
+//! [`UnderstoryAuth`](crate::UnderstoryAuth) from outside and hand it the sandbox's:
+//! `examples/testing.rs` in the repository is a complete recipe over reqwest and tower, run
+//! by `cargo test --example testing --features test-util`.
 //!
 //! # Faults
 //!
@@ -101,36 +93,6 @@
 //! assert!(error.is_rate_limited());
 //! assert_eq!(error.retry_after(), Some(std::time::Duration::from_secs(30)));
 //! assert!(server.issued_tokens().is_empty());
-//! # Ok(())
-//! # }
-//! # tokio::runtime::Runtime::new()?.block_on(example())?;
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
-//!
-//! # Keys and tokens that change
-//!
-//! [`revoke_token`](SandboxServer::revoke_token), [`set_token_lifetime`](SandboxServer::set_token_lifetime)
-//! and [`set_allowed_scopes`](SandboxServer::set_allowed_scopes) change the sandbox while a
-//! test runs; [`RecordedRequest`]s show what the client sent.
-//!
-//! ```
-//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! use understory_auth::testing::SandboxServer;
-//! use understory_auth::{reqwest, reqwest_middleware};
-//!
-//! let server = SandboxServer::start().await?;
-//! let auth = server.auth()?;
-//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-//!     .with(auth.clone())
-//!     .build();
-//!
-//! server.revoke_token(auth.token().await?.secret());
-//! let me = client.get(format!("{}/v1/me", server.api_base())).send().await?;
-//! assert_eq!(me.status(), 200); // replaced and resent
-//!
-//! let sent = server.token_requests_received();
-//! assert_eq!(sent.len(), 2);
-//! assert_eq!(sent[1].form_value("grant_type").as_deref(), Some("client_credentials"));
 //! # Ok(())
 //! # }
 //! # tokio::runtime::Runtime::new()?.block_on(example())?;
@@ -161,19 +123,6 @@
 //! # }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
-//!
-//! # Testing your own integration
-//!
-//! Let your code take its API base and its [`UnderstoryAuth`](crate::UnderstoryAuth) from
-//! outside, and hand it the sandbox's in a test: [`SandboxServer::auth`] is one for the
-//! sandbox's own key. `examples/testing.rs` in the repository is a complete recipe: an
-//! integration over reqwest and one over tower, and `#[tokio::test]`s for them that
-//! `cargo test --example testing --features test-util` runs. The crate's logs show in a
-//! test's output (printed for failing tests) with one line:
-//!
-//! ```
-//! let _ = tracing_subscriber::fmt().with_env_filter("understory_auth=debug").with_test_writer().try_init();
-//! ```
 
 use std::time::Duration;
 
@@ -181,14 +130,19 @@ use crate::scope;
 
 mod api;
 mod basic_auth;
+mod body;
 mod builder;
+mod fault_answers;
 mod faults;
+mod oauth_error;
+mod random;
 mod recorded;
 mod response;
 mod routes;
 mod server;
 mod state;
 mod token_endpoint;
+mod tokens;
 #[cfg(feature = "webhooks")]
 mod webhooks;
 

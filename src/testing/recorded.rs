@@ -3,6 +3,8 @@
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 
+use super::body::form_value;
+
 /// A request the sandbox received, as it arrived: see
 /// [`SandboxServer::token_requests_received`](super::SandboxServer::token_requests_received) and
 /// [`SandboxServer::api_requests_received`](super::SandboxServer::api_requests_received).
@@ -43,9 +45,7 @@ impl RecordedRequest {
 
     /// The first value of `key` in the body parsed as `application/x-www-form-urlencoded`.
     pub fn form_value(&self, key: &str) -> Option<String> {
-        url::form_urlencoded::parse(&self.body)
-            .find(|(name, _)| name == key)
-            .map(|(_, value)| value.into_owned())
+        form_value(&self.body, key)
     }
 
     /// The first value of the header `name` (case-insensitive), if it is visible ASCII.

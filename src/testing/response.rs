@@ -29,21 +29,21 @@ pub(crate) fn with_body(
     content_type: &'static str,
     body: impl Into<Bytes>,
 ) -> SandboxResponse {
-    let body = Full::new(body.into())
+    let mut response = empty(status);
+    *response.body_mut() = Full::new(body.into())
         .map_err(|never| match never {})
         .boxed_unsync();
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
     set_header(&mut response, CONTENT_TYPE, content_type);
     response
 }
 
 /// A response with `status` and no body at all.
 pub(crate) fn empty(status: StatusCode) -> SandboxResponse {
-    let body = Full::new(Bytes::new())
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let mut response = Response::new(body);
+    let mut response = Response::new(
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
     *response.status_mut() = status;
     response
 }
@@ -89,12 +89,13 @@ pub(crate) fn api_json(status: StatusCode, value: &Value) -> SandboxResponse {
     with_body(status, API_JSON, value.to_string())
 }
 
-/// An error answer of the Understory API: `{"code": "...", "message": "..."}`.
-pub(crate) fn api_error(status: StatusCode, code: &str, message: impl Display) -> SandboxResponse {
-    api_json(
-        status,
-        &json!({ "code": code, "message": message.to_string() }),
-    )
+/// An error answer of the Understory API: `{"code": "...", "message": "..."}`, the code named
+/// after the status (`UNAUTHORIZED`, `NOT_FOUND`, `TOO_MANY_REQUESTS`, ...).
+pub(crate) fn api_error(status: StatusCode, message: impl Display) -> SandboxResponse {
+    let code = status.canonical_reason().unwrap_or("Error");
+    let code = code.to_ascii_uppercase().replace(' ', "_");
+    let body = json!({ "code": code, "message": message.to_string() });
+    api_json(status, &body)
 }
 
 /// An answer of the token endpoint, with the headers Hydra sends on every one of them.

@@ -1,37 +1,18 @@
-//! Dispatching requests, reading their bodies, and the helper routes.
+//! Dispatching requests to the token endpoint and the API, and the helper routes.
 
 use std::collections::BTreeMap;
 
-use bytes::{Bytes, BytesMut};
 use http::header::LOCATION;
 use http::request::Parts;
 use http::{Request, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
+use super::body::{RequestBody, form_value, read_body};
 use super::recorded::RecordedRequest;
 use super::response::{self, SandboxResponse, api_error, api_json, with_dynamic_header};
 use super::state::Shared;
 use super::{TOKEN_PATH, api, token_endpoint};
-
-/// The largest request body the sandbox accepts.
-const BODY_LIMIT: usize = 1024 * 1024;
-
-/// How much of a too large request body the sandbox reads (and discards) before answering.
-const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
-
-/// Why a request body could not be read.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum BodyError {
-    /// It was larger than [`BODY_LIMIT`].
-    TooLarge,
-    /// The client stopped sending it.
-    Incomplete,
-}
-
-/// A request body, or why there is none.
-pub(crate) type RequestBody = Result<Bytes, BodyError>;
 
 /// Answers one request.
 pub(crate) async fn handle(shared: &Shared, request: Request<Incoming>) -> SandboxResponse {
@@ -49,11 +30,7 @@ pub(crate) async fn handle(shared: &Shared, request: Request<Incoming>) -> Sandb
     } else if path == "/echo-headers" {
         echo_headers(&head)
     } else {
-        api_error(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            format_args!("No route for {path}."),
-        )
+        api_error(StatusCode::NOT_FOUND, format_args!("No route for {path}."))
     }
 }
 
@@ -84,42 +61,13 @@ async fn prelude(shared: &Shared, side: Side, head: &Parts, body: &RequestBody) 
     recorded
 }
 
-/// Reads a body of at most [`BODY_LIMIT`] bytes. A larger one is still drained (up to
-/// [`DRAIN_LIMIT`]) so that the client gets to read the answer instead of a connection reset.
-async fn read_body(mut body: Incoming) -> RequestBody {
-    let mut collected = BytesMut::new();
-    let mut received = 0;
-    while received <= DRAIN_LIMIT {
-        let Some(frame) = body.frame().await else {
-            break;
-        };
-        let Ok(data) = frame.map_err(|_| BodyError::Incomplete)?.into_data() else {
-            continue; // trailers
-        };
-        received += data.len();
-        if received <= BODY_LIMIT {
-            collected.extend_from_slice(&data);
-        }
-    }
-    if received > BODY_LIMIT {
-        Err(BodyError::TooLarge)
-    } else {
-        Ok(collected.freeze())
-    }
-}
-
 /// `/redirect?to=<url>[&status=<3xx>]`: a redirect (302 unless `status` says otherwise) to `to`.
 fn redirect(head: &Parts) -> SandboxResponse {
     let query = head.uri.query().unwrap_or_default();
-    let param = |key: &str| {
-        url::form_urlencoded::parse(query.as_bytes())
-            .find(|(name, _)| name == key)
-            .map(|(_, value)| value.into_owned())
-    };
+    let param = |key: &str| form_value(query.as_bytes(), key);
     let Some(target) = param("to").filter(|target| !target.is_empty()) else {
         return api_error(
             StatusCode::BAD_REQUEST,
-            "BAD_REQUEST",
             "The query parameter `to` (the URL to redirect to) is missing.",
         );
     };
@@ -130,7 +78,6 @@ fn redirect(head: &Parts) -> SandboxResponse {
             _ => {
                 return api_error(
                     StatusCode::BAD_REQUEST,
-                    "BAD_REQUEST",
                     format_args!("`status` must be a 3xx status code, not {status:?}."),
                 );
             }

@@ -1,16 +1,17 @@
 //! `POST /oauth2/token`: the `client_credentials` grant as Ory Hydra implements it, and as
 //! Understory's server refuses `%7E` (see `refuse_encoded_tilde`).
 
-use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
-use serde_json::json;
 
+use super::body::{RequestBody, form_value};
+use super::fault_answers::token_fault;
+use super::oauth_error::{OAuthError, Refusal};
 use super::recorded::RecordedRequest;
-use super::response::{SandboxResponse, hydra_error, hydra_json};
-use super::routes::{BodyError, RequestBody};
-use super::state::{Config, Issued, Shared, State};
+use super::response::{SandboxResponse, hydra_json};
+use super::state::{Config, Shared, State};
+use super::tokens::Issued;
 use super::{AUDIENCE, basic_auth};
 use crate::ClientAuthMethod;
 
@@ -22,74 +23,61 @@ pub(crate) async fn handle(
     body: RequestBody,
     recorded: &RecordedRequest,
 ) -> SandboxResponse {
-    if let Some(fault) = shared.with(State::next_token_fault) {
-        return fault.respond(shared, recorded).await;
+    if let Some(fault) = shared.with(|state| state.token_faults.next()) {
+        return token_fault(fault, shared, recorded).await;
     }
     match grant(shared, head, body) {
-        Ok(issued) => success(&issued),
-        Err(error) => error.response(),
+        Ok(issued) => hydra_json(StatusCode::OK, &issued.answer("bearer")),
+        Err(refusal) => refusal.response(),
     }
 }
 
 /// Hydra's checks, in about the order Hydra makes them; issues a token if all pass.
-fn grant(shared: &Shared, head: &Parts, body: RequestBody) -> Result<Issued, OAuthError> {
-    let config = &shared.config;
+fn grant(shared: &Shared, head: &Parts, body: RequestBody) -> Result<Issued, Refusal> {
+    use OAuthError::{InvalidRequest, UnsupportedGrantType};
     if head.method != Method::POST {
-        return Err(OAuthError::InvalidRequest(format!(
-            "HTTP method is '{}', expected 'POST'.",
-            head.method
-        )));
+        let hint = format!("HTTP method is '{}', expected 'POST'.", head.method);
+        return Err(InvalidRequest.because(hint));
     }
     if !is_form(&head.headers) {
-        return Err(OAuthError::InvalidRequest(
-            "The request body must be application/x-www-form-urlencoded.".to_owned(),
-        ));
+        let hint = "The request body must be application/x-www-form-urlencoded.";
+        return Err(InvalidRequest.because(hint));
     }
-    let body = body.map_err(|error| {
-        OAuthError::InvalidRequest(match error {
-            BodyError::TooLarge => "The request body is too large.".to_owned(),
-            BodyError::Incomplete => "The request body could not be read.".to_owned(),
-        })
-    })?;
+    let body = body.map_err(|error| InvalidRequest.because(error.message()))?;
     refuse_encoded_tilde(&body)?;
-    let form = Form::parse(&body);
+    let form = |key: &str| form_value(&body, key);
 
-    let grant_type = form.get("grant_type").unwrap_or_default();
+    let grant_type = form("grant_type").unwrap_or_default();
     if grant_type.is_empty() {
-        return Err(OAuthError::InvalidRequest(
-            "Request parameter 'grant_type' is missing".to_owned(),
-        ));
+        return Err(InvalidRequest.because("Request parameter 'grant_type' is missing"));
     }
-    authenticate(config, &head.headers, &form)?;
+    authenticate(&shared.config, &head.headers, &body)?;
     if grant_type != "client_credentials" {
-        return Err(OAuthError::UnsupportedGrantType(format!(
+        return Err(UnsupportedGrantType.because(format!(
             "The sandbox supports only the 'client_credentials' grant, not '{grant_type}'."
         )));
     }
 
-    let scopes = shared.with(|state| grant_scopes(state, form.get("scope").unwrap_or_default()))?;
+    let requested = form("scope").unwrap_or_default();
+    let scopes = shared.with(|state| grant_scopes(state, &requested))?;
 
-    match form.get("audience") {
-        Some(AUDIENCE) => {}
-        Some(audience) => {
-            return Err(OAuthError::InvalidRequest(format!(
+    let audience = form("audience");
+    if audience.as_deref() != Some(AUDIENCE) {
+        return Err(InvalidRequest.because(match audience {
+            Some(audience) => format!(
                 "Requested audience '{audience}' has not been whitelisted by the OAuth 2.0 Client."
-            )));
-        }
-        None => {
-            return Err(OAuthError::InvalidRequest(format!(
-                "Request parameter 'audience' is missing; it must be '{AUDIENCE}'."
-            )));
-        }
+            ),
+            None => format!("Request parameter 'audience' is missing; it must be '{AUDIENCE}'."),
+        }));
     }
 
-    Ok(shared.with(|state| state.issue_token(scopes)))
+    Ok(shared.with(|state| state.issue_key_token(scopes)))
 }
 
 /// The scopes to grant for the space-separated `requested` ones (duplicates dropped). As in
 /// Hydra, a scope the client may not request refuses the whole request with `invalid_scope`,
 /// unless the sandbox is set to leave such scopes out of the grant instead.
-fn grant_scopes(state: &State, requested: &str) -> Result<Vec<String>, OAuthError> {
+fn grant_scopes(state: &State, requested: &str) -> Result<Vec<String>, Refusal> {
     let mut scopes: Vec<String> = Vec::new();
     for scope in requested.split(' ') {
         if scope.is_empty() || scopes.iter().any(|granted| granted == scope) {
@@ -99,7 +87,7 @@ fn grant_scopes(state: &State, requested: &str) -> Result<Vec<String>, OAuthErro
             if state.omit_unallowed_scopes {
                 continue;
             }
-            return Err(OAuthError::InvalidScope(format!(
+            return Err(OAuthError::InvalidScope.because(format!(
                 "The OAuth 2.0 Client is not allowed to request scope '{scope}'."
             )));
         }
@@ -112,7 +100,7 @@ fn grant_scopes(state: &State, requested: &str) -> Result<Vec<String>, OAuthErro
 /// with the comment "Understory auth server requires the literal ~"; its generated secrets
 /// contain `~`): as it answers, `invalid_client` for the credentials, and `invalid_request`
 /// for any other field, here with a hint that says why (the value is not repeated).
-fn refuse_encoded_tilde(body: &[u8]) -> Result<(), OAuthError> {
+fn refuse_encoded_tilde(body: &[u8]) -> Result<(), Refusal> {
     let encoded_tilde = |raw: &[u8]| {
         raw.windows(3)
             .any(|w| w[0] == b'%' && w[1] == b'7' && w[2].eq_ignore_ascii_case(&b'e'))
@@ -132,8 +120,8 @@ fn refuse_encoded_tilde(body: &[u8]) -> Result<(), OAuthError> {
          unreserved characters are sent unencoded)."
     );
     match name.as_str() {
-        "'client_id'" | "'client_secret'" => Err(OAuthError::InvalidClient(hint)),
-        _ => Err(OAuthError::InvalidRequest(hint)),
+        "'client_id'" | "'client_secret'" => Err(OAuthError::InvalidClient.because(hint)),
+        _ => Err(OAuthError::InvalidRequest.because(hint)),
     }
 }
 
@@ -150,28 +138,26 @@ fn is_form(headers: &HeaderMap) -> bool {
 }
 
 /// Checks the client's credentials, sent the way the client is registered for.
-fn authenticate(config: &Config, headers: &HeaderMap, form: &Form) -> Result<(), OAuthError> {
+fn authenticate(config: &Config, headers: &HeaderMap, body: &[u8]) -> Result<(), Refusal> {
+    use OAuthError::InvalidClient;
     let basic = headers
         .get(AUTHORIZATION)
         .filter(|value| basic_auth::is_basic(value));
-    let body_secret = form.get("client_secret");
+    let body_secret = form_value(body, "client_secret");
     match (config.client_auth, basic, body_secret) {
-        (_, Some(_), Some(_)) => Err(OAuthError::InvalidClient(
+        (_, Some(_), Some(_)) => Err(InvalidClient.because(
             "Client credentials were sent both in the Authorization header and in the request \
-             body."
-                .to_owned(),
+             body.",
         )),
-        (_, None, None) => Err(OAuthError::InvalidClient(
-            "No client credentials were sent.".to_owned(),
-        )),
+        (_, None, None) => Err(InvalidClient.because("No client credentials were sent.")),
         (ClientAuthMethod::ClientSecretPost, None, Some(secret)) => {
-            check_credentials(config, form.get("client_id").unwrap_or_default(), secret)
+            let client_id = form_value(body, "client_id").unwrap_or_default();
+            check_credentials(config, &client_id, &secret)
         }
         (ClientAuthMethod::ClientSecretBasic, Some(header), None) => {
             let credentials = basic_auth::parse(header).ok_or_else(|| {
-                OAuthError::InvalidClient(
-                    "The Authorization header is not valid HTTP Basic authentication.".to_owned(),
-                )
+                InvalidClient
+                    .because("The Authorization header is not valid HTTP Basic authentication.")
             })?;
             check_credentials(config, &credentials.client_id, &credentials.client_secret)
         }
@@ -182,105 +168,26 @@ fn authenticate(config: &Config, headers: &HeaderMap, form: &Form) -> Result<(),
     }
 }
 
-fn check_credentials(
-    config: &Config,
-    client_id: &str,
-    client_secret: &str,
-) -> Result<(), OAuthError> {
+fn check_credentials(config: &Config, client_id: &str, client_secret: &str) -> Result<(), Refusal> {
     if client_id != config.client_id {
-        return Err(OAuthError::InvalidClient(
-            "The requested OAuth 2.0 Client does not exist.".to_owned(),
-        ));
+        let hint = "The requested OAuth 2.0 Client does not exist.";
+        return Err(OAuthError::InvalidClient.because(hint));
     }
     if client_secret != config.client_secret {
-        return Err(OAuthError::InvalidClient(
-            "The provided client secret did not match.".to_owned(),
-        ));
+        let hint = "The provided client secret did not match.";
+        return Err(OAuthError::InvalidClient.because(hint));
     }
     Ok(())
 }
 
-fn wrong_method(registered: ClientAuthMethod) -> OAuthError {
+fn wrong_method(registered: ClientAuthMethod) -> Refusal {
     let (registered, used) = match registered {
         ClientAuthMethod::ClientSecretPost => ("client_secret_post", "client_secret_basic"),
         ClientAuthMethod::ClientSecretBasic => ("client_secret_basic", "client_secret_post"),
     };
-    OAuthError::InvalidClient(format!(
+    OAuthError::InvalidClient.because(format!(
         "The OAuth 2.0 Client supports client authentication method '{registered}', but method \
          '{used}' was requested. You must configure the OAuth 2.0 client's \
          'token_endpoint_auth_method' value to accept '{used}'."
     ))
-}
-
-/// The 200 answer with a freshly issued token.
-fn success(issued: &Issued) -> SandboxResponse {
-    hydra_json(
-        StatusCode::OK,
-        &json!({
-            "access_token": issued.access_token,
-            "expires_in": issued.expires_in,
-            "scope": issued.scope,
-            "token_type": "bearer",
-        }),
-    )
-}
-
-/// A parsed `application/x-www-form-urlencoded` body.
-struct Form(Vec<(String, String)>);
-
-impl Form {
-    fn parse(body: &Bytes) -> Self {
-        Self(url::form_urlencoded::parse(body).into_owned().collect())
-    }
-
-    /// The first value of `key`, as Go's `url.Values.Get`.
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(name, _)| name == key)
-            .map(|(_, value)| value.as_str())
-    }
-}
-
-/// An OAuth2 error answer of the token endpoint; the string is Hydra's "hint", appended to
-/// the standard description.
-enum OAuthError {
-    InvalidRequest(String),
-    InvalidClient(String),
-    UnsupportedGrantType(String),
-    InvalidScope(String),
-}
-
-impl OAuthError {
-    fn response(&self) -> SandboxResponse {
-        let (status, error, description, hint) = match self {
-            Self::InvalidRequest(hint) => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "The request is missing a required parameter, includes an invalid parameter \
-                 value, includes a parameter more than once, or is otherwise malformed.",
-                hint,
-            ),
-            Self::InvalidClient(hint) => (
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "Client authentication failed (e.g., unknown client, no client authentication \
-                 included, or unsupported authentication method).",
-                hint,
-            ),
-            Self::UnsupportedGrantType(hint) => (
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                "The authorization grant type is not supported by the authorization server.",
-                hint,
-            ),
-            Self::InvalidScope(hint) => (
-                StatusCode::BAD_REQUEST,
-                "invalid_scope",
-                "The requested scope is invalid, unknown, or malformed.",
-                hint,
-            ),
-        };
-        hydra_error(status, error, format_args!("{description} {hint}"))
-    }
 }

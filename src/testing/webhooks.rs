@@ -19,11 +19,8 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many random bytes a generated secret has (Standard Webhooks: 24 to 64).
 const GENERATED_KEY_BYTES: usize = 32;
 
-/// Signs and delivers webhooks the way Understory does (Standard Webhooks headers,
-/// HMAC-SHA256 with a `whsec_` secret), so that a receiver can be tested end to end: a
-/// random [`secret`](Self::secret) to configure the receiver with, rotation (signing with
-/// both secrets), messages and their retries, tampered bodies and old timestamps
-/// ([`WebhookMessage`]), and [`deliver`](Self::deliver) over HTTP to `127.0.0.1`.
+/// Signs and delivers webhooks as Understory does (Standard Webhooks, HMAC-SHA256, `whsec_`
+/// secrets, rotation), to test a receiver end to end; see the [module documentation](super).
 pub struct WebhookSandbox {
     current: Secret,
     previous: Option<Secret>,
@@ -37,21 +34,26 @@ struct Secret {
 }
 
 impl Secret {
+    fn parse(shown: &str) -> Result<Self, WebhookError> {
+        let keyed = WebhookSecret::parse(shown)?;
+        let shown = shown.to_owned();
+        Ok(Secret { shown, keyed })
+    }
+
     fn random() -> Self {
         let key: Vec<u8> = std::iter::repeat_with(|| fastrand::u8(..))
             .take(GENERATED_KEY_BYTES)
             .collect();
-        let shown = format!("whsec_{}", STANDARD.encode(key));
-        let keyed = WebhookSecret::parse(&shown).unwrap_or_else(|_| unreachable!());
-        Secret { shown, keyed }
+        Self::parse(&format!("whsec_{}", STANDARD.encode(key))).unwrap_or_else(|_| unreachable!())
     }
 }
 
 impl WebhookSandbox {
     /// A sandbox with a random secret.
     pub fn new() -> Self {
+        let current = Secret::random();
         WebhookSandbox {
-            current: Secret::random(),
+            current,
             previous: None,
             client: OnceLock::new(),
         }
@@ -59,11 +61,9 @@ impl WebhookSandbox {
 
     /// A sandbox that signs with `secret` (`whsec_<base64>` or the bare base64).
     pub fn with_secret(secret: &str) -> Result<Self, WebhookError> {
+        let current = Secret::parse(secret)?;
         Ok(WebhookSandbox {
-            current: Secret {
-                shown: secret.to_owned(),
-                keyed: WebhookSecret::parse(secret)?,
-            },
+            current,
             previous: None,
             client: OnceLock::new(),
         })
@@ -74,9 +74,8 @@ impl WebhookSandbox {
         &self.current.shown
     }
 
-    /// Starts a secret rotation: a new random secret becomes current, and until
-    /// [`end_rotation`](Self::end_rotation) messages are signed with both, so a receiver
-    /// that knows either verifies them. Returns the new secret.
+    /// Starts a rotation: a new random secret (returned) becomes current, and messages are
+    /// signed with both until [`end_rotation`](Self::end_rotation).
     pub fn rotate_secret(&mut self) -> String {
         let old = std::mem::replace(&mut self.current, Secret::random());
         self.previous = Some(old);
@@ -99,8 +98,7 @@ impl WebhookSandbox {
         self.message("v1.booking.created", payload)
     }
 
-    /// An event of type `event_type` with `payload`, as Understory's JSON envelope
-    /// (`id`, `type`, `timestamp`, `payload`), with a fresh id, signed now.
+    /// An event of `event_type` with `payload` in Understory's envelope, a fresh id, signed now.
     pub fn message(&self, event_type: &str, payload: serde_json::Value) -> WebhookMessage {
         let now = unix_now();
         let body = json!({
@@ -117,9 +115,8 @@ impl WebhookSandbox {
         }
     }
 
-    /// The headers a delivery of `message` carries: `webhook-id`, `webhook-timestamp` and
-    /// `webhook-signature` (one `v1` signature per secret in use), and a JSON
-    /// `content-type`.
+    /// The headers of a delivery of `message`: `webhook-id`, `webhook-timestamp`,
+    /// `webhook-signature` (one `v1` signature per secret in use), a JSON `content-type`.
     pub fn headers(&self, message: &WebhookMessage) -> HeaderMap {
         let timestamp = message.timestamp.to_string();
         let signature = [Some(&self.current), self.previous.as_ref()]
@@ -147,9 +144,8 @@ impl WebhookSandbox {
         headers
     }
 
-    /// `POST`s `message` to `url` with its [headers](Self::headers), as Understory delivers
-    /// a webhook, and returns the receiver's status. Fails on a connection error or after
-    /// 10 seconds.
+    /// `POST`s `message` to `url` as Understory does and returns the status (fails on a
+    /// connection error or after 10 seconds).
     pub async fn deliver(
         &self,
         url: &str,
@@ -188,8 +184,7 @@ impl fmt::Debug for WebhookSandbox {
     }
 }
 
-/// A webhook message of a [`WebhookSandbox`]: its id, timestamp and body, signed by
-/// the sandbox when delivered (or when its [headers](WebhookSandbox::headers) are built).
+/// A webhook message of a [`WebhookSandbox`] (id, timestamp, body), signed when delivered.
 #[derive(Debug, Clone)]
 pub struct WebhookMessage {
     id: String,
@@ -209,8 +204,7 @@ impl WebhookMessage {
         self.timestamp
     }
 
-    /// The body delivered (the signed one unless [`tampered`](Self::tampered) or
-    /// [`delivered_as`](Self::delivered_as) changed it).
+    /// The body delivered (the signed one unless `tampered` or `delivered_as` changed it).
     pub fn body(&self) -> &[u8] {
         self.delivered_body.as_ref().unwrap_or(&self.signed_body)
     }
@@ -223,8 +217,7 @@ impl WebhookMessage {
         }
     }
 
-    /// The same message with `webhook-timestamp` set to `unix_secs` (for example, older
-    /// than a receiver's tolerance), signed with that timestamp.
+    /// The same message signed with `webhook-timestamp` `unix_secs` (e.g. past a tolerance).
     pub fn signed_at(self, unix_secs: u64) -> Self {
         WebhookMessage {
             timestamp: unix_secs,
@@ -232,8 +225,7 @@ impl WebhookMessage {
         }
     }
 
-    /// The same message with one byte of its delivered body changed after signing, as an
-    /// attacker (or a broken proxy) would.
+    /// The same message with one byte of its body changed after signing, as by an attacker.
     pub fn tampered(self) -> Self {
         let mut body = self.body().to_vec();
         // The last byte of the first identifier's value, inside a string: still JSON.
@@ -248,8 +240,7 @@ impl WebhookMessage {
         self.delivered_as(body)
     }
 
-    /// The same message, signed over its original body but delivered with `body` (for
-    /// example, the JSON parsed and re-serialised by a proxy).
+    /// The same message, signed over its original body but delivered with `body`.
     pub fn delivered_as(self, body: impl Into<Bytes>) -> Self {
         WebhookMessage {
             delivered_body: Some(body.into()),
