@@ -16,35 +16,35 @@
 //! error and the memory store.
 
 mod authorize;
+mod builder;
 mod callback;
 mod company;
+mod connection;
+mod connections;
 mod grant_store;
 mod grant_store_error;
 mod memory_store;
 mod pending;
 mod pkce;
 mod random;
+mod refresh;
 mod refresh_token;
 mod stored_grant;
+mod understory_app;
 
 pub use authorize::{AuthorizationStart, AuthorizeUrl};
-#[expect(
-    unused_imports,
-    reason = "used by UnderstoryApp, which is wired in next"
-)]
-pub(crate) use authorize::{AuthorizeConfig, start};
-#[expect(
-    unused_imports,
-    reason = "used by UnderstoryApp, which is wired in next"
-)]
-pub(crate) use callback::{AuthorizationCode, callback};
+pub use builder::{DEFAULT_AUTHORIZE_URL, DEFAULT_REVOCATION_URL, ME_PATH, UnderstoryAppBuilder};
 pub use company::Company;
+pub use connection::Connection;
+pub use connections::DEFAULT_MAX_CACHED_CONNECTIONS;
 pub use grant_store::{GrantStore, GrantSummary, SaveOutcome};
 pub use grant_store_error::GrantStoreError;
 pub use memory_store::MemoryGrantStore;
 pub use pending::{DEFAULT_AUTHORIZATION_LIFETIME, PendingAuthorization};
+pub use refresh::REFRESH_LEASE;
 pub use refresh_token::RefreshToken;
 pub use stored_grant::{GrantState, StoredGrant};
+pub use understory_app::{KeepAlive, UnderstoryApp};
 
 #[cfg(test)]
 mod tests {

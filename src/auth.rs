@@ -36,6 +36,7 @@ pub struct UnderstoryAuth {
 }
 
 /// Where tokens come from and where they may go, kept beside the cache.
+#[derive(Clone)]
 pub(crate) struct Endpoints {
     pub(crate) origins: AllowedOrigins,
     pub(crate) api_base: Url,
@@ -44,6 +45,12 @@ pub(crate) struct Endpoints {
 }
 
 impl UnderstoryAuth {
+    /// A new token from a fetch (joined if one runs), whatever the cache holds.
+    #[cfg(feature = "app")]
+    pub(crate) async fn refreshed(&self) -> Result<AccessToken, Error> {
+        self.cache.refreshed().await
+    }
+
     pub(crate) fn from_cache(cache: TokenCache<Endpoints>) -> Self {
         UnderstoryAuth {
             cache,

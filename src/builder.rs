@@ -311,6 +311,15 @@ impl UnderstoryAuthBuilder {
     /// assert!(matches!(err, Error::Config { .. }));
     /// ```
     pub fn build(self) -> Result<UnderstoryAuth, Error> {
+        let (grant, endpoints) = self.parts()?;
+        Ok(UnderstoryAuth::from_cache(
+            self.cache_over(grant, endpoints)?,
+        ))
+    }
+
+    /// The checked settings: the token client and where tokens come from and may go. A
+    /// third-party app builds its connections' caches from these.
+    pub(crate) fn parts(&self) -> Result<(Grant, Endpoints), Error> {
         if self.credentials.client_id().trim().is_empty() {
             return Err(Error::config("the client id is empty"));
         }
@@ -361,9 +370,18 @@ impl UnderstoryAuthBuilder {
             token_url,
             client_id: self.credentials.client_id().to_owned(),
         };
-        Ok(UnderstoryAuth::from_cache(
-            self.cache_over(grant, endpoints)?,
-        ))
+        Ok((grant, endpoints))
+    }
+
+    /// The credentials, the audience, the token timeout and the timing, as set.
+    #[cfg(feature = "app")]
+    pub(crate) fn settings(&self) -> (&Credentials, &str, Duration, Timing) {
+        (
+            &self.credentials,
+            &self.audience,
+            self.token_timeout,
+            self.timing,
+        )
     }
 }
 

@@ -185,9 +185,20 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         if let Some(token) = self.fresh() {
             return Ok(token);
         }
+        self.obtain(false).await
+    }
+
+    /// A token from a fetch, whatever the slot holds: the one in flight, or a new one
+    /// (unless the failure window forbids it). For keeping rarely used grants alive.
+    #[cfg(feature = "app")]
+    pub(crate) async fn refreshed(&self) -> Result<AccessToken, Error> {
+        self.obtain(true).await
+    }
+
+    async fn obtain(&self, force: bool) -> Result<AccessToken, Error> {
         let mut restarted = false;
         loop {
-            let wait = match self.fetch_or_join()? {
+            let wait = match self.fetch_or_join(force)? {
                 Next::Ready(token) => return Ok(token),
                 Next::Wait(wait) => wait,
             };
@@ -268,15 +279,16 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         slot.as_ref().filter(|t| now < t.usable_until()).cloned()
     }
 
-    /// Joins the fetch in flight, answers from the failure window, or starts a fetch.
-    fn fetch_or_join(&self) -> Result<Next, Error> {
+    /// Joins the fetch in flight, answers from the failure window, or starts a fetch
+    /// (`force`: even with a usable token in the slot).
+    fn fetch_or_join(&self, force: bool) -> Result<Next, Error> {
         // Without a runtime there is neither a fetch to run nor a timer to wait with.
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::Interrupted {
             reason: "no Tokio runtime to run the token request on",
         })?;
         let now = Instant::now();
         let state = self.shared.state.lock();
-        if let Some(token) = self.usable(now) {
+        if let Some(token) = self.usable(now).filter(|_| !force) {
             // A fetch finished between our look at the slot and taking the lock.
             return Ok(Next::Ready(token));
         }

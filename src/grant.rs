@@ -49,8 +49,12 @@ pub(crate) const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 pub(crate) struct Grant {
     client: reqwest::Client,
     token_url: Url,
-    /// The form body; it holds the secret when the method is `client_secret_post`.
+    /// The `client_credentials` form body; it holds the secret when the method is
+    /// `client_secret_post`.
     body: SecretSlice<u8>,
+    /// `client_id` and `client_secret`, added to every other grant's form for
+    /// `client_secret_post`.
+    form_credentials: Option<(String, secrecy::SecretString)>,
     /// `Basic …` for `client_secret_basic`, marked sensitive.
     basic_auth: Option<HeaderValue>,
     user_agent: HeaderValue,
@@ -139,21 +143,24 @@ impl Grant {
             form.append_pair("scope", &credentials.scopes().join(" "));
         }
         form.append_pair("audience", audience);
-        let basic_auth = match credentials.auth_method() {
+        let (basic_auth, form_credentials) = match credentials.auth_method() {
             ClientAuthMethod::ClientSecretPost => {
                 form.append_pair("client_id", credentials.client_id());
                 form.append_pair("client_secret", credentials.client_secret());
-                None
+                let secret = credentials.client_secret().into();
+                (None, Some((credentials.client_id().to_owned(), secret)))
             }
-            ClientAuthMethod::ClientSecretBasic => Some(basic_auth_header(
-                credentials.client_id(),
-                credentials.client_secret(),
-            )?),
+            ClientAuthMethod::ClientSecretBasic => {
+                let id = credentials.client_id();
+                let header = basic_auth_header(id, credentials.client_secret())?;
+                (Some(header), None)
+            }
         };
         Ok(Grant {
             client,
             token_url,
             body: form.0.into_bytes().into(),
+            form_credentials,
             basic_auth,
             user_agent,
             timeout,
@@ -164,29 +171,83 @@ impl Grant {
         })
     }
 
-    /// Sends one token request and parses its answer.
+    /// Sends one `client_credentials` token request and parses its answer.
     pub(crate) async fn request(&self) -> Result<GrantedToken, Error> {
+        let body = self.body.expose_secret().to_vec();
+        Ok(self.send(body).await?.granted)
+    }
+
+    /// Sends one token request of another grant (`authorization_code`, `refresh_token`):
+    /// `pairs` with the client's authentication added, and parses its answer, whose
+    /// `refresh_token` (if any) is remembered for redaction like the access token.
+    pub(crate) async fn request_with(&self, pairs: &[(&str, &str)]) -> Result<TokenAnswer, Error> {
+        let body = self.form(pairs);
+        self.send(body.expose_secret().as_bytes().to_vec()).await
+    }
+
+    /// Remembers a secret the server may echo (a refresh token, an authorization code), so
+    /// that no error or log shows it.
+    pub(crate) fn remember_secret(&self, secret: &str) {
+        self.secrets.remember_token(secret);
+    }
+
+    /// The HTTP client token requests go with, for the crate's other requests to the auth
+    /// server and the API's `/v1/me` (same timeouts, proxy and redirect policy).
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Posts `pairs` with the client's authentication to another endpoint of the auth
+    /// server (revocation); the answer's status.
+    pub(crate) async fn post_form(
+        &self,
+        url: Url,
+        pairs: &[(&str, &str)],
+    ) -> Result<StatusCode, Error> {
+        let mut request = self
+            .client
+            .post(url)
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(USER_AGENT, self.user_agent.clone())
+            .body(self.form(pairs).expose_secret().as_bytes().to_vec());
+        if let Some(basic) = &self.basic_auth {
+            request = request.header(AUTHORIZATION, basic.clone());
+        }
+        let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        let status = response.status();
+        self.read_answer(response).await?;
+        Ok(status)
+    }
+
+    /// `pairs` as a form, with `client_id` and `client_secret` for `client_secret_post`.
+    fn form(&self, pairs: &[(&str, &str)]) -> secrecy::SecretString {
+        let mut form = Form::default();
+        for (name, value) in pairs {
+            form.append_pair(name, value);
+        }
+        if let Some((id, secret)) = &self.form_credentials {
+            form.append_pair("client_id", id);
+            form.append_pair("client_secret", secret.expose_secret());
+        }
+        form.0.into()
+    }
+
+    async fn send(&self, body: Vec<u8>) -> Result<TokenAnswer, Error> {
         let mut request = self
             .client
             .post(self.token_url.clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json")
             .header(USER_AGENT, self.user_agent.clone())
-            .body(self.body.expose_secret().to_vec());
+            .body(body);
         if let Some(basic) = &self.basic_auth {
             request = request.header(AUTHORIZATION, basic.clone());
         }
         let response = request.send().await.map_err(|e| self.transport_error(e))?;
         let status = response.status();
         let retry_after = parse_retry_after(status, response.headers());
-        let body = read_bounded(response).await.map_err(|e| match e {
-            BodyError::Transport(e) => self.transport_error(e),
-            BodyError::TooLarge => Error::invalid_response(
-                status,
-                format!("the answer is larger than {MAX_TOKEN_RESPONSE_BYTES} bytes"),
-            ),
-        })?;
-        parse_token_response(
+        let body = self.read_answer(response).await?;
+        parse_token_answer(
             status,
             retry_after,
             &body,
@@ -196,7 +257,20 @@ impl Grant {
         .map_err(|e| e.key_from_env(self.key_from_env))
     }
 
-    fn transport_error(&self, e: reqwest::Error) -> Error {
+    /// An answer's body, read with the token answer's bound, for the crate's other requests
+    /// through [`Grant::client`].
+    pub(crate) async fn read_answer(&self, response: reqwest::Response) -> Result<Vec<u8>, Error> {
+        let status = response.status();
+        read_bounded(response).await.map_err(|e| match e {
+            BodyError::Transport(e) => self.transport_error(e),
+            BodyError::TooLarge => Error::invalid_response(
+                status,
+                format!("the answer is larger than {MAX_TOKEN_RESPONSE_BYTES} bytes"),
+            ),
+        })
+    }
+
+    pub(crate) fn transport_error(&self, e: reqwest::Error) -> Error {
         if e.is_timeout() {
             Error::Timeout {
                 after: self.timeout,
@@ -335,10 +409,17 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, BodyEr
     Ok(body)
 }
 
+/// A token answer: the access token, and the refresh token if the server sent one.
+pub(crate) struct TokenAnswer {
+    pub(crate) granted: GrantedToken,
+    pub(crate) refresh_token: Option<secrecy::SecretString>,
+}
+
 /// Turns a token endpoint's answer into a token or an [`Error`]. Never panics; no error it
 /// returns contains the access token, and none contains anything of `secrets` (a token of
 /// valid form is added to them before its scopes are read). A token longer than
 /// [`MAX_ACCESS_TOKEN_BYTES`](crate::token::MAX_ACCESS_TOKEN_BYTES) is refused.
+#[cfg(test)]
 pub(crate) fn parse_token_response(
     status: StatusCode,
     retry_after: Option<Duration>,
@@ -346,6 +427,19 @@ pub(crate) fn parse_token_response(
     requested_scopes: &[String],
     secrets: &Secrets,
 ) -> Result<GrantedToken, Error> {
+    parse_token_answer(status, retry_after, body, requested_scopes, secrets).map(|a| a.granted)
+}
+
+/// [`parse_token_response`] with the answer's `refresh_token`: held to the access token's
+/// form (visible ASCII, at most 8 KiB) and remembered in `secrets` before anything else of
+/// the answer is kept.
+pub(crate) fn parse_token_answer(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    requested_scopes: &[String],
+    secrets: &Secrets,
+) -> Result<TokenAnswer, Error> {
     let json: Option<Map<String, Value>> = match serde_json::from_slice(body) {
         Ok(Value::Object(map)) => Some(map),
         _ => None,
@@ -418,6 +512,22 @@ pub(crate) fn parse_token_response(
         other => other,
     })?;
     secrets.remember_token(access_token);
+    let refresh_token = match map.get("refresh_token") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(token)) => {
+            GrantedToken::check(token).map_err(|_| {
+                Error::invalid_response(status, "refresh_token is not a valid token")
+            })?;
+            secrets.remember_token(token);
+            Some(secrecy::SecretString::from(token.as_str()))
+        }
+        Some(_) => {
+            return Err(Error::invalid_response(
+                status,
+                "refresh_token is not a string",
+            ));
+        }
+    };
     let scopes = match map.get("scope") {
         Some(Value::String(s)) => secrets.granted_scopes(s).unwrap_or_else(|| {
             tracing::debug!(
@@ -437,7 +547,10 @@ pub(crate) fn parse_token_response(
         Error::InvalidResponse { reason, .. } => Error::InvalidResponse { status, reason },
         other => other,
     })?;
-    Ok(granted)
+    Ok(TokenAnswer {
+        granted,
+        refresh_token,
+    })
 }
 
 /// `expires_in` as a number or numeric string, clamped to

@@ -230,6 +230,58 @@
 //! waits for `Retry-After` or 60 s plus up to 30 s at random before resending, and gives a
 //! caller that cannot wait the 429 at once, as a [`TooManyRequests`] saying when to retry.
 //!
+//! # Third-party apps
+//!
+//! An app that serves many Understory companies (feature `app`, on by default) uses the
+//! OAuth2 authorization code grant: [`UnderstoryApp`] sends each company's user to
+//! Understory to consent ([`authorize`](UnderstoryApp::authorize): fresh `state` and PKCE
+//! `S256` from the OS's CSPRNG), checks the callback and exchanges the code once
+//! ([`complete`](UnderstoryApp::complete), which reads the company from `/v1/me`), and then
+//! gives each connection its own token cache ([`connection`](UnderstoryApp::connection),
+//! an [`UnderstoryAuth`]), or serves all of them through one client: the app is a
+//! reqwest-middleware `Middleware` too, and each request names its [`Connection`].
+//!
+//! Understory (Ory Hydra) rotates refresh tokens: every refresh returns a new one, and
+//! presenting an old one again revokes the grant. So a refresh token is presented at most
+//! once: each connection's refreshes are single-flight, the [`GrantStore`]'s lease
+//! ([`REFRESH_LEASE`]) keeps other processes out, and the rotated token is saved
+//! (compare-and-swap on its version) before the new access token is handed out. A
+//! transient failure keeps the old token and backs off as above. `invalid_grant` (consent
+//! revoked, refresh token expired or reused) marks the connection as needing
+//! re-authorisation, calls [`on_needs_reauthorization`](UnderstoryAppBuilder::on_needs_reauthorization),
+//! and fails its requests with [`Error::NeedsReauthorization`] without further token
+//! requests until the company connects again. Refresh tokens die unused after 720 h at
+//! Hydra's defaults: run [`keep_alive`](UnderstoryApp::keep_alive) daily. At most
+//! [`DEFAULT_MAX_CACHED_CONNECTIONS`] caches stay in memory; the least recently used one
+//! is dropped (its grant stays in the store). [`MemoryGrantStore`] suits tests and a single
+//! process that lets companies re-consent after a restart.
+//!
+//! ```
+//! # #[cfg(all(feature = "test-util", feature = "middleware"))]
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use understory_auth::{Connection, MemoryGrantStore, reqwest, reqwest_middleware};
+//! use understory_auth::testing::SandboxServer;
+//!
+//! let sandbox = SandboxServer::start().await?;
+//! let app = sandbox.app_builder().grant_store(MemoryGrantStore::new()).build()?;
+//! for (company, key) in [("company-1", "tenant-1"), ("company-2", "tenant-2")] {
+//!     let start = app.authorize(); // redirect the browser to start.url.as_str()
+//!     let callback = sandbox.consent(start.url.as_str(), company).await?;
+//!     app.complete(start.pending, &callback, key).await?;
+//! }
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(app.clone())
+//!     .build();
+//! let me = client
+//!     .get(format!("{}/v1/me", sandbox.api_base()))
+//!     .with_extension(Connection::new("tenant-2"))
+//!     .send()
+//!     .await?;
+//! assert_eq!(me.json::<understory_auth::serde_json::Value>().await?["company_id"], "company-2");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
 //! # Security
 //!
 //! The client secret and tokens never appear in `Debug`, `Display`, errors or logs; the
@@ -268,6 +320,12 @@
 //! | DEBUG | `store::source` | passing over a shared token cache entry sealed under another client secret or by another version of the crate | |
 //! | DEBUG | `store::source` | passing over a shared token no newer than the newest this process has seen | `generation`, `newest_seen` |
 //! | DEBUG | `store::source` | took the access token from the shared cache | `left_secs`, `generation` |
+//! | INFO | `app::understory_app` | connected an Understory company | `connection`, `company_id` |
+//! | INFO | `app::understory_app` | disconnected an Understory company | `connection` |
+//! | WARN | `app::refresh` | the auth server refused the connection's refresh token; it needs re-authorisation | `connection`, `error` |
+//! | WARN | `app::refresh` | could not mark the connection as needing re-authorisation | `connection`, `error` |
+//! | ERROR | `app::refresh` | the rotated refresh token could not be saved; the connection will need re-authorisation | `connection`, `error` |
+//! | DEBUG | `app::refresh` | could not release the refresh lease; it runs out by itself | `connection`, `error` |
 //! | WARN | `webhooks::layer` | refused a webhook | `status`, `error` |
 //! | WARN | `webhooks::layer` | webhook deduplication failed; answering 503 so that it is redelivered | `webhook_id`, `error` |
 //! | WARN | `webhooks::layer` | could not release a webhook id after its processing failed; its redeliveries are answered 409 until the lease runs out | `webhook_id`, `error` |
@@ -295,11 +353,14 @@
 //! * `key`, `generation`, `newest_seen`: the shared entry's store key (hashes of the
 //!   token URL, client id, audience and scopes, and of a key derived from the secret) and
 //!   generation numbers.
+//! * `connection`: a third-party app's key for the connection (its own id for the
+//!   company); `company_id`: Understory's.
 //! * `status`: the HTTP status the webhook was answered with; `webhook_id`: the
 //!   `webhook-id` of a webhook whose signature was verified (a refused one's headers are
 //!   not logged).
 //!
-//! No field ever holds the client secret, an access token or a webhook secret, in whole or
+//! No field ever holds the client secret, an access token, a refresh token, an authorization
+//! code, a PKCE verifier or a webhook secret, in whole or
 //! in part, nor a request's headers or body.
 //!
 //! # Features
@@ -378,9 +439,11 @@ pub use token::{AccessToken, TokenId};
 
 #[cfg(feature = "app")]
 pub use app::{
-    AuthorizationStart, AuthorizeUrl, Company, DEFAULT_AUTHORIZATION_LIFETIME, GrantState,
-    GrantStore, GrantStoreError, GrantSummary, MemoryGrantStore, PendingAuthorization,
-    RefreshToken, SaveOutcome, StoredGrant,
+    AuthorizationStart, AuthorizeUrl, Company, Connection, DEFAULT_AUTHORIZATION_LIFETIME,
+    DEFAULT_AUTHORIZE_URL, DEFAULT_MAX_CACHED_CONNECTIONS, DEFAULT_REVOCATION_URL, GrantState,
+    GrantStore, GrantStoreError, GrantSummary, KeepAlive, ME_PATH, MemoryGrantStore,
+    PendingAuthorization, REFRESH_LEASE, RefreshToken, SaveOutcome, StoredGrant, UnderstoryApp,
+    UnderstoryAppBuilder,
 };
 #[cfg(feature = "tower")]
 pub use layer::{BearerAuth, BearerAuthFuture, BearerAuthLayer, RetryOnUnauthorized};

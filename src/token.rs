@@ -138,6 +138,12 @@ impl GrantedToken {
     }
 
     #[cfg(any(test, feature = "shared-cache"))]
+    /// `Bearer <secret>`, marked sensitive.
+    #[cfg(feature = "app")]
+    pub(crate) fn header(&self) -> &HeaderValue {
+        &self.header
+    }
+
     pub(crate) fn scopes(&self) -> &[String] {
         &self.scopes
     }

@@ -129,10 +129,6 @@ impl fmt::Debug for AuthorizeUrl {
 /// # Panics
 ///
 /// If the operating system cannot provide random bytes: no weaker source is used.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "used by UnderstoryApp, which is wired in next")
-)]
 pub(crate) fn start(config: &AuthorizeConfig, now: SystemTime) -> AuthorizationStart {
     let state = random_url_safe();
     let verifier = new_verifier();

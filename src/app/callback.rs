@@ -35,10 +35,6 @@ pub(crate) struct AuthorizationCode(SecretString);
 
 impl AuthorizationCode {
     /// The code, for the exchange's form body only.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "used by UnderstoryApp, which is wired in next")
-    )]
     pub(crate) fn expose_secret(&self) -> &str {
         self.0.expose_secret()
     }
@@ -62,10 +58,6 @@ struct CallbackParams<'a> {
 
 /// The code of the callback `query` (the query string, with or without its leading `?`) for
 /// `pending`, checked at `now` against the authorization `lifetime`; or why there is none.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "used by UnderstoryApp, which is wired in next")
-)]
 pub(crate) fn callback(
     pending: &PendingAuthorization,
     query: &str,

@@ -1,0 +1,173 @@
+//! A connection's token source: the `refresh_token` grant over the [`GrantStore`], with
+//! Understory's rotation (Ory Hydra's): every refresh returns a new refresh token and
+//! deactivates the old one, and presenting an old one again revokes the whole grant.
+//!
+//! So a refresh token is presented at most once: the connection's cache runs one fetch at a
+//! time (single flight), the store's lease keeps other processes out, the rotated token is
+//! saved (compare-and-swap on the version it was loaded with) before the access token is
+//! handed out, and a transient failure keeps the old token, which the server did not
+//! consume. `invalid_grant` marks the connection as needing re-authorisation: no further
+//! token request goes out for it until the company consents again.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use secrecy::ExposeSecret;
+
+use super::grant_store::{GrantStore, SaveOutcome};
+use super::refresh_token::RefreshToken;
+use super::stored_grant::{GrantState, StoredGrant};
+use crate::Error;
+use crate::app::GrantStoreError;
+use crate::grant::Grant;
+use crate::source::TokenSource;
+use crate::token::GrantedToken;
+
+/// How long a process holds a connection's refresh lease at most: a holder that dies delays
+/// that connection's next refresh by this much.
+pub const REFRESH_LEASE: Duration = Duration::from_secs(30);
+
+/// How often the rotated refresh token's save is tried before the refresh is reported as
+/// failed (the store failing right then is the one way a grant can be lost).
+const SAVE_ATTEMPTS: u32 = 3;
+
+/// Called with the connection's key when it needs re-authorisation.
+pub(crate) type ReauthorizationHook = dyn Fn(&str) + Send + Sync;
+
+/// What every connection of one app shares.
+pub(crate) struct Refresher {
+    pub(crate) grant: Grant,
+    pub(crate) store: Arc<dyn GrantStore>,
+    pub(crate) on_reauthorization: Option<Arc<ReauthorizationHook>>,
+    /// This process's name in leases.
+    pub(crate) holder: String,
+}
+
+/// One connection's source of access tokens.
+pub(crate) struct ConnectionSource {
+    pub(crate) key: String,
+    pub(crate) refresher: Arc<Refresher>,
+    /// The access token the authorization's code exchange produced, handed out by the first
+    /// fetch (no refresh needed yet).
+    pub(crate) seed: Mutex<Option<GrantedToken>>,
+}
+
+impl TokenSource for ConnectionSource {
+    fn fetch(self: Arc<Self>) -> BoxFuture<'static, Result<GrantedToken, Error>> {
+        let seed = self.seed.lock().take();
+        Box::pin(async move {
+            match seed {
+                Some(granted) => Ok(granted),
+                None => self.refresher.refresh(&self.key).await,
+            }
+        })
+    }
+}
+
+impl Refresher {
+    /// One refresh of `key`'s grant.
+    pub(crate) async fn refresh(&self, key: &str) -> Result<GrantedToken, Error> {
+        if !self.store.lease(key, &self.holder, REFRESH_LEASE).await? {
+            return Err(GrantStoreError::transient(
+                "another process is refreshing this connection; try again shortly",
+            )
+            .into());
+        }
+        // Loaded under the lease: another process may have rotated the token just before.
+        let result = match self.store.load(key).await {
+            Ok(Some(grant)) if grant.state == GrantState::Active => {
+                self.refresh_leased(key, grant).await
+            }
+            Ok(Some(_)) => Err(Error::NeedsReauthorization {
+                connection: key.to_owned(),
+            }),
+            Ok(None) => Err(Error::UnknownConnection {
+                connection: key.to_owned(),
+            }),
+            Err(error) => Err(error.into()),
+        };
+        if let Err(error) = self.store.release(key, &self.holder).await {
+            tracing::debug!(connection = key, error = %error, "could not release the refresh lease; it runs out by itself");
+        }
+        result
+    }
+
+    async fn refresh_leased(&self, key: &str, grant: StoredGrant) -> Result<GrantedToken, Error> {
+        let presented = grant.refresh_token.expose_secret();
+        self.grant.remember_secret(presented);
+        let answer = self
+            .grant
+            .request_with(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", presented),
+            ])
+            .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(error) if error.oauth_code() == Some("invalid_grant") => {
+                return Err(self.lost(key, grant.version, &error).await);
+            }
+            // Not consumed: the same refresh token is presented by the next attempt.
+            Err(error) => return Err(error),
+        };
+        let mut next = grant.clone();
+        if let Some(rotated) = &answer.refresh_token {
+            next.refresh_token = RefreshToken::new(rotated.expose_secret());
+        }
+        next.refreshed_at = SystemTime::now();
+        next.scopes = answer.granted.scopes().to_vec();
+        self.save_rotated(key, &next, grant.version).await?;
+        Ok(answer.granted)
+    }
+
+    /// Saves the rotated grant, retrying a failing store briefly: until it is saved, the
+    /// only valid refresh token of the grant exists in this process alone.
+    async fn save_rotated(&self, key: &str, next: &StoredGrant, version: u64) -> Result<(), Error> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.store.save(key, next, Some(version)).await {
+                Ok(SaveOutcome::Saved { .. }) => return Ok(()),
+                Ok(SaveOutcome::Conflict) => {
+                    // Replaced meanwhile (a new authorization, a disconnect): that one counts.
+                    return Err(GrantStoreError::transient(
+                        "the connection's grant changed during the refresh; the next request uses the new one",
+                    )
+                    .into());
+                }
+                Err(error) if attempt < SAVE_ATTEMPTS && error.is_transient() => {
+                    tokio::time::sleep(Duration::from_millis(100) * attempt).await;
+                }
+                Err(error) => {
+                    tracing::error!(
+                        connection = key,
+                        error = %error,
+                        "the rotated refresh token could not be saved; the connection will need re-authorisation"
+                    );
+                    return Err(error.into());
+                }
+            }
+        }
+    }
+
+    /// `invalid_grant`: consent revoked, the refresh token expired, or reuse detected. The
+    /// connection is marked, the hook told, and the error names the connection.
+    async fn lost(&self, key: &str, version: u64, cause: &Error) -> Error {
+        tracing::warn!(
+            connection = key,
+            error = %cause,
+            "the auth server refused the connection's refresh token; it needs re-authorisation"
+        );
+        if let Err(error) = self.store.mark_needs_reauthorization(key, version).await {
+            tracing::warn!(connection = key, error = %error, "could not mark the connection as needing re-authorisation");
+        }
+        if let Some(hook) = &self.on_reauthorization {
+            hook(key);
+        }
+        Error::NeedsReauthorization {
+            connection: key.to_owned(),
+        }
+    }
+}

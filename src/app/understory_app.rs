@@ -1,0 +1,254 @@
+//! [`UnderstoryApp`]: a third-party app acting for many Understory companies, each one a
+//! *connection* under a key of the app's own choosing.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::header::{ACCEPT, AUTHORIZATION};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use url::Url;
+
+use super::AuthorizationStart;
+use super::authorize::{AuthorizeConfig, start};
+use super::callback::callback;
+use super::company::Company;
+use super::connections::Connections;
+use super::grant_store::SaveOutcome;
+use super::pending::PendingAuthorization;
+use super::refresh::Refresher;
+use super::refresh_token::RefreshToken;
+use super::stored_grant::{GrantState, StoredGrant};
+use crate::origin::AllowedOrigins;
+use crate::{Error, UnderstoryAuth};
+
+/// Access tokens for every company that connected a third-party app to Understory, with
+/// the OAuth2 authorization code grant and rotating refresh tokens.
+///
+/// Clones share everything. Made by [`UnderstoryApp::builder`]; see the crate docs'
+/// [Third-party apps](crate#third-party-apps) for the flow, a complete example and the
+/// guarantees.
+///
+/// ```
+/// # #[cfg(feature = "test-util")]
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use understory_auth::{MemoryGrantStore, UnderstoryApp};
+/// use understory_auth::testing::SandboxServer;
+///
+/// let sandbox = SandboxServer::start().await?;
+/// let app = sandbox.app_builder().grant_store(MemoryGrantStore::new()).build()?;
+///
+/// let start = app.authorize(); // send the browser to start.url, keep start.pending
+/// let callback = sandbox.consent(start.url.as_str(), "company-1").await?;
+/// let company = app.complete(start.pending, &callback, "tenant-42").await?;
+/// assert_eq!(company.id, "company-1");
+///
+/// let token = app.connection("tenant-42").token().await?;
+/// # let _ = token;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct UnderstoryApp {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) authorize: AuthorizeConfig,
+    pub(crate) authorization_lifetime: Duration,
+    pub(crate) revocation_url: Url,
+    pub(crate) me_url: Url,
+    pub(crate) origins: AllowedOrigins,
+    pub(crate) refresher: Arc<Refresher>,
+    pub(crate) connections: Connections,
+}
+
+impl UnderstoryApp {
+    pub(crate) fn from_inner(inner: Inner) -> Self {
+        UnderstoryApp {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Starts an authorization: the URL to send the user's browser to, with a fresh `state`
+    /// and PKCE challenge, and what [`complete`](Self::complete) needs to check the callback.
+    /// Keep `pending` server-side (a session) or in an encrypted cookie, never in a URL.
+    pub fn authorize(&self) -> AuthorizationStart {
+        start(&self.inner.authorize, SystemTime::now())
+    }
+
+    /// Completes an authorization: checks the callback's query string against `pending`,
+    /// exchanges the code (once), reads the company from `/v1/me`, saves the grant under
+    /// `key` (replacing any earlier one) and returns the company.
+    ///
+    /// Fails without any request when `state` is missing or does not match, when Understory
+    /// reports an error (the user declined: [`Error::AuthorizationDeclined`]), or when
+    /// `pending` is older than the authorization lifetime.
+    pub async fn complete(
+        &self,
+        pending: PendingAuthorization,
+        callback_query: &str,
+        key: &str,
+    ) -> Result<Company, Error> {
+        let inner = &self.inner;
+        let code = callback(
+            &pending,
+            callback_query,
+            SystemTime::now(),
+            inner.authorization_lifetime,
+        )?;
+        let grant = &inner.refresher.grant;
+        grant.remember_secret(code.expose_secret());
+        grant.remember_secret(pending.verifier().expose_secret());
+        let answer = grant
+            .request_with(&[
+                ("grant_type", "authorization_code"),
+                ("code", code.expose_secret()),
+                ("redirect_uri", pending.redirect_uri()),
+                ("code_verifier", pending.verifier().expose_secret()),
+            ])
+            .await?;
+        let Some(refresh_token) = answer.refresh_token else {
+            return Err(Error::config(
+                "the token answer has no refresh_token: ask for the `offline` scope, and have Understory grant it to the app",
+            ));
+        };
+        let company = self.me(answer.granted.header()).await?;
+        let stored = StoredGrant::new(
+            RefreshToken::new(refresh_token.expose_secret()),
+            company.clone(),
+            answer.granted.scopes().to_vec(),
+            SystemTime::now(),
+        );
+        let store = &inner.refresher.store;
+        let mut expected = store.load(key).await?.map(|old| old.version);
+        loop {
+            match store.save(key, &stored, expected).await? {
+                SaveOutcome::Saved { .. } => break,
+                SaveOutcome::Conflict => expected = store.load(key).await?.map(|old| old.version),
+            }
+        }
+        inner.connections.replace(key, answer.granted);
+        tracing::info!(connection = key, company_id = %company.id, "connected an Understory company");
+        Ok(company)
+    }
+
+    /// The company's [`UnderstoryAuth`]: use it as reqwest middleware, with
+    /// [`BearerAuthLayer`](crate::BearerAuthLayer), or for [`token`](UnderstoryAuth::token).
+    /// A key that was never completed fails each token request with
+    /// [`Error::UnknownConnection`].
+    pub fn connection(&self, key: &str) -> UnderstoryAuth {
+        self.inner.connections.get(key)
+    }
+
+    /// The company disconnects: its grant is revoked at Understory (every token of it) and
+    /// forgotten. A key without a grant is no error.
+    pub async fn disconnect(&self, key: &str) -> Result<(), Error> {
+        let inner = &self.inner;
+        if let Some(grant) = inner.refresher.store.load(key).await? {
+            self.revoke(&grant.refresh_token).await?;
+            inner.refresher.store.delete(key).await?;
+        }
+        inner.connections.remove(key);
+        tracing::info!(connection = key, "disconnected an Understory company");
+        Ok(())
+    }
+
+    /// Refreshes every stored connection not refreshed for `older_than`, so that none dies
+    /// of its refresh token's idle lifetime (720 h at Hydra's default). Run it daily, with
+    /// `older_than` well under that lifetime (a week, say).
+    pub async fn keep_alive(&self, older_than: Duration) -> Result<KeepAlive, Error> {
+        let due = SystemTime::now()
+            .checked_sub(older_than)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut report = KeepAlive::default();
+        for summary in self.inner.refresher.store.list().await? {
+            if summary.state != GrantState::Active || summary.refreshed_at > due {
+                continue;
+            }
+            match self.connection(&summary.key).refreshed().await {
+                Ok(_) => report.refreshed += 1,
+                Err(error) => report.failed.push((summary.key, error)),
+            }
+        }
+        Ok(report)
+    }
+
+    /// How many connections have a token cache in memory (at most
+    /// [`max_cached_connections`](crate::UnderstoryAppBuilder::max_cached_connections)).
+    pub fn cached_connections(&self) -> usize {
+        self.inner.connections.len()
+    }
+
+    /// Whether requests to `url` get a connection's token.
+    pub(crate) fn is_allowed(&self, url: &Url) -> bool {
+        self.inner.origins.allowed_origin(url).is_some()
+    }
+
+    async fn me(&self, authorization: &http::HeaderValue) -> Result<Company, Error> {
+        let grant = &self.inner.refresher.grant;
+        let response = grant
+            .client()
+            .get(self.inner.me_url.clone())
+            .header(AUTHORIZATION, authorization.clone())
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| grant.transport_error(e))?;
+        let status = response.status();
+        let body = grant.read_answer(response).await?;
+        if !status.is_success() {
+            return Err(Error::Status {
+                status,
+                retry_after: None,
+            });
+        }
+        let json: Value = serde_json::from_slice(&body)
+            .map_err(|_| Error::invalid_response(status, "/v1/me did not answer JSON"))?;
+        let text = |name: &str| match json.get(name) {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let id = text("company_id")
+            .ok_or_else(|| Error::invalid_response(status, "/v1/me has no company_id"))?;
+        Ok(Company::new(id, text("company_name").unwrap_or_default()))
+    }
+
+    async fn revoke(&self, token: &RefreshToken) -> Result<(), Error> {
+        let pairs = [
+            ("token", token.expose_secret()),
+            ("token_type_hint", "refresh_token"),
+        ];
+        let url = self.inner.revocation_url.clone();
+        let status = self.inner.refresher.grant.post_form(url, &pairs).await?;
+        match status.is_success() {
+            true => Ok(()),
+            false => Err(Error::Status {
+                status,
+                retry_after: None,
+            }),
+        }
+    }
+}
+
+/// What [`UnderstoryApp::keep_alive`] did.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct KeepAlive {
+    /// Connections refreshed.
+    pub refreshed: usize,
+    /// Connections whose refresh failed, with the error (a lost grant is
+    /// [`Error::NeedsReauthorization`]).
+    pub failed: Vec<(String, Error)>,
+}
+
+impl fmt::Debug for UnderstoryApp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnderstoryApp")
+            .field("client_id", &self.inner.authorize.client_id)
+            .field("cached_connections", &self.cached_connections())
+            .finish_non_exhaustive()
+    }
+}
