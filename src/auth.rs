@@ -1,5 +1,4 @@
-//! [`UnderstoryAuth`]: the handle users create once and clone everywhere. Every clone shares
-//! one token cache; the reqwest middleware and the tower layer are built from it.
+//! [`UnderstoryAuth`]: the handle users create once and clone everywhere.
 
 use std::fmt;
 use std::sync::Arc;
@@ -11,12 +10,9 @@ use crate::cache::{CacheStats, Held, Rejection, TokenCache};
 use crate::origin::{AllowedOrigins, Destination, Target, origin_and_path};
 use crate::token::AccessToken;
 
-/// Access tokens for the Understory API, fetched when needed and shared by every clone.
-///
-/// Create it once, with [`UnderstoryAuth::new`] for Understory's production endpoints or
-/// [`UnderstoryAuth::builder`] to configure it, then clone it freely: clones are one `Arc`
-/// and share one token cache. Use it as reqwest middleware (it implements
-/// `reqwest_middleware::Middleware`), as a tower layer
+/// Access tokens for the Understory API: create it once ([`UnderstoryAuth::new`] or
+/// [`UnderstoryAuth::builder`]) and clone it freely (one `Arc`, one
+/// [cache](crate#cache-behaviour)); use it as reqwest middleware, as a tower layer
 /// ([`BearerAuthLayer`](crate::BearerAuthLayer)), or ask for a token directly.
 ///
 /// ```no_run
@@ -26,11 +22,16 @@ use crate::token::AccessToken;
 /// let auth = UnderstoryAuth::new(Credentials::from_env()?);
 /// let token = auth.token().await?;
 /// println!("token lives {:?}", token.lifetime());
+/// assert!(auth.is_allowed(&"https://api.understory.io/v1/me".parse()?));
+/// assert!(!auth.is_allowed(&"https://example.com/".parse()?));
+/// assert_eq!(auth.api_base().as_str(), "https://api.understory.io/");
+/// println!("{} token requests", auth.stats().token_requests);
+/// let no_retry = auth.clone().with_unauthorized_retry(false); // shares the cache
+/// # let _ = no_retry;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct UnderstoryAuth {
-    /// The cache, with the endpoints behind the same `Arc`.
     cache: TokenCache<Endpoints>,
     retry_unauthorized: bool,
 }
@@ -58,8 +59,7 @@ impl UnderstoryAuth {
         }
     }
 
-    /// A valid access token: the cached one, or a freshly fetched one. However many tasks
-    /// call this at once, at most one token request is in flight.
+    /// A valid access token: the cached one, or one fetched by the single flight.
     ///
     /// ```
     /// # #[cfg(feature = "test-util")]
@@ -78,22 +78,14 @@ impl UnderstoryAuth {
         self.cache.token().await
     }
 
-    /// The cached token if it is usable now, without waiting or fetching (though it may
-    /// start a background refresh when the token is due for one).
-    ///
-    /// ```
-    /// # use understory_auth::{Credentials, UnderstoryAuth};
-    /// let auth = UnderstoryAuth::new(Credentials::new("id", "secret"));
-    /// assert!(auth.cached_token().is_none()); // nothing fetched yet
-    /// ```
+    /// The cached token if it is usable now, without waiting (it may start a background
+    /// refresh).
     pub fn cached_token(&self) -> Option<AccessToken> {
         self.cache.fresh()
     }
 
-    /// Reports that a request carrying `token` was rejected (HTTP 401), as the integrations
-    /// do on their own: the token is judged by the [401 rule](crate#what-happens-on-a-401)
-    /// and dropped from the cache if the rule says so. Returns whether it was dropped; the
-    /// next [`token`](Self::token) then fetches a new one.
+    /// Reports a 401 to a request carrying `token`, judged by the
+    /// [401 rule](crate#what-happens-on-a-401); returns whether the token was dropped.
     ///
     /// ```
     /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
@@ -107,8 +99,7 @@ impl UnderstoryAuth {
         self.cache.reject(token) == Rejection::Dropped
     }
 
-    /// [`UnderstoryAuth::cached_token`] with the handle the API's answer is reported to: one
-    /// reference-counted pointer, owned by this thread's copy of the token.
+    /// [`UnderstoryAuth::cached_token`] with the handle the answer is reported to.
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn cached_held(&self) -> Option<Arc<Held>> {
         self.cache.fresh_held()
@@ -121,12 +112,7 @@ impl UnderstoryAuth {
         Ok(self.cache.hold(token))
     }
 
-    /// Where the middleware reports the API's answer to a request that carried `token`
-    /// (the layer reports through its thread's `Held`, to the same rule in the cache):
-    /// records a non-401 as evidence the token works (one atomic load per call), judges a
-    /// 401 by the rule in the crate docs, and tells whether the request should be resent,
-    /// because the resend would carry another token. `from_token_origin`: see
-    /// `TokenCache::answered`.
+    /// The middleware's report of an answer to the 401 rule: whether to resend.
     #[cfg_attr(not(feature = "middleware"), allow(dead_code))]
     pub(crate) fn answered(
         &self,
@@ -138,35 +124,16 @@ impl UnderstoryAuth {
     }
 
     /// A snapshot of the cache's counters, for metrics.
-    ///
-    /// ```
-    /// # use understory_auth::{Credentials, UnderstoryAuth};
-    /// let auth = UnderstoryAuth::new(Credentials::new("id", "secret"));
-    /// assert_eq!(auth.stats().fetches, 0);
-    /// ```
     pub fn stats(&self) -> CacheStats {
         self.cache.stats()
     }
 
     /// The API base the token is sent to.
-    ///
-    /// ```
-    /// # use understory_auth::{Credentials, UnderstoryAuth};
-    /// let auth = UnderstoryAuth::new(Credentials::new("id", "secret"));
-    /// assert_eq!(auth.api_base().as_str(), "https://api.understory.io/");
-    /// ```
     pub fn api_base(&self) -> &Url {
         &self.cache.meta().api_base
     }
 
     /// Whether a request to `url` may carry the token (its origin is an allowed one).
-    ///
-    /// ```
-    /// # use understory_auth::{Credentials, UnderstoryAuth};
-    /// let auth = UnderstoryAuth::new(Credentials::new("id", "secret"));
-    /// assert!(auth.is_allowed(&"https://api.understory.io/v1/me".parse().unwrap()));
-    /// assert!(!auth.is_allowed(&"https://example.com/".parse().unwrap()));
-    /// ```
     pub fn is_allowed(&self, url: &Url) -> bool {
         self.cache.meta().origins.allowed_origin(url).is_some()
     }
@@ -177,8 +144,7 @@ impl UnderstoryAuth {
         self.cache.meta().origins.allowed_origin(target)
     }
 
-    /// Whether a request gets the token: the one decision both integrations ask (see
-    /// [`crate::origin`]).
+    /// Whether a request gets the token: the one decision both integrations ask.
     #[cfg_attr(not(any(feature = "middleware", feature = "tower")), allow(dead_code))]
     pub(crate) fn destination<'a>(
         &self,
@@ -198,18 +164,8 @@ impl UnderstoryAuth {
         self.retry_unauthorized
     }
 
-    /// Turns the reqwest middleware's single retry after a 401 on or off for this handle
-    /// (on by default). The token is invalidated either way. Being able to resend costs a
-    /// copy of each request made before it is sent (about 0.3 µs and 3 allocations, see
-    /// BENCHMARKS.md); turning the retry off saves it. Clones made from the
-    /// returned handle keep the setting and still share the cache.
-    ///
-    /// ```
-    /// # use understory_auth::{Credentials, UnderstoryAuth};
-    /// let auth = UnderstoryAuth::new(Credentials::new("id", "secret"));
-    /// let no_retry = auth.clone().with_unauthorized_retry(false);
-    /// # let _ = no_retry;
-    /// ```
+    /// Turns the reqwest middleware's resend after a 401 on or off (on by default; off saves
+    /// a copy of each request, about 0.3 µs). Clones keep the setting and share the cache.
     pub fn with_unauthorized_retry(mut self, retry: bool) -> Self {
         self.retry_unauthorized = retry;
         self

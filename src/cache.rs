@@ -1,9 +1,6 @@
-//! The token cache behind every clone of an `UnderstoryAuth`: one slot, the token in it,
-//! and the decisions around it, each in its own file: the hot path ([`local`]), single
-//! flight ([`flight`]), the failure window ([`backoff`]), the 401 rule ([`rejection`]) and
-//! the counters ([`stats`]). When tokens are due is [`crate::schedule`]. The rules users see
-//! are the crate docs' [Cache behaviour](crate#cache-behaviour) and
-//! [What happens on a 401](crate#what-happens-on-a-401).
+//! The token cache behind every clone of an `UnderstoryAuth` ([Cache
+//! behaviour](crate#cache-behaviour)): one slot and the decisions around it, each in its own
+//! file ([`local`], [`flight`], [`backoff`], [`rejection`], [`stats`]).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
@@ -37,9 +34,7 @@ use local::{Current, Found};
 use rejection::{Doubt, Reject, Rejections, is_rejection};
 use stats::Counters;
 
-/// A handle to the shared cache; clones share it. `M` is what its owner keeps beside the
-/// cache, behind the same `Arc` (`UnderstoryAuth` keeps its endpoints there), so that a
-/// handle is one `Arc`.
+/// A handle to the shared cache. `M` is what its owner keeps behind the same `Arc`.
 pub(crate) struct TokenCache<M = ()> {
     shared: Arc<SharedCache<M>>,
 }
@@ -53,21 +48,17 @@ impl<M> Clone for TokenCache<M> {
 }
 
 struct SharedCache<M> {
-    /// The current token, the source of truth. The hot path reads `current` and its own
-    /// thread's copy of the token first (see `local`).
+    /// The source of truth; the hot path reads `current` and its thread's copy first.
     slot: RwLock<Option<AccessToken>>,
-    /// The id of the token in `slot`, published with every write to it.
     current: Current,
-    /// Lock order: `state` before `slot`. No code holding `state` runs anything that could
-    /// drop a fetch (spawn, abort, the source's own code), so it is never taken re-entrantly.
+    /// Lock order: `state` before `slot`. Nothing that could drop a fetch (spawn, abort, the
+    /// source's code) runs under `state`, so it is never taken re-entrantly.
     state: Mutex<FetchState>,
-    /// Which token the 401 rule doubts; shared with every [`Held`].
     doubt: Arc<Doubt>,
     source: Arc<dyn TokenSource>,
     load_timeout: Duration,
     timing: Timing,
-    /// Draws the random fractions of the refresh margin and the backoff (injectable, so tests
-    /// assert exact instants).
+    /// Draws random fractions in `0.0..1.0` (tests inject a constant).
     jitter: fn() -> f64,
     counters: Counters,
     meta: M,
@@ -82,7 +73,6 @@ struct FetchState {
     rejections: Rejections,
 }
 
-/// What a caller without a usable token does.
 enum Next {
     Ready(AccessToken),
     Wait(Wait),
@@ -98,7 +88,6 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         Self::build(source, load_timeout, timing, fastrand::f64, meta)
     }
 
-    /// `jitter` draws each random fraction in `0.0..1.0` (tests inject a constant).
     fn build(
         source: Arc<dyn TokenSource>,
         load_timeout: Duration,
@@ -122,14 +111,12 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         }
     }
 
-    /// What the owner keeps beside the cache.
     pub(crate) fn meta(&self) -> &M {
         &self.shared.meta
     }
 
-    /// The hot path: the cached token if it is still usable, without waiting for anything.
-    /// Past the token's refresh instant, it also starts a background refresh. The token is
-    /// this thread's copy (see `local`): handing it out writes nothing shared.
+    /// The hot path: this thread's copy of the cached token if usable; past its refresh
+    /// instant, it also starts a background refresh.
     pub(crate) fn fresh(&self) -> Option<AccessToken> {
         self.lookup(|held| held.token().clone())
     }
@@ -162,25 +149,17 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         Some(read(&held))
     }
 
-    /// Copies the slot's token for this thread, if it is usable, and keeps the copy.
+    /// Copies the slot's token for this thread, if usable, and keeps the copy.
     fn copy_current(&self) -> Option<Arc<Held>> {
-        let token = self.shared.slot.read().clone()?;
         let now = Instant::now();
-        if now >= token.usable_until() {
-            return None;
-        }
+        let token = self.usable(now)?;
         let held = self.hold(token.thread_copy());
         local::keep(&held, token.refresh_at().saturating_duration_since(now));
         Some(held)
     }
 
-    /// A usable token: the cached one, or the outcome of a fetch (joined or started).
-    ///
-    /// A caller waits for a fetch at most until the fetch's deadline plus
-    /// [`STRANDED_FETCH_GRACE`], on its own runtime's clock, whichever runtime the fetch runs
-    /// on. A fetch dropped before it ended (its runtime shut down) is started again once, and
-    /// its callers wait for that one as long again: at most about 2 × (load timeout +
-    /// [`STRANDED_FETCH_GRACE`]) in all.
+    /// A usable token: the cached one, or a fetch's outcome (joined or started). A fetch
+    /// dropped before it ended is started again once.
     pub(crate) async fn token(&self) -> Result<AccessToken, Error> {
         if let Some(token) = self.fresh() {
             return Ok(token);
@@ -202,8 +181,7 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
                 Next::Ready(token) => return Ok(token),
                 Next::Wait(wait) => wait,
             };
-            // Checked first, so that no timer is made for an outcome already known; and a
-            // runtime that is shutting down has no timer to offer (polling one panics).
+            // No timer for a known outcome; a runtime shutting down has none (polling panics).
             let landed = match wait.outcome.clone().now_or_never() {
                 Some(landed) => landed,
                 None if runtime_shutting_down() => {
@@ -233,9 +211,8 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         }
     }
 
-    /// The API answered a request carrying `token` with `status`: whether to resend it with
-    /// another token (the 401 rule, [`rejection`]). `from_token_origin` tells whether the
-    /// answer came from the origin the token was sent to.
+    /// The API answered a request carrying `token`: whether to resend it (the 401 rule).
+    /// `from_token_origin`: whether the answer came from the origin the token went to.
     pub(crate) fn answered(
         &self,
         token: &AccessToken,
@@ -246,8 +223,7 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
             && self.reject(token).resend()
     }
 
-    /// A request carrying `token` was answered 401: the cached token is dropped unless the
-    /// 401 rule keeps it.
+    /// A 401 to a request carrying `token`: dropped unless the 401 rule keeps it.
     pub(crate) fn reject(&self, token: &AccessToken) -> Rejection {
         self.shared.reject(token)
     }
@@ -308,7 +284,7 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return; // the next caller on a runtime will start it
         };
-        // Whoever holds the lock is already deciding; nobody waits on the hot path.
+        // Whoever holds the lock is already deciding.
         let Some(state) = self.shared.state.try_lock() else {
             return;
         };
@@ -337,8 +313,7 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         wait
     }
 
-    /// Forgets `flight` if it is still the one in flight, so that the next caller starts a
-    /// new one; its task is aborted.
+    /// Forgets (and aborts) `flight` if still in flight, so the next caller starts a new one.
     fn forget_stranded(&self, flight: u64) {
         let stranded = self.shared.state.lock().flights.forget(flight);
         if let Some(stranded) = stranded {
@@ -355,7 +330,6 @@ impl<M: Send + Sync> Reject for SharedCache<M> {
     fn reject(&self, token: &AccessToken) -> Rejection {
         let now = Instant::now();
         let mut state = self.state.lock();
-        // Under `state`, nobody else writes the slot.
         if self.slot.read().as_ref().map(AccessToken::id) != Some(token.id()) {
             return Rejection::Superseded;
         }
@@ -409,7 +383,7 @@ impl<M: Send + Sync> Landing for SharedCache<M> {
 }
 
 impl<M> SharedCache<M> {
-    /// A fetch produced `token`: it becomes the cached one unless a newer flight's already is.
+    /// `token` becomes the cached one unless a newer flight's already is.
     fn land_token(
         &self,
         state: &mut FetchState,
@@ -439,9 +413,8 @@ impl<M> SharedCache<M> {
         );
     }
 
-    /// A fetch failed: the failure window opens (unless the flight was replaced, and its
-    /// successor decides). Every failure is counted and logged here, a rate limit as one
-    /// whether or not its flight was replaced. Returns the error as the flight's callers get it.
+    /// The failure window opens (unless the flight was replaced); returns the error as the
+    /// flight's callers get it.
     fn land_failure(
         &self,
         state: &mut FetchState,
@@ -459,7 +432,6 @@ impl<M> SharedCache<M> {
                 .map(|token| token.usable_until().saturating_duration_since(now));
             state.failures.open(&error, now, (self.jitter)(), left)
         });
-        // Absent from the log for a replaced flight, which opened no window.
         let retry_in_ms = failure.as_ref().map(|f| f.retry_in(now).as_millis() as u64);
         let rate_limited = error.is_rate_limited();
         if rate_limited {

@@ -1,13 +1,6 @@
 //! [`Error`]: everything that can go wrong while getting a token, and what to do about it.
-//!
-//! Every variant's message tells the user what to fix. None of them ever holds the client
-//! secret or an access token, whatever the auth server sends: its own words (`error`,
-//! `error_description`) are kept only after the grant has cleaned them (secrets and tokens it
-//! repeats replaced by `[REDACTED]`, control and invisible characters removed, at most 300
-//! characters), and response bodies, `error_uri` and headers are never kept.
-//!
-//! Errors are [`Clone`] because one failed token request is reported to every caller that
-//! was waiting for it (see the cache's single-flight and failure window).
+//! Server text is kept only as `redact.rs` cleaned it; errors are [`Clone`] because
+//! one failed fetch answers every caller waiting for it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,27 +11,28 @@ use http::StatusCode;
 use crate::app::GrantStoreError;
 use crate::redact::REDACTED;
 
-/// Why a token could not be obtained, or why the configuration was refused.
-///
-/// Use [`Error::is_transient`] to tell "try again later" from "fix something first", and
-/// [`Error::oauth_code`] to see the auth server's RFC 6749 error code.
-///
-/// The enum and each of its variants are `#[non_exhaustive]`: variants and fields may be
-/// added, so match with a wildcard arm and `..` in each pattern. Errors are made by the
-/// crate only.
+/// Why a token could not be obtained, or why the configuration was refused (see
+/// [Errors](crate#errors)). The enum and its variants are `#[non_exhaustive]`: match with a
+/// wildcard arm and `..`.
 ///
 /// ```
+/// use std::time::Duration;
 /// use understory_auth::{Credentials, Error, UnderstoryAuth};
 ///
 /// fn advice(err: &Error) -> String {
 ///     match err {
-///         Error::Timeout { after, .. } => format!("retry later (timed out after {after:?})"),
 ///         Error::Config { reason, .. } => format!("fix the configuration: {reason}"),
-///         err if err.is_transient() => "retry later".to_owned(),
-///         _ => "fix the configuration".to_owned(),
+///         err if err.is_rate_limited() => "back off for at least a minute".to_owned(),
+///         err if err.is_transient() => {
+///             let wait = err.retry_after().unwrap_or(Duration::from_secs(1));
+///             format!("retry in {wait:?}")
+///         }
+///         err => format!("fix the key: {:?}", err.oauth_code()),
 ///     }
 /// }
 /// let err = UnderstoryAuth::builder(Credentials::new("id", "")).build().unwrap_err();
+/// assert!(!err.is_transient());
+/// assert_eq!((err.status(), err.oauth_code(), err.retry_after()), (None, None, None));
 /// assert!(advice(&err).starts_with("fix the configuration"));
 /// ```
 #[derive(Debug, Clone, thiserror::Error)]
@@ -70,24 +64,18 @@ pub enum Error {
     OAuth {
         /// The HTTP status of the answer.
         status: StatusCode,
-        /// The `error` code, e.g. `invalid_client` (only ever RFC 6749's syntax: printable
-        /// ASCII without `"` and `\`, at most 64 characters).
+        /// The `error` code, e.g. `invalid_client` (RFC 6749's syntax, at most 64 characters).
         code: String,
-        /// The server's `error_description`: at most 300 characters, without control or
-        /// invisible characters, the client secret and any access token replaced by
-        /// `[REDACTED]`.
+        /// The server's `error_description`: at most 300 characters, secrets `[REDACTED]`.
         description: Option<String>,
         /// The server's `Retry-After`, if it sent one.
         retry_after: Option<Duration>,
-        /// Whether the key was read from the environment ([`Credentials::from_env`]): the
-        /// advice then names `UNDERSTORY_CLIENT_ID` and `UNDERSTORY_CLIENT_SECRET`.
-        ///
-        /// [`Credentials::from_env`]: crate::Credentials::from_env
+        /// Whether the key came from [`Credentials::from_env`](crate::Credentials::from_env)
+        /// (the advice then names its variables).
         key_from_env: bool,
     },
 
-    /// The auth server answered with an error status but no OAuth2 error body (often a
-    /// proxy or load balancer in front of it).
+    /// An error status without an OAuth2 error body (often a proxy in front of the server).
     #[error("{}", describe_status(*status, retry_after.as_ref()))]
     #[non_exhaustive]
     Status {
@@ -115,8 +103,7 @@ pub enum Error {
     )]
     #[non_exhaustive]
     UnsupportedTokenType {
-        /// The type, if it is a registered one (`mac`, `DPoP`, `PoP`, `N_A`); otherwise a
-        /// fixed text saying it is not shown (the server's text is never kept).
+        /// The type if it is a registered one (`mac`, `DPoP`, ...), else a fixed text.
         token_type: String,
     },
 
@@ -131,14 +118,8 @@ pub enum Error {
     },
 
     /// The token request could not be sent or its answer not read (DNS, connect, proxy,
-    /// TLS, reset). The message names the proxy the request went through, if any, and the
-    /// innermost cause (`Connection refused`, `invalid peer certificate: UnknownIssuer`), and
-    /// says when the next attempt is; a TLS setup failure (an untrusted or mismatched
-    /// certificate, no common protocol) is not transient.
-    ///
-    /// Since the message already names the innermost cause, [`source`](std::error::Error::source)
-    /// is `None`, so an `anyhow`/`eyre` report or a tracing error chain prints the cause
-    /// once; the transport error itself is in `error`.
+    /// TLS, reset). The message names the proxy, the innermost cause and the next attempt,
+    /// so [`source`](std::error::Error::source) is `None` (a report prints the cause once).
     #[error(
         "{}",
         describe_network(error, proxy.as_deref(), *proxy_from_env, *next_attempt_in, *failed_ago)
@@ -147,24 +128,19 @@ pub enum Error {
     Network {
         /// The transport error (its URL removed).
         error: Arc<reqwest::Error>,
-        /// The proxy the request went through, as `scheme://host:port` (never its
-        /// credentials), or `None` if it went directly.
+        /// The proxy the request went through, as `scheme://host:port`, if any.
         proxy: Option<String>,
-        /// Whether that proxy came from the environment (`HTTPS_PROXY`, `HTTP_PROXY`,
-        /// `ALL_PROXY`) rather than from
-        /// [`configure_token_client`](crate::UnderstoryAuthBuilder::configure_token_client).
+        /// Whether that proxy came from the environment (not `configure_token_client`).
         proxy_from_env: bool,
-        /// How long after this error was made the next token request will be made, when the
-        /// error comes from the cache (it remembers a failure for a while, see
-        /// [`CacheStats::failed_fast`](crate::CacheStats::failed_fast)).
+        /// How long after this error was made the next token request will be made (see
+        /// [Cache behaviour](crate#cache-behaviour)).
         next_attempt_in: Option<Duration>,
-        /// Set when this is a remembered failure handed out again without a new request:
-        /// how long ago that request failed.
+        /// For a remembered failure handed out again: how long ago the request failed.
         failed_ago: Option<Duration>,
     },
 
-    /// The auth server is rate limiting this key (HTTP 429): until the next attempt, no token
-    /// request is made and callers without a usable token get this error at once.
+    /// The auth server is rate limiting this key (HTTP 429); see
+    /// [Cache behaviour](crate#cache-behaviour).
     #[error(
         "the auth server is rate limiting this key's token requests (HTTP 429); the next attempt will be made in {}s, until then requests that need a new token fail at once",
         next_attempt_in.as_secs()
@@ -283,17 +259,7 @@ pub enum Error {
 impl Error {
     /// Whether trying again later may succeed without changing anything: timeouts, network
     /// errors, 5xx, 429 and garbled answers are transient; rejected credentials or scopes,
-    /// wrong token types, bad configuration and a TLS setup that fails (an untrusted
-    /// certificate, with the `rustls` feature) are not.
-    ///
-    /// ```
-    /// use understory_auth::{Credentials, UnderstoryAuth};
-    /// let err = UnderstoryAuth::builder(Credentials::new("id", "secret"))
-    ///     .token_url("http://auth.example.com/oauth2/token") // plain HTTP: refused
-    ///     .build()
-    ///     .unwrap_err();
-    /// assert!(!err.is_transient());
-    /// ```
+    /// wrong token types, bad configuration and (with `rustls`) a failed TLS setup are not.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Config { .. } | Error::MissingEnv { .. } => false,
@@ -324,43 +290,13 @@ impl Error {
         }
     }
 
-    /// Whether the auth server is rate limiting this key: it answered HTTP 429 Too Many
-    /// Requests. Such an error is also [transient](Self::is_transient); Understory asks
-    /// clients to back off for at least a minute before trying again.
-    ///
-    /// ```
-    /// use understory_auth::Error;
-    ///
-    /// fn log_failure(err: &Error) {
-    ///     if err.is_rate_limited() {
-    ///         eprintln!("Understory asks to back off for at least a minute: {err}");
-    ///     } else {
-    ///         eprintln!("no token: {err}");
-    ///     }
-    /// }
-    /// # log_failure(&understory_auth::UnderstoryAuth::builder(
-    /// #     understory_auth::Credentials::new("id", "")).build().unwrap_err());
-    /// ```
+    /// Whether the auth server answered HTTP 429 (rate limiting this key); also transient.
     pub fn is_rate_limited(&self) -> bool {
         self.status() == Some(StatusCode::TOO_MANY_REQUESTS)
     }
 
-    /// How long the server asked clients to wait (`Retry-After`), if it said. Honoured only
-    /// on 429 and 503 answers (ignored on any other), in whole seconds, and at most 5
-    /// minutes: a larger value is taken as 5 minutes.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use understory_auth::Error;
-    ///
-    /// fn wait_before_retrying(err: &Error) -> Duration {
-    ///     err.retry_after().unwrap_or(Duration::from_secs(60))
-    /// }
-    /// let err = understory_auth::UnderstoryAuth::builder(understory_auth::Credentials::new("id", ""))
-    ///     .build()
-    ///     .unwrap_err();
-    /// assert_eq!(wait_before_retrying(&err), Duration::from_secs(60));
-    /// ```
+    /// The server's `Retry-After` (on 429 and 503 answers only, whole seconds, at most 5
+    /// minutes), if it sent one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::OAuth { retry_after, .. } | Error::Status { retry_after, .. } => *retry_after,
@@ -370,19 +306,6 @@ impl Error {
     }
 
     /// The auth server's OAuth2 error code (`invalid_client`, `invalid_scope`, ...), if any.
-    ///
-    /// ```
-    /// use understory_auth::Error;
-    ///
-    /// fn key_rejected(err: &Error) -> bool {
-    ///     matches!(err.oauth_code(), Some("invalid_client" | "unauthorized_client"))
-    /// }
-    /// let err = understory_auth::UnderstoryAuth::builder(understory_auth::Credentials::new("id", ""))
-    ///     .build()
-    ///     .unwrap_err();
-    /// assert_eq!(err.oauth_code(), None); // refused before any request
-    /// assert!(!key_rejected(&err));
-    /// ```
     pub fn oauth_code(&self) -> Option<&str> {
         match self {
             Error::OAuth { code, .. } => Some(code),
@@ -394,13 +317,6 @@ impl Error {
     }
 
     /// The HTTP status the auth server answered with, if it answered.
-    ///
-    /// ```
-    /// let err = understory_auth::UnderstoryAuth::builder(understory_auth::Credentials::new("id", ""))
-    ///     .build()
-    ///     .unwrap_err();
-    /// assert_eq!(err.status(), None); // the auth server was not asked
-    /// ```
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             Error::OAuth { status, .. }
@@ -411,11 +327,9 @@ impl Error {
         }
     }
 
-    /// The crate's [`Error`] in `error` or anywhere in its chain of causes: in a
-    /// `reqwest_middleware::Error` (also inside reqwest-retry's `RetryError`, with the
-    /// feature `reqwest-retry`), in a `tower::BoxError`, or in any error that names its
-    /// cause in [`source`](std::error::Error::source). `None` if the failure was not the
-    /// token's (the API request itself failed).
+    /// The crate's [`Error`] in `error` or its chain of causes (a `reqwest_middleware::Error`,
+    /// reqwest-retry's `RetryError`, a `tower::BoxError` as `Error::find_in(&*err)`); `None`
+    /// if the API request itself failed.
     ///
     /// ```
     /// # #[cfg(all(feature = "test-util", feature = "middleware"))]
@@ -435,9 +349,6 @@ impl Error {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// # }).unwrap();
     /// ```
-    ///
-    /// A `tower::BoxError` (from [`BearerAuth`](crate::BearerAuth)) is passed as
-    /// `Error::find_in(&*err)`.
     pub fn find_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Error> {
         let mut next = Some(error);
         while let Some(error) = next {
@@ -452,8 +363,7 @@ impl Error {
         None
     }
 
-    /// [`Error::Network`] for a transport failure of a request that went through `proxy`
-    /// (`scheme://host:port`, and whether it was set in the environment), if any.
+    /// [`Error::Network`] for a request that went through `proxy` (and whether from the env).
     pub(crate) fn network(error: reqwest::Error, proxy: Option<(String, bool)>) -> Self {
         let proxy_from_env = proxy.as_ref().is_some_and(|(_, from_env)| *from_env);
         Error::Network {
@@ -465,9 +375,7 @@ impl Error {
         }
     }
 
-    /// This error as the cache hands it out: the next attempt is `next_attempt_in` away, and
-    /// when `failed_ago` is set, the error is a remembered one. Only [`Error::Network`]
-    /// carries this (a rate limit says it in [`Error::RateLimited`]).
+    /// This error as the cache hands it out; only [`Error::Network`] carries the timing.
     pub(crate) fn with_next_attempt(
         mut self,
         next_attempt_in: Duration,
@@ -485,8 +393,7 @@ impl Error {
         self
     }
 
-    /// This error, with its advice naming the environment variables if the key came from
-    /// there.
+    /// Lets the advice name the environment variables if the key came from there.
     pub(crate) fn key_from_env(mut self, from_env: bool) -> Self {
         if let Error::OAuth { key_from_env, .. } = &mut self {
             *key_from_env = from_env;
@@ -508,10 +415,8 @@ impl Error {
     }
 }
 
-/// The crate's error inside the wrappers whose `source()` skips it: reqwest-middleware's
-/// `Error::Middleware` is transparent over its `anyhow::Error`, and so is reqwest-retry's
-/// `RetryError::Error` over the middleware error, so walking `source()` alone never meets
-/// the error they hold.
+/// The crate's error inside wrappers whose `source()` skips it (reqwest-middleware's
+/// `Error::Middleware`, reqwest-retry's `RetryError`).
 fn find_in_wrapper<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Error> {
     #[cfg(feature = "middleware")]
     if let Some(reqwest_middleware::Error::Middleware(inner)) =
@@ -538,8 +443,7 @@ fn transient_status(status: StatusCode) -> bool {
         || status == StatusCode::REQUEST_TIMEOUT
 }
 
-/// `error`, and its causes down to the innermost one: what a transport error reads as.
-/// An `io::Error` is looked through: its `source()` skips the error it wraps.
+/// `error` and its causes, looking through `io::Error` (whose `source()` skips its inner).
 fn causes<'a>(
     error: &'a (dyn std::error::Error + 'static),
 ) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
@@ -553,8 +457,8 @@ fn causes<'a>(
     })
 }
 
-/// `error`'s message and, when it has causes, the innermost one, which says what went
-/// wrong: "error sending request: invalid peer certificate: UnknownIssuer".
+/// `error`'s message and its innermost cause: "error sending request: invalid peer
+/// certificate: UnknownIssuer".
 pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     match causes(error).last() {
         Some(innermost) if !std::ptr::addr_eq(innermost, error) => {
@@ -564,10 +468,8 @@ pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
 }
 
-/// Whether a transport failure is the TLS setup's, which waiting does not fix: the server's
-/// certificate is not trusted, expired or for another name, no trust store could be loaded,
-/// the two sides share no protocol, or the server refused the handshake (e.g. it wants a
-/// client certificate). Told with the `rustls` backend only.
+/// Whether a transport failure is the TLS setup's (certificate, trust store, protocol,
+/// refused handshake), which waiting does not fix. Told with `rustls` only.
 fn is_tls_setup_failure(error: &(dyn std::error::Error + 'static)) -> bool {
     #[cfg(feature = "rustls")]
     {
@@ -651,8 +553,7 @@ fn describe_network(
     format!("could not reach the auth server{via}: {cause}; {check}{when}")
 }
 
-/// `duration` for a message: milliseconds below a second, else whole seconds (rounded up
-/// for a wait to come, so that "in 0 s" is never said of a later attempt).
+/// `duration` in ms below a second, else whole seconds (a wait to come rounded up).
 fn seconds(duration: Duration, round_up: bool) -> String {
     if duration < Duration::from_secs(1) {
         return format!("{} ms", duration.as_millis());

@@ -1,6 +1,5 @@
-//! [`BearerAuthLayer`], its service and response future, and [`RetryOnUnauthorized`]. Hot
-//! path: a cached token's header is inserted and the inner future polled as is; only without
-//! one does the (boxed) future first wait for a token.
+//! [`BearerAuthLayer`], its service and future, and [`RetryOnUnauthorized`]. Only without a
+//! cached token does the (boxed) future first wait for one.
 
 use std::fmt;
 use std::future::Future;
@@ -21,34 +20,20 @@ use crate::cache::Held;
 use crate::origin::Destination;
 use crate::{Error, UnderstoryAuth};
 
-/// A tower [`Layer`] that sends the Understory access token of an [`UnderstoryAuth`] with
-/// every request bound for the API.
-///
-/// It wraps any `Service<http::Request<B>, Response = http::Response<R>>` (a hyper-util
-/// client, a tonic `Channel`, a `tower::service_fn`) in a [`BearerAuth`], which adds the
-/// token to the requests that may carry it (the crate docs:
-/// [which requests carry the token](crate#which-requests-carry-the-token)), reports each
-/// answer to the cache (the [401 rule](crate#what-happens-on-a-401)), and fails with a
-/// [`tower::BoxError`]: the inner service's error, or an [`Error`](crate::Error) when no
-/// token could be had. Resending a rejected request is [`RetryOnUnauthorized`]'s job, placed
-/// outside the layer. The layer shares its cache with every clone of the `UnderstoryAuth`,
-/// the reqwest middleware included.
-///
-/// An `http::Response` does not say which origin answered: behind an inner service that
-/// follows redirects, a 401 from the origin a redirect led to (which never saw the token) is
-/// reported like the API's own. That costs no secret, and the token requests it can cause
-/// are bounded by the 401 rule; place redirect following outside this layer to avoid it.
-///
-/// The service's error is a `tower::BoxError`, which is `Send + Sync`: `?` needs a function
-/// returning it (or `Box<dyn Error + Send + Sync>`), not `Box<dyn Error>`.
+/// A tower [`Layer`] that sends an [`UnderstoryAuth`]'s token with every request bound for
+/// the API ([which requests](crate#which-requests-carry-the-token)) and reports each answer
+/// to the [401 rule](crate#what-happens-on-a-401); resending is [`RetryOnUnauthorized`]'s
+/// job. Its error is a [`tower::BoxError`] (`Send + Sync`): the inner service's, or an
+/// [`Error`](crate::Error). Place redirect following outside it: a response does not say
+/// which origin answered.
 ///
 /// ```
 /// use bytes::Bytes;
-/// use http_body_util::Empty;
+/// use http_body_util::Full;
 /// use hyper_util::client::legacy::Client;
 /// use hyper_util::rt::TokioExecutor;
 /// use tower::{ServiceBuilder, ServiceExt};
-/// use understory_auth::BearerAuthLayer;
+/// use understory_auth::{BearerAuthLayer, RetryOnUnauthorized};
 /// # #[cfg(feature = "test-util")]
 /// use understory_auth::testing::SandboxServer;
 ///
@@ -57,21 +42,19 @@ use crate::{Error, UnderstoryAuth};
 /// async fn main() -> Result<(), tower::BoxError> {
 ///     let sandbox = SandboxServer::start().await?;
 ///     let auth = sandbox.auth()?; // in production: UnderstoryAuth::new(Credentials::from_env()?)
-///
 ///     let client = ServiceBuilder::new()
+///         .retry(RetryOnUnauthorized::default())
 ///         .layer(BearerAuthLayer::new(auth.clone()))
-///         .service(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+///         .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
 ///
-///     let request = http::Request::get(format!("{}/v1/me", sandbox.api_base()))
-///         .body(Empty::new())?;
-///     match client.oneshot(request).await {
-///         Ok(response) => assert_eq!(response.status(), 200),
-///         // No token could be had: the crate's error, found in the BoxError.
-///         Err(err) => match understory_auth::Error::find_in(&*err) {
-///             Some(token_error) => return Err(format!("no token: {token_error}").into()),
-///             None => return Err(err), // the request itself failed
-///         },
-///     }
+///     let url = format!("{}/v1/me", sandbox.api_base());
+///     let me = || http::Request::get(&url).body(Full::default());
+///     // On failure, `understory_auth::Error::find_in(&*err)` finds a token error.
+///     assert_eq!(client.clone().oneshot(me()?).await?.status(), 200);
+///     // The API stops accepting the cached token: the request is resent once with a new one.
+///     sandbox.revoke_token(auth.token().await?.secret());
+///     assert_eq!(client.oneshot(me()?).await?.status(), 200);
+///     assert_eq!(sandbox.api_requests(), 3);
 ///     Ok(())
 /// }
 /// # #[cfg(not(feature = "test-util"))]
@@ -85,14 +68,6 @@ pub struct BearerAuthLayer {
 
 impl BearerAuthLayer {
     /// A layer that sends `auth`'s token; clones of `auth` share its cache.
-    ///
-    /// ```
-    /// use understory_auth::{BearerAuthLayer, Credentials, UnderstoryAuth};
-    ///
-    /// let auth = UnderstoryAuth::new(Credentials::new("client-id", "client-secret"));
-    /// let layer = BearerAuthLayer::new(auth.clone());
-    /// # let _ = layer;
-    /// ```
     pub fn new(auth: UnderstoryAuth) -> Self {
         BearerAuthLayer {
             auth,
@@ -100,28 +75,9 @@ impl BearerAuthLayer {
         }
     }
 
-    /// Whether requests with a relative URI (no scheme, no authority) get the token too
-    /// (default: no, since such a URI names no origin to check).
-    ///
-    /// Turn it on for a tonic `Channel`: its generated clients send relative URIs, and the
-    /// channel itself fixes the origin, so a layer around a channel connected to the
-    /// Understory API may authorize them all. Never turn it on for a service that can send
-    /// to other origins.
-    ///
-    /// ```
-    /// use tower::{ServiceBuilder, service_fn};
-    /// use understory_auth::{BearerAuthLayer, Credentials, UnderstoryAuth};
-    ///
-    /// # let auth = UnderstoryAuth::new(Credentials::new("client-id", "client-secret"));
-    /// // Stands in for `tonic::transport::Channel::from_static("https://…").connect_lazy()`.
-    /// let channel = service_fn(|_: http::Request<String>| async {
-    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
-    /// });
-    /// let authorized = ServiceBuilder::new()
-    ///     .layer(BearerAuthLayer::new(auth).authorize_relative_uris(true))
-    ///     .service(channel);
-    /// # let _ = authorized;
-    /// ```
+    /// Whether requests with a relative URI get the token too (default: no, it names no
+    /// origin). Turn it on around a tonic `Channel` to the API, which fixes the origin;
+    /// never for a service that can send to other origins.
     pub fn authorize_relative_uris(mut self, authorize: bool) -> Self {
         self.authorize_relative_uris = authorize;
         self
@@ -140,20 +96,7 @@ impl<S> Layer<S> for BearerAuthLayer {
     }
 }
 
-/// The service made by [`BearerAuthLayer`]: it sends the Understory access token with the
-/// requests it may carry it and passes them on to the inner service `S`.
-///
-/// ```
-/// use tower::{Layer, service_fn};
-/// use understory_auth::{BearerAuth, BearerAuthLayer, Credentials, UnderstoryAuth};
-///
-/// # let auth = UnderstoryAuth::new(Credentials::new("client-id", "client-secret"));
-/// let inner = service_fn(|_: http::Request<()>| async {
-///     Ok::<_, std::convert::Infallible>(http::Response::new(()))
-/// });
-/// let service: BearerAuth<_> = BearerAuthLayer::new(auth).layer(inner);
-/// # let _ = service;
-/// ```
+/// The service made by [`BearerAuthLayer`] (see its example).
 #[derive(Debug, Clone)]
 pub struct BearerAuth<S> {
     inner: S,
@@ -162,8 +105,7 @@ pub struct BearerAuth<S> {
 }
 
 impl<S> BearerAuth<S> {
-    /// Whether `request` gets this layer's token: the crate's one rule (see
-    /// [`BearerAuthLayer`]), with relative URIs when they were opted in.
+    /// Whether `request` gets the token, relative URIs if opted in.
     fn should_authorize<B>(&self, request: &Request<B>) -> bool {
         match self
             .auth
@@ -213,20 +155,16 @@ where
     }
 }
 
-/// The token a request carries, and through it the cache to report the API's answer to: one
-/// pointer, owned by the calling thread's copy of the token, so that the hot path writes
-/// nothing shared.
+/// The token a request carries and its cache: this thread's copy, so nothing shared is written.
 type Sent = Arc<Held>;
 
-/// Puts the token in `request` as `Authorization: Bearer …` (a value marked sensitive).
 #[inline]
 fn authorize<B>(request: &mut Request<B>, held: &Held) {
     let header = held.token().header_value().clone();
     request.headers_mut().insert(AUTHORIZATION, header);
 }
 
-/// Marks a 401 response to a request that carried this layer's token, when a resend would
-/// carry another token, for [`RetryOnUnauthorized`].
+/// Marks a 401 whose resend would carry another token, for [`RetryOnUnauthorized`].
 #[derive(Debug, Clone, Copy)]
 struct TokenRejected;
 
@@ -245,13 +183,11 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<S, B, F> {
-        // No usable token was cached: waiting for one, then calling `S` with the request.
         Fetching {
             fetch: BoxFuture<'static, Result<Sent, Error>>,
             // Boxed, so that the cold path does not make every hot-path future larger.
             pending: Option<Box<(S, Request<B>)>>,
         },
-        // The inner service was called.
         Calling {
             #[pin]
             future: F,
@@ -325,48 +261,10 @@ where
     }
 }
 
-/// A [`tower::retry::Policy`] that resends a request once when the API rejected the token
-/// it carried (HTTP 401) and the cache replaced it, so that it goes out again with a new
-/// token (the [401 rule](crate#what-happens-on-a-401)).
-///
-/// Place it *outside* the [`BearerAuthLayer`]: the retry then clones the request before the
-/// token is added, and the layer adds the new one. It retries only 401s to requests that
-/// carried the layer's token (not those to other origins or with an `Authorization` header
-/// of their own), and at most once: if the fresh token is rejected too, the 401 is returned.
-/// The request body must be `Clone` (e.g. `http_body_util::Full<Bytes>`).
-///
-/// ```
-/// use bytes::Bytes;
-/// use http_body_util::Full;
-/// use hyper_util::client::legacy::Client;
-/// use hyper_util::rt::TokioExecutor;
-/// use tower::{ServiceBuilder, ServiceExt};
-/// use understory_auth::{BearerAuthLayer, RetryOnUnauthorized};
-/// # #[cfg(feature = "test-util")]
-/// use understory_auth::testing::SandboxServer;
-///
-/// # #[cfg(feature = "test-util")]
-/// #[tokio::main]
-/// async fn main() -> Result<(), tower::BoxError> {
-///     let sandbox = SandboxServer::start().await?;
-///     let auth = sandbox.auth()?;
-///     let client = ServiceBuilder::new()
-///         .retry(RetryOnUnauthorized::default())
-///         .layer(BearerAuthLayer::new(auth.clone()))
-///         .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
-///
-///     // The API stops accepting the cached token…
-///     sandbox.revoke_token(auth.token().await?.secret());
-///     // …and the request is resent once with a new one.
-///     let request = http::Request::get(format!("{}/v1/me", sandbox.api_base()))
-///         .body(Full::default())?;
-///     assert_eq!(client.oneshot(request).await?.status(), 200);
-///     assert_eq!(sandbox.api_requests(), 2);
-///     Ok(())
-/// }
-/// # #[cfg(not(feature = "test-util"))]
-/// # fn main() {}
-/// ```
+/// A [`tower::retry::Policy`] that resends a request once with a new token when the
+/// [401 rule](crate#what-happens-on-a-401) says so. Place it *outside* the
+/// [`BearerAuthLayer`] (see its example), so that the layer adds the new token; the body
+/// must be `Clone`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RetryOnUnauthorized {
     retried: bool,
@@ -399,7 +297,7 @@ where
     }
 }
 
-/// A copy of `request`: method, URI, version, headers, extensions and body.
+/// A copy of `request`, extensions included.
 pub(crate) fn clone_request<B: Clone>(request: &Request<B>) -> Request<B> {
     let mut clone = Request::new(request.body().clone());
     *clone.method_mut() = request.method().clone();

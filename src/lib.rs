@@ -3,15 +3,10 @@
 //!
 //! Understory's internal integration keys (a client id and a secret) are traded for
 //! hour-long access tokens with the OAuth2 `client_credentials` grant. This crate does that
-//! for you, once, however many requests run at once, and attaches
-//! `Authorization: Bearer <token>` to every request bound for the API:
-//!
-//! * [`UnderstoryAuth`] is a [`reqwest_middleware::Middleware`] (feature `middleware`, on by
-//!   default);
-//! * [`BearerAuthLayer`] is a [`tower`] layer for hyper-util clients, tonic channels and any
-//!   `Service<http::Request<B>>` (feature `tower`, on by default);
-//! * both share one token cache: one token request however many tasks need a token,
-//!   refreshed ahead of expiry in the background, with backoff after failures.
+//! once, however many requests run at once, and attaches `Authorization: Bearer <token>` to
+//! every request bound for the API: [`UnderstoryAuth`] is a
+//! [`reqwest_middleware::Middleware`], [`BearerAuthLayer`] a [`tower`] layer (hyper-util,
+//! tonic, any `Service<http::Request<B>>`); both share one token cache.
 //!
 //! ```no_run
 //! use understory_auth::{Credentials, UnderstoryAuth, reqwest, reqwest_middleware};
@@ -45,9 +40,8 @@
 //! ```
 //!
 //! The cache knows neither HTTP stacks nor where tokens come from; the integrations know
-//! only "the header for this request" and "this answer came back". Leaves that use nothing
-//! of the crate: `schedule.rs` (when a token is due) and `redact.rs` (what server text may
-//! show); `error.rs` uses only the latter.
+//! only "the header for this request" and "this answer came back". `schedule.rs` and
+//! `redact.rs` are leaves; `error.rs` uses only the latter.
 //!
 //! # Which requests carry the token
 //!
@@ -56,111 +50,81 @@
 //! [`api_base`](UnderstoryAuthBuilder::api_base)'s or one added with
 //! [`allow_origin`](UnderstoryAuthBuilder::allow_origin); those must be HTTPS (plain HTTP
 //! only to loopback hosts, for tests). Every other request passes through untouched, and so
-//! does a request that already has an `Authorization` header, one carrying the [`SkipAuth`]
-//! extension, one whose `Host` header names another host or port than its URI (or holds
-//! user info, `x@host`), and one
-//! whose origin cannot be checked (an authority without a scheme: `CONNECT host:443`,
-//! `//host/path`). A relative URI (`/v1/me`, as a tonic channel sends) gets the token only
-//! through [`BearerAuthLayer::authorize_relative_uris`]. The token never follows a redirect
-//! to another origin: reqwest drops `Authorization` there, and tower-http's
-//! `FollowRedirect` does too (keep it outside [`BearerAuthLayer`], so that every hop is
-//! checked again).
+//! does one that already has an `Authorization` header, carries the [`SkipAuth`] extension,
+//! has a `Host` header naming another host or port than its URI (or holding user info,
+//! `x@host`), or whose origin cannot be checked (`CONNECT host:443`, `//host/path`). A
+//! relative URI (`/v1/me`, as a tonic channel sends) gets the token only through
+//! [`BearerAuthLayer::authorize_relative_uris`]. The token never follows a redirect to
+//! another origin: reqwest drops `Authorization` there, and so does tower-http's
+//! `FollowRedirect` (keep it outside [`BearerAuthLayer`], so that every hop is checked).
 //!
 //! # Cache behaviour
 //!
 //! Every clone of an [`UnderstoryAuth`], and every middleware and layer made from it,
-//! shares one cache. Its timing:
+//! shares one cache:
 //!
 //! * **Single flight.** Concurrent callers without a usable token share one token request,
-//!   which runs in its own task: a caller that gives up does not cancel it for the others.
-//!   A caller waits at most [`token_timeout`](UnderstoryAuthBuilder::token_timeout) plus a
-//!   second (about twice that if the runtime the request ran on shut down and it had to be
-//!   started again).
+//!   run in its own task: a caller that gives up does not cancel it for the others. A caller
+//!   waits at most [`token_timeout`](UnderstoryAuthBuilder::token_timeout) plus a second
+//!   (about twice that if the request's runtime shut down and it was started again).
 //! * **Refresh ahead.** A token is replaced in the background before it stops being handed
 //!   out, by 10 % of its lifetime, at least
-//!   [`refresh_ahead`](UnderstoryAuthBuilder::refresh_ahead) ([`DEFAULT_REFRESH_AHEAD`],
-//!   60 s), at most half of it, and up to a fifth of that margin earlier at random, so that
-//!   a fleet does not refresh in lockstep. Callers keep using the valid token meanwhile.
+//!   [`refresh_ahead`](UnderstoryAuthBuilder::refresh_ahead) ([`DEFAULT_REFRESH_AHEAD`]), at
+//!   most half of it, and up to a fifth of that margin earlier at random, so that a fleet
+//!   does not refresh in lockstep. Callers keep using the valid token meanwhile.
 //! * **Expiry margin.** A token is not handed out in the last 5 % of its life, at most
-//!   [`expiry_margin`](UnderstoryAuthBuilder::expiry_margin) ([`DEFAULT_EXPIRY_MARGIN`],
-//!   5 s), so that it does not expire in flight.
+//!   [`expiry_margin`](UnderstoryAuthBuilder::expiry_margin) ([`DEFAULT_EXPIRY_MARGIN`]).
 //! * **Backoff.** After a failed token request, callers get the same error at once until the
-//!   next attempt instead of sending more requests. Transient failures
-//!   ([`Error::is_transient`]) back off from 0.5 s to 30 s ([`TRANSIENT_BACKOFF_BASE`],
-//!   [`TRANSIENT_BACKOFF_MAX`]), rejected credentials or scopes from 5 s to 2 min
-//!   ([`PERMANENT_BACKOFF_BASE`], [`PERMANENT_BACKOFF_MAX`]), doubling, half of it random. `Retry-After` is honoured on 429 and 503 answers
-//!   only, up to 5 minutes. A 429 without it backs off 60 s plus up to 30 s at random
-//!   (Understory asks for at least a minute), and its callers get [`Error::RateLimited`],
-//!   which says when the next attempt is. While a valid token remains, a failed background
-//!   refresh keeps it and tries again within half of the time it has left (never sooner than
-//!   a rate limit allows). The first call after the window tries again: a fixed key or a
-//!   recovered server is picked up without a restart.
+//!   next attempt. Transient failures ([`Error::is_transient`]) back off from
+//!   [`TRANSIENT_BACKOFF_BASE`] to [`TRANSIENT_BACKOFF_MAX`], rejected credentials or scopes
+//!   from [`PERMANENT_BACKOFF_BASE`] to [`PERMANENT_BACKOFF_MAX`], doubling, half of it
+//!   random. `Retry-After` is honoured on 429 and 503 answers only, up to 5 minutes; a 429
+//!   without it backs off 60 s plus up to 30 s at random, and its callers get
+//!   [`Error::RateLimited`]. While a valid token remains, a failed background refresh keeps
+//!   it and tries again within half of the time it has left (never sooner than a rate limit
+//!   allows). The first call after the window tries again: a fixed key or a recovered
+//!   server is picked up without a restart.
 //! * **The hot path** takes no lock, allocates nothing and writes nothing another thread
 //!   reads: each thread keeps its own copy of the current token, checked against a coarse
 //!   monotonic clock while the token is more than 100 ms from its refresh time. A test that
-//!   pauses and advances tokio's clock therefore sees a token come due only once the real
-//!   clock is within 100 ms of its refresh time, or after [`UnderstoryAuth::invalidate`].
+//!   pauses tokio's clock therefore sees a token come due only once the real clock is within
+//!   100 ms of its refresh time, or after [`UnderstoryAuth::invalidate`].
 //!
-//! [`UnderstoryAuth::stats`] counts what the cache did, for metrics; a shared cache for a
-//! fleet of processes is [`UnderstoryAuthBuilder::shared_cache`] (see [`TokenStore`]).
+//! [`UnderstoryAuth::stats`] counts what the cache did; a cache shared by a fleet of
+//! processes is [`UnderstoryAuthBuilder::shared_cache`] (see [`TokenStore`]).
 //!
 //! # Corporate networks
 //!
 //! The token request is sent by the crate's own reqwest client; API requests go through
 //! yours. Without code:
 //!
-//! * **Proxies from the environment**: `HTTPS_PROXY` (the token endpoint is HTTPS),
-//!   `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (upper or lower case), read when
-//!   [`build`](UnderstoryAuthBuilder::build) runs. A proxy set in code replaces them,
-//!   `NO_PROXY` included, unless you add `.no_proxy(reqwest::NoProxy::from_env())`.
-//! * **The trust store**: with the default `rustls` feature, certificates are verified by
-//!   the platform's verifier. On Linux and other Unix systems that is the system's CA
-//!   bundle, and `SSL_CERT_FILE` (or `SSL_CERT_DIR`) *replaces* it rather than adding to it.
-//!   On macOS and Windows the system's trust settings are used and `SSL_CERT_FILE` is
-//!   ignored: add a company CA to the system's store, or in code.
-//! * **System proxy settings** (macOS, Windows) are not read: reqwest's `system-proxy`
-//!   feature is off in this crate (Cargo turns it on if your application depends on reqwest
-//!   with its default features).
+//! * **Proxies**: `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (either case),
+//!   read when [`build`](UnderstoryAuthBuilder::build) runs. A proxy set in code replaces
+//!   them, `NO_PROXY` included, unless you add `.no_proxy(reqwest::NoProxy::from_env())`.
+//!   System proxy settings (macOS, Windows) are not read (reqwest's `system-proxy` is off,
+//!   unless your own reqwest dependency turns it on).
+//! * **The trust store**: with `rustls` (default), the platform's verifier. On Linux and
+//!   other Unix systems that is the system's CA bundle, which `SSL_CERT_FILE` (or
+//!   `SSL_CERT_DIR`) *replaces*; macOS and Windows use the system's trust settings and
+//!   ignore `SSL_CERT_FILE`.
 //!
 //! Everything else (a proxy, a private CA, mTLS, a resolver) is
 //! [`configure_token_client`](UnderstoryAuthBuilder::configure_token_client). When the
-//! token request cannot be sent, [`Error::Network`] names the innermost cause, in its
-//! message and in the log (`Connection refused (os error 111)`, `invalid peer certificate:
-//! UnknownIssuer`); a TLS setup failure is not transient: waiting will not fix it.
+//! token request cannot be sent, [`Error::Network`] names the innermost cause
+//! (`Connection refused (os error 111)`, `invalid peer certificate: UnknownIssuer`); a TLS
+//! setup failure is not transient: waiting will not fix it.
 //!
 //! # Errors
 //!
 //! Every failure to get a token is an [`Error`] whose message says what to do;
-//! [`Error::is_transient`] tells "retry later" (timeouts, network, 5xx, 429) from "fix
-//! something" (a rejected key or scope, bad configuration). When no token can be had the
-//! request is not sent. [`Error::find_in`] finds the crate's error in whatever your stack
-//! returns: a `reqwest_middleware::Error`, a `tower::BoxError` (`Error::find_in(&*err)`), or
-//! any error chain:
-//!
-//! ```
-//! # #[cfg(feature = "test-util")]
-//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! use understory_auth::{Credentials, reqwest, reqwest_middleware};
-//!
-//! let sandbox = understory_auth::testing::SandboxServer::start().await?;
-//! let auth = sandbox.auth_builder(Credentials::new(sandbox.client_id(), "wrong secret")).build()?;
-//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(auth).build();
-//!
-//! let result = client.get(format!("{}/v1/me", sandbox.api_base())).send().await;
-//! let Err(err) = result else { return Err("expected an error".into()) };
-//! let err = understory_auth::Error::find_in(&err).ok_or("not a token error")?;
-//! assert_eq!(err.oauth_code(), Some("invalid_client"));
-//! assert!(!err.is_transient()); // fix the key; retrying will not help
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! # }).unwrap();
-//! ```
-//!
-//! Put [reqwest-retry](https://docs.rs/reqwest-retry) and
+//! [`Error::is_transient`] tells "retry later" from "fix something". When no token can be
+//! had the request is not sent. [`Error::find_in`] finds the crate's error in a
+//! `reqwest_middleware::Error`, a `tower::BoxError` (`Error::find_in(&*err)`) or any error
+//! chain. Put [reqwest-retry](https://docs.rs/reqwest-retry) and
 //! [reqwest-tracing](https://docs.rs/reqwest-tracing) before [`UnderstoryAuth`] in the
-//! middleware chain, so that every attempt takes the current token and the spans cover the
-//! whole exchange. reqwest-retry wraps the errors it passes on in its `RetryError`, whose
-//! `source()` skips the error it holds; with the feature `reqwest-retry`, [`Error::find_in`]
-//! looks inside it too:
+//! chain, so that every attempt takes the current token and the spans cover the whole
+//! exchange (with the feature `reqwest-retry`, [`Error::find_in`] looks inside its
+//! `RetryError`, whose `source()` skips the error it holds):
 //!
 //! ```
 //! use std::time::Duration;
@@ -188,44 +152,42 @@
 //!
 //! Understory answers 401 both to a token it no longer accepts and to a valid token that
 //! lacks the endpoint's scope. Both integrations report every answer to a request that
-//! carried the token to one place in the cache, which applies this rule:
+//! carried the token to the cache, which applies this rule:
 //!
 //! 1. **A routine token** (the first one, or one fetched by the regular refresh) is dropped
-//!    at its first 401, and the request is resent once with a new token. A revoked token
-//!    therefore heals on the first rejected request: one token request, one resend. Requests
-//!    rejected with a token that is no longer the cached one are resent with the current one,
-//!    so a burst of 100 concurrent rejections causes one token request.
-//! 2. **A replacement token** (one fetched because its predecessor was rejected) is kept
-//!    while it works elsewhere: a request carrying it was answered with anything but 401 (or
-//!    a 5xx) since its last 401, by the origin it was sent to (an answer from another origin
-//!    a redirect led to never saw the token and does not count). Its 401s are returned to
-//!    the caller as they came, status and body, without a resend. It is dropped only once it
-//!    has been rejected, with no such acceptance in between, for its cooldown: 5 s
-//!    ([`INVALIDATION_COOLDOWN`]) for the first replacement, four times longer for each replacement dropped in a row (20 s, 80 s,
-//!    320 s, ...), at most the token's lifetime.
-//!    The count of replacements dropped in a row starts again once a routine token lives to
-//!    its refresh without a 401.
+//!    at its first 401, and the request is resent once with a new token: a revoked token
+//!    heals on the first rejected request. Requests rejected with a token that is no longer
+//!    the cached one are resent with the current one, so a burst of 100 concurrent
+//!    rejections causes one token request.
+//! 2. **A replacement token** (fetched because its predecessor was rejected) is kept while
+//!    it works elsewhere: a request carrying it was answered with anything but 401 (or a
+//!    5xx) since its last 401, by the origin it was sent to (not one a redirect led to). Its
+//!    401s are returned to the caller as they came, without a resend. It is dropped only
+//!    once it has been rejected, with no such acceptance in between, for its cooldown:
+//!    [`INVALIDATION_COOLDOWN`] (5 s) for the first replacement, four times longer for each
+//!    replacement dropped in a row (20 s, 80 s, ...), at most the token's lifetime.
+//!    The count starts again once a routine token lives to its refresh without a 401.
 //!
 //! So an endpoint the key may not use, called 20 times a second for hours while other
-//! endpoints accept the token, costs one extra token request per token lifetime (the first
-//! 401 for each routine token) and one extra API request each time. If nothing else is
-//! called at all, nothing tells a forbidden endpoint from a rejected token, and the growing
-//! cooldown costs a few more at first: with hour-long tokens, five more in the first half
-//! hour (after 5, 20, 80, 320 and 1280 s of rejections). A revoked replacement heals after
-//! its cooldown. A key that gains the missing scope uses it at the latest with the next
+//! endpoints accept the token, costs one extra token request per token lifetime and one
+//! extra API request each time. If nothing else is called at all, nothing tells a forbidden
+//! endpoint from a rejected token, and the growing cooldown costs a few more at first: with
+//! hour-long tokens, five more in the first half hour. A revoked replacement heals after
+//! its cooldown; a key that gains the missing scope uses it at the latest with the next
 //! [regular refresh](#cache-behaviour).
 //!
 //! A second 401 is returned to the caller as the response: there is no loop (and if no new
 //! token can be had, the caller gets that error instead). Resending is safe for any method:
 //! a 401 means the server did not process the request (RFC 9110, section 15.5.2). A request
-//! whose body is a stream cannot be resent and gets its 401 back; [`UnderstoryAuth::with_unauthorized_retry`] turns the retry off. In tower stacks
-//! the retry is the [`RetryOnUnauthorized`] policy, placed outside [`BearerAuthLayer`].
+//! whose body is a stream cannot be resent and gets its 401 back;
+//! [`UnderstoryAuth::with_unauthorized_retry`] turns the retry off. In tower stacks the
+//! retry is the [`RetryOnUnauthorized`] policy, placed outside [`BearerAuthLayer`].
 //! [`UnderstoryAuth::invalidate`] reports a 401 by hand and follows the same rule.
 //!
 //! # Rate limits (HTTP 429)
 //!
 //! Understory asks integrations that get a 429 to "back off for at least one minute". The
-//! crate does so for its own token requests (see [`Error::RateLimited`]); for your API
+//! crate does so for its own token requests ([`Error::RateLimited`]); for your API
 //! requests, add [`RateLimitRetry`] to the reqwest-middleware chain or the tower stack: it
 //! waits for `Retry-After` or 60 s plus up to 30 s at random before resending, and gives a
 //! caller that cannot wait the 429 at once, as a [`TooManyRequests`] saying when to retry.
@@ -292,9 +254,9 @@
 //! # Logging
 //!
 //! The crate logs with [`tracing`](https://docs.rs/tracing); each event's target is its
-//! module path, so `understory_auth=debug` (e.g. in `RUST_LOG` with `tracing-subscriber`'s
-//! `EnvFilter`) selects them all. At the default `info` level a healthy process logs one
-//! line per token it obtains. Every event, by target (`understory_auth::` left out):
+//! module path, so `understory_auth=debug` (e.g. in `RUST_LOG`) selects them all. At the
+//! default `info` level a healthy process logs one line per token it obtains. Every event,
+//! by target (`understory_auth::` left out):
 //!
 //! | Level | Target | Message | Fields |
 //! |-------|--------|---------|--------|
@@ -335,57 +297,35 @@
 //! | DEBUG | `webhooks::layer` | a webhook's processing was dropped before it finished; releasing its id | `webhook_id` |
 //! | DEBUG | `testing::server` | sandbox: accepting a connection failed / could not disable Nagle's algorithm / connection closed with an error | `error` |
 //!
-//! The fields:
-//!
-//! * `error`: the error's `Display`, which names the innermost cause; text from a server or
-//!   a store is sanitised first (secrets redacted, control characters removed, cut short).
-//! * `transient`: [`Error::is_transient`]; `retry_in_ms`: how long callers get the error at
-//!   once before the next attempt (absent when a newer request had replaced the failed one,
-//!   which then decides); `elapsed_ms`: how long the request took; `grace_ms`,
-//!   `waited_ms`: how long the cache waited for a stranded fetch or for another process.
-//! * `token_id`: the token's [`TokenId`], a number counted by the process, not derived
-//!   from the token; `lifetime_secs`, `left_secs`: its lifetime, and what is left of a
-//!   shared one; `scopes`: its scopes, space-separated.
-//! * `background`: whether the request refreshes ahead of expiry (nobody waits for it);
-//!   `retry`: whether the rejected request is resent with a new token.
-//! * `wait_ms`: how long [`RateLimitRetry`] waits after a 429 (or would have: the
-//!   [`TooManyRequests`]'s wait); `resend`: whether it resends the request after it.
-//! * `key`, `generation`, `newest_seen`: the shared entry's store key (hashes of the
-//!   token URL, client id, audience and scopes, and of a key derived from the secret) and
-//!   generation numbers.
-//! * `connection`: a third-party app's key for the connection (its own id for the
-//!   company); `company_id`: Understory's.
-//! * `status`: the HTTP status the webhook was answered with; `webhook_id`: the
-//!   `webhook-id` of a webhook whose signature was verified (a refused one's headers are
-//!   not logged).
-//!
-//! No field ever holds the client secret, an access token, a refresh token, an authorization
-//! code, a PKCE verifier or a webhook secret, in whole or
+//! The fields: `error`, the error's `Display` (server and store text sanitised);
+//! `transient`, [`Error::is_transient`]; `retry_in_ms`, how long callers get the error at
+//! once (absent when a newer request replaced the failed one); `elapsed_ms`, `grace_ms`,
+//! `waited_ms`, `wait_ms`: how long the request took, the cache waited (for a stranded fetch,
+//! another process), or [`RateLimitRetry`] waits after a 429 (`resend`: whether it resends);
+//! `token_id`, a [`TokenId`] (a count, not derived from the token), `lifetime_secs`,
+//! `left_secs`, `scopes`; `background`, a refresh ahead of expiry; `retry`, whether a
+//! rejected request is resent; `key`, `generation`, `newest_seen`: a shared entry's store
+//! key (hashes) and generations; `connection`, `company_id`: a third-party app's key for a
+//! connection and Understory's company id; `status`, `webhook_id`: a webhook's answer and
+//! verified id. No field ever holds the client secret, an access token, a refresh token, an
+//! authorization code, a PKCE verifier or a webhook secret, in whole or
 //! in part, nor a request's headers or body.
 //!
 //! # Features
 //!
-//! * `rustls` (default): TLS for the crate's token client via rustls; `native-tls` instead
-//!   uses the platform's TLS (with both on, rustls is used, unless
-//!   [`UnderstoryAuthBuilder::configure_token_client`] picks `tls_backend_native()`). Only
-//!   with rustls is a TLS setup failure told apart as not transient.
-//! * `middleware` (default): the reqwest-middleware integration; `reqwest-retry` lets
-//!   [`Error::find_in`] look inside reqwest-retry's `RetryError` too.
-//! * `tower` (default): [`BearerAuthLayer`].
-//! * With `middleware` or `tower`: [`RateLimitRetry`], Understory's rate limit (HTTP 429:
-//!   back off for a minute) for API requests, as a reqwest middleware and a tower retry
-//!   policy.
-//! * `shared-cache`: a second-level token cache shared by a fleet of processes
-//!   ([`TokenStore`], [`UnderstoryAuthBuilder::shared_cache`]); `redis` adds [`RedisStore`].
+//! * `rustls` (default): the token client's TLS (`native-tls`: the platform's; with both,
+//!   rustls unless [`configure_token_client`](UnderstoryAuthBuilder::configure_token_client)
+//!   picks `tls_backend_native()`); only rustls tells a TLS setup failure as not transient.
+//! * `middleware` (default): [`UnderstoryAuth`] as reqwest middleware; `reqwest-retry`: see
+//!   [Errors](#errors). `tower` (default): [`BearerAuthLayer`]. Either: [`RateLimitRetry`].
+//! * `shared-cache`: a token cache shared by a fleet ([`TokenStore`]); `redis` adds
+//!   [`RedisStore`].
 //! * `test-util`: [`testing::SandboxServer`], a local stand-in for Understory's auth server
-//!   and API for your integration tests.
-//! * `webhooks`: the [`webhooks`] module, receiving Understory's webhooks:
-//!   [`WebhookVerifier`](webhooks::WebhookVerifier) checks their Standard Webhooks
-//!   signatures, [`WebhookLayer`](webhooks::WebhookLayer) does it in a tower (axum, hyper)
-//!   server, with optional deduplication
+//!   and API (with `webhooks`, `testing::WebhookSandbox`).
+//! * `webhooks`: the [`webhooks`] module: [`WebhookVerifier`](webhooks::WebhookVerifier),
+//!   [`WebhookLayer`](webhooks::WebhookLayer) for tower servers, deduplication
 //!   ([`MemoryWebhookDedup`](webhooks::MemoryWebhookDedup); with `redis`,
-//!   `RedisWebhookDedup`);
-//!   with `test-util`, `testing::WebhookSandbox` signs and delivers test webhooks.
+//!   `RedisWebhookDedup`).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

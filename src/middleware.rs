@@ -1,5 +1,4 @@
-//! [`UnderstoryAuth`] as a [`reqwest_middleware::Middleware`]. User-facing docs live on the
-//! impl and in the crate docs (which requests carry the token, the 401 rule, errors).
+//! [`UnderstoryAuth`] as a [`reqwest_middleware::Middleware`].
 
 use http::Extensions;
 use http::header::AUTHORIZATION;
@@ -10,24 +9,17 @@ use crate::auth::UnderstoryAuth;
 use crate::origin::Destination;
 use crate::token::AccessToken;
 
-/// Adds `Authorization: Bearer <token>` to every request bound for the API and resends a
-/// request once with a new token when the API rejects the one it carried: see the crate
-/// docs on [which requests carry the token](crate#which-requests-carry-the-token),
-/// [what happens on a 401](crate#what-happens-on-a-401) and [errors](crate#errors).
+/// Adds the token to [the API's requests](crate#which-requests-carry-the-token) and resends
+/// by [the 401 rule](crate#what-happens-on-a-401); see also [Errors](crate#errors).
 ///
 /// ```
 /// # #[cfg(feature = "test-util")]
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// use understory_auth::{Credentials, UnderstoryAuth, reqwest, reqwest_middleware};
+/// use understory_auth::{reqwest, reqwest_middleware};
 ///
 /// let sandbox = understory_auth::testing::SandboxServer::start().await?;
-/// let credentials = Credentials::new(sandbox.client_id(), sandbox.client_secret());
-/// let auth = UnderstoryAuth::builder(credentials)
-///     .token_url(sandbox.token_url())
-///     .api_base(sandbox.api_base())
-///     .build()?;
 /// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-///     .with(auth)
+///     .with(sandbox.auth()?)
 ///     .build();
 ///
 /// let me = client.get(format!("{}/v1/me", sandbox.api_base())).send().await?;
@@ -71,7 +63,6 @@ impl Middleware for UnderstoryAuth {
         let Some(request) = retry else {
             return Ok(response);
         };
-        // Let go of the rejected exchange before starting the next one.
         drop(response);
 
         let token = self.current_token().await?;
@@ -82,8 +73,7 @@ impl Middleware for UnderstoryAuth {
 }
 
 impl UnderstoryAuth {
-    /// A usable token (the cached one, without awaiting, or the single fetch's outcome),
-    /// with a token error as a middleware error.
+    /// [`UnderstoryAuth::token`], its error as a middleware error.
     async fn current_token(&self) -> Result<AccessToken> {
         self.token()
             .await
@@ -91,7 +81,6 @@ impl UnderstoryAuth {
     }
 }
 
-/// The request with `Authorization: Bearer …` (a value marked sensitive).
 fn with_token(mut request: Request, token: &AccessToken) -> Request {
     let header = token.header_value().clone();
     request.headers_mut().insert(AUTHORIZATION, header);

@@ -1,6 +1,5 @@
-//! Which requests carry the token: the one place both integrations ask
-//! ([`AllowedOrigins::destination`]). The rule, for users: the crate docs' "Which requests
-//! carry the token".
+//! [Which requests carry the token](crate#which-requests-carry-the-token): the one place
+//! both integrations ask ([`AllowedOrigins::destination`]).
 
 #![cfg_attr(not(any(feature = "middleware", feature = "tower")), allow(dead_code))]
 
@@ -13,25 +12,18 @@ use url::Url;
 
 use crate::Error;
 
-/// A request extension that sends the request without a token, even to the API.
-///
-/// With the reqwest middleware, add it with reqwest-middleware's
-/// `RequestBuilder::with_extension`; in a tower stack, insert it into the
-/// `http::Request`'s extensions.
+/// A request extension that sends the request without a token, even to the API: with
+/// reqwest-middleware's `RequestBuilder::with_extension`, or in an `http::Request`'s
+/// extensions (`http::Request::get(url).extension(SkipAuth)`) in a tower stack.
 ///
 /// ```
 /// # #[cfg(all(feature = "test-util", feature = "middleware"))]
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// use understory_auth::{Credentials, SkipAuth, UnderstoryAuth, reqwest, reqwest_middleware};
+/// use understory_auth::{SkipAuth, reqwest, reqwest_middleware};
 ///
 /// let sandbox = understory_auth::testing::SandboxServer::start().await?;
-/// let credentials = Credentials::new(sandbox.client_id(), sandbox.client_secret());
-/// let auth = UnderstoryAuth::builder(credentials)
-///     .token_url(sandbox.token_url())
-///     .api_base(sandbox.api_base())
-///     .build()?;
 /// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-///     .with(auth)
+///     .with(sandbox.auth()?)
 ///     .build();
 ///
 /// let anonymous = client
@@ -43,18 +35,6 @@ use crate::Error;
 /// assert_eq!(sandbox.token_requests(), 0);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// # }).unwrap();
-/// ```
-///
-/// In a tower stack:
-///
-/// ```
-/// use understory_auth::SkipAuth;
-///
-/// let request = http::Request::get("https://api.understory.io/v1/health")
-///     .extension(SkipAuth)
-///     .body(())?;
-/// # let _ = request;
-/// # Ok::<(), http::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct SkipAuth;
@@ -69,8 +49,7 @@ pub(crate) enum Target<'a> {
 }
 
 impl<'a> Target<'a> {
-    /// Scheme, host and port (`None`: the scheme's default) of the origin the URI names,
-    /// if it names one that can be checked.
+    /// Scheme, host and port (`None`: the scheme's default) of the origin, if checkable.
     fn origin_parts(self) -> Option<(&'a str, &'a str, Option<u16>)> {
         match self {
             Target::Url(url) => Some((url.scheme(), url.host_str()?, url.port_or_known_default())),
@@ -81,9 +60,8 @@ impl<'a> Target<'a> {
         }
     }
 
-    /// Whether the URI names no origin at all: no scheme, no authority, and no path that
-    /// starts with `//` (a network-path reference, `//host/path`, which `http` reads as a
-    /// path but a server may read as an authority).
+    /// Whether the URI names no origin: no scheme, no authority, and no `//host/path` (which
+    /// `http` reads as a path but a server may read as an authority).
     fn is_relative(self) -> bool {
         match self {
             Target::Url(_) => false,
@@ -111,8 +89,7 @@ impl<'a> From<&'a http::Uri> for Target<'a> {
 pub(crate) enum Destination {
     /// The request goes to the allowed origin with this index: it gets the token.
     Origin(usize),
-    /// A relative URI, whose `Host` header (if any) names an allowed origin: it gets the
-    /// token only where the integration was told that relative URIs are the API's.
+    /// A relative URI whose `Host` (if any) names an allowed origin: the layer's opt-in.
     Relative,
     /// The request goes as it is.
     Untouched,
@@ -122,19 +99,18 @@ pub(crate) enum Destination {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Origin {
     scheme: String,
-    /// `scheme` as `http::Uri` holds it: comparing two is one enum comparison for HTTP(S).
+    /// One enum comparison for HTTP(S).
     uri_scheme: Scheme,
     /// As `Url::host_str` spells it: lower case, IPv6 in brackets.
     host: String,
     port: u16,
-    /// `host:port`, and `host` alone when the port is the scheme's default: the authorities
-    /// a URI of this origin usually has, compared byte for byte on the hot path.
+    /// `host:port` (and `host` for a default port): compared byte for byte on the hot path.
     authority: String,
     default_port_authority: Option<String>,
 }
 
 impl Origin {
-    /// Parses `url` (what the user configured as `what`) and insists on HTTPS or loopback.
+    /// Parses `url` (configured as `what`), HTTPS or loopback only.
     pub(crate) fn parse(url: &str, what: &str) -> Result<Self, Error> {
         let parsed = parse_secure_url(url, what)?;
         Origin::of_url(&parsed).ok_or_else(|| Error::config(format!("{what} {url:?} has no host")))
@@ -153,8 +129,7 @@ impl Origin {
         })
     }
 
-    /// Whether `scheme://host:port` is this origin (no port: the scheme's default). Scheme
-    /// and host are compared without regard to case, as `http::Uri` keeps what it was given.
+    /// Whether `scheme://host:port` is this origin, ignoring case (`http::Uri` keeps it).
     fn matches(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
         scheme.eq_ignore_ascii_case(&self.scheme) && self.has_host(host, port, scheme)
     }
@@ -165,11 +140,8 @@ impl Origin {
             && port.or_else(|| default_port(scheme)) == Some(self.port)
     }
 
-    /// [`matches`](Self::matches) for an `http::Uri`'s parts, spelled exactly as configured
-    /// in the common case, which is compared without parsing the authority.
+    /// [`matches`](Self::matches) for an `http::Uri`, without parsing the common spelling.
     fn matches_authority(&self, scheme: &Scheme, authority: &Authority) -> bool {
-        // One enum comparison for `http`'s HTTP(S); other spellings (`HTTPS` given to a
-        // `uri::Builder`) by letters.
         if *scheme != self.uri_scheme && !scheme.as_str().eq_ignore_ascii_case(&self.scheme) {
             return false;
         }
@@ -201,8 +173,7 @@ impl AllowedOrigins {
         AllowedOrigins(origins)
     }
 
-    /// The origin check: which allowed origin (an index) a URI goes to, if any. A relative
-    /// URI, or one naming an origin that cannot be checked, goes to none.
+    /// Which allowed origin (an index) a URI goes to, if any.
     pub(crate) fn allowed_origin<'a>(&self, target: impl Into<Target<'a>>) -> Option<usize> {
         match target.into() {
             // The hot path of the tower layer: the authority as spelled, without parsing.
@@ -219,8 +190,7 @@ impl AllowedOrigins {
         }
     }
 
-    /// Whether a request to `target`, with these headers and extensions, gets the token:
-    /// see the module documentation.
+    /// Whether a request to `target`, with these headers and extensions, gets the token.
     pub(crate) fn destination(
         &self,
         target: Target<'_>,
@@ -265,15 +235,12 @@ impl AllowedOrigins {
 
 /// Which of the headers the origin rule looks at a request has.
 struct OwnHeaders {
-    /// An `Authorization` header of its own: the request goes untouched.
     authorization: bool,
-    /// A `Host` header, which must then agree.
     host: bool,
 }
 
 impl OwnHeaders {
-    /// Up to this many header names one pass over them (an enum comparison each for
-    /// standard names) costs less than two hash lookups; beyond, the lookups.
+    /// Up to this many names, one pass over them costs less than two hash lookups.
     const SCAN_LIMIT: usize = 8;
 
     fn of(headers: &HeaderMap) -> Self {
@@ -295,8 +262,8 @@ impl OwnHeaders {
     }
 }
 
-/// Whether each of the request's `Host` headers is an authority without user info (RFC 9110
-/// has none in `Host`; `x@host` would be taken as `host`) that satisfies `check`.
+/// Whether each `Host` header is an authority without user info (`x@host` would be taken
+/// as `host`) that satisfies `check`.
 fn every_host_header(headers: &HeaderMap, check: impl Fn(&Authority) -> bool) -> bool {
     headers.get_all(HOST).iter().all(|value| {
         !value.as_bytes().contains(&b'@')
@@ -304,16 +271,13 @@ fn every_host_header(headers: &HeaderMap, check: impl Fn(&Authority) -> bool) ->
     })
 }
 
-/// `url` without its query and fragment, for `Debug` output: a token URL's query may hold
-/// anything, and URLs with credentials are refused when configured.
+/// `url` without its query and fragment (which may hold anything), for `Debug` output.
 pub(crate) fn origin_and_path(url: &Url) -> &str {
     &url[..url::Position::AfterPath]
 }
 
-/// Parses `url` and refuses anything but HTTPS, or plain HTTP to a loopback host, and any
-/// URL holding a user name or password (which would end up in logs and `Debug` output).
-///
-/// Errors show the URL only once it is known to hold no credentials.
+/// Parses `url`: HTTPS, or plain HTTP to a loopback host, without user name or password
+/// (errors show the URL only once it is known to hold none).
 pub(crate) fn parse_secure_url(url: &str, what: &str) -> Result<Url, Error> {
     let parsed = Url::parse(url).map_err(|e| Error::config(format!("{what} is not a URL: {e}")))?;
     if !parsed.username().is_empty() || parsed.password().is_some() {

@@ -1,26 +1,11 @@
-//! Whatever the token endpoint sends is untrusted text: this is the one place it is made safe
-//! to keep in an [`Error`](crate::Error) or a log line.
-//!
-//! Some servers, and proxies in front of them, echo what they received: the form (with
-//! `client_secret`), the `Authorization` header, or a token. So every piece of server text
-//! the crate keeps goes through [`Secrets::clean`]:
-//!
-//! - the client secret (raw, form-encoded, and the Basic `id:secret` credentials) and every
-//!   access token this grant obtained (the latest [`REMEMBERED_TOKENS`]) are replaced by
-//!   [`REDACTED`], and so is any run of at least [`MIN_FRAGMENT`] characters of them (a
-//!   server may cut an echo short in the middle of a secret), matched on the text with its
-//!   invisible characters removed (so that they cannot split a secret) and redacted over the
-//!   whole range it spans; the client secret goes over the wire with `~` literal and is also
-//!   looked for with `%7E`;
-//! - control characters, and the invisible or line-breaking ones (Unicode categories Cc, Cf,
-//!   Co, Cn, Zl, Zp: bidi overrides, zero-width characters, U+2028, ...) become spaces, so the
-//!   text can neither forge log lines nor hide what it says;
-//! - the result is at most [`MAX_SERVER_TEXT`] characters.
-//!
-//! The OAuth2 `error` code is kept only if it has RFC 6749's syntax ([`oauth_error_code`]),
-//! the granted `scope` only if every scope does ([`Secrets::granted_scopes`]); a refused
-//! `token_type` is named only if it is a registered type ([`registered_token_type`]);
-//! `error_uri`, error pages and headers other than `Retry-After` are never kept.
+//! Server text is untrusted (servers and proxies echo the form, the `Authorization` header
+//! or a token): this is the one place it is made safe to keep in an error or a log line.
+//! [`Secrets::clean`] redacts the secret in every form it is sent in, the latest
+//! [`REMEMBERED_TOKENS`], and any run of [`MIN_FRAGMENT`] of their characters (matched with
+//! invisible characters removed, so that they cannot split a secret); turns control and
+//! invisible characters (Cc, Cf, Co, Cn, Zl, Zp) into spaces, so text can neither forge log
+//! lines nor hide what it says; and cuts it to [`MAX_SERVER_TEXT`]. Codes, scopes and token
+//! types are kept only if they have their RFC syntax; `error_uri`, bodies and headers never.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -38,7 +23,7 @@ pub(crate) const REDACTED: &str = "[REDACTED]";
 /// The longest piece of server text kept, in characters (e.g. `error_description`).
 pub(crate) const MAX_SERVER_TEXT: usize = 300;
 
-/// How much server text is looked at before redaction; the rest could not be kept anyway.
+/// How much server text is looked at; the rest could not be kept anyway.
 const MAX_TEXT_READ: usize = 4 * MAX_SERVER_TEXT;
 
 /// The shortest run of a secret's characters that is redacted wherever it appears.
@@ -56,18 +41,11 @@ pub(crate) const MAX_GRANTED_SCOPES: usize = 64;
 /// The longest single scope accepted in a token answer's `scope`.
 pub(crate) const MAX_SCOPE_LEN: usize = 128;
 
-/// The secrets server text must never carry into an error or a log: the client secret in
-/// every form it is sent in, and the tokens this grant obtained.
-///
-/// What it costs: every secret's runs of [`MIN_FRAGMENT`] characters are hashed once, when
-/// the secret is remembered, into one table; redacting a text is then one pass over it, one
-/// lookup per run of [`MIN_FRAGMENT`] characters, however many secrets are remembered and
-/// however long they are (tokens are at most
-/// [`MAX_ACCESS_TOKEN_BYTES`](crate::token::MAX_ACCESS_TOKEN_BYTES)). The table holds keyed
-/// hashes, not the secrets' characters.
+/// The secrets server text must never carry. Each secret's runs of [`MIN_FRAGMENT`]
+/// characters are hashed once into one table of keyed hashes, so redacting is one pass with
+/// one lookup per run, however many secrets there are.
 pub(crate) struct Secrets {
     known: Mutex<Known>,
-    /// Keys the hashes of the runs (random per process).
     hasher: RandomState,
     /// How many runs of text were looked up: the work redaction did.
     #[cfg(test)]
@@ -76,22 +54,18 @@ pub(crate) struct Secrets {
 
 /// The secrets, with invisible characters removed (text is matched without them).
 struct Known {
-    /// The client secret's forms; never forgotten.
     credentials: Vec<SecretString>,
     /// The latest tokens, newest last.
     tokens: VecDeque<SecretString>,
-    /// For each hash of a run of [`MIN_FRAGMENT`] characters of a secret, how many runs of
-    /// the secrets above have it.
+    /// How many runs of the secrets above have each hash.
     runs: HashMap<u64, u32>,
     /// The secrets shorter than a run: only the whole of one is matched.
     short: Vec<SecretString>,
 }
 
 impl Secrets {
-    /// The forms of the client's secret that go over the wire: raw, form-encoded as the
-    /// crate sends it (`~` literal) and as other encoders do (`%7E`), with upper- and
-    /// lower-case escapes, and the base64 credentials of HTTP Basic (whatever the method:
-    /// they reveal the secret to anyone who decodes them).
+    /// The secret raw, form-encoded (`~` and `%7E`, either case of escapes) and as HTTP
+    /// Basic credentials (whatever the method: they reveal it to anyone who decodes them).
     pub(crate) fn new(client_id: &str, secret: &str) -> Self {
         let sent = form_encode(secret);
         let encoded: String = byte_serialize(secret.as_bytes()).collect();
@@ -119,8 +93,7 @@ impl Secrets {
         secrets
     }
 
-    /// No secrets to redact: for text that cannot hold the client's (a token store's errors),
-    /// which still needs the rest of [`clean`](Self::clean).
+    /// No secrets to redact (a token store's errors), the rest of [`clean`](Self::clean).
     pub(crate) fn empty() -> Self {
         Secrets {
             known: Mutex::new(Known {
@@ -135,8 +108,7 @@ impl Secrets {
         }
     }
 
-    /// Remembers a token this grant obtained (or took from the shared cache), forgetting the
-    /// oldest beyond [`REMEMBERED_TOKENS`]. A token already remembered is not added again.
+    /// Remembers a token obtained (or shared), forgetting the oldest beyond [`REMEMBERED_TOKENS`].
     pub(crate) fn remember_token(&self, token: &str) {
         let token = without_invisible(token);
         if token.is_empty() {
@@ -188,10 +160,7 @@ impl Secrets {
         }
     }
 
-    /// Server text made safe to keep: secrets and their fragments redacted (matched with
-    /// invisible characters removed, so that they cannot split a secret), control and
-    /// invisible characters turned into spaces, trimmed, at most [`MAX_SERVER_TEXT`]
-    /// characters (an ellipsis marks a cut).
+    /// Server text made safe to keep (see the module docs); an ellipsis marks a cut.
     pub(crate) fn clean(&self, text: &str) -> String {
         let read: String = text.chars().take(MAX_TEXT_READ).collect();
         let mut hidden = vec![false; read.len()];
@@ -225,11 +194,8 @@ impl Secrets {
         !self.find(text, true).is_empty()
     }
 
-    /// The scopes of a token answer's `scope` if it is usable: at most
-    /// [`MAX_GRANTED_SCOPES`] scopes separated by spaces, each at most [`MAX_SCOPE_LEN`]
-    /// characters of RFC 6749's `scope-token` syntax, and none holding a secret or a
-    /// remembered token, or [`MIN_FRAGMENT`] characters of one (checked once, on the scopes
-    /// joined by spaces). `None` otherwise.
+    /// A token answer's `scope`, if it is at most [`MAX_GRANTED_SCOPES`] RFC 6749 scopes of
+    /// at most [`MAX_SCOPE_LEN`] characters, none holding a secret or a fragment of one.
     pub(crate) fn granted_scopes(&self, scope: &str) -> Option<Vec<String>> {
         let mut scopes = Vec::new();
         for scope in scope.split(' ').filter(|s| !s.is_empty()) {
@@ -253,10 +219,8 @@ impl Secrets {
         self.lookups.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The byte ranges of `text` that hold a secret, or a run of [`MIN_FRAGMENT`] or more
-    /// characters of one, once invisible characters are removed: each range runs from the
-    /// first matching character to the last, the invisible ones between included. One pass,
-    /// one lookup per run of `text`; with `first_only`, stops at the first range.
+    /// The byte ranges of `text` holding a secret or a run of one, matched without invisible
+    /// characters (those between included in the range); `first_only` stops at the first.
     fn find(&self, text: &str, first_only: bool) -> Vec<Range<usize>> {
         // The visible characters: where each is in `text`, and in `visible`.
         let mut visible = String::with_capacity(text.len());
@@ -339,17 +303,14 @@ fn lower_case_escapes(encoded: &str) -> String {
     out
 }
 
-/// `base64(urlencode(id) ":" urlencode(secret))`: what HTTP Basic carries (RFC 6749 section
-/// 2.3.1), with [`form_encode`].
+/// `base64(urlencode(id) ":" urlencode(secret))`: HTTP Basic per RFC 6749 section 2.3.1.
 pub(crate) fn basic_credentials(client_id: &str, secret: &str) -> String {
     let (id, secret) = (form_encode(client_id), form_encode(secret));
     base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
 }
 
-/// `value` form-urlencoded (`application/x-www-form-urlencoded`: a space is `+`, any byte
-/// but ASCII letters, digits and `*-._` is `%XX`), except that `~` stays literal, as every
-/// RFC 3986 unreserved character (`A-Z a-z 0-9 - . _ ~`) does: Understory's auth server
-/// refuses `%7E` (issue 18), and a literal `~` decodes to `~` in every form parser.
+/// `value` form-urlencoded, but with `~` literal (RFC 3986 unreserved): Understory's auth
+/// server refuses `%7E` (issue 18).
 pub(crate) fn form_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for piece in byte_serialize(value.as_bytes()) {
@@ -378,9 +339,8 @@ fn is_nqschar(b: u8) -> bool {
     b == b' ' || is_nqchar(b)
 }
 
-/// The OAuth2 `error` code if it has RFC 6749's syntax (`1*NQSCHAR`, here at most
-/// [`MAX_ERROR_CODE`] characters) and holds no secret; `None` otherwise, and the answer is
-/// then treated as one without an OAuth2 error.
+/// The OAuth2 `error` code if it is `1*NQSCHAR` (at most [`MAX_ERROR_CODE`]) and holds no
+/// secret; `None` makes the answer one without an OAuth2 error.
 pub(crate) fn oauth_error_code(secrets: &Secrets, code: &str) -> Option<String> {
     let valid = !code.is_empty()
         && code.len() <= MAX_ERROR_CODE
@@ -389,8 +349,7 @@ pub(crate) fn oauth_error_code(secrets: &Secrets, code: &str) -> Option<String> 
     valid.then(|| code.to_owned())
 }
 
-/// The registered name of a refused `token_type` (IANA's OAuth Access Token Types, and
-/// `mac`), or a fixed text: the server's own text is never kept.
+/// The registered name of a refused `token_type` (IANA's, and `mac`), or a fixed text.
 pub(crate) fn registered_token_type(token_type: &str) -> String {
     const REGISTERED: [&str; 5] = ["Bearer", "N_A", "PoP", "DPoP", "mac"];
     REGISTERED

@@ -1,26 +1,20 @@
-//! When a token is refreshed and when it stops being handed out: the rule the crate docs
-//! state under [Cache behaviour](crate#cache-behaviour), as arithmetic. A leaf: it uses
-//! nothing of the crate, and the cache and the shared store both place tokens with it.
+//! [Cache behaviour](crate#cache-behaviour)'s timing as arithmetic; a leaf module.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The default of [`refresh_ahead`](crate::UnderstoryAuthBuilder::refresh_ahead) (see
-/// [Cache behaviour](crate#cache-behaviour)).
+/// The default of [`refresh_ahead`](crate::UnderstoryAuthBuilder::refresh_ahead).
 pub const DEFAULT_REFRESH_AHEAD: Duration = Duration::from_secs(60);
-/// The default of [`expiry_margin`](crate::UnderstoryAuthBuilder::expiry_margin) (see
-/// [Cache behaviour](crate#cache-behaviour)).
+/// The default of [`expiry_margin`](crate::UnderstoryAuthBuilder::expiry_margin).
 pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 /// The fraction of the refresh margin drawn at random and added to it, per token.
 pub(crate) const REFRESH_JITTER: f64 = 0.2;
 
-/// When tokens are refreshed and stop being handed out, as set on the builder.
+/// The builder's timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Timing {
-    /// The smallest refresh-ahead margin (default [`DEFAULT_REFRESH_AHEAD`]).
     pub(crate) refresh_ahead: Duration,
-    /// The most a token's usable life is cut short (default [`DEFAULT_EXPIRY_MARGIN`]).
     pub(crate) expiry_margin: Duration,
 }
 
@@ -33,8 +27,7 @@ impl Default for Timing {
     }
 }
 
-/// A token's three instants: when it expires, when the cache stops handing it out, and
-/// from when on it is replaced in the background.
+/// A token's instants: expiry, end of use, and start of the background refresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Schedule {
     pub(crate) expires_at: Instant,
@@ -43,8 +36,7 @@ pub(crate) struct Schedule {
 }
 
 impl Schedule {
-    /// Places a token obtained at `obtained_at` with `lifetime` in time; `jitter` in
-    /// `0.0..1.0` draws the random part of the refresh margin.
+    /// `jitter` in `0.0..1.0` draws the random part of the refresh margin.
     pub(crate) fn new(
         obtained_at: Instant,
         lifetime: Duration,
@@ -54,8 +46,7 @@ impl Schedule {
         let skew = expiry_skew(lifetime, timing);
         let margin = refresh_margin(lifetime, timing);
         let jitter = margin.mul_f64(jitter * REFRESH_JITTER);
-        // Lifetimes are clamped to a day, so this cannot overflow; if it did, the token
-        // would simply count as expired.
+        // Lifetimes are clamped to a day; an overflow would count as expired.
         let expires_at = obtained_at.checked_add(lifetime).unwrap_or(obtained_at);
         let usable_until = expires_at.checked_sub(skew).unwrap_or(obtained_at);
         let refresh_at = usable_until
@@ -70,23 +61,18 @@ impl Schedule {
     }
 }
 
-/// How long before its expiry a token of `lifetime` stops being handed out: 5 % of the
-/// lifetime, at most the expiry margin.
+/// 5 % of the lifetime, at most the expiry margin.
 fn expiry_skew(lifetime: Duration, timing: Timing) -> Duration {
     (lifetime / 20).min(timing.expiry_margin)
 }
 
-/// How long before a token of `lifetime` stops being handed out it is refreshed (before
-/// jitter): 10 % of the lifetime, at least the refresh-ahead margin, at most half of it.
+/// 10 % of the lifetime, at least the refresh-ahead margin, at most half of it.
 fn refresh_margin(lifetime: Duration, timing: Timing) -> Duration {
     (lifetime / 10).max(timing.refresh_ahead).min(lifetime / 2)
 }
 
-/// How long before its expiry a token of `lifetime` may be due for refresh, whatever the
-/// jitter draws: a token with less left than this is due (or past due).
-///
-/// Never larger for a shorter lifetime, so a token handed on with its remaining lifetime
-/// (the shared store does) is due no later than by its original schedule.
+/// How long before its expiry a token may be due, whatever the jitter; never larger for a
+/// shorter lifetime, so a shared token is due no later than by its original schedule.
 #[cfg(feature = "shared-cache")]
 pub(crate) fn refresh_lead(lifetime: Duration, timing: Timing) -> Duration {
     expiry_skew(lifetime, timing) + refresh_margin(lifetime, timing).mul_f64(1.0 + REFRESH_JITTER)

@@ -1,5 +1,4 @@
-//! [`TokenSource`]: where the token cache's tokens come from. The grant (a token request to the
-//! auth server) is one; the shared store, asking other processes first, wraps another.
+//! [`TokenSource`]: where the cache's tokens come from (the grant, or the shared store).
 
 use std::sync::Arc;
 
@@ -8,30 +7,24 @@ use futures_util::future::BoxFuture;
 use crate::Error;
 use crate::token::GrantedToken;
 
-/// Where tokens come from: one fetch per call, no caching (that is the cache's job).
+/// One fetch per call, no caching.
 pub(crate) trait TokenSource: Send + Sync + 'static {
-    /// Starts one token request.
     fn fetch(self: Arc<Self>) -> BoxFuture<'static, Result<GrantedToken, Error>>;
 
-    /// What a source in front of the token request counts: `None` for the token request
-    /// itself (each fetch is one).
+    /// What a source in front of the token request counts.
     fn shared_counts(&self) -> Option<SharedCounts> {
         None
     }
 
-    /// Learns of a token for the same credentials obtained elsewhere (another process, via
-    /// the shared cache), so that it is redacted from this source's answers as its own are.
+    /// Learns of a token obtained elsewhere, to redact it as its own.
     #[cfg_attr(not(feature = "shared-cache"), allow(dead_code))]
     fn remember_token(&self, _token: &str) {}
 }
 
-/// The counts of a source that asks a shared cache before the auth server.
+/// The counts behind [`CacheStats`](crate::CacheStats)' shared fields.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct SharedCounts {
-    /// Token requests made to the auth server.
     pub(crate) token_requests: u64,
-    /// Tokens taken from the shared cache.
     pub(crate) hits: u64,
-    /// Shared-cache operations that failed or timed out.
     pub(crate) failures: u64,
 }

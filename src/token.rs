@@ -1,9 +1,5 @@
-//! [`AccessToken`]: one access token as the cache hands it out, with its pre-built
-//! `Authorization` header, its expiry and the scopes it was granted.
-//!
-//! A token is built once per fetch and then shared: cloning it is one reference-count
-//! increment, and the header value every request needs is made once, here, marked sensitive
-//! so that `http`/`hyper`/`reqwest` debug output and HPACK never expose it.
+//! [`AccessToken`]: one token as the cache hands it out, its `Authorization` header built
+//! once and marked sensitive (so that debug output and HPACK never expose it).
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,17 +13,8 @@ use tokio::time::Instant;
 use crate::Error;
 use crate::schedule::Schedule;
 
-/// A process-wide unique number for each token the crate has obtained.
-///
-/// Used to invalidate exactly the token a rejected request carried
-/// ([`UnderstoryAuth::invalidate`](crate::UnderstoryAuth::invalidate)).
-///
-/// ```
-/// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
-/// let token = auth.token().await?;
-/// println!("using token #{}", token.id());
-/// # Ok(()) }
-/// ```
+/// A process-wide unique number for each token the crate has obtained (in logs as
+/// `token_id`); see [`AccessToken`]'s example.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TokenId(u64);
 
@@ -39,12 +26,6 @@ impl fmt::Display for TokenId {
 
 impl TokenId {
     /// The id as a number, e.g. for a metric label.
-    ///
-    /// ```
-    /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
-    /// let id: u64 = auth.token().await?.id().get();
-    /// # let _ = id; Ok(()) }
-    /// ```
     pub fn get(self) -> u64 {
         self.0
     }
@@ -58,15 +39,11 @@ impl TokenId {
 /// What precedes the token in its `Authorization` header value.
 const BEARER: &str = "Bearer ";
 
-/// The longest access token accepted: 8 KiB. A longer one is refused as an unusable answer
-/// ([`Error::InvalidResponse`]), from the auth server and from the shared cache alike. Real
-/// tokens are far shorter (Understory's are under 100 bytes, a large JWT a few KiB); the
-/// bound keeps what a hostile server can make the crate hold and redact small.
+/// The longest access token accepted (Understory's are under 100 bytes, a large JWT a few
+/// KiB): bounds what a hostile server can make the crate hold and redact.
 pub(crate) const MAX_ACCESS_TOKEN_BYTES: usize = 8 * 1024;
 
-/// What a token source produced: a validated token secret, its lifetime and its scopes.
-///
-/// The cache turns it into an [`AccessToken`] by placing it in time.
+/// What a token source produced; the cache places it in time as an [`AccessToken`].
 #[derive(Clone)]
 pub(crate) struct GrantedToken {
     /// `Bearer <secret>`, marked sensitive: the only copy of the token.
@@ -76,8 +53,7 @@ pub(crate) struct GrantedToken {
 }
 
 impl GrantedToken {
-    /// Validates `secret` as a bearer token ([`check`](Self::check)) and builds its header
-    /// once.
+    /// Validates `secret` ([`check`](Self::check)) and builds its header.
     pub(crate) fn new(
         secret: &str,
         lifetime: Duration,
@@ -95,10 +71,8 @@ impl GrantedToken {
         })
     }
 
-    /// Whether `secret` can be a bearer token: non-empty visible ASCII without spaces (which
-    /// covers RFC 6750's `b64token` and every opaque token seen in practice, so it is always a
-    /// valid header value), at most [`MAX_ACCESS_TOKEN_BYTES`]. The error never contains the
-    /// token.
+    /// Whether `secret` can be a bearer token: non-empty visible ASCII (RFC 6750's
+    /// `b64token` and more), at most [`MAX_ACCESS_TOKEN_BYTES`]; errors never show it.
     pub(crate) fn check(secret: &str) -> Result<(), Error> {
         let ok = StatusCode::OK;
         if secret.is_empty() {
@@ -126,10 +100,8 @@ impl GrantedToken {
         self.lifetime
     }
 
-    /// The token, read back from its header value.
+    /// The token, read back from its header value (which `new` made, so this cannot fail).
     pub(crate) fn secret(&self) -> &str {
-        // `new` built the header from `Bearer ` and visible ASCII, so neither step can fail;
-        // if one did, the empty string would simply be rejected by the API.
         self.header
             .to_str()
             .ok()
@@ -159,21 +131,21 @@ impl fmt::Debug for GrantedToken {
     }
 }
 
-/// An access token for the Understory API.
-///
-/// Cheap to clone (one `Arc`). `Debug` shows its id, scopes and remaining life, never the
-/// token itself; use [`AccessToken::secret`] or [`AccessToken::header_value`] to send it.
-///
-/// A token is visible ASCII without spaces and at most 8 KiB (8,192 bytes) long: an auth
-/// server's answer (or a shared cache entry) with another is refused as
-/// [`Error::InvalidResponse`](crate::Error::InvalidResponse).
+/// An access token for the Understory API: cheap to clone (one `Arc`); `Debug` shows its
+/// id, scopes and remaining life, never the token. A token is visible ASCII of at most
+/// 8 KiB: another is refused as [`Error::InvalidResponse`](crate::Error::InvalidResponse).
 ///
 /// ```
 /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
 /// let token = auth.token().await?;
-/// let header = token.header_value(); // "Bearer …", marked sensitive
-/// assert!(header.is_sensitive());
+/// let mut request = http::Request::new(());
+/// request.headers_mut().insert(http::header::AUTHORIZATION, token.header_value().clone());
+/// assert!(token.header_value().is_sensitive());
 /// assert!(!format!("{token:?}").contains(token.secret()));
+/// assert_eq!(auth.token().await?.id(), token.id()); // the cached token
+/// println!("token #{} ({:?}) lives {:?}, {:?} left", token.id().get(), token.scopes(),
+///     token.lifetime(), token.expires_in());
+/// assert!(token.expires_at() > std::time::Instant::now());
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -181,6 +153,7 @@ pub struct AccessToken {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     id: TokenId,
     granted: GrantedToken,
@@ -203,120 +176,60 @@ impl AccessToken {
     }
 
     /// The token itself, to send as `Authorization: Bearer <secret>`. Opaque: never parse it.
-    ///
-    /// ```
-    /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
-    /// let token = auth.token().await?;
-    /// let s: &str = token.secret();
-    /// # let _ = s; Ok(()) }
-    /// ```
     pub fn secret(&self) -> &str {
         self.inner.granted.secret()
     }
 
     /// The ready-made `Authorization` header value, `Bearer <secret>`, marked sensitive.
     /// Cloning it copies no bytes.
-    ///
-    /// ```
-    /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
-    /// let mut request = http::Request::new(());
-    /// let token = auth.token().await?;
-    /// request.headers_mut().insert(http::header::AUTHORIZATION, token.header_value().clone());
-    /// # Ok(()) }
-    /// ```
     pub fn header_value(&self) -> &HeaderValue {
         &self.inner.granted.header
     }
 
     /// This token's process-wide unique id.
-    ///
-    /// ```
-    /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
-    /// let (a, b) = (auth.token().await?, auth.token().await?);
-    /// assert_eq!(a.id(), b.id()); // the cached token, both times
-    /// # Ok(()) }
-    /// ```
     pub fn id(&self) -> TokenId {
         self.inner.id
     }
 
     /// The scopes the auth server granted (or, when it did not say, the ones requested).
-    ///
-    /// ```
-    /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
-    /// let token = auth.token().await?;
-    /// if !token.scopes().iter().any(|s| s == "booking.read") {
-    ///     eprintln!("this key cannot read bookings");
-    /// }
-    /// # Ok(()) }
-    /// ```
     pub fn scopes(&self) -> &[String] {
         &self.inner.granted.scopes
     }
 
     /// The lifetime the auth server granted (`expires_in`, after clamping).
-    ///
-    /// ```
-    /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
-    /// println!("tokens live {:?}", auth.token().await?.lifetime());
-    /// # Ok(()) }
-    /// ```
     pub fn lifetime(&self) -> Duration {
         self.inner.granted.lifetime
     }
 
     /// When the token expires by the auth server's word, measured from when it was requested.
-    ///
-    /// ```
-    /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
-    /// let token = auth.token().await?;
-    /// assert!(token.expires_at() > std::time::Instant::now());
-    /// # Ok(()) }
-    /// ```
     pub fn expires_at(&self) -> std::time::Instant {
         self.inner.expires_at.into_std()
     }
 
     /// How long until [`AccessToken::expires_at`] (zero once expired).
-    ///
-    /// ```
-    /// # async fn demo(auth: understory_auth::UnderstoryAuth) -> Result<(), understory_auth::Error> {
-    /// println!("{:?} left", auth.token().await?.expires_in());
-    /// # Ok(()) }
-    /// ```
     pub fn expires_in(&self) -> Duration {
         self.inner
             .expires_at
             .saturating_duration_since(Instant::now())
     }
 
-    /// The same token (same id, secret and instants) in new memory: its own
-    /// reference count and header bytes, so that one thread handing out clones of the copy
-    /// writes nothing another thread reads (see `cache::local`).
+    /// The same token in new memory (own reference count and header bytes), so that one
+    /// thread handing out clones writes nothing another thread reads (see `cache::local`).
     pub(crate) fn thread_copy(&self) -> AccessToken {
-        let inner = &self.inner;
-        let mut granted = inner.granted.clone();
+        let mut inner = Inner::clone(&self.inner);
         if let Ok(mut header) = HeaderValue::from_bytes(inner.granted.header.as_bytes()) {
             header.set_sensitive(true);
-            granted.header = header;
+            inner.granted.header = header;
         }
         AccessToken {
-            inner: Arc::new(Inner {
-                id: inner.id,
-                granted,
-                expires_at: inner.expires_at,
-                usable_until: inner.usable_until,
-                refresh_at: inner.refresh_at,
-            }),
+            inner: Arc::new(inner),
         }
     }
 
-    /// The cache hands the token out until this instant (expiry minus the safety skew).
     pub(crate) fn usable_until(&self) -> Instant {
         self.inner.usable_until
     }
 
-    /// From this instant on, the cache replaces the token in the background.
     pub(crate) fn refresh_at(&self) -> Instant {
         self.inner.refresh_at
     }

@@ -1,6 +1,5 @@
-//! The failure window: after a failed fetch, callers get its error at once, without a new
-//! token request, until a retry instant that backs off with each failure in a row (the
-//! crate docs' [Cache behaviour](crate#cache-behaviour)).
+//! The failure window ([Cache behaviour](crate#cache-behaviour)): callers get a failed
+//! fetch's error at once until a retry instant that backs off.
 
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ pub const PERMANENT_BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// The longest retry delay after permanent failures.
 pub const PERMANENT_BACKOFF_MAX: Duration = Duration::from_secs(120);
 
-/// The last failure and how many came in a row (kept under the cache's lock).
+/// The last failure and how many came in a row (under the cache's lock).
 #[derive(Default)]
 pub(super) struct FailureWindow {
     failure: Option<Failure>,
@@ -32,20 +31,18 @@ pub(super) struct Failure {
 }
 
 impl FailureWindow {
-    /// The failure that forbids a new fetch at `now`, if the window is open.
+    /// The failure that forbids a new fetch at `now`, if any.
     pub(super) fn open_at(&self, now: Instant) -> Option<&Failure> {
         self.failure.as_ref().filter(|f| now < f.retry_at)
     }
 
-    /// A fetch succeeded: the window closes and the backoff starts over.
     pub(super) fn close(&mut self) {
         self.failure = None;
         self.consecutive = 0;
     }
 
-    /// A fetch failed at `now`: the window opens until its retry instant. With a valid
-    /// token left for `token_left`, the retry comes soon enough to replace it before it
-    /// expires, though never sooner than a rate limit allows.
+    /// Opens the window; with a valid token left, the retry comes in time to replace it
+    /// (never sooner than a rate limit allows).
     pub(super) fn open(
         &mut self,
         error: &Error,
@@ -71,9 +68,8 @@ impl Failure {
         self.retry_at.saturating_duration_since(now)
     }
 
-    /// The error as a caller at `now` gets it: it says when the next attempt is (a rate
-    /// limit as [`Error::RateLimited`]), and, handed out from the window without a new
-    /// request (`cached`), how long ago the request failed.
+    /// The error as a caller at `now` gets it, saying when the next attempt is (a rate limit
+    /// as [`Error::RateLimited`]) and, if `cached`, how long ago the request failed.
     pub(super) fn error_at(&self, now: Instant, cached: bool) -> Error {
         let next_attempt_in = self.retry_in(now);
         if !self.error.is_rate_limited() {
@@ -90,10 +86,8 @@ impl Failure {
     }
 }
 
-/// The window after the `attempt`-th failure in a row (`jitter` in `0.0..1.0` draws its
-/// random part). A rate limit waits for the server's `Retry-After`, or else
-/// [`rate_limit::wait`]'s default. Other failures grow exponentially, half of the window
-/// random, and are never shorter than a `Retry-After`.
+/// The window after the `attempt`-th failure in a row: a rate limit's [`rate_limit::wait`],
+/// else exponential, half of it random, never shorter than a `Retry-After`.
 pub(super) fn backoff(error: &Error, attempt: u32, jitter: f64) -> Duration {
     if error.is_rate_limited() {
         return rate_limit::wait(error.retry_after(), jitter);
@@ -109,7 +103,7 @@ pub(super) fn backoff(error: &Error, attempt: u32, jitter: f64) -> Duration {
     jittered.max(error.retry_after().unwrap_or_default())
 }
 
-/// The shortest wait after `error`, even with a token about to expire: a rate limit's.
+/// The shortest wait after `error`, even with a token about to expire.
 fn rate_limit_floor(error: &Error) -> Duration {
     match error.is_rate_limited() {
         true => rate_limit::wait(error.retry_after(), 0.0),

@@ -1,7 +1,5 @@
-//! Single flight: at most one fetch runs per cache, as a spawned task whose outcome every
-//! waiting caller shares. A fetch has a deadline (its start plus the load timeout); callers
-//! stop waiting at the deadline plus [`STRANDED_FETCH_GRACE`], and the next caller replaces
-//! a fetch still running then, so no caller ever waits for a fetch nobody drives.
+//! Single flight: at most one fetch per cache, a spawned task whose outcome every waiter
+//! shares; callers give up at its deadline plus [`STRANDED_FETCH_GRACE`].
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -16,29 +14,25 @@ use crate::Error;
 use crate::schedule::{Schedule, Timing};
 use crate::token::{AccessToken, GrantedToken};
 
-/// How long past a fetch's deadline its callers still wait for it. A fetch runs on the
-/// runtime of the caller that started it; if nobody drives that runtime (a current-thread
-/// runtime left idle between `block_on` calls), its own timeout never fires, so callers
-/// give up on it at its deadline plus this grace, and the next caller starts a new one.
+/// How long past a fetch's deadline callers still wait: if nobody drives its runtime (a
+/// current-thread runtime idle between `block_on` calls), its own timeout never fires.
 pub(super) const STRANDED_FETCH_GRACE: Duration = Duration::from_secs(1);
 
 /// How a flight ended, as every caller waiting for it sees it.
 #[derive(Clone)]
 pub(super) enum Landed {
-    /// The fetch ran to its end (a panic counts as a failure).
+    /// Ran to its end (a panic counts as a failure).
     Done(Result<AccessToken, Error>),
-    /// The fetch was dropped before it ended: its runtime shut down, or it was replaced.
+    /// Dropped before it ended: its runtime shut down, or it was replaced.
     Cancelled,
 }
 
 type Outcome = Shared<BoxFuture<'static, Landed>>;
 
-/// What a flight reports to its cache. The cache may be gone by then: the flight holds it
-/// weakly, so dropping the last handle stops the fetch.
+/// What a flight reports to its cache, held weakly (dropping the last handle stops it).
 pub(super) trait Landing: Send + Sync {
-    /// The fetch's task started running (a token request is counted only then).
     fn started(&self, background: bool);
-    /// The fetch ended with `result`: the cache records it and says what callers get.
+    /// The cache records `result` and says what callers get.
     fn land(
         &self,
         flight: u64,
@@ -46,29 +40,25 @@ pub(super) trait Landing: Send + Sync {
         elapsed: Duration,
         result: Result<GrantedToken, Error>,
     ) -> Result<AccessToken, Error>;
-    /// The fetch's task was dropped before it ended.
     fn dropped(&self, flight: u64);
 }
 
-/// The flight callers join, and the numbering of flights (kept under the cache's lock).
+/// The flight callers join, and the numbering of flights (under the cache's lock).
 #[derive(Default)]
 pub(super) struct Flights {
     inflight: Option<Inflight>,
-    /// The number of the last flight started; each flight has its own.
     last: u64,
 }
 
 struct Inflight {
     flight: u64,
     outcome: Outcome,
-    /// When the fetch's own timeout fires, if its runtime drives it.
     deadline: Instant,
     abort: Option<AbortHandle>,
 }
 
 impl Inflight {
-    /// Whether waiting any longer is pointless: it should have ended by now, so its runtime
-    /// is not driving it.
+    /// Whether it should have ended by now, so its runtime is not driving it.
     fn stranded(&self, now: Instant) -> bool {
         now >= self.deadline + STRANDED_FETCH_GRACE
     }
@@ -82,7 +72,7 @@ impl Inflight {
     }
 }
 
-/// A caller's part in a flight: what to await, and when to stop.
+/// What a caller awaits, and when it stops.
 pub(super) struct Wait {
     pub(super) flight: u64,
     pub(super) outcome: Outcome,
@@ -102,14 +92,14 @@ impl Abort {
 }
 
 impl Flights {
-    /// The flight a caller at `now` joins, if one runs and is not stranded.
+    /// The flight a caller joins, if one runs and is not stranded.
     pub(super) fn join(&self, now: Instant) -> Option<Wait> {
         let inflight = self.inflight.as_ref().filter(|f| !f.stranded(now))?;
         Some(inflight.wait())
     }
 
-    /// Records a new flight as the one everyone joins, in place of any stranded one (to
-    /// abort). [`Launch::spawn`] starts it once the lock is released.
+    /// Records a new flight in place of any stranded one (to abort); [`Launch::spawn`]
+    /// starts it once the lock is released.
     pub(super) fn record(
         &mut self,
         now: Instant,
@@ -125,12 +115,14 @@ impl Flights {
             .map(|landed| landed.unwrap_or(Landed::Cancelled))
             .boxed()
             .shared();
-        let replaced = self.inflight.replace(Inflight {
+        let inflight = Inflight {
             flight,
-            outcome: outcome.clone(),
+            outcome,
             deadline,
             abort: None,
-        });
+        };
+        let wait = inflight.wait();
+        let replaced = self.inflight.replace(inflight);
         let guard = FlightGuard {
             cache,
             flight,
@@ -139,39 +131,29 @@ impl Flights {
         let launch = Launch {
             guard,
             background,
-            outcome,
             deadline,
+            wait,
         };
         (launch, Abort(replaced.and_then(|f| f.abort)))
     }
 
-    /// Remembers how to abort `flight`'s task, unless it is over already.
     pub(super) fn spawned(&mut self, flight: u64, abort: AbortHandle) {
         if let Some(inflight) = self.inflight.as_mut().filter(|f| f.flight == flight) {
             inflight.abort = Some(abort);
         }
     }
 
-    /// `flight` ended or was dropped: whether it was the one callers join (then forgotten).
+    /// Whether `flight` was the one callers join (then forgotten).
     pub(super) fn end(&mut self, flight: u64) -> bool {
-        let current = self.inflight.as_ref().is_some_and(|f| f.flight == flight);
-        if current {
-            self.inflight = None;
-        }
-        current
+        self.forget(flight).is_some()
     }
 
-    /// Forgets `flight` if callers still join it, so that the next caller starts a new one.
+    /// Forgets `flight` if callers still join it.
     pub(super) fn forget(&mut self, flight: u64) -> Option<Abort> {
-        match &self.inflight {
-            Some(inflight) if inflight.flight == flight => {
-                self.inflight.take().map(|f| Abort(f.abort))
-            }
-            _ => None,
-        }
+        let current = self.inflight.as_ref().is_some_and(|f| f.flight == flight);
+        current.then(|| self.clear())
     }
 
-    /// Forgets whatever runs (the cache is being dropped).
     pub(super) fn clear(&mut self) -> Abort {
         Abort(self.inflight.take().and_then(|f| f.abort))
     }
@@ -181,15 +163,14 @@ impl Flights {
 pub(super) struct Launch {
     guard: FlightGuard,
     background: bool,
-    outcome: Outcome,
-    /// When the fetch's own timeout fires: counted from when the flight was recorded, as
-    /// its callers count, not from the task's first poll.
+    /// Counted from when the flight was recorded, as its callers count, not the first poll.
     deadline: Instant,
+    wait: Wait,
 }
 
 impl Launch {
-    /// Spawns the fetch on `runtime`. Called without any lock held: a runtime that is
-    /// shutting down drops the task inside `spawn`, and its guard then reports to the cache.
+    /// Spawns the fetch, without any lock held: a runtime shutting down drops the task
+    /// inside `spawn`, and its guard reports to the cache.
     pub(super) fn spawn(
         self,
         runtime: &tokio::runtime::Handle,
@@ -199,10 +180,9 @@ impl Launch {
         let Launch {
             guard,
             background,
-            outcome,
             deadline,
+            wait,
         } = self;
-        let flight = guard.flight;
         let span = tracing::info_span!("understory_auth.fetch_token", background);
         let task = runtime.spawn(
             async move {
@@ -219,18 +199,12 @@ impl Launch {
             }
             .instrument(span),
         );
-        let wait = Wait {
-            flight,
-            outcome,
-            give_up: deadline + STRANDED_FETCH_GRACE,
-        };
         (task.abort_handle(), wait)
     }
 }
 
-/// Owned by the fetch task: reports the outcome to the cache and hands it to the waiters.
-/// If the task is dropped before it ends (aborted, its runtime shut down, a panic), the
-/// waiters learn it too, so the cache can never be left waiting for it.
+/// Owned by the fetch task: reports the outcome to the cache and the waiters, also when the
+/// task is dropped (aborted, runtime shut down, panic).
 struct FlightGuard {
     cache: Weak<dyn Landing>,
     flight: u64,
@@ -280,9 +254,7 @@ impl Drop for FlightGuard {
     }
 }
 
-/// Whether the caller's runtime is shutting down (or gone): such a runtime drops a task at
-/// once instead of running it, so a probe task is finished as soon as it is spawned. Only
-/// asked before waiting for a fetch, never on the hot path.
+/// Whether the caller's runtime is shutting down (or gone): it drops a probe task at once.
 pub(super) fn runtime_shutting_down() -> bool {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return true;

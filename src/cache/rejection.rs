@@ -1,7 +1,5 @@
-//! The 401 rule of the crate docs ([What happens on a 401](crate#what-happens-on-a-401)):
-//! what an API answer says about the token a request carried, and which rejected tokens are
-//! dropped. The cache applies the verdicts under its lock; this file holds the state and the
-//! decisions.
+//! [The 401 rule](crate#what-happens-on-a-401): its state and decisions; the cache applies
+//! them under its lock.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
@@ -11,9 +9,8 @@ use tokio::time::Instant;
 
 use crate::token::{AccessToken, TokenId};
 
-/// How long a token fetched to replace a rejected one must be rejected, with no request
-/// carrying it accepted in between, before it is dropped in turn; four times longer with
-/// each replacement dropped in a row, up to the token's lifetime.
+/// How long a replacement token must be rejected before it is dropped in turn (the
+/// [401 rule](crate#what-happens-on-a-401)).
 pub const INVALIDATION_COOLDOWN: Duration = Duration::from_secs(5);
 
 /// What a 401 did to the token the rejected request carried.
@@ -28,15 +25,13 @@ pub(crate) enum Rejection {
 }
 
 impl Rejection {
-    /// Whether resending the request would carry another token.
     pub(crate) fn resend(self) -> bool {
         self != Rejection::Kept
     }
 }
 
-/// The id of the token rejected since it last worked (0 for none), shared by the cache and
-/// every [`Held`] of its tokens. Written only on a 401 and on the first acceptance after one,
-/// so reading it on every response writes nothing shared.
+/// The id of the token rejected since it last worked (0 for none). Written only on a 401
+/// and the first acceptance after one, so reading it on every response writes nothing shared.
 #[derive(Default)]
 pub(crate) struct Doubt(AtomicU64);
 
@@ -57,11 +52,9 @@ impl Doubt {
     }
 }
 
-/// Whether an answer to a request carrying `token` rejected it: a 401 from the origin the
-/// token went to. Any other answer from there (but a 5xx, which a proxy may give without
-/// looking at the token) is evidence the token works. `from_token_origin` tells whether the
-/// answer came from that origin and not one a redirect led to; it is asked only for a 401
-/// or while the token is doubted, so the hot path never looks.
+/// Whether an answer rejected `token`: a 401 from its origin. Any other answer from there
+/// but a 5xx (a proxy's) is evidence it works. `from_token_origin` is asked only for a 401
+/// or while the token is doubted.
 #[inline]
 pub(crate) fn is_rejection(
     doubt: &Doubt,
@@ -70,7 +63,6 @@ pub(crate) fn is_rejection(
     from_token_origin: impl FnOnce() -> bool,
 ) -> bool {
     if status == http::StatusCode::UNAUTHORIZED {
-        // Another origin's 401 answers a request without the token: it says nothing.
         return from_token_origin();
     }
     if !status.is_server_error() && doubt.is_doubted(token) && from_token_origin() {
@@ -79,21 +71,16 @@ pub(crate) fn is_rejection(
     false
 }
 
-/// What the 401 rule remembers between answers (kept under the cache's lock).
+/// What the 401 rule remembers between answers (under the cache's lock).
 #[derive(Default)]
 pub(super) struct Rejections {
-    /// Set when a token is dropped, cleared when the next one is stored: that one replaces
-    /// a rejected token, whichever fetch produced it.
+    /// Set when a token is dropped: the next one stored is a replacement.
     invalidated: bool,
-    /// The cached token, if it replaced a rejected one.
     replacement: Option<Replacement>,
-    /// How many replacements in a row were dropped: the next one's cooldown is four times
-    /// longer with each. Reset once a routine token lives to its refresh.
     dropped_replacements: u32,
 }
 
-/// A token fetched to replace a rejected one: a 401 for it more likely means the endpoint
-/// refuses the key (Understory answers 401 for a missing scope) than that it is stale.
+/// A 401 for a replacement more likely means a missing scope than a stale token.
 struct Replacement {
     id: TokenId,
     cooldown: Duration,
@@ -102,8 +89,7 @@ struct Replacement {
 }
 
 impl Rejections {
-    /// A 401 for `token`, the cached one: whether to drop it (then the next token stored is
-    /// a replacement).
+    /// A 401 for `token`, the cached one: whether to drop it.
     pub(super) fn should_drop(&mut self, doubt: &Doubt, token: &AccessToken, now: Instant) -> bool {
         if let Some(replacement) = self.replacement.as_mut().filter(|r| r.id == token.id()) {
             let doubted = doubt.doubt(token);
@@ -124,7 +110,6 @@ impl Rejections {
         true
     }
 
-    /// `token` became the cached one.
     pub(super) fn stored(&mut self, token: &AccessToken, now: Instant) {
         if std::mem::take(&mut self.invalidated) {
             self.replacement = Some(Replacement {
@@ -139,23 +124,20 @@ impl Rejections {
     }
 }
 
-/// The cooldown of a replacement after `dropped` replacements in a row were dropped:
-/// [`INVALIDATION_COOLDOWN`], four times longer with each, at most the token's lifetime (so
-/// that a token that keeps being rejected is kept until its regular refresh).
+/// [`INVALIDATION_COOLDOWN`], four times longer per replacement dropped, at most `lifetime`.
 fn replacement_cooldown(dropped: u32, lifetime: Duration) -> Duration {
     let factor = 4u32.saturating_pow(dropped);
     INVALIDATION_COOLDOWN.saturating_mul(factor).min(lifetime)
 }
 
-/// A token as handed out, and where to report the API's answer to a request carrying it.
-/// The hot path hands out one per thread per token (see `local`).
+/// A token as handed out (one per thread per token), and where to report answers to it.
 pub(crate) struct Held {
     token: AccessToken,
     doubt: Arc<Doubt>,
     cache: Weak<dyn Reject>,
 }
 
-/// What a [`Held`] needs of its cache: [`Rejection`] for a 401 to a request carrying `token`.
+/// What a [`Held`] needs of its cache.
 pub(super) trait Reject: Send + Sync {
     fn reject(&self, token: &AccessToken) -> Rejection;
 }
@@ -174,19 +156,16 @@ impl Held {
         &self.token
     }
 
-    /// Whether both come from the same cache.
     pub(super) fn same_cache(&self, other: &Held) -> bool {
         self.cache.ptr_eq(&other.cache)
     }
 
-    /// Whether its cache is gone.
     pub(super) fn orphaned(&self) -> bool {
         self.cache.strong_count() == 0
     }
 
-    /// The answer to a request this token went with: whether to resend it with another
-    /// token. A tower service answers for the URI it was called with, the token's origin.
-    /// The cache is reached (a shared reference count) only for a 401; false if it is gone.
+    /// The layer's report of an answer (from the token's origin): whether to resend. The
+    /// cache is reached (a shared reference count) only for a 401.
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     #[inline] // on every response the layer sees: inlined into the response future's poll
     pub(crate) fn answered(&self, status: http::StatusCode) -> bool {

@@ -4,7 +4,6 @@ use std::sync::atomic::AtomicU64;
 
 use crate::token::TokenId;
 
-/// The cache's counters, bumped where each event happens.
 #[derive(Default)]
 pub(super) struct Counters {
     pub(super) fetches: AtomicU64,
@@ -17,16 +16,10 @@ pub(super) struct Counters {
     pub(super) rate_limited: AtomicU64,
 }
 
-/// A snapshot of the cache's counters, cheap to take, for export to metrics.
-///
-/// Each counter counts one kind of event since the `UnderstoryAuth` was built. A *fetch* is
-/// the cache getting a new token: without a
-/// [`shared_cache`](crate::UnderstoryAuthBuilder::shared_cache) each fetch is one token
-/// request to the auth server; with one, a fetch first asks the shared cache and makes a
-/// token request only when that has no token to give (or fails). Each fetch is then one
-/// [shared hit](Self::shared_hits) or one [token request](Self::token_requests) (neither if
-/// the token timeout cuts it short), and [`shared_failures`](Self::shared_failures) says
-/// whether the shared cache works.
+/// A snapshot of the cache's counters since the `UnderstoryAuth` was built, for metrics. A
+/// *fetch* is the cache getting a new token: one token request, or with a
+/// [`shared_cache`](crate::UnderstoryAuthBuilder::shared_cache), one
+/// [shared hit](Self::shared_hits) or [token request](Self::token_requests).
 ///
 /// ```
 /// # #[cfg(all(feature = "test-util", feature = "redis"))]
@@ -51,23 +44,18 @@ pub(super) struct Counters {
 /// # }).unwrap();
 /// ```
 ///
-/// Its `Debug` shows the time the cached token has left (`expires_in`) instead of the
-/// instant it expires.
+/// Its `Debug` shows `expires_in` instead of `expires_at`.
 #[derive(Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CacheStats {
-    /// Fetches started (foreground and background): token requests, or with a shared cache,
-    /// fetches that ask it first, whether it gives a token or not.
+    /// Fetches started (foreground and background).
     pub fetches: u64,
-    /// Token requests made to the auth server. Without a shared cache, the same as
-    /// [`CacheStats::fetches`]; with one, the fetches the shared cache could not serve.
+    /// Token requests made to the auth server (without a shared cache, `fetches`).
     pub token_requests: u64,
-    /// Tokens taken from the shared cache (another process's token), with no token request.
-    /// Always 0 without a shared cache.
+    /// Tokens taken from the shared cache, with no token request.
     pub shared_hits: u64,
-    /// Shared-cache operations (a read, a lock, a write…) that failed or timed out; after
-    /// each the fetch went on without the shared cache. Growing: the shared cache (for
-    /// example Redis) is down or unreachable; the log says why. Always 0 without one.
+    /// Shared-cache operations that failed or timed out (the fetch went on without it);
+    /// growing: the shared cache is down, and the log says why.
     pub shared_failures: u64,
     /// Fetches that produced a token (from the auth server or the shared cache).
     pub fetch_successes: u64,
@@ -81,8 +69,7 @@ pub struct CacheStats {
     pub failed_fast: u64,
     /// Tokens dropped because a request carrying them was rejected.
     pub invalidations: u64,
-    /// Of [`CacheStats::fetch_failures`], those the auth server refused with HTTP 429 (it is
-    /// rate limiting this key).
+    /// Of [`CacheStats::fetch_failures`], those refused with HTTP 429.
     pub rate_limited: u64,
     /// The cached token's id, if there is one.
     pub token_id: Option<TokenId>,
@@ -93,7 +80,6 @@ pub struct CacheStats {
 impl std::fmt::Debug for CacheStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut out = f.debug_struct("CacheStats");
-        // One line per counter.
         for (name, count) in [
             ("fetches", self.fetches),
             ("token_requests", self.token_requests),
