@@ -16,7 +16,7 @@ use crate::scope;
 /// What an endpoint answers to an authorised request.
 #[derive(Clone, Copy)]
 enum Answer {
-    /// `GET /v1/me`: the client id and the token's scopes.
+    /// `GET /v1/me`: the token's company and user, client id and scopes.
     Me,
     /// A list endpoint: the sandbox has nothing to list.
     EmptyList,
@@ -53,14 +53,29 @@ pub(crate) async fn handle(shared: &Shared, head: &Parts, body: RequestBody) -> 
     let Some(token) = bearer_token(&head.headers) else {
         return unauthorized("Missing bearer token in the Authorization header.");
     };
-    let scopes = match shared.with(|state| state.tokens.status(token)) {
-        TokenStatus::Valid { scopes } => scopes,
+    let (scopes, owner) = match shared.with(|state| state.tokens.status(token)) {
+        TokenStatus::Valid { scopes, owner } => (scopes, owner),
         TokenStatus::Unknown => return unauthorized("The access token is not valid."),
         TokenStatus::Revoked => return unauthorized("The access token has been revoked."),
         TokenStatus::Expired => return unauthorized("The access token has expired."),
     };
 
     let path = head.uri.path();
+    // `/v1/companies/{id}/...`: `/v1/...` of that company, for its tokens only.
+    let path = match path.strip_prefix("/v1/companies/") {
+        None => path.to_owned(),
+        Some(rest) => {
+            let (company, rest) = rest.split_once('/').unwrap_or((rest, ""));
+            if company != owner.company_id {
+                return unauthorized(
+                    "Authorization for the resource was not successful: the access token \
+                     belongs to another company.",
+                );
+            }
+            format!("/v1/{rest}")
+        }
+    };
+    let path = path.as_str();
     let Some(&(_, _, needed, answer)) = ENDPOINTS
         .iter()
         .find(|(method, at, ..)| *at == path && *method == head.method)
@@ -77,10 +92,15 @@ pub(crate) async fn handle(shared: &Shared, head: &Parts, body: RequestBody) -> 
         }
     }
     match answer {
-        Answer::Me => api_json(
-            StatusCode::OK,
-            &json!({ "client_id": shared.config.client_id, "scopes": scopes }),
-        ),
+        Answer::Me => {
+            let Some(company) = shared.config.company(&owner.company_id) else {
+                return unauthorized("The access token is not valid.");
+            };
+            let mut me = company.me();
+            me["client_id"] = owner.client_id.into();
+            me["scopes"] = scopes.into();
+            api_json(StatusCode::OK, &me)
+        }
         Answer::EmptyList => api_json(StatusCode::OK, &json!({ "next": null, "items": [] })),
         Answer::Created => match body {
             Ok(body) => response::with_body(StatusCode::CREATED, response::API_JSON, body),

@@ -100,7 +100,7 @@ fn echo(shared: &Shared, request: &RecordedRequest, into: EchoIn) -> SandboxResp
         hydra_json(StatusCode::BAD_REQUEST, &answer)
     };
     let issued = |token_type: &str, scope: &str| {
-        let mut issued = shared.with(|state| state.issue_key_token(Vec::new()));
+        let mut issued = shared.issue_key_token(Vec::new());
         scope.clone_into(&mut issued.scope);
         hydra_json(StatusCode::OK, &issued.answer(token_type))
     };

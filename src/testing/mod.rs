@@ -1,8 +1,10 @@
 //! A local stand-in for Understory's auth server and API, for tests.
 //!
 //! [`SandboxServer`] is a real HTTP/1.1 server on `127.0.0.1` (a random free port) that
-//! answers like Understory's token endpoint (an Ory Hydra: `POST /oauth2/token` with the
-//! `client_credentials` grant) **and** like its API (`/v1/...`, bearer tokens). Point a client
+//! answers like Understory's auth server (an Ory Hydra: `POST /oauth2/token` with the
+//! integration key's `client_credentials` grant, and third-party apps' authorization code
+//! flow, see [below](#third-party-apps)) **and** like its API (`/v1/...`, bearer tokens, each
+//! token acting for one company). Point a client
 //! at [`SandboxServer::token_url`] and [`SandboxServer::api_base`] and it runs its whole
 //! authentication flow without network access or real keys. A test can also inspect what
 //! the client sent ([`RecordedRequest`]), make either side fail ([`TokenFault`], [`ApiFault`])
@@ -21,7 +23,7 @@
 //!
 //! | Endpoint | Scope | Answer |
 //! |---|---|---|
-//! | `GET /v1/me` | none (any valid token) | `{"client_id": ..., "scopes": [...]}` |
+//! | `GET /v1/me` | none (any valid token) | `{"company_id", "company_name", "user_id", "email", "client_id", "scopes"}` |
 //! | `GET /v1/bookings` | `booking.read` | `{"next": null, "items": []}` |
 //! | `GET /v1/events`, `GET /v1/event-availabilities` | `event.read` | the same |
 //! | `GET /v1/experiences` | `experience.read` | the same |
@@ -30,8 +32,10 @@
 //! | `GET /v1/webhook-subscriptions` | `webhook.read` | the same |
 //! | `POST /v1/webhook-subscriptions` | `webhook.write` | 201 with the request body |
 //!
-//! Another method on a listed path answers `405 METHOD_NOT_ALLOWED` (with `Allow`), any other
-//! path `404 NOT_FOUND`. Two helper routes are neither counted nor recorded:
+//! Each is also served per company as `/v1/companies/{company_id}/...` (e.g.
+//! `/v1/companies/company-a/bookings`), for that company's tokens only: another company's get
+//! `401`. Another method on a listed path answers `405 METHOD_NOT_ALLOWED` (with `Allow`), any
+//! other path `404 NOT_FOUND`. Two helper routes are neither counted nor recorded:
 //! `GET /redirect?to=<url-encoded URL>[&status=307]` redirects (302 by default) to `to`, and
 //! `GET /echo-headers` answers the request's headers as `{"name": ["value", ...]}`.
 //!
@@ -99,6 +103,92 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Third-party apps
+//!
+//! The sandbox has one app ([`DEFAULT_APP_CLIENT_ID`], a generated secret,
+//! [`DEFAULT_REDIRECT_URI`]) unless [`SandboxBuilder::app`] registers others, and two companies
+//! ([`DEFAULT_COMPANIES`]) unless [`SandboxBuilder::company`] names others; the integration
+//! key's tokens belong to the first. As in Hydra:
+//!
+//! - `GET /oauth2/auth` ([`SandboxServer::authorize_url`]) wants `response_type=code`, a
+//!   registered `client_id` and, exactly, one of its redirect URIs (else an error page, never a
+//!   redirect), a `state` of 8 characters or more (else `invalid_state`), PKCE with `S256`
+//!   (`plain` is refused) and scopes the app may request ([`DEFAULT_APP_SCOPES`]). There is no
+//!   login page: [`SandboxServer::consent`] sends the request as a company that consents at
+//!   once and returns the callback's query (`code`, `scope`, `state`), and
+//!   [`SandboxServer::decline`] or [`SandboxServer::set_decline_consent`] gives
+//!   `error=access_denied`. Without the browser stand-in the first company consents.
+//! - `POST /oauth2/token` with `grant_type=authorization_code` (`code`, `redirect_uri`,
+//!   `code_verifier`, the app's credentials the way it is registered for): a code is single-use
+//!   (a replay is `invalid_grant` and revokes what it gave), valid
+//!   [`AUTHORIZATION_CODE_LIFETIME`], bound to the app, the redirect URI and the challenge. A
+//!   refresh token comes only with the scope `offline` or `offline_access`.
+//! - `grant_type=refresh_token` rotates: a new access and refresh token, the old refresh token
+//!   deactivated and its access token revoked. Presenting a deactivated one revokes the whole
+//!   grant ("The refresh token was already used."); an expired one is "The refresh token
+//!   expired." ([`SandboxBuilder::refresh_token_lifetime`], sliding); after
+//!   [`SandboxServer::revoke_consent`] "The refresh token is malformed or not valid.".
+//! - `POST /oauth2/revoke` ([`SandboxServer::revocation_url`], client-authenticated,
+//!   `token=...`) revokes the token's whole grant; an unknown token answers 200.
+//!
+//! [`SandboxServer::consents`], [`code_exchanges`](SandboxServer::code_exchanges),
+//! [`refreshes`](SandboxServer::refreshes), [`reuse_detected`](SandboxServer::reuse_detected)
+//! and [`revocations`](SandboxServer::revocations) count per company. Token faults apply to
+//! these grants too. No `id_token` is issued.
+//!
+//! ```
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use base64::Engine as _;
+//! use sha2::Digest as _;
+//! use understory_auth::testing::{AUDIENCE, SandboxServer};
+//!
+//! let server = SandboxServer::start().await?;
+//! let verifier = "a-verifier-of-43-to-128-characters-0123456789";
+//! let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier));
+//! let mut authorize = url::Url::parse(&server.authorize_url())?;
+//! authorize.query_pairs_mut()
+//!     .append_pair("response_type", "code")
+//!     .append_pair("client_id", server.app_client_id())
+//!     .append_pair("redirect_uri", &server.app_redirect_uris()[0])
+//!     .append_pair("scope", "openid booking.read offline")
+//!     .append_pair("state", "a-random-state")
+//!     .append_pair("code_challenge", &challenge)
+//!     .append_pair("code_challenge_method", "S256")
+//!     .append_pair("audience", AUDIENCE);
+//!
+//! // What Understory sends the callback once company-b has consented.
+//! let callback = server.consent(authorize.as_str(), "company-b").await?;
+//! let query: std::collections::HashMap<_, _> = url::form_urlencoded::parse(callback.as_bytes()).collect();
+//! assert_eq!(query["state"], "a-random-state");
+//!
+//! // Understory's server wants `~` literal, as in generated secrets: not `%7E`.
+//! let body = url::form_urlencoded::Serializer::new(String::new())
+//!     .append_pair("grant_type", "authorization_code")
+//!     .append_pair("code", &query["code"])
+//!     .append_pair("redirect_uri", &server.app_redirect_uris()[0])
+//!     .append_pair("code_verifier", verifier)
+//!     .append_pair("client_id", server.app_client_id())
+//!     .append_pair("client_secret", server.app_client_secret())
+//!     .finish()
+//!     .replace("%7E", "~");
+//! let http = reqwest::Client::new();
+//! let response = http.post(server.token_url())
+//!     .header("content-type", "application/x-www-form-urlencoded")
+//!     .body(body)
+//!     .send().await?;
+//! let tokens: serde_json::Value = serde_json::from_slice(&response.bytes().await?)?;
+//! let access_token = tokens["access_token"].as_str().unwrap_or_default();
+//! let me = http.get(format!("{}/v1/me", server.api_base())).bearer_auth(access_token).send().await?;
+//! let me: serde_json::Value = serde_json::from_slice(&me.bytes().await?)?;
+//! assert_eq!(me["company_id"], "company-b");
+//! assert!(tokens["refresh_token"].is_string());
+//! assert_eq!(server.code_exchanges("company-b"), 1);
+//! # Ok(())
+//! # }
+//! # tokio::runtime::Runtime::new()?.block_on(example())?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Webhooks
 //!
 //! With feature `webhooks`, [`WebhookSandbox`] signs messages as Understory does, for a
@@ -129,16 +219,25 @@ use std::time::Duration;
 use crate::scope;
 
 mod api;
+mod apps;
+mod authorize;
 mod basic_auth;
 mod body;
+mod browser;
 mod builder;
+mod clients;
+mod companies;
 mod fault_answers;
 mod faults;
+mod grants;
 mod oauth_error;
+mod pkce;
 mod random;
 mod recorded;
 mod response;
+mod revoke;
 mod routes;
+mod sandbox_error;
 mod server;
 mod state;
 mod token_endpoint;
@@ -149,6 +248,7 @@ mod webhooks;
 pub use builder::SandboxBuilder;
 pub use faults::{ApiFault, EchoIn, TokenFault};
 pub use recorded::RecordedRequest;
+pub use sandbox_error::SandboxError;
 pub use server::SandboxServer;
 #[cfg(feature = "webhooks")]
 pub use webhooks::{WebhookMessage, WebhookSandbox};
@@ -179,5 +279,46 @@ pub const DEFAULT_SCOPES: &[&str] = &[
 /// one-hour tokens.
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3599);
 
+/// The client id of the third-party app of a sandbox started without [`SandboxBuilder::app`]
+/// (its secret is generated, its one redirect URI is [`DEFAULT_REDIRECT_URI`]).
+pub const DEFAULT_APP_CLIENT_ID: &str = "sandbox-app";
+
+/// The redirect URI registered for the default app.
+pub const DEFAULT_REDIRECT_URI: &str = "http://127.0.0.1:8080/callback";
+
+/// The scopes a third-party app may request unless [`SandboxBuilder::app_scopes`] says
+/// otherwise: [`DEFAULT_SCOPES`], `offline` and `offline_access` (both give a refresh token).
+pub const DEFAULT_APP_SCOPES: &[&str] = &APP_SCOPES;
+
+/// [`DEFAULT_SCOPES`] and the two offline scopes.
+const APP_SCOPES: [&str; DEFAULT_SCOPES.len() + 2] = {
+    let mut scopes = [scope::OFFLINE; DEFAULT_SCOPES.len() + 2];
+    let mut i = 0;
+    while i < DEFAULT_SCOPES.len() {
+        scopes[i] = DEFAULT_SCOPES[i];
+        i += 1;
+    }
+    scopes[i + 1] = "offline_access";
+    scopes
+};
+
+/// The companies (id, name) of a sandbox started without [`SandboxBuilder::company`]; the
+/// first is the integration key's and the one that consents when no other is named.
+pub const DEFAULT_COMPANIES: &[(&str, &str)] =
+    &[("company-a", "Company A"), ("company-b", "Company B")];
+
+/// How long refresh tokens stay valid unless [`SandboxBuilder::refresh_token_lifetime`] says
+/// otherwise: Hydra's 720 hours, sliding (each refresh gives the new one a fresh lifetime).
+pub const DEFAULT_REFRESH_TOKEN_LIFETIME: Duration = Duration::from_secs(720 * 3600);
+
+/// How long an authorization code may be exchanged: Hydra's 10 minutes.
+pub const AUTHORIZATION_CODE_LIFETIME: Duration = Duration::from_secs(600);
+
 /// The path of the token endpoint.
 const TOKEN_PATH: &str = "/oauth2/token";
+
+/// The path of the authorize endpoint.
+const AUTHORIZE_PATH: &str = "/oauth2/auth";
+
+/// The path of the revocation endpoint.
+const REVOKE_PATH: &str = "/oauth2/revoke";

@@ -9,8 +9,13 @@ use super::response::{SandboxResponse, hydra_error};
 pub(crate) enum OAuthError {
     InvalidRequest,
     InvalidClient,
+    InvalidGrant,
     InvalidScope,
+    InvalidState,
+    UnauthorizedClient,
     UnsupportedGrantType,
+    UnsupportedResponseType,
+    AccessDenied,
     ServerError,
     TemporarilyUnavailable,
 }
@@ -36,6 +41,35 @@ impl OAuthError {
                 StatusCode::UNAUTHORIZED,
                 "Client authentication failed (e.g., unknown client, no client authentication \
                  included, or unsupported authentication method).",
+            ),
+            Self::InvalidGrant => (
+                "invalid_grant",
+                StatusCode::BAD_REQUEST,
+                "The provided authorization grant (e.g., authorization code, resource owner \
+                 credentials) or refresh token is invalid, expired, revoked, does not match the \
+                 redirection URI used in the authorization request, or was issued to another \
+                 client.",
+            ),
+            Self::InvalidState => (
+                "invalid_state",
+                StatusCode::BAD_REQUEST,
+                "The state is missing or does not have enough characters and is therefore \
+                 considered too weak.",
+            ),
+            Self::UnauthorizedClient => (
+                "unauthorized_client",
+                StatusCode::BAD_REQUEST,
+                "The client is not authorized to request a token using this method.",
+            ),
+            Self::UnsupportedResponseType => (
+                "unsupported_response_type",
+                StatusCode::BAD_REQUEST,
+                "The authorization server does not support obtaining a token using this method.",
+            ),
+            Self::AccessDenied => (
+                "access_denied",
+                StatusCode::FORBIDDEN,
+                "The resource owner or authorization server denied the request.",
             ),
             Self::InvalidScope => (
                 "invalid_scope",

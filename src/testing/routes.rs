@@ -12,7 +12,7 @@ use super::body::{RequestBody, form_value, read_body};
 use super::recorded::RecordedRequest;
 use super::response::{self, SandboxResponse, api_error, api_json, with_dynamic_header};
 use super::state::Shared;
-use super::{TOKEN_PATH, api, token_endpoint};
+use super::{AUTHORIZE_PATH, REVOKE_PATH, TOKEN_PATH, api, authorize, revoke, token_endpoint};
 
 /// Answers one request.
 pub(crate) async fn handle(shared: &Shared, request: Request<Incoming>) -> SandboxResponse {
@@ -22,6 +22,10 @@ pub(crate) async fn handle(shared: &Shared, request: Request<Incoming>) -> Sandb
     if path == TOKEN_PATH {
         let recorded = prelude(shared, Side::Token, &head, &body).await;
         token_endpoint::handle(shared, &head, body, &recorded).await
+    } else if path == AUTHORIZE_PATH {
+        authorize::handle(shared, &head)
+    } else if path == REVOKE_PATH {
+        revoke::handle(shared, &head, body)
     } else if path == "/v1" || path.starts_with("/v1/") {
         prelude(shared, Side::Api, &head, &body).await;
         api::handle(shared, &head, body).await

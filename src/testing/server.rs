@@ -17,10 +17,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::TOKEN_PATH;
+use super::clients::Config;
 use super::faults::{ApiFault, FaultQueue, TokenFault};
 use super::recorded::RecordedRequest;
 use super::routes;
-use super::state::{Config, Log, Shared, State};
+use super::state::{Log, Shared, State};
 use crate::{ClientAuthMethod, Credentials, UnderstoryAuth, UnderstoryAuthBuilder};
 
 /// How long the accept loop pauses after a failed `accept` (e.g. out of file descriptors).
@@ -58,8 +59,12 @@ impl fmt::Debug for SandboxServer {
         let config = &self.running.shared.config;
         f.debug_struct("SandboxServer")
             .field("addr", &self.running.addr)
-            .field("client_id", &config.client_id)
-            .field("client_auth", &config.client_auth)
+            .field("client_id", &config.key.id)
+            .field("client_auth", &config.key.auth)
+            .field(
+                "apps",
+                &config.apps.iter().map(|app| &app.id).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -84,8 +89,13 @@ impl SandboxServer {
         Ok(Self { running })
     }
 
+    /// What the sandbox was started with.
+    pub(crate) fn config(&self) -> &Config {
+        &self.running.shared.config
+    }
+
     /// Runs `f` on the sandbox's state.
-    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         self.running.shared.with(f)
     }
 
@@ -106,17 +116,17 @@ impl SandboxServer {
 
     /// The client id the token endpoint accepts.
     pub fn client_id(&self) -> &str {
-        &self.running.shared.config.client_id
+        &self.config().key.id
     }
 
     /// The client secret the token endpoint accepts (the builder's, or a generated one).
     pub fn client_secret(&self) -> &str {
-        &self.running.shared.config.client_secret
+        &self.config().key.secret
     }
 
     /// How the client must authenticate at the token endpoint.
     pub fn client_auth_method(&self) -> ClientAuthMethod {
-        self.running.shared.config.client_auth
+        self.config().key.auth
     }
 
     /// [`Credentials`] for this sandbox's client (id, secret, method), without scopes.
@@ -235,11 +245,12 @@ impl SandboxServer {
         self.with(|state| state.api_always_unauthorized = on);
     }
 
-    /// Zeroes the counters and forgets recorded requests (tokens, faults, delays are kept).
+    /// Zeroes every counter and forgets recorded requests (tokens, faults, delays are kept).
     pub fn reset_counters(&self) {
         self.with(|state| {
             state.token_requests = Log::default();
             state.api_requests = Log::default();
+            state.grants.reset_counts();
         });
     }
 }

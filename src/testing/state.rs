@@ -1,14 +1,15 @@
-//! What the sandbox knows: its fixed configuration and the state tests change and inspect.
+//! What the sandbox knows: its configuration and the state tests change and inspect.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use super::clients::Config;
 use super::faults::{ApiFault, FaultQueue, TokenFault};
+use super::grants::{Grants, Lifetimes};
 use super::recorded::RecordedRequest;
-use super::tokens::{Issued, Tokens};
-use crate::ClientAuthMethod;
+use super::tokens::{Issued, Owner, Tokens};
 
 /// How many requests of each kind are kept for inspection; the oldest are dropped first.
 const RECORD_LIMIT: usize = 100_000;
@@ -18,13 +19,6 @@ pub(crate) struct Shared {
     /// Fixed when the server starts.
     pub(crate) config: Config,
     state: Mutex<State>,
-}
-
-/// The sandbox's client registration.
-pub(crate) struct Config {
-    pub(crate) client_id: String,
-    pub(crate) client_secret: String,
-    pub(crate) client_auth: ClientAuthMethod,
 }
 
 /// The part of the sandbox that changes while it runs.
@@ -44,6 +38,11 @@ pub(crate) struct State {
     pub(crate) token_requests: Log,
     pub(crate) api_requests: Log,
     pub(crate) tokens: Tokens,
+    pub(crate) grants: Grants,
+    /// The lifetimes of the tokens the apps are given.
+    pub(crate) app_lifetimes: Lifetimes,
+    /// Whether every consent is declined.
+    pub(crate) decline_consent: bool,
 }
 
 /// A count of requests and the most recent of them.
@@ -61,17 +60,19 @@ impl Shared {
         }
     }
 
+    /// Issues a token for the integration key, valid for the key's token lifetime.
+    pub(crate) fn issue_key_token(&self, scopes: Vec<String>) -> Issued {
+        let owner = Owner {
+            client_id: self.config.key.id.clone(),
+            company_id: self.config.key_company().id.clone(),
+        };
+        self.with(|state| state.tokens.issue(scopes, owner, state.token_lifetime))
+    }
+
     /// Runs `f` with the state locked. The lock cannot be held across an `.await`, since `f`
     /// is not async.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         f(&mut self.state.lock())
-    }
-}
-
-impl State {
-    /// Issues a token for the integration key, valid for the key's token lifetime.
-    pub(crate) fn issue_key_token(&mut self, scopes: Vec<String>) -> Issued {
-        self.tokens.issue(scopes, self.token_lifetime)
     }
 }
 

@@ -1,19 +1,22 @@
-//! `POST /oauth2/token`: the `client_credentials` grant as Ory Hydra implements it, and as
-//! Understory's server refuses `%7E` (see `refuse_encoded_tilde`).
+//! `POST /oauth2/token` as Ory Hydra implements it: the integration key's `client_credentials`
+//! grant, the apps' `authorization_code` and `refresh_token` grants, and `%7E` refused as
+//! Understory's server does (see `refuse_encoded_tilde`).
 
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
 use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
+use serde_json::Value;
 
+use super::AUDIENCE;
 use super::body::{RequestBody, form_value};
 use super::fault_answers::token_fault;
+use super::grants::{AppTokens, Exchange};
 use super::oauth_error::{OAuthError, Refusal};
 use super::recorded::RecordedRequest;
 use super::response::{SandboxResponse, hydra_json};
-use super::state::{Config, Shared, State};
+use super::state::{Shared, State};
 use super::tokens::Issued;
-use super::{AUDIENCE, basic_auth};
-use crate::ClientAuthMethod;
 
 /// Answers a request to the token endpoint (already recorded and delayed by the prelude):
 /// apply a fault if one is set, otherwise grant or refuse a token.
@@ -27,14 +30,43 @@ pub(crate) async fn handle(
         return token_fault(fault, shared, recorded).await;
     }
     match grant(shared, head, body) {
-        Ok(issued) => hydra_json(StatusCode::OK, &issued.answer("bearer")),
+        Ok(answer) => hydra_json(StatusCode::OK, &answer),
         Err(refusal) => refusal.response(),
     }
 }
 
-/// Hydra's checks, in about the order Hydra makes them; issues a token if all pass.
-fn grant(shared: &Shared, head: &Parts, body: RequestBody) -> Result<Issued, Refusal> {
-    use OAuthError::{InvalidRequest, UnsupportedGrantType};
+/// Hydra's checks, in about the order Hydra makes them; the 200 body if all pass.
+fn grant(shared: &Shared, head: &Parts, body: RequestBody) -> Result<Value, Refusal> {
+    use OAuthError::{InvalidRequest, UnauthorizedClient, UnsupportedGrantType};
+    let body = form_post(head, body)?;
+    refuse_encoded_tilde(&body)?;
+
+    let grant_type = form_value(&body, "grant_type").unwrap_or_default();
+    if grant_type.is_empty() {
+        return Err(InvalidRequest.because("Request parameter 'grant_type' is missing"));
+    }
+    let client = shared.config.authenticate(&head.headers, &body)?;
+    let is_key = shared.config.is_key(client);
+    match (grant_type.as_str(), is_key) {
+        ("client_credentials", true) => Ok(client_credentials(shared, &body)?.answer("bearer")),
+        ("authorization_code" | "refresh_token", false) => {
+            Ok(app_grant(shared, &client.id, &grant_type, &body)?.answer())
+        }
+        ("client_credentials" | "authorization_code" | "refresh_token", _) => {
+            Err(UnauthorizedClient.because(format!(
+                "The OAuth 2.0 Client is not allowed to use authorization grant '{grant_type}'."
+            )))
+        }
+        _ => Err(UnsupportedGrantType.because(format!(
+            "The sandbox supports the 'client_credentials', 'authorization_code' and \
+             'refresh_token' grants, not '{grant_type}'."
+        ))),
+    }
+}
+
+/// The body of a form `POST`, as Hydra's token and revocation endpoints require.
+pub(crate) fn form_post(head: &Parts, body: RequestBody) -> Result<Bytes, Refusal> {
+    use OAuthError::InvalidRequest;
     if head.method != Method::POST {
         let hint = format!("HTTP method is '{}', expected 'POST'.", head.method);
         return Err(InvalidRequest.because(hint));
@@ -43,35 +75,56 @@ fn grant(shared: &Shared, head: &Parts, body: RequestBody) -> Result<Issued, Ref
         let hint = "The request body must be application/x-www-form-urlencoded.";
         return Err(InvalidRequest.because(hint));
     }
-    let body = body.map_err(|error| InvalidRequest.because(error.message()))?;
-    refuse_encoded_tilde(&body)?;
-    let form = |key: &str| form_value(&body, key);
+    body.map_err(|error| InvalidRequest.because(error.message()))
+}
 
-    let grant_type = form("grant_type").unwrap_or_default();
-    if grant_type.is_empty() {
-        return Err(InvalidRequest.because("Request parameter 'grant_type' is missing"));
-    }
-    authenticate(&shared.config, &head.headers, &body)?;
-    if grant_type != "client_credentials" {
-        return Err(UnsupportedGrantType.because(format!(
-            "The sandbox supports only the 'client_credentials' grant, not '{grant_type}'."
-        )));
-    }
-
-    let requested = form("scope").unwrap_or_default();
+/// The integration key's `client_credentials` grant: scopes and audience, then a token.
+fn client_credentials(shared: &Shared, body: &[u8]) -> Result<Issued, Refusal> {
+    let requested = form_value(body, "scope").unwrap_or_default();
     let scopes = shared.with(|state| grant_scopes(state, &requested))?;
-
-    let audience = form("audience");
+    let audience = form_value(body, "audience");
     if audience.as_deref() != Some(AUDIENCE) {
-        return Err(InvalidRequest.because(match audience {
+        return Err(OAuthError::InvalidRequest.because(match audience {
             Some(audience) => format!(
                 "Requested audience '{audience}' has not been whitelisted by the OAuth 2.0 Client."
             ),
             None => format!("Request parameter 'audience' is missing; it must be '{AUDIENCE}'."),
         }));
     }
+    Ok(shared.issue_key_token(scopes))
+}
 
-    Ok(shared.with(|state| state.issue_key_token(scopes)))
+/// An app's `authorization_code` or `refresh_token` grant.
+fn app_grant(
+    shared: &Shared,
+    client_id: &str,
+    grant_type: &str,
+    body: &[u8],
+) -> Result<AppTokens, Refusal> {
+    let form = |key: &str| form_value(body, key);
+    let missing = |name: &str| {
+        OAuthError::InvalidRequest.because(format!("Request parameter '{name}' is missing."))
+    };
+    shared.with(|state| {
+        let lifetimes = state.app_lifetimes;
+        if grant_type == "authorization_code" {
+            let code = form("code").ok_or_else(|| missing("code"))?;
+            let (redirect_uri, verifier) = (form("redirect_uri"), form("code_verifier"));
+            let request = Exchange {
+                code: &code,
+                redirect_uri: redirect_uri.as_deref(),
+                verifier: verifier.as_deref().unwrap_or_default(),
+            };
+            state
+                .grants
+                .exchange(&mut state.tokens, client_id, &request, lifetimes)
+        } else {
+            let refresh_token = form("refresh_token").ok_or_else(|| missing("refresh_token"))?;
+            state
+                .grants
+                .refresh(&mut state.tokens, client_id, &refresh_token, lifetimes)
+        }
+    })
 }
 
 /// The scopes to grant for the space-separated `requested` ones (duplicates dropped). As in
@@ -135,59 +188,4 @@ fn is_form(headers: &HeaderMap) -> bool {
             mime.trim()
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         })
-}
-
-/// Checks the client's credentials, sent the way the client is registered for.
-fn authenticate(config: &Config, headers: &HeaderMap, body: &[u8]) -> Result<(), Refusal> {
-    use OAuthError::InvalidClient;
-    let basic = headers
-        .get(AUTHORIZATION)
-        .filter(|value| basic_auth::is_basic(value));
-    let body_secret = form_value(body, "client_secret");
-    match (config.client_auth, basic, body_secret) {
-        (_, Some(_), Some(_)) => Err(InvalidClient.because(
-            "Client credentials were sent both in the Authorization header and in the request \
-             body.",
-        )),
-        (_, None, None) => Err(InvalidClient.because("No client credentials were sent.")),
-        (ClientAuthMethod::ClientSecretPost, None, Some(secret)) => {
-            let client_id = form_value(body, "client_id").unwrap_or_default();
-            check_credentials(config, &client_id, &secret)
-        }
-        (ClientAuthMethod::ClientSecretBasic, Some(header), None) => {
-            let credentials = basic_auth::parse(header).ok_or_else(|| {
-                InvalidClient
-                    .because("The Authorization header is not valid HTTP Basic authentication.")
-            })?;
-            check_credentials(config, &credentials.client_id, &credentials.client_secret)
-        }
-        (ClientAuthMethod::ClientSecretPost, Some(_), None)
-        | (ClientAuthMethod::ClientSecretBasic, None, Some(_)) => {
-            Err(wrong_method(config.client_auth))
-        }
-    }
-}
-
-fn check_credentials(config: &Config, client_id: &str, client_secret: &str) -> Result<(), Refusal> {
-    if client_id != config.client_id {
-        let hint = "The requested OAuth 2.0 Client does not exist.";
-        return Err(OAuthError::InvalidClient.because(hint));
-    }
-    if client_secret != config.client_secret {
-        let hint = "The provided client secret did not match.";
-        return Err(OAuthError::InvalidClient.because(hint));
-    }
-    Ok(())
-}
-
-fn wrong_method(registered: ClientAuthMethod) -> Refusal {
-    let (registered, used) = match registered {
-        ClientAuthMethod::ClientSecretPost => ("client_secret_post", "client_secret_basic"),
-        ClientAuthMethod::ClientSecretBasic => ("client_secret_basic", "client_secret_post"),
-    };
-    OAuthError::InvalidClient.because(format!(
-        "The OAuth 2.0 Client supports client authentication method '{registered}', but method \
-         '{used}' was requested. You must configure the OAuth 2.0 client's \
-         'token_endpoint_auth_method' value to accept '{used}'."
-    ))
 }

@@ -15,6 +15,7 @@ pub(crate) struct Tokens {
 /// What the server remembers about an access token.
 struct Token {
     scopes: Vec<String>,
+    owner: Owner,
     /// `None` if the lifetime was too long to represent.
     expires_at: Option<Instant>,
     revoked: bool,
@@ -28,9 +29,16 @@ pub(crate) struct Issued {
     pub(crate) scope: String,
 }
 
+/// Whose an access token is: the client it was issued to and the company it acts for.
+#[derive(Clone)]
+pub(crate) struct Owner {
+    pub(crate) client_id: String,
+    pub(crate) company_id: String,
+}
+
 /// What the API makes of a bearer token.
 pub(crate) enum TokenStatus {
-    Valid { scopes: Vec<String> },
+    Valid { scopes: Vec<String>, owner: Owner },
     Unknown,
     Revoked,
     Expired,
@@ -49,8 +57,13 @@ impl Issued {
 }
 
 impl Tokens {
-    /// Issues a new token granting `scopes`, valid for `lifetime`.
-    pub(crate) fn issue(&mut self, scopes: Vec<String>, lifetime: Duration) -> Issued {
+    /// Issues a new token granting `scopes` to `owner`, valid for `lifetime`.
+    pub(crate) fn issue(
+        &mut self,
+        scopes: Vec<String>,
+        owner: Owner,
+        lifetime: Duration,
+    ) -> Issued {
         let access_token = loop {
             let candidate = random_token("ory_at_");
             if !self.by_value.contains_key(&candidate) {
@@ -60,6 +73,7 @@ impl Tokens {
         let scope = scopes.join(" ");
         let token = Token {
             scopes,
+            owner,
             expires_at: Instant::now().checked_add(lifetime),
             revoked: false,
         };
@@ -82,8 +96,14 @@ impl Tokens {
             }
             Some(token) => TokenStatus::Valid {
                 scopes: token.scopes.clone(),
+                owner: token.owner.clone(),
             },
         }
+    }
+
+    /// Whose `access_token` is, if the sandbox issued it.
+    pub(crate) fn owner(&self, access_token: &str) -> Option<&Owner> {
+        self.by_value.get(access_token).map(|token| &token.owner)
     }
 
     /// Every token issued so far, oldest first.

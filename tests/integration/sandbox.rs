@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use understory_auth::testing::{
-    AUDIENCE, ApiFault, EchoIn, SandboxBuilder, SandboxServer, TokenFault,
+    AUDIENCE, ApiFault, EchoIn, SandboxBuilder, SandboxError, SandboxServer, TokenFault,
 };
 use understory_auth::{ClientAuthMethod, scope};
 
@@ -1471,15 +1471,34 @@ fn a_handle_can_outlive_its_runtime() -> TestResult {
 
 #[tokio::test]
 async fn debug_output_hides_secrets_and_tokens() -> TestResult {
-    let builder = SandboxServer::builder().client_secret("super-secret-value");
-    assert!(!format!("{builder:?}").contains("super-secret-value"));
+    let builder = SandboxServer::builder()
+        .client_secret("super-secret-value")
+        .app("an-app", "app-secret-value", ["http://127.0.0.1:1/cb"]);
+    let debug = format!("{builder:?}");
+    assert!(
+        !debug.contains("super-secret-value") && !debug.contains("app-secret-value"),
+        "{debug}"
+    );
 
     let server = Sandbox::from(builder).await?;
     let token = server.fetch_token("").await?;
     let debug = format!("{:?}", server.server);
     assert!(debug.contains(server.client_id()), "{debug}");
     assert!(!debug.contains("super-secret-value"), "{debug}");
+    assert!(!debug.contains("app-secret-value"), "{debug}");
     assert!(!debug.contains(&token), "{debug}");
+    // The browser stand-in's errors never show the authorize URL's query (state, challenge).
+    let url =
+        format!("http://127.0.0.1:1/oauth2/auth?state={STATE}&code_challenge=secret-challenge");
+    let error = server
+        .consent(&url, "company-a")
+        .await
+        .expect_err("not this sandbox");
+    let shown = format!("{error} {error:?}");
+    assert!(
+        !shown.contains(STATE) && !shown.contains("secret-challenge"),
+        "{shown}"
+    );
     Ok(())
 }
 
@@ -1529,5 +1548,666 @@ fn the_webhook_sandbox_shows_secrets_and_ids_as_understory_does() -> TestResult 
     );
     let headers = sandbox.headers(&message);
     assert!(headers["webhook-signature"].to_str()?.starts_with("v1,"));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Third-party apps: the authorization code flow, refresh tokens, revocation, companies
+// ---------------------------------------------------------------------------------------------
+
+/// A PKCE verifier (43 to 128 unreserved characters) and its S256 challenge.
+fn pkce(seed: &str) -> (String, String) {
+    use sha2::Digest as _;
+    let verifier = format!("{seed}-{}", "v~erifier.0123456789_".repeat(3));
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()));
+    (verifier, challenge)
+}
+
+/// The value of `key` in a query string.
+fn query_value(query: &str, key: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == key)
+        .map(|(_, value)| value.into_owned())
+}
+
+/// A query parameter.
+type Param<'a> = (&'a str, &'a str);
+
+/// The state every authorize request of these tests sends.
+const STATE: &str = "state-0123456789";
+
+impl Sandbox {
+    /// An authorize URL as an app builds it, with `changes` replacing or adding parameters
+    /// (an empty value leaves the parameter out).
+    fn authorize_url(&self, scope: &str, challenge: &str, changes: &[(&str, &str)]) -> String {
+        let redirect_uri = self.app_redirect_uris()[0].clone();
+        let mut params = vec![
+            ("response_type", "code"),
+            ("client_id", self.app_client_id()),
+            ("redirect_uri", redirect_uri.as_str()),
+            ("scope", scope),
+            ("state", STATE),
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256"),
+            ("audience", AUDIENCE),
+        ];
+        for &(key, value) in changes {
+            params.retain(|(name, _)| *name != key);
+            if !value.is_empty() {
+                params.push((key, value));
+            }
+        }
+        let query = form(&params);
+        format!("{}?{query}", self.server.authorize_url())
+    }
+
+    /// Consents as `company` and returns the code and its verifier.
+    async fn code_for(&self, company: &str, scope: &str) -> TestResult<(String, String)> {
+        let (verifier, challenge) = pkce(company);
+        let callback = self
+            .consent(self.authorize_url(scope, &challenge, &[]), company)
+            .await?;
+        assert_eq!(query_value(&callback, "state").as_deref(), Some(STATE));
+        let code = query_value(&callback, "code").ok_or_else(|| format!("no code: {callback}"))?;
+        Ok((code, verifier))
+    }
+
+    /// A token request of the app, its credentials in the form.
+    async fn post_app(&self, pairs: &[(&str, &str)]) -> reqwest::Result<reqwest::Response> {
+        let mut pairs = pairs.to_vec();
+        pairs.push(("client_id", self.app_client_id()));
+        pairs.push(("client_secret", self.app_client_secret()));
+        self.post_token(form(&pairs)).await
+    }
+
+    async fn exchange(&self, code: &str, verifier: &str) -> reqwest::Result<reqwest::Response> {
+        let redirect_uri = self.app_redirect_uris()[0].clone();
+        self.post_app(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", &redirect_uri),
+            ("code_verifier", verifier),
+        ])
+        .await
+    }
+
+    async fn refresh(&self, refresh_token: &str) -> reqwest::Result<reqwest::Response> {
+        self.post_app(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ])
+        .await
+    }
+
+    /// The whole flow for `company`: the token endpoint's answer, checked to be a 200.
+    async fn app_tokens(&self, company: &str, scope: &str) -> TestResult<Value> {
+        let (code, verifier) = self.code_for(company, scope).await?;
+        let response = self.exchange(&code, &verifier).await?;
+        assert_eq!(response.status(), 200);
+        json(response).await
+    }
+
+    async fn revoke(&self, token: &str) -> reqwest::Result<reqwest::Response> {
+        let body = form(&[
+            ("token", token),
+            ("client_id", self.app_client_id()),
+            ("client_secret", self.app_client_secret()),
+        ]);
+        self.http
+            .post(self.revocation_url())
+            .header("content-type", FORM)
+            .body(body)
+            .send()
+            .await
+    }
+}
+
+/// A string field of a JSON answer.
+fn text(body: &Value, field: &str) -> TestResult<String> {
+    Ok(body[field]
+        .as_str()
+        .ok_or_else(|| format!("{field} is not a string in {body}"))?
+        .to_owned())
+}
+
+#[tokio::test]
+async fn the_code_flow_with_pkce_issues_tokens_for_the_consenting_company() -> TestResult {
+    let server = Sandbox::start().await?;
+    let (verifier, challenge) = pkce("flow");
+    let url = server.authorize_url("openid booking.read offline", &challenge, &[]);
+    let callback = server.consent(&url, "company-b").await?;
+    assert_eq!(query_value(&callback, "state").as_deref(), Some(STATE));
+    assert_eq!(
+        query_value(&callback, "scope").as_deref(),
+        Some("openid booking.read offline")
+    );
+    let code = query_value(&callback, "code").ok_or("no code")?;
+    assert!(code.starts_with("ory_ac_"), "{code}");
+
+    let response = server.exchange(&code, &verifier).await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body = json(response).await?;
+    let mut keys: Vec<&str> = body
+        .as_object()
+        .ok_or("not an object")?
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "access_token",
+            "expires_in",
+            "refresh_token",
+            "scope",
+            "token_type"
+        ]
+    );
+    assert_eq!(body["token_type"], "bearer");
+    assert_eq!(body["expires_in"], 3599);
+    assert_eq!(body["scope"], "openid booking.read offline");
+    assert!(text(&body, "refresh_token")?.starts_with("ory_rt_"));
+
+    let me = json(server.get_me(&text(&body, "access_token")?).await?).await?;
+    assert_eq!(me["company_id"], "company-b");
+    assert_eq!(me["company_name"], "Company B");
+    assert_eq!(me["user_id"], "user-company-b");
+    assert_eq!(me["email"], "owner@company-b.example");
+    assert_eq!(me["client_id"], server.app_client_id());
+    assert_eq!(
+        (
+            server.consents("company-b"),
+            server.code_exchanges("company-b")
+        ),
+        (1, 1)
+    );
+    assert_eq!(server.code_exchanges("company-a"), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn hydras_authorize_rules_answer_at_the_redirect_uri() -> TestResult {
+    let server = Sandbox::start().await?;
+    let (_, challenge) = pkce("rules");
+    let cases: [(&[Param], &str, &str); 7] = [
+        (&[("state", "1234567")], "invalid_state", "8 characters"),
+        (&[("state", "")], "invalid_state", "8 characters"),
+        (
+            &[("code_challenge_method", "plain")],
+            "invalid_request",
+            "plain is not allowed",
+        ),
+        (
+            &[("code_challenge_method", "")],
+            "invalid_request",
+            "plain is not allowed",
+        ),
+        (
+            &[("code_challenge", "")],
+            "invalid_request",
+            "code_challenge",
+        ),
+        (
+            &[("scope", "openid payroll.read")],
+            "invalid_scope",
+            "'payroll.read'",
+        ),
+        (
+            &[("response_type", "token")],
+            "unsupported_response_type",
+            "'token'",
+        ),
+    ];
+    for (changes, error, hint) in cases {
+        let url = server.authorize_url("openid offline", &challenge, changes);
+        let callback = server.consent(&url, "company-a").await?;
+        assert_eq!(
+            query_value(&callback, "error").as_deref(),
+            Some(error),
+            "{changes:?}"
+        );
+        let description = query_value(&callback, "error_description").unwrap_or_default();
+        assert!(description.contains(hint), "{changes:?}: {description}");
+        assert_eq!(query_value(&callback, "code"), None);
+    }
+    assert_eq!(server.consents("company-a"), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wrong_client_redirect_uri_or_company_gets_an_error_page() -> TestResult {
+    let server = Sandbox::from(SandboxServer::builder().app(
+        "shop-app",
+        "shop-secret",
+        [
+            "https://shop.example/callback",
+            "http://127.0.0.1:9000/callback",
+        ],
+    ))
+    .await?;
+    let (_, challenge) = pkce("page");
+    let refused = |result: Result<String, SandboxError>| match result {
+        Err(SandboxError::NoRedirect { status, error, .. }) => Ok((status, error)),
+        other => Err(format!("not an error page: {other:?}")),
+    };
+    for (changes, status, error) in [
+        (
+            &[("redirect_uri", "https://shop.example/callback/")][..],
+            400,
+            "invalid_request",
+        ),
+        (
+            &[("redirect_uri", "https://evil.example/callback")],
+            400,
+            "invalid_request",
+        ),
+        (&[("redirect_uri", "")], 400, "invalid_request"), // two are registered
+        (&[("client_id", "someone-else")], 401, "invalid_client"),
+    ] {
+        let url = server.authorize_url("openid", &challenge, changes);
+        // No redirect: a plain request sees the page itself.
+        let response = server.http.get(&url).send().await?;
+        assert_eq!(response.status(), status, "{changes:?}");
+        assert!(response.headers().get("location").is_none(), "{changes:?}");
+        let page = refused(server.consent(&url, "company-a").await)?;
+        assert_eq!(page, (status, error.to_owned()), "{changes:?}");
+    }
+    let url = server.authorize_url("openid", &challenge, &[]);
+    let page = refused(server.consent(&url, "no-such-company").await)?;
+    assert_eq!(page, (400, "invalid_request".to_owned()));
+    // The second registered URI works; the browser stand-in speaks to its own sandbox only.
+    let url = server.authorize_url(
+        "openid",
+        &challenge,
+        &[("redirect_uri", "http://127.0.0.1:9000/callback")],
+    );
+    assert!(query_value(&server.consent(&url, "company-a").await?, "code").is_some());
+    let elsewhere = url.replace("/oauth2/auth", "/oauth2/other");
+    let refused = server.consent(&elsewhere, "company-a").await;
+    assert!(
+        matches!(refused, Err(SandboxError::NotThisSandbox { .. })),
+        "{refused:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn declining_redirects_with_access_denied() -> TestResult {
+    let server = Sandbox::start().await?;
+    let (_, challenge) = pkce("decline");
+    let url = server.authorize_url("openid offline", &challenge, &[]);
+    let callback = server.decline(&url).await?;
+    assert_eq!(
+        query_value(&callback, "error").as_deref(),
+        Some("access_denied")
+    );
+    assert!(query_value(&callback, "error_description").is_some());
+    assert_eq!(query_value(&callback, "state").as_deref(), Some(STATE));
+
+    server.set_decline_consent(true);
+    let callback = server.consent(&url, "company-a").await?;
+    assert_eq!(
+        query_value(&callback, "error").as_deref(),
+        Some("access_denied")
+    );
+    server.set_decline_consent(false);
+    assert!(query_value(&server.consent(&url, "company-a").await?, "code").is_some());
+    assert_eq!(server.consents("company-a"), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_code_is_single_use_and_a_replay_revokes_its_tokens() -> TestResult {
+    let server = Sandbox::start().await?;
+    let (code, verifier) = server.code_for("company-a", "openid offline").await?;
+    let first = json(server.exchange(&code, &verifier).await?).await?;
+    let access_token = text(&first, "access_token")?;
+    assert_eq!(server.get_me(&access_token).await?.status(), 200);
+
+    let replay = server.exchange(&code, &verifier).await?;
+    let description = assert_oauth_error(replay, 400, "invalid_grant").await?;
+    assert!(description.contains("already been used"), "{description}");
+    assert_unauthorized(server.get_me(&access_token).await?).await?;
+    let refresh = server.refresh(&text(&first, "refresh_token")?).await?;
+    assert_oauth_error(refresh, 400, "invalid_grant").await?;
+    assert_eq!(server.code_exchanges("company-a"), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_exchange_checks_verifier_redirect_uri_and_client() -> TestResult {
+    let server = Sandbox::start().await?;
+    let (code, verifier) = server.code_for("company-a", "openid").await?;
+    let (other_verifier, _) = pkce("another");
+    let redirect_uri = server.app_redirect_uris()[0].clone();
+    for (pairs, hint) in [
+        (
+            vec![
+                ("code_verifier", other_verifier.as_str()),
+                ("redirect_uri", &redirect_uri),
+            ],
+            "did not match the code verifier",
+        ),
+        (
+            vec![
+                ("code_verifier", "too-short"),
+                ("redirect_uri", &redirect_uri),
+            ],
+            "at least 43",
+        ),
+        (vec![("redirect_uri", &redirect_uri)], "at least 43"),
+        (
+            vec![
+                ("code_verifier", verifier.as_str()),
+                ("redirect_uri", "http://127.0.0.1:8080/other"),
+            ],
+            "redirect_uri",
+        ),
+        (vec![("code_verifier", verifier.as_str())], "redirect_uri"),
+    ] {
+        let mut pairs = pairs;
+        pairs.extend([
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+        ]);
+        let description =
+            assert_oauth_error(server.post_app(&pairs).await?, 400, "invalid_grant").await?;
+        assert!(description.contains(hint), "{pairs:?}: {description}");
+    }
+    // The integration key may not redeem it, and the app may not use client_credentials.
+    let as_key = form(&[
+        ("grant_type", "authorization_code"),
+        ("code", &code),
+        ("client_id", server.client_id()),
+        ("client_secret", server.client_secret()),
+    ]);
+    assert_oauth_error(server.post_token(as_key).await?, 400, "unauthorized_client").await?;
+    let credentials = server
+        .post_app(&[("grant_type", "client_credentials"), ("audience", AUDIENCE)])
+        .await?;
+    assert_oauth_error(credentials, 400, "unauthorized_client").await?;
+    // The failures did not use the code up.
+    assert_eq!(server.exchange(&code, &verifier).await?.status(), 200);
+    let description = assert_oauth_error(
+        server.exchange("ory_ac_made-up", &verifier).await?,
+        400,
+        "invalid_grant",
+    )
+    .await?;
+    assert!(description.contains("not valid"), "{description}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_offline_there_is_no_refresh_token() -> TestResult {
+    let server = Sandbox::start().await?;
+    let body = server
+        .app_tokens("company-a", "openid booking.read")
+        .await?;
+    assert!(body.get("refresh_token").is_none(), "{body}");
+    assert_eq!(body["scope"], "openid booking.read");
+    let body = server
+        .app_tokens("company-a", "openid offline_access")
+        .await?;
+    assert!(body["refresh_token"].is_string(), "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_refresh_rotates_both_tokens() -> TestResult {
+    let server = Sandbox::start().await?;
+    let first = server.app_tokens("company-a", "openid offline").await?;
+    let mut refresh_token = text(&first, "refresh_token")?;
+    let mut access_token = text(&first, "access_token")?;
+    for round in 1..=3 {
+        let response = server.refresh(&refresh_token).await?;
+        assert_eq!(response.status(), 200, "round {round}");
+        let body = json(response).await?;
+        assert_eq!(body["scope"], "openid offline");
+        assert_eq!(body["token_type"], "bearer");
+        let (new_refresh, new_access) =
+            (text(&body, "refresh_token")?, text(&body, "access_token")?);
+        assert_ne!(new_refresh, refresh_token);
+        // As in Hydra, the access token of the refresh token presented is revoked.
+        assert_unauthorized(server.get_me(&access_token).await?).await?;
+        assert_eq!(server.get_me(&new_access).await?.status(), 200);
+        (refresh_token, access_token) = (new_refresh, new_access);
+    }
+    assert_eq!(server.refreshes("company-a"), 3);
+    assert_eq!(server.reuse_detected("company-a"), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn reusing_a_refresh_token_revokes_the_whole_grant() -> TestResult {
+    let server = Sandbox::start().await?;
+    let first = server.app_tokens("company-a", "openid offline").await?;
+    let old = text(&first, "refresh_token")?;
+    let second = json(server.refresh(&old).await?).await?;
+    let (newest, access_token) = (
+        text(&second, "refresh_token")?,
+        text(&second, "access_token")?,
+    );
+    // An unrelated grant of another company is left alone.
+    let other = server.app_tokens("company-b", "openid offline").await?;
+
+    let description = assert_oauth_error(server.refresh(&old).await?, 400, "invalid_grant").await?;
+    assert!(
+        description.ends_with("The refresh token was already used."),
+        "{description}"
+    );
+    let description =
+        assert_oauth_error(server.refresh(&newest).await?, 400, "invalid_grant").await?;
+    assert!(
+        description.ends_with("The refresh token is malformed or not valid."),
+        "{description}"
+    );
+    assert_unauthorized(server.get_me(&access_token).await?).await?;
+
+    assert_eq!(
+        server
+            .refresh(&text(&other, "refresh_token")?)
+            .await?
+            .status(),
+        200
+    );
+    assert_eq!(
+        (
+            server.reuse_detected("company-a"),
+            server.reuse_detected("company-b")
+        ),
+        (1, 0)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn refresh_tokens_expire_each_a_lifetime_after_its_refresh() -> TestResult {
+    let lifetime = Duration::from_millis(450);
+    let server = Sandbox::from(SandboxServer::builder().refresh_token_lifetime(lifetime)).await?;
+    let first = server.app_tokens("company-a", "openid offline").await?;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let second = json(server.refresh(&text(&first, "refresh_token")?).await?).await?;
+    // Past the first one's lifetime, within the second's (sliding).
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let response = server.refresh(&text(&second, "refresh_token")?).await?;
+    assert_eq!(response.status(), 200);
+    let third = json(response).await?;
+    tokio::time::sleep(Duration::from_millis(480)).await;
+    let description = assert_oauth_error(
+        server.refresh(&text(&third, "refresh_token")?).await?,
+        400,
+        "invalid_grant",
+    )
+    .await?;
+    assert!(
+        description.ends_with("The refresh token expired."),
+        "{description}"
+    );
+
+    // A short access token lifetime for apps, without sleeping: zero issues expired tokens.
+    server.set_app_token_lifetime(Duration::ZERO);
+    let body = server.app_tokens("company-a", "openid").await?;
+    assert_eq!(body["expires_in"], 0);
+    let message = assert_unauthorized(server.get_me(&text(&body, "access_token")?).await?).await?;
+    assert!(message.contains("expired"), "{message}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn revoke_consent_deletes_the_companys_tokens_only() -> TestResult {
+    let server = Sandbox::start().await?;
+    let a = server.app_tokens("company-a", "openid offline").await?;
+    let b = server.app_tokens("company-b", "openid offline").await?;
+    server.revoke_consent("company-a");
+
+    let description = assert_oauth_error(
+        server.refresh(&text(&a, "refresh_token")?).await?,
+        400,
+        "invalid_grant",
+    )
+    .await?;
+    assert!(
+        description.ends_with("The refresh token is malformed or not valid."),
+        "{description}"
+    );
+    assert_unauthorized(server.get_me(&text(&a, "access_token")?).await?).await?;
+    assert_eq!(
+        server.get_me(&text(&b, "access_token")?).await?.status(),
+        200
+    );
+    assert_eq!(
+        server.refresh(&text(&b, "refresh_token")?).await?.status(),
+        200
+    );
+    assert_eq!(
+        (
+            server.revocations("company-a"),
+            server.revocations("company-b")
+        ),
+        (1, 0)
+    );
+    // Consenting again starts a new grant.
+    server.app_tokens("company-a", "openid offline").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_revocation_endpoint_revokes_the_whole_grant() -> TestResult {
+    let server = Sandbox::start().await?;
+    for token_field in ["refresh_token", "access_token"] {
+        let body = server.app_tokens("company-a", "openid offline").await?;
+        let response = server.revoke(&text(&body, token_field)?).await?;
+        assert_eq!(response.status(), 200, "{token_field}");
+        assert_unauthorized(server.get_me(&text(&body, "access_token")?).await?).await?;
+        let refresh = server.refresh(&text(&body, "refresh_token")?).await?;
+        assert_oauth_error(refresh, 400, "invalid_grant").await?;
+    }
+    assert_eq!(server.revocations("company-a"), 2);
+    assert_eq!(server.revoke("ory_rt_unknown").await?.status(), 200);
+
+    // Client authentication is required, and a client revokes its own tokens only.
+    let body = server.app_tokens("company-a", "openid offline").await?;
+    let unauthenticated = server
+        .http
+        .post(server.revocation_url())
+        .header("content-type", FORM)
+        .body(form(&[("token", &text(&body, "refresh_token")?)]))
+        .send()
+        .await?;
+    assert_oauth_error(unauthenticated, 401, "invalid_client").await?;
+    let as_key = form(&[
+        ("token", &text(&body, "refresh_token")?),
+        ("client_id", server.client_id()),
+        ("client_secret", server.client_secret()),
+    ]);
+    let response = server
+        .http
+        .post(server.revocation_url())
+        .header("content-type", FORM)
+        .body(as_key)
+        .send()
+        .await?;
+    assert_oauth_error(response, 400, "unauthorized_client").await?;
+    assert_eq!(
+        server.get_me(&text(&body, "access_token")?).await?.status(),
+        200
+    );
+    // The integration key revokes its own token.
+    let key_token = server.fetch_token("").await?;
+    let own = form(&[
+        ("token", &key_token),
+        ("client_id", server.client_id()),
+        ("client_secret", server.client_secret()),
+    ]);
+    let response = server
+        .http
+        .post(server.revocation_url())
+        .header("content-type", FORM)
+        .body(own)
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert_unauthorized(server.get_me(&key_token).await?).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn me_and_company_resources_answer_for_the_tokens_company() -> TestResult {
+    let server = Sandbox::from(
+        SandboxServer::builder()
+            .company("acme", "Acme Tours")
+            .company("globex", "Globex Kayaks"),
+    )
+    .await?;
+    assert_eq!(server.key_company(), "acme");
+    let acme = text(
+        &server.app_tokens("acme", "openid booking.read").await?,
+        "access_token",
+    )?;
+    let globex = text(
+        &server.app_tokens("globex", "openid booking.read").await?,
+        "access_token",
+    )?;
+    let key = server.fetch_token("booking.read").await?;
+
+    let me = json(server.get_me(&globex).await?).await?;
+    assert_eq!(
+        (me["company_id"].as_str(), me["company_name"].as_str()),
+        (Some("globex"), Some("Globex Kayaks"))
+    );
+    // The integration key's tokens belong to the first company.
+    let me = json(server.get_me(&key).await?).await?;
+    assert_eq!(me["company_id"], "acme");
+    assert_eq!(me["client_id"], server.client_id());
+    assert_eq!(me["scopes"], serde_json::json!(["booking.read"]));
+
+    for (token, company, status) in [
+        (&acme, "acme", 200),
+        (&key, "acme", 200),
+        (&globex, "globex", 200),
+        (&globex, "acme", 401),
+        (&acme, "globex", 401),
+        (&acme, "unknown", 401),
+    ] {
+        let path = format!("/v1/companies/{company}/bookings");
+        let response = server.call("GET", &path, token).await?;
+        assert_eq!(response.status(), status, "{path}");
+        if status == 401 {
+            let message = assert_unauthorized(response).await?;
+            assert!(message.contains("another company"), "{message}");
+        }
+    }
+    // The scope rule holds there too.
+    let unscoped = text(&server.app_tokens("acme", "openid").await?, "access_token")?;
+    assert_unauthorized(
+        server
+            .call("GET", "/v1/companies/acme/bookings", &unscoped)
+            .await?,
+    )
+    .await?;
     Ok(())
 }
