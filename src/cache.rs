@@ -167,6 +167,16 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         self.obtain(false).await
     }
 
+    /// Caches `granted`, obtained outside the cache (a completed authorization's token), as
+    /// if a flight had just fetched it.
+    #[cfg(feature = "app")]
+    pub(crate) fn seed(&self, granted: GrantedToken) {
+        let flight = self.shared.state.lock().flights.number();
+        let _ = self
+            .shared
+            .land(flight, Instant::now(), Duration::ZERO, Ok(granted));
+    }
+
     /// A token from a fetch, whatever the slot holds: the one in flight, or a new one
     /// (unless the failure window forbids it). For keeping rarely used grants alive.
     #[cfg(feature = "app")]

@@ -226,7 +226,7 @@
 //!
 //! let sandbox = SandboxServer::start().await?;
 //! let app = sandbox.app_builder().grant_store(MemoryGrantStore::new()).build()?;
-//! for (company, key) in [("company-1", "tenant-1"), ("company-2", "tenant-2")] {
+//! for (company, key) in [("company-a", "tenant-1"), ("company-b", "tenant-2")] {
 //!     let start = app.authorize(); // redirect the browser to start.url.as_str()
 //!     let callback = sandbox.consent(start.url.as_str(), company).await?;
 //!     app.complete(start.pending, &callback, key).await?;
@@ -239,7 +239,8 @@
 //!     .with_extension(Connection::new("tenant-2"))
 //!     .send()
 //!     .await?;
-//! assert_eq!(me.json::<understory_auth::serde_json::Value>().await?["company_id"], "company-2");
+//! let me: understory_auth::serde_json::Value = understory_auth::serde_json::from_slice(&me.bytes().await?)?;
+//! assert_eq!(me["company_id"], "company-b");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! # }).unwrap();
 //! ```

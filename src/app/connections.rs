@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 
 use super::refresh::{ConnectionSource, Refresher};
 use crate::UnderstoryAuth;
@@ -100,9 +100,11 @@ impl Connections {
         let source = Arc::new(ConnectionSource {
             key: key.to_owned(),
             refresher: Arc::clone(&self.refresher),
-            seed: Mutex::new(seed),
         });
         let cache = TokenCache::new(source, self.timeout, self.timing, self.endpoints.clone());
+        if let Some(seed) = seed {
+            cache.seed(seed);
+        }
         let auth = UnderstoryAuth::from_cache(cache);
         let entry = Entry {
             auth: auth.clone(),

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
-use parking_lot::Mutex;
 use secrecy::ExposeSecret;
 
 use super::grant_store::{GrantStore, SaveOutcome};
@@ -49,20 +48,11 @@ pub(crate) struct Refresher {
 pub(crate) struct ConnectionSource {
     pub(crate) key: String,
     pub(crate) refresher: Arc<Refresher>,
-    /// The access token the authorization's code exchange produced, handed out by the first
-    /// fetch (no refresh needed yet).
-    pub(crate) seed: Mutex<Option<GrantedToken>>,
 }
 
 impl TokenSource for ConnectionSource {
     fn fetch(self: Arc<Self>) -> BoxFuture<'static, Result<GrantedToken, Error>> {
-        let seed = self.seed.lock().take();
-        Box::pin(async move {
-            match seed {
-                Some(granted) => Ok(granted),
-                None => self.refresher.refresh(&self.key).await,
-            }
-        })
+        Box::pin(async move { self.refresher.refresh(&self.key).await })
     }
 }
 

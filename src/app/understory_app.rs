@@ -40,9 +40,9 @@ use crate::{Error, UnderstoryAuth};
 /// let app = sandbox.app_builder().grant_store(MemoryGrantStore::new()).build()?;
 ///
 /// let start = app.authorize(); // send the browser to start.url, keep start.pending
-/// let callback = sandbox.consent(start.url.as_str(), "company-1").await?;
+/// let callback = sandbox.consent(start.url.as_str(), "company-a").await?;
 /// let company = app.complete(start.pending, &callback, "tenant-42").await?;
-/// assert_eq!(company.id, "company-1");
+/// assert_eq!(company.id, "company-a");
 ///
 /// let token = app.connection("tenant-42").token().await?;
 /// # let _ = token;

@@ -137,6 +137,13 @@ impl Flights {
         (launch, Abort(replaced.and_then(|f| f.abort)))
     }
 
+    /// A flight number for a token obtained outside any flight (a seed).
+    #[cfg(feature = "app")]
+    pub(super) fn number(&mut self) -> u64 {
+        self.last += 1;
+        self.last
+    }
+
     pub(super) fn spawned(&mut self, flight: u64, abort: AbortHandle) {
         if let Some(inflight) = self.inflight.as_mut().filter(|f| f.flight == flight) {
             inflight.abort = Some(abort);

@@ -34,6 +34,22 @@ impl SandboxServer {
         &self.config().apps[0].redirect_uris
     }
 
+    /// An [`UnderstoryAppBuilder`](crate::UnderstoryAppBuilder) for the sandbox's app: its
+    /// credentials with [`DEFAULT_APP_SCOPES`](super::DEFAULT_APP_SCOPES), its first redirect
+    /// URI and the sandbox's endpoints; only the grant store is left to set.
+    #[cfg(feature = "app")]
+    pub fn app_builder(&self) -> crate::UnderstoryAppBuilder {
+        let credentials = self
+            .app_credentials()
+            .with_scopes(super::DEFAULT_APP_SCOPES.iter().copied());
+        crate::UnderstoryApp::builder(credentials)
+            .redirect_uri(self.app_redirect_uris()[0].clone())
+            .token_url(self.token_url())
+            .api_base(self.api_base())
+            .authorize_url(self.authorize_url())
+            .revocation_url(self.revocation_url())
+    }
+
     /// [`Credentials`] of the first app (id, secret, method), without scopes.
     pub fn app_credentials(&self) -> Credentials {
         let app = &self.config().apps[0];

@@ -1,6 +1,8 @@
 //! The integration tests: real HTTP over 127.0.0.1 against the sandbox server started in
 //! each test. One binary, a module per concern; shared helpers live in `common`.
 
+#[cfg(feature = "app")]
+mod app;
 mod common;
 mod faults;
 mod grant;
