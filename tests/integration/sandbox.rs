@@ -2211,3 +2211,60 @@ async fn me_and_company_resources_answer_for_the_tokens_company() -> TestResult 
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_app_authenticates_the_way_it_is_registered() -> TestResult {
+    let server = Sandbox::from(
+        SandboxServer::builder()
+            .app("basic-app", "s3cret~value", ["http://127.0.0.1:7000/cb"])
+            .app_auth_method(ClientAuthMethod::ClientSecretBasic),
+    )
+    .await?;
+    assert_eq!(
+        server.app_credentials().auth_method(),
+        ClientAuthMethod::ClientSecretBasic
+    );
+    let (code, verifier) = server.code_for("company-a", "openid offline").await?;
+    let exchange = form(&[
+        ("grant_type", "authorization_code"),
+        ("code", &code),
+        ("redirect_uri", "http://127.0.0.1:7000/cb"),
+        ("code_verifier", &verifier),
+    ]);
+    // In the body, as the key would: refused, and the code is not used up.
+    let description = assert_oauth_error(
+        server
+            .post_app(&[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", "http://127.0.0.1:7000/cb"),
+                ("code_verifier", &verifier),
+            ])
+            .await?,
+        401,
+        "invalid_client",
+    )
+    .await?;
+    assert!(description.contains("client_secret_basic"), "{description}");
+    let response = server
+        .http
+        .post(server.token_url())
+        .header("content-type", FORM)
+        .header(
+            "authorization",
+            basic_authorization("basic-app", "s3cret~value"),
+        )
+        .body(exchange)
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert!(json(response).await?["refresh_token"].is_string());
+
+    let bad = SandboxServer::builder()
+        .app("app", "secret", ["not a url"])
+        .start()
+        .await;
+    let error = bad.expect_err("a redirect URI that is not a URL");
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+    Ok(())
+}
