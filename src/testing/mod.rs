@@ -259,7 +259,7 @@ pub const AUDIENCE: &str = "https://api.understory.io";
 /// The client id of a sandbox started without [`SandboxBuilder::client_id`].
 pub const DEFAULT_CLIENT_ID: &str = "sandbox-client";
 
-/// The scopes a sandbox client may request unless [`SandboxBuilder::allowed_scopes`] says
+/// The scopes the integration key may request unless [`SandboxBuilder::allowed_scopes`] says
 /// otherwise: every Understory scope except `offline` (which integration keys cannot use).
 pub const DEFAULT_SCOPES: &[&str] = &[
     scope::OPENID,
@@ -273,8 +273,8 @@ pub const DEFAULT_SCOPES: &[&str] = &[
     scope::WEBHOOK_WRITE,
 ];
 
-/// How long tokens stay valid unless [`SandboxBuilder::token_lifetime`] or
-/// [`SandboxServer::set_token_lifetime`] say otherwise: 3599 seconds, so that the default
+/// How long access tokens stay valid unless [`SandboxBuilder::token_lifetime`] (the key's) or
+/// [`SandboxBuilder::app_token_lifetime`] (the apps') say otherwise: 3599 seconds, so that the default
 /// answer carries `"expires_in": 3599`, exactly what Understory's server answers for its
 /// one-hour tokens.
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3599);

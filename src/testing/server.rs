@@ -114,7 +114,7 @@ impl SandboxServer {
         format!("http://{}", self.running.addr)
     }
 
-    /// The client id the token endpoint accepts.
+    /// The integration key's client id.
     pub fn client_id(&self) -> &str {
         &self.config().key.id
     }
@@ -124,7 +124,7 @@ impl SandboxServer {
         &self.config().key.secret
     }
 
-    /// How the client must authenticate at the token endpoint.
+    /// How the integration key must authenticate at the token endpoint.
     pub fn client_auth_method(&self) -> ClientAuthMethod {
         self.config().key.auth
     }
@@ -167,7 +167,8 @@ impl SandboxServer {
         self.with(|state| state.api_requests.requests())
     }
 
-    /// Every access token issued so far, oldest first (kept by `reset_counters`).
+    /// Every access token issued so far, the key's and the apps', oldest first (kept by
+    /// `reset_counters`).
     pub fn issued_tokens(&self) -> Vec<String> {
         self.with(|state| state.tokens.in_order().to_vec())
     }
@@ -182,13 +183,13 @@ impl SandboxServer {
         self.with(|state| state.tokens.revoke_all());
     }
 
-    /// How long tokens issued from now on stay valid; `expires_in` is `lifetime` in whole
-    /// seconds, rounded down (`Duration::ZERO` issues tokens already expired).
+    /// How long the integration key's tokens issued from now on stay valid; `expires_in` is
+    /// `lifetime` in whole seconds, rounded down (`Duration::ZERO` issues expired tokens).
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         self.with(|state| state.token_lifetime = lifetime);
     }
 
-    /// Changes which scopes the client may request from now on, as an administrator does in
+    /// Changes which scopes the key may request from now on, as an administrator does in
     /// Backoffice: tokens already issued keep theirs; a request for another is `invalid_scope`.
     pub fn set_allowed_scopes<I>(&self, scopes: I)
     where

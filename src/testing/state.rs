@@ -24,7 +24,7 @@ pub(crate) struct Shared {
 /// The part of the sandbox that changes while it runs.
 #[derive(Default)]
 pub(crate) struct State {
-    /// The scopes the client may request (its permissions).
+    /// The scopes the integration key may request (its permissions).
     pub(crate) allowed_scopes: Vec<String>,
     /// Whether a request for a scope not allowed is granted the allowed ones only, instead
     /// of being refused with `invalid_scope`.

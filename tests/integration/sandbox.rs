@@ -72,6 +72,21 @@ impl Sandbox {
         ])
     }
 
+    /// A token request with the `Authorization` header `authorization`.
+    async fn post_basic(
+        &self,
+        authorization: impl AsRef<str>,
+        body: String,
+    ) -> reqwest::Result<reqwest::Response> {
+        self.http
+            .post(self.token_url())
+            .header("content-type", FORM)
+            .header("authorization", authorization.as_ref())
+            .body(body)
+            .send()
+            .await
+    }
+
     async fn post_token(&self, body: String) -> reqwest::Result<reqwest::Response> {
         self.http
             .post(self.token_url())
@@ -378,18 +393,10 @@ async fn basic_auth_is_refused_for_a_post_client() -> TestResult {
         ClientAuthMethod::ClientSecretPost
     );
     let response = server
-        .http
-        .post(server.token_url())
-        .header("content-type", FORM)
-        .header(
-            "authorization",
+        .post_basic(
             basic_authorization(server.client_id(), server.client_secret()),
+            form(&[("grant_type", "client_credentials"), ("audience", AUDIENCE)]),
         )
-        .body(form(&[
-            ("grant_type", "client_credentials"),
-            ("audience", AUDIENCE),
-        ]))
-        .send()
         .await?;
     let description = assert_oauth_error(response, 401, "invalid_client").await?;
     assert!(description.contains("client_secret_post"), "{description}");
@@ -406,19 +413,14 @@ async fn basic_auth_is_accepted_for_a_basic_client() -> TestResult {
     )
     .await?;
     let response = server
-        .http
-        .post(server.token_url())
-        .header("content-type", FORM)
-        .header(
-            "authorization",
+        .post_basic(
             basic_authorization(server.client_id(), server.client_secret()),
+            form(&[
+                ("grant_type", "client_credentials"),
+                ("audience", AUDIENCE),
+                ("scope", "openid"),
+            ]),
         )
-        .body(form(&[
-            ("grant_type", "client_credentials"),
-            ("audience", AUDIENCE),
-            ("scope", "openid"),
-        ]))
-        .send()
         .await?;
     assert_eq!(response.status(), 200);
     assert_eq!(json(response).await?["scope"], "openid");
@@ -468,15 +470,10 @@ async fn post_credentials_are_refused_for_a_basic_client() -> TestResult {
 
     // Both methods at once are refused too.
     let response = server
-        .http
-        .post(server.token_url())
-        .header("content-type", FORM)
-        .header(
-            "authorization",
+        .post_basic(
             basic_authorization(server.client_id(), server.client_secret()),
+            server.valid_form(""),
         )
-        .body(server.valid_form(""))
-        .send()
         .await?;
     assert_oauth_error(response, 401, "invalid_client").await?;
     assert!(server.issued_tokens().is_empty());
@@ -1648,12 +1645,18 @@ impl Sandbox {
         json(response).await
     }
 
+    /// A revocation request by the app.
     async fn revoke(&self, token: &str) -> reqwest::Result<reqwest::Response> {
-        let body = form(&[
+        let (id, secret) = (self.app_client_id(), self.app_client_secret());
+        self.post_revoke(form(&[
             ("token", token),
-            ("client_id", self.app_client_id()),
-            ("client_secret", self.app_client_secret()),
-        ]);
+            ("client_id", id),
+            ("client_secret", secret),
+        ]))
+        .await
+    }
+
+    async fn post_revoke(&self, body: String) -> reqwest::Result<reqwest::Response> {
         self.http
             .post(self.revocation_url())
             .header("content-type", FORM)
@@ -1732,34 +1735,15 @@ async fn the_code_flow_with_pkce_issues_tokens_for_the_consenting_company() -> T
 async fn hydras_authorize_rules_answer_at_the_redirect_uri() -> TestResult {
     let server = Sandbox::start().await?;
     let (_, challenge) = pkce("rules");
+    #[rustfmt::skip]
     let cases: [(&[Param], &str, &str); 7] = [
         (&[("state", "1234567")], "invalid_state", "8 characters"),
         (&[("state", "")], "invalid_state", "8 characters"),
-        (
-            &[("code_challenge_method", "plain")],
-            "invalid_request",
-            "plain is not allowed",
-        ),
-        (
-            &[("code_challenge_method", "")],
-            "invalid_request",
-            "plain is not allowed",
-        ),
-        (
-            &[("code_challenge", "")],
-            "invalid_request",
-            "code_challenge",
-        ),
-        (
-            &[("scope", "openid payroll.read")],
-            "invalid_scope",
-            "'payroll.read'",
-        ),
-        (
-            &[("response_type", "token")],
-            "unsupported_response_type",
-            "'token'",
-        ),
+        (&[("code_challenge_method", "plain")], "invalid_request", "plain is not allowed"),
+        (&[("code_challenge_method", "")], "invalid_request", "plain is not allowed"),
+        (&[("code_challenge", "")], "invalid_request", "code_challenge"),
+        (&[("scope", "openid payroll.read")], "invalid_scope", "'payroll.read'"),
+        (&[("response_type", "token")], "unsupported_response_type", "'token'"),
     ];
     for (changes, error, hint) in cases {
         let url = server.authorize_url("openid offline", &challenge, changes);
@@ -2112,11 +2096,7 @@ async fn the_revocation_endpoint_revokes_the_whole_grant() -> TestResult {
     // Client authentication is required, and a client revokes its own tokens only.
     let body = server.app_tokens("company-a", "openid offline").await?;
     let unauthenticated = server
-        .http
-        .post(server.revocation_url())
-        .header("content-type", FORM)
-        .body(form(&[("token", &text(&body, "refresh_token")?)]))
-        .send()
+        .post_revoke(form(&[("token", &text(&body, "refresh_token")?)]))
         .await?;
     assert_oauth_error(unauthenticated, 401, "invalid_client").await?;
     let as_key = form(&[
@@ -2124,13 +2104,7 @@ async fn the_revocation_endpoint_revokes_the_whole_grant() -> TestResult {
         ("client_id", server.client_id()),
         ("client_secret", server.client_secret()),
     ]);
-    let response = server
-        .http
-        .post(server.revocation_url())
-        .header("content-type", FORM)
-        .body(as_key)
-        .send()
-        .await?;
+    let response = server.post_revoke(as_key).await?;
     assert_oauth_error(response, 400, "unauthorized_client").await?;
     assert_eq!(
         server.get_me(&text(&body, "access_token")?).await?.status(),
@@ -2143,13 +2117,7 @@ async fn the_revocation_endpoint_revokes_the_whole_grant() -> TestResult {
         ("client_id", server.client_id()),
         ("client_secret", server.client_secret()),
     ]);
-    let response = server
-        .http
-        .post(server.revocation_url())
-        .header("content-type", FORM)
-        .body(own)
-        .send()
-        .await?;
+    let response = server.post_revoke(own).await?;
     assert_eq!(response.status(), 200);
     assert_unauthorized(server.get_me(&key_token).await?).await?;
     Ok(())
@@ -2209,5 +2177,54 @@ async fn me_and_company_resources_answer_for_the_tokens_company() -> TestResult 
             .await?,
     )
     .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_app_authenticates_the_way_it_is_registered() -> TestResult {
+    let server = Sandbox::from(
+        SandboxServer::builder()
+            .app("basic-app", "s3cret~value", ["http://127.0.0.1:7000/cb"])
+            .app_auth_method(ClientAuthMethod::ClientSecretBasic),
+    )
+    .await?;
+    assert_eq!(
+        server.app_credentials().auth_method(),
+        ClientAuthMethod::ClientSecretBasic
+    );
+    let (code, verifier) = server.code_for("company-a", "openid offline").await?;
+    let exchange = form(&[
+        ("grant_type", "authorization_code"),
+        ("code", &code),
+        ("redirect_uri", "http://127.0.0.1:7000/cb"),
+        ("code_verifier", &verifier),
+    ]);
+    // In the body, as the key would: refused, and the code is not used up.
+    let description = assert_oauth_error(
+        server
+            .post_app(&[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", "http://127.0.0.1:7000/cb"),
+                ("code_verifier", &verifier),
+            ])
+            .await?,
+        401,
+        "invalid_client",
+    )
+    .await?;
+    assert!(description.contains("client_secret_basic"), "{description}");
+    let response = server
+        .post_basic(basic_authorization("basic-app", "s3cret~value"), exchange)
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert!(json(response).await?["refresh_token"].is_string());
+
+    let bad = SandboxServer::builder()
+        .app("app", "secret", ["not a url"])
+        .start()
+        .await;
+    let error = bad.expect_err("a redirect URI that is not a URL");
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
     Ok(())
 }
