@@ -54,6 +54,7 @@ pub(crate) struct Grant {
     body: SecretSlice<u8>,
     /// `client_id` and `client_secret`, added to every other grant's form for
     /// `client_secret_post`.
+    #[cfg_attr(not(feature = "app"), allow(dead_code))]
     form_credentials: Option<(String, secrecy::SecretString)>,
     /// `Basic …` for `client_secret_basic`, marked sensitive.
     basic_auth: Option<HeaderValue>,
@@ -180,6 +181,7 @@ impl Grant {
     /// Sends one token request of another grant (`authorization_code`, `refresh_token`):
     /// `pairs` with the client's authentication added, and parses its answer, whose
     /// `refresh_token` (if any) is remembered for redaction like the access token.
+    #[cfg(feature = "app")]
     pub(crate) async fn request_with(&self, pairs: &[(&str, &str)]) -> Result<TokenAnswer, Error> {
         let body = self.form(pairs);
         self.send(body.expose_secret().as_bytes().to_vec()).await
@@ -187,18 +189,21 @@ impl Grant {
 
     /// Remembers a secret the server may echo (a refresh token, an authorization code), so
     /// that no error or log shows it.
+    #[cfg(feature = "app")]
     pub(crate) fn remember_secret(&self, secret: &str) {
         self.secrets.remember_token(secret);
     }
 
     /// The HTTP client token requests go with, for the crate's other requests to the auth
     /// server and the API's `/v1/me` (same timeouts, proxy and redirect policy).
+    #[cfg(feature = "app")]
     pub(crate) fn client(&self) -> &reqwest::Client {
         &self.client
     }
 
     /// Posts `pairs` with the client's authentication to another endpoint of the auth
     /// server (revocation); the answer's status.
+    #[cfg(feature = "app")]
     pub(crate) async fn post_form(
         &self,
         url: Url,
@@ -220,6 +225,7 @@ impl Grant {
     }
 
     /// `pairs` as a form, with `client_id` and `client_secret` for `client_secret_post`.
+    #[cfg(feature = "app")]
     fn form(&self, pairs: &[(&str, &str)]) -> secrecy::SecretString {
         let mut form = Form::default();
         for (name, value) in pairs {
@@ -412,6 +418,7 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, BodyEr
 /// A token answer: the access token, and the refresh token if the server sent one.
 pub(crate) struct TokenAnswer {
     pub(crate) granted: GrantedToken,
+    #[cfg_attr(not(feature = "app"), allow(dead_code))]
     pub(crate) refresh_token: Option<secrecy::SecretString>,
 }
 

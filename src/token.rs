@@ -109,13 +109,13 @@ impl GrantedToken {
             .unwrap_or_default()
     }
 
-    #[cfg(any(test, feature = "shared-cache"))]
     /// `Bearer <secret>`, marked sensitive.
     #[cfg(feature = "app")]
     pub(crate) fn header(&self) -> &HeaderValue {
         &self.header
     }
 
+    #[cfg(any(test, feature = "shared-cache", feature = "app"))]
     pub(crate) fn scopes(&self) -> &[String] {
         &self.scopes
     }

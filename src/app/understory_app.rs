@@ -59,6 +59,7 @@ pub(crate) struct Inner {
     pub(crate) authorization_lifetime: Duration,
     pub(crate) revocation_url: Url,
     pub(crate) me_url: Url,
+    #[cfg_attr(not(feature = "middleware"), allow(dead_code))]
     pub(crate) origins: AllowedOrigins,
     pub(crate) refresher: Arc<Refresher>,
     pub(crate) connections: Connections,
@@ -182,6 +183,7 @@ impl UnderstoryApp {
     }
 
     /// Whether requests to `url` get a connection's token.
+    #[cfg_attr(not(feature = "middleware"), allow(dead_code))]
     pub(crate) fn is_allowed(&self, url: &Url) -> bool {
         self.inner.origins.allowed_origin(url).is_some()
     }
