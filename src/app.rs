@@ -23,6 +23,8 @@ mod connection;
 mod connections;
 mod grant_store;
 mod grant_store_error;
+#[cfg(feature = "tower")]
+mod layer;
 mod memory_store;
 mod pending;
 mod pkce;
@@ -39,6 +41,8 @@ pub use connection::Connection;
 pub use connections::DEFAULT_MAX_CACHED_CONNECTIONS;
 pub use grant_store::{GrantStore, GrantSummary, SaveOutcome};
 pub use grant_store_error::GrantStoreError;
+#[cfg(feature = "tower")]
+pub use layer::{ConnectionAuth, ConnectionAuthFuture, ConnectionAuthLayer};
 pub use memory_store::MemoryGrantStore;
 pub use pending::{DEFAULT_AUTHORIZATION_LIFETIME, PendingAuthorization};
 pub use refresh::REFRESH_LEASE;

@@ -386,6 +386,8 @@ pub use app::{
     PendingAuthorization, REFRESH_LEASE, RefreshToken, SaveOutcome, StoredGrant, UnderstoryApp,
     UnderstoryAppBuilder,
 };
+#[cfg(all(feature = "app", feature = "tower"))]
+pub use app::{ConnectionAuth, ConnectionAuthFuture, ConnectionAuthLayer};
 #[cfg(feature = "tower")]
 pub use layer::{BearerAuth, BearerAuthFuture, BearerAuthLayer, RetryOnUnauthorized};
 pub use origin::SkipAuth;

@@ -59,7 +59,7 @@ pub(crate) struct Inner {
     pub(crate) authorization_lifetime: Duration,
     pub(crate) revocation_url: Url,
     pub(crate) me_url: Url,
-    #[cfg_attr(not(feature = "middleware"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "middleware", feature = "tower")), allow(dead_code))]
     pub(crate) origins: AllowedOrigins,
     pub(crate) refresher: Arc<Refresher>,
     pub(crate) connections: Connections,
@@ -183,9 +183,9 @@ impl UnderstoryApp {
     }
 
     /// Whether requests to `url` get a connection's token.
-    #[cfg_attr(not(feature = "middleware"), allow(dead_code))]
-    pub(crate) fn is_allowed(&self, url: &Url) -> bool {
-        self.inner.origins.allowed_origin(url).is_some()
+    #[cfg_attr(not(any(feature = "middleware", feature = "tower")), allow(dead_code))]
+    pub(crate) fn is_allowed<'a>(&self, target: impl Into<crate::origin::Target<'a>>) -> bool {
+        self.inner.origins.allowed_origin(target).is_some()
     }
 
     async fn me(&self, authorization: &http::HeaderValue) -> Result<Company, Error> {

@@ -394,3 +394,55 @@ async fn keep_alive_refreshes_idle_connections_only() {
     );
     assert_eq!(sandbox.reuse_detected("company-a"), 0);
 }
+
+#[tokio::test]
+async fn one_tower_service_serves_every_company() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tower::{Layer, ServiceExt};
+    use understory_auth::ConnectionAuthLayer;
+
+    let sandbox = sandbox().await;
+    let app = app(&sandbox, &MemoryGrantStore::new());
+    for (company, key) in COMPANIES {
+        connect(&app, &sandbox, company, key).await;
+    }
+    let client = ConnectionAuthLayer::new(app.clone())
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>());
+    let me = format!("{}/v1/me", sandbox.api_base());
+    let request = |key: Option<&str>| {
+        let mut request = http::Request::get(&me);
+        if let Some(key) = key {
+            request = request.extension(Connection::new(key));
+        }
+        request.body(Full::default()).unwrap()
+    };
+    for (company, key) in COMPANIES.iter().rev() {
+        let response = client.clone().oneshot(request(Some(key))).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let me: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(me["company_id"], *company);
+    }
+    let api = sandbox.api_requests();
+    let missing = client.clone().oneshot(request(None)).await.unwrap_err();
+    assert!(matches!(
+        Error::find_in(&*missing),
+        Some(Error::MissingConnection { .. })
+    ));
+    let unknown = client
+        .clone()
+        .oneshot(request(Some("tenant-z")))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        Error::find_in(&*unknown),
+        Some(Error::UnknownConnection { .. })
+    ));
+    assert_eq!(
+        sandbox.api_requests(),
+        api,
+        "nothing was sent without its own token"
+    );
+}
