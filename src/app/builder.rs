@@ -8,7 +8,7 @@ use super::authorize::AuthorizeConfig;
 use super::connections::{Connections, DEFAULT_MAX_CACHED_CONNECTIONS};
 use super::grant_store::GrantStore;
 use super::pending::DEFAULT_AUTHORIZATION_LIFETIME;
-use super::refresh::{ReauthorizationHook, Refresher};
+use super::refresh::{ReauthorizationHook, RefreshEndpoint, Refresher};
 use super::understory_app::{Inner, UnderstoryApp};
 use crate::origin::parse_secure_url;
 use crate::{Credentials, Error, UnderstoryAuthBuilder};
@@ -187,8 +187,9 @@ impl UnderstoryAppBuilder {
             scopes,
             audience: audience.to_owned(),
         };
+        let grant = Arc::new(grant);
         let refresher = Arc::new(Refresher {
-            grant,
+            endpoint: Arc::clone(&grant) as Arc<dyn RefreshEndpoint>,
             store,
             on_reauthorization: self.on_reauthorization,
             holder: format!("{:016x}", fastrand::u64(..)),
@@ -202,6 +203,7 @@ impl UnderstoryAppBuilder {
             self.max_cached_connections,
         );
         Ok(UnderstoryApp::from_inner(Inner {
+            grant,
             authorize,
             authorization_lifetime: self.authorization_lifetime,
             revocation_url: parse_secure_url(&self.revocation_url, "revocation_url")?,

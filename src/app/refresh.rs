@@ -20,7 +20,7 @@ use super::refresh_token::RefreshToken;
 use super::stored_grant::{GrantState, StoredGrant};
 use crate::Error;
 use crate::app::GrantStoreError;
-use crate::grant::Grant;
+use crate::grant::{Grant, TokenAnswer};
 use crate::source::TokenSource;
 use crate::token::GrantedToken;
 
@@ -35,9 +35,27 @@ const SAVE_ATTEMPTS: u32 = 3;
 /// Called with the connection's key when it needs re-authorisation.
 pub(crate) type ReauthorizationHook = dyn Fn(&str) + Send + Sync;
 
+/// Where refresh tokens are presented: the auth server's token endpoint (an in-memory one
+/// in the unit tests, under tokio's paused clock).
+pub(crate) trait RefreshEndpoint: Send + Sync {
+    /// One `refresh_token` grant request; `refresh_token` is remembered for redaction.
+    fn refresh<'a>(&'a self, refresh_token: &'a str) -> BoxFuture<'a, Result<TokenAnswer, Error>>;
+}
+
+impl RefreshEndpoint for Grant {
+    fn refresh<'a>(&'a self, refresh_token: &'a str) -> BoxFuture<'a, Result<TokenAnswer, Error>> {
+        self.remember_secret(refresh_token);
+        let pairs = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ];
+        Box::pin(async move { self.request_with(&pairs).await })
+    }
+}
+
 /// What every connection of one app shares.
 pub(crate) struct Refresher {
-    pub(crate) grant: Grant,
+    pub(crate) endpoint: Arc<dyn RefreshEndpoint>,
     pub(crate) store: Arc<dyn GrantStore>,
     pub(crate) on_reauthorization: Option<Arc<ReauthorizationHook>>,
     /// This process's name in leases.
@@ -85,14 +103,9 @@ impl Refresher {
     }
 
     async fn refresh_leased(&self, key: &str, grant: StoredGrant) -> Result<GrantedToken, Error> {
-        let presented = grant.refresh_token.expose_secret();
-        self.grant.remember_secret(presented);
         let answer = self
-            .grant
-            .request_with(&[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", presented),
-            ])
+            .endpoint
+            .refresh(grant.refresh_token.expose_secret())
             .await;
         let answer = match answer {
             Ok(answer) => answer,
@@ -161,3 +174,6 @@ impl Refresher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

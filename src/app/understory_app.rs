@@ -20,6 +20,7 @@ use super::pending::PendingAuthorization;
 use super::refresh::Refresher;
 use super::refresh_token::RefreshToken;
 use super::stored_grant::{GrantState, StoredGrant};
+use crate::grant::Grant;
 use crate::origin::AllowedOrigins;
 use crate::{Error, UnderstoryAuth};
 
@@ -55,6 +56,8 @@ pub struct UnderstoryApp {
 }
 
 pub(crate) struct Inner {
+    /// The app's client at the auth server: the code exchange, `/v1/me`, revocation.
+    pub(crate) grant: Arc<Grant>,
     pub(crate) authorize: AuthorizeConfig,
     pub(crate) authorization_lifetime: Duration,
     pub(crate) revocation_url: Url,
@@ -99,7 +102,7 @@ impl UnderstoryApp {
             SystemTime::now(),
             inner.authorization_lifetime,
         )?;
-        let grant = &inner.refresher.grant;
+        let grant = &inner.grant;
         grant.remember_secret(code.expose_secret());
         grant.remember_secret(pending.verifier().expose_secret());
         let answer = grant
@@ -189,7 +192,7 @@ impl UnderstoryApp {
     }
 
     async fn me(&self, authorization: &http::HeaderValue) -> Result<Company, Error> {
-        let grant = &self.inner.refresher.grant;
+        let grant = &self.inner.grant;
         let response = grant
             .client()
             .get(self.inner.me_url.clone())
@@ -224,7 +227,7 @@ impl UnderstoryApp {
             ("token_type_hint", "refresh_token"),
         ];
         let url = self.inner.revocation_url.clone();
-        let status = self.inner.refresher.grant.post_form(url, &pairs).await?;
+        let status = self.inner.grant.post_form(url, &pairs).await?;
         match status.is_success() {
             true => Ok(()),
             false => Err(Error::Status {
