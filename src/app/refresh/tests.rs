@@ -1,7 +1,7 @@
 //! Rotation, backoff and lost grants, against an in-memory token endpoint that behaves as
 //! Hydra does (rotation, reuse detection), under tokio's paused clock.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
