@@ -31,10 +31,8 @@ const MAX_TOKEN_TIMEOUT: Duration = Duration::from_secs(3600);
 pub(crate) const CRATE_USER_AGENT: &str =
     concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
 
-/// Configures an [`UnderstoryAuth`]; made by [`UnderstoryAuth::builder`].
-///
-/// Every setting has a default suitable for Understory's production endpoints; tests point
-/// `token_url` and `api_base` at a local server.
+/// Configures an [`UnderstoryAuth`]; made by [`UnderstoryAuth::builder`]. Every default suits
+/// Understory's production endpoints; tests point `token_url` and `api_base` at a local server.
 ///
 /// ```
 /// use std::time::Duration;
@@ -46,6 +44,8 @@ pub(crate) const CRATE_USER_AGENT: &str =
 ///     .api_base("http://127.0.0.1:8080")
 ///     .user_agent("My-Company/Marketing-Automation-App")
 ///     .token_timeout(Duration::from_secs(5))
+///     .refresh_ahead(Duration::from_secs(300))
+///     .expiry_margin(Duration::from_secs(30))
 ///     .build()?;
 /// # Ok::<(), understory_auth::Error>(())
 /// ```
@@ -99,14 +99,6 @@ impl UnderstoryAuthBuilder {
     }
 
     /// The `audience` sent in the token request; default [`DEFAULT_AUDIENCE`].
-    ///
-    /// ```
-    /// # use understory_auth::{Credentials, UnderstoryAuth};
-    /// let auth = UnderstoryAuth::builder(Credentials::new("id", "secret"))
-    ///     .audience("https://api.understory.io")
-    ///     .build()?;
-    /// # Ok::<(), understory_auth::Error>(())
-    /// ```
     pub fn audience(mut self, audience: impl Into<String>) -> Self {
         self.audience = audience.into();
         self
@@ -145,16 +137,8 @@ impl UnderstoryAuthBuilder {
         self
     }
 
-    /// Your product, sent first in the token request's `User-Agent`, before the crate's own
-    /// `understory-auth/<version>`, e.g. `My-Company/Marketing-Automation-App`.
-    ///
-    /// ```
-    /// # use understory_auth::{Credentials, UnderstoryAuth};
-    /// let auth = UnderstoryAuth::builder(Credentials::new("id", "secret"))
-    ///     .user_agent("My-Company/Marketing-Automation-App")
-    ///     .build()?;
-    /// # Ok::<(), understory_auth::Error>(())
-    /// ```
+    /// Your product (e.g. `My-Company/Marketing-Automation-App`), sent in the token request's
+    /// `User-Agent` before the crate's own `understory-auth/<version>`.
     pub fn user_agent(mut self, product: impl Into<String>) -> Self {
         self.user_agent = Some(product.into());
         self
@@ -163,14 +147,6 @@ impl UnderstoryAuthBuilder {
     /// The limit on a whole token request, from connecting to the last byte of the answer;
     /// default [`DEFAULT_TOKEN_TIMEOUT`]. Must not be zero, nor longer than an hour. How long
     /// callers wait: [Cache behaviour](crate#cache-behaviour).
-    ///
-    /// ```
-    /// # use understory_auth::{Credentials, UnderstoryAuth};
-    /// let auth = UnderstoryAuth::builder(Credentials::new("id", "secret"))
-    ///     .token_timeout(std::time::Duration::from_secs(3))
-    ///     .build()?;
-    /// # Ok::<(), understory_auth::Error>(())
-    /// ```
     pub fn token_timeout(mut self, timeout: Duration) -> Self {
         self.token_timeout = timeout;
         self
@@ -180,15 +156,6 @@ impl UnderstoryAuthBuilder {
     /// background; default [`DEFAULT_REFRESH_AHEAD`]. The schedule:
     /// [Cache behaviour](crate#cache-behaviour). Must not be zero, and must be longer than
     /// the [`expiry_margin`](Self::expiry_margin).
-    ///
-    /// ```
-    /// # use understory_auth::{Credentials, UnderstoryAuth};
-    /// // Tokens live an hour: replace them 5 minutes before they expire.
-    /// let auth = UnderstoryAuth::builder(Credentials::new("id", "secret"))
-    ///     .refresh_ahead(std::time::Duration::from_secs(300))
-    ///     .build()?;
-    /// # Ok::<(), understory_auth::Error>(())
-    /// ```
     pub fn refresh_ahead(mut self, margin: Duration) -> Self {
         self.timing.refresh_ahead = margin;
         self
@@ -197,40 +164,19 @@ impl UnderstoryAuthBuilder {
     /// The most time before a token's expiry in which it is no longer handed out; default
     /// [`DEFAULT_EXPIRY_MARGIN`] (see [Cache behaviour](crate#cache-behaviour)). Must be
     /// shorter than [`refresh_ahead`](Self::refresh_ahead).
-    ///
-    /// ```
-    /// # use understory_auth::{Credentials, UnderstoryAuth};
-    /// // Requests through a slow proxy: stop using a token 30 s before it expires.
-    /// let auth = UnderstoryAuth::builder(Credentials::new("id", "secret"))
-    ///     .expiry_margin(std::time::Duration::from_secs(30))
-    ///     .build()?;
-    /// # Ok::<(), understory_auth::Error>(())
-    /// ```
     pub fn expiry_margin(mut self, margin: Duration) -> Self {
         self.timing.expiry_margin = margin;
         self
     }
 
-    /// Configures the HTTP client of the token request, for corporate networks: a proxy,
-    /// extra root certificates (a private CA, a TLS-inspecting proxy), a client certificate
-    /// (mTLS), a DNS resolver. `configure` receives the `reqwest::ClientBuilder` the crate
-    /// starts from and returns it configured; default: none.
-    ///
-    /// The crate then sets what it must own, so the hook cannot weaken it: redirects are not
-    /// followed (the secret must not follow one), [`token_timeout`](Self::token_timeout)
-    /// bounds the connection and the whole request, and the answer is read up to its size
-    /// limit whatever the client. This client sends only the token request: the API
-    /// requests go through your own client.
-    ///
-    /// What already works without code (proxies from the environment, never for a loopback
-    /// token URL; the trust store): the crate docs'
+    /// Configures the token request's HTTP client (a proxy, a private CA, mTLS, a resolver):
+    /// `configure` gets the `reqwest::ClientBuilder` the crate starts from; default: none.
+    /// The crate then sets redirects and timeouts itself, so the hook cannot weaken them; an
+    /// error of the configured client is reported by `build` as [`Error::Config`]. See
     /// [Corporate networks](crate#corporate-networks).
     ///
-    /// A proxy, with `Proxy::all` so that it applies to `https://` and `http://` token URLs
-    /// alike (`Proxy::https` would never apply to the sandbox's `http://` URL). To check
-    /// the setup locally, let the sandbox stand in for the proxy: it answers a forwarded
-    /// token request like the auth server, and the token URL here is reachable only through
-    /// it.
+    /// A proxy (`Proxy::all`, so that it applies to `http://` token URLs too), checked with
+    /// the sandbox standing in for it:
     ///
     /// ```
     /// # #[cfg(feature = "test-util")]
@@ -253,23 +199,6 @@ impl UnderstoryAuthBuilder {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// # }).unwrap();
     /// ```
-    ///
-    /// A private CA, trusted besides the system's roots (the PEM file of your company's root
-    /// certificate; `tls_certs_only` would trust it alone):
-    ///
-    /// ```no_run
-    /// use understory_auth::{Credentials, UnderstoryAuth, reqwest};
-    ///
-    /// let pem = std::fs::read("/etc/ssl/corp-root-ca.pem")?;
-    /// let corp_ca = reqwest::Certificate::from_pem(&pem)?;
-    /// let auth = UnderstoryAuth::builder(Credentials::from_env()?)
-    ///     .configure_token_client(move |client| client.tls_certs_merge([corp_ca.clone()]))
-    ///     .build()?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    ///
-    /// An error from the configured client (an unusable certificate, say) is reported by
-    /// `build` as [`Error::Config`].
     pub fn configure_token_client(
         mut self,
         configure: impl Fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder + Send + Sync + 'static,
@@ -278,10 +207,8 @@ impl UnderstoryAuthBuilder {
         self
     }
 
-    /// A second-level token cache shared with the other processes using `store` (feature
-    /// `shared-cache`): each token fetch asks the store first, and one process fetches for
-    /// all; a failing store never fails a token request. How it works and when it pays:
-    /// [`TokenStore`](crate::TokenStore). Default: none.
+    /// A token cache shared with the other processes using `store` (feature `shared-cache`;
+    /// see [`TokenStore`](crate::TokenStore)); default: none.
     ///
     /// ```no_run
     /// # #[cfg(feature = "redis")]
@@ -299,11 +226,8 @@ impl UnderstoryAuthBuilder {
         self
     }
 
-    /// Checks the settings and builds the [`UnderstoryAuth`]. Fails with [`Error::Config`]
-    /// saying which setting is wrong: an empty client id or secret, a URL that is not
-    /// HTTPS (or HTTP to loopback), carries a user name or password, an unusable
-    /// `User-Agent`, a zero timeout, or a refresh margin that does not leave room for the
-    /// expiry margin.
+    /// Checks the settings and builds the [`UnderstoryAuth`]; [`Error::Config`] names the
+    /// setting that is wrong.
     ///
     /// ```
     /// # use understory_auth::{Credentials, Error, UnderstoryAuth};
@@ -317,8 +241,7 @@ impl UnderstoryAuthBuilder {
         ))
     }
 
-    /// The checked settings: the token client and where tokens come from and may go. A
-    /// third-party app builds its connections' caches from these.
+    /// The checked settings (a third-party app builds its connections' caches from these).
     pub(crate) fn parts(&self) -> Result<(Grant, Endpoints), Error> {
         if self.credentials.client_id().trim().is_empty() {
             return Err(Error::config("the client id is empty"));
@@ -386,16 +309,12 @@ impl UnderstoryAuthBuilder {
 }
 
 impl UnderstoryAuth {
-    /// Tokens from Understory's production auth server, for Understory's production API.
-    ///
-    /// Infallible: the defaults are known to be valid. (If the TLS backend cannot even be
-    /// initialised, every token request reports that error instead.)
+    /// Tokens from Understory's production auth server for its production API. Infallible:
+    /// should even the TLS backend fail to start, every token request reports that error.
     ///
     /// ```
     /// use understory_auth::{Credentials, UnderstoryAuth};
     /// let auth = UnderstoryAuth::new(Credentials::new("client-id", "client-secret"));
-    /// let same_cache = auth.clone();
-    /// # let _ = same_cache;
     /// ```
     pub fn new(credentials: Credentials) -> Self {
         let client_id = credentials.client_id().to_owned();
@@ -404,15 +323,8 @@ impl UnderstoryAuth {
             .unwrap_or_else(|error| Self::failed(client_id, error))
     }
 
-    /// A builder to point the crate at other endpoints or change its timeouts.
-    ///
-    /// ```
-    /// use understory_auth::{Credentials, UnderstoryAuth};
-    /// let auth = UnderstoryAuth::builder(Credentials::new("client-id", "client-secret"))
-    ///     .user_agent("My-Company/Booking-Sync")
-    ///     .build()?;
-    /// # Ok::<(), understory_auth::Error>(())
-    /// ```
+    /// A builder to point the crate at other endpoints or change its timeouts (example:
+    /// [`UnderstoryAuthBuilder`]).
     pub fn builder(credentials: Credentials) -> UnderstoryAuthBuilder {
         UnderstoryAuthBuilder::new(credentials)
     }
@@ -444,10 +356,9 @@ impl UnderstoryAuth {
             client_id,
         };
         let source = Arc::new(Failing(error));
-        let timeout = DEFAULT_TOKEN_TIMEOUT;
         Self::from_cache(TokenCache::new(
             source,
-            timeout,
+            DEFAULT_TOKEN_TIMEOUT,
             Timing::default(),
             endpoints,
         ))

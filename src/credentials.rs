@@ -14,9 +14,8 @@ pub const ENV_CLIENT_SECRET: &str = "UNDERSTORY_CLIENT_SECRET";
 /// Optional environment variable: the scopes to request, separated by spaces and/or commas.
 pub const ENV_SCOPES: &str = "UNDERSTORY_SCOPES";
 
-/// How the client id and secret are sent to the token endpoint (RFC 6749 section 2.3.1), set
-/// with [`Credentials::with_auth_method`]. The auth server fixes it per client; Understory
-/// registers integration keys for [`ClientSecretPost`](Self::ClientSecretPost), the default.
+/// How the client id and secret are sent (RFC 6749 section 2.3.1); Understory's keys use
+/// [`ClientSecretPost`](Self::ClientSecretPost), the default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum ClientAuthMethod {
@@ -27,8 +26,8 @@ pub enum ClientAuthMethod {
     ClientSecretBasic,
 }
 
-/// An integration key: client id, client secret, the scopes to request and how to send them.
-/// The secret is held in a [`SecretString`]: zeroed when dropped, never printed by `Debug`.
+/// An integration key: client id, secret (a [`SecretString`], never in `Debug`), the scopes
+/// to request and how to send them.
 ///
 /// ```
 /// use understory_auth::{ClientAuthMethod, Credentials};
@@ -64,17 +63,8 @@ impl Credentials {
         }
     }
 
-    /// Reads [`ENV_CLIENT_ID`], [`ENV_CLIENT_SECRET`] and the optional [`ENV_SCOPES`] from
-    /// the environment. Fails with [`Error::MissingEnv`] naming a variable missing or empty.
-    ///
-    /// ```
-    /// use understory_auth::{Credentials, Error};
-    /// match Credentials::from_env() {
-    ///     Ok(creds) => println!("using client {}", creds.client_id()),
-    ///     Err(Error::MissingEnv { var, .. }) => println!("set {var}"),
-    ///     Err(other) => panic!("{other}"),
-    /// }
-    /// ```
+    /// Reads [`ENV_CLIENT_ID`], [`ENV_CLIENT_SECRET`] and the optional [`ENV_SCOPES`];
+    /// [`Error::MissingEnv`] names a variable missing or empty.
     pub fn from_env() -> Result<Self, Error> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }

@@ -118,8 +118,7 @@ pub enum Error {
     },
 
     /// The token request could not be sent or its answer not read (DNS, connect, proxy,
-    /// TLS, reset). The message names the proxy, the innermost cause and the next attempt,
-    /// so [`source`](std::error::Error::source) is `None` (a report prints the cause once).
+    /// TLS); the message names the cause, so [`source`](std::error::Error::source) is `None`.
     #[error(
         "{}",
         describe_network(error, proxy.as_deref(), *proxy_from_env, *next_attempt_in, *failed_ago)
@@ -162,9 +161,7 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// The authorization callback's `state` is missing or is not the pending authorization's:
-    /// the callback belongs to another authorization (another browser's, an earlier one) or
-    /// was forged. No code was exchanged.
+    /// The authorization callback's `state` is missing or not the pending authorization's.
     #[cfg(feature = "app")]
     #[error(
         "the authorization callback's state {problem}: the callback does not belong to this pending authorization (forged, replayed, or another browser session's) and no code was exchanged; restart the authorization, and never reuse a pending authorization"
@@ -183,9 +180,7 @@ pub enum Error {
     AuthorizationDeclined {
         /// The `error` code (RFC 6749 section 4.1.2.1's syntax only, e.g. `access_denied`).
         error: String,
-        /// The server's `error_description`: at most 300 characters, without control or
-        /// invisible characters, the authorization's `state`, PKCE verifier and code
-        /// replaced by `[REDACTED]`.
+        /// The server's `error_description`: at most 300 characters, secrets `[REDACTED]`.
         description: Option<String>,
     },
 
@@ -215,9 +210,7 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// The connection's grant is lost (consent revoked, refresh token expired unused, or a
-    /// refresh token presented twice): the company must authorize the app again. No token
-    /// request is made for it until then.
+    /// The connection's grant is lost: the company must authorize the app again.
     #[cfg(feature = "app")]
     #[error(
         "the Understory connection {connection:?} must be authorized again (its consent was revoked, its refresh token expired unused or was presented twice); no token request is made for it until the company completes a new authorization"
@@ -239,8 +232,7 @@ pub enum Error {
         connection: String,
     },
 
-    /// A request went through the app without naming its connection, so it was not sent
-    /// (it would have carried no company's token, or another company's).
+    /// A request went through the app without naming its connection, so it was not sent.
     #[cfg(feature = "app")]
     #[error(
         "the request names no Understory connection and was not sent: add the company's Connection to its extensions"
@@ -257,9 +249,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether trying again later may succeed without changing anything: timeouts, network
-    /// errors, 5xx, 429 and garbled answers are transient; rejected credentials or scopes,
-    /// wrong token types, bad configuration and (with `rustls`) a failed TLS setup are not.
+    /// Whether trying again later may succeed unchanged (timeouts, network errors, 5xx,
+    /// 429, garbled answers; not rejected keys or scopes, configuration, a TLS setup).
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Config { .. } | Error::MissingEnv { .. } => false,
@@ -327,9 +318,8 @@ impl Error {
         }
     }
 
-    /// The crate's [`Error`] in `error` or its chain of causes (a `reqwest_middleware::Error`,
-    /// reqwest-retry's `RetryError`, a `tower::BoxError` as `Error::find_in(&*err)`); `None`
-    /// if the API request itself failed.
+    /// The crate's [`Error`] in `error` or its causes (`reqwest_middleware::Error`,
+    /// `RetryError`, `&*box_error`); `None` if the API request itself failed.
     ///
     /// ```
     /// # #[cfg(all(feature = "test-util", feature = "middleware"))]
@@ -415,8 +405,7 @@ impl Error {
     }
 }
 
-/// The crate's error inside wrappers whose `source()` skips it (reqwest-middleware's
-/// `Error::Middleware`, reqwest-retry's `RetryError`).
+/// The crate's error inside wrappers whose `source()` skips it.
 fn find_in_wrapper<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Error> {
     #[cfg(feature = "middleware")]
     if let Some(reqwest_middleware::Error::Middleware(inner)) =
@@ -468,8 +457,7 @@ pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
 }
 
-/// Whether a transport failure is the TLS setup's (certificate, trust store, protocol,
-/// refused handshake), which waiting does not fix. Told with `rustls` only.
+/// Whether a transport failure is the TLS setup's, which waiting does not fix (`rustls` only).
 fn is_tls_setup_failure(error: &(dyn std::error::Error + 'static)) -> bool {
     #[cfg(feature = "rustls")]
     {

@@ -1,15 +1,6 @@
-//! The OAuth2 `client_credentials` grant: one token request, and the parsing of its answer.
-//!
-//! [`Grant`] knows nothing about caching: it sends exactly one request when asked. The
-//! request is built as Understory documents it (form body with `grant_type`, `scope`,
-//! `audience`, `client_id`, `client_secret`) and sent by a client of its own that never
-//! follows redirects (a redirect must not carry the secret anywhere), with a timeout on the
-//! whole exchange and a bound on the answer's size.
-//!
-//! [`parse_token_response`] is a pure function from status, `Retry-After` and body bytes to
-//! a token or an [`Error`], so every answer a server can give is tested without a server.
-//! Every piece of server text it keeps goes through [`redact`](crate::redact): no answer, however it
-//! echoes the request, can carry the client secret or a token into an error or a log.
+//! The OAuth2 `client_credentials` grant: one token request (no redirects, a timeout, a
+//! bounded answer) and [`parse_token_answer`], a pure function so every answer is tested
+//! without a server; server text it keeps goes through [`redact`](crate::redact).
 
 use std::fmt;
 use std::time::Duration;
@@ -37,12 +28,9 @@ use crate::redact::{
 pub(crate) const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
 /// The lifetime assumed when the answer has no usable `expires_in` (Understory's is 1 h).
 pub(crate) const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
-/// The shortest lifetime believed: a server answering `expires_in: 0` (or less) cannot turn
-/// every request into a token request. A token the API really rejects is healed by the
-/// 401 handling instead.
+/// The shortest lifetime believed, so `expires_in: 0` cannot make every request fetch.
 pub(crate) const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(1);
-/// The longest lifetime believed: larger `expires_in` values are clamped, so absurd
-/// numbers cannot overflow a clock, and the token is still replaced daily.
+/// The longest lifetime believed, so absurd `expires_in` cannot overflow a clock.
 pub(crate) const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// Everything needed to send the token request, prepared once at build time.
@@ -80,9 +68,7 @@ pub(crate) struct GrantConfig<'a> {
     pub(crate) client_hook: Option<&'a ClientHook>,
 }
 
-/// The user's say in the token client: a function given the `reqwest::ClientBuilder` the
-/// crate starts from (see
-/// [`configure_token_client`](crate::UnderstoryAuthBuilder::configure_token_client)).
+/// [`configure_token_client`](crate::UnderstoryAuthBuilder::configure_token_client)'s hook.
 #[derive(Clone)]
 pub(crate) struct ClientHook(pub(crate) std::sync::Arc<ConfigureClient>);
 
@@ -112,9 +98,7 @@ impl Grant {
         {
             client = client.tls_backend_rustls();
         }
-        // A token endpoint on this machine (a sandbox, a local auth server) is never reached
-        // through a proxy from the environment: a corporate HTTP_PROXY would otherwise get
-        // the request for 127.0.0.1. A proxy the hook sets still applies.
+        // A loopback token endpoint is never reached through the environment's proxy.
         let loopback = is_loopback(&token_url);
         if loopback {
             client = client.no_proxy();
@@ -123,9 +107,7 @@ impl Grant {
             client = configure(client);
         }
         let proxy = proxy_route(&client, &token_url, loopback);
-        // What the crate owns, set after the hook so that it cannot be weakened: no redirects
-        // (the secret must not follow one) and the timeouts. The body limit is enforced
-        // while reading the answer, whatever the client.
+        // Set after the hook, so that it cannot weaken them: no redirects, the timeouts.
         let client = client
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
@@ -178,31 +160,27 @@ impl Grant {
         Ok(self.send(body).await?.granted)
     }
 
-    /// Sends one token request of another grant (`authorization_code`, `refresh_token`):
-    /// `pairs` with the client's authentication added, and parses its answer, whose
-    /// `refresh_token` (if any) is remembered for redaction like the access token.
+    /// Sends one token request of another grant (`pairs` and the client's authentication);
+    /// its `refresh_token` is remembered for redaction.
     #[cfg(feature = "app")]
     pub(crate) async fn request_with(&self, pairs: &[(&str, &str)]) -> Result<TokenAnswer, Error> {
         let body = self.form(pairs);
         self.send(body.expose_secret().as_bytes().to_vec()).await
     }
 
-    /// Remembers a secret the server may echo (a refresh token, an authorization code), so
-    /// that no error or log shows it.
+    /// Remembers a secret the server may echo (a refresh token, a code) for redaction.
     #[cfg(feature = "app")]
     pub(crate) fn remember_secret(&self, secret: &str) {
         self.secrets.remember_token(secret);
     }
 
-    /// The HTTP client token requests go with, for the crate's other requests to the auth
-    /// server and the API's `/v1/me` (same timeouts, proxy and redirect policy).
+    /// The token requests' HTTP client, for the crate's other requests.
     #[cfg(feature = "app")]
     pub(crate) fn client(&self) -> &reqwest::Client {
         &self.client
     }
 
-    /// Posts `pairs` with the client's authentication to another endpoint of the auth
-    /// server (revocation); the answer's status.
+    /// Posts `pairs` and the client's authentication to `url` (revocation); the status.
     #[cfg(feature = "app")]
     pub(crate) async fn post_form(
         &self,
@@ -263,8 +241,7 @@ impl Grant {
         .map_err(|e| e.key_from_env(self.key_from_env))
     }
 
-    /// An answer's body, read with the token answer's bound, for the crate's other requests
-    /// through [`Grant::client`].
+    /// An answer's body, read with the token answer's bound.
     pub(crate) async fn read_answer(&self, response: reqwest::Response) -> Result<Vec<u8>, Error> {
         let status = response.status();
         read_bounded(response).await.map_err(|e| match e {
@@ -287,17 +264,9 @@ impl Grant {
     }
 }
 
-/// The proxy `client` will send the token request to `token_url` through, as
-/// `scheme://host:port` (never its credentials), and whether it came from the environment;
-/// only for error messages.
-///
-/// A proxy set with `configure_token_client` is read from the builder's `Debug` (reqwest
-/// offers no other view of it; the URIs there are without credentials), best effort: one
-/// it cannot name (a `Proxy::custom`) is reported as such. Otherwise the environment's
-/// proxy for the URL, by the matcher reqwest reads the environment with (`HTTPS_PROXY`,
-/// `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`), unless the URL is on loopback, which is never
-/// proxied from the environment. A hook that only calls `no_proxy()` is not seen: its
-/// failures then name the environment's proxy.
+/// The proxy the token request goes through (`scheme://host:port`) and whether it came from
+/// the environment, for error messages. The hook's proxy is read, best effort, from the
+/// builder's `Debug` (reqwest offers no other view); else the environment's, unless loopback.
 fn proxy_route(
     client: &reqwest::ClientBuilder,
     token_url: &Url,
@@ -315,9 +284,8 @@ fn proxy_route(
     Some((proxy_name(intercept.uri()), true))
 }
 
-/// The first proxy for `scheme` in the `proxies: [...]` part of a `reqwest::ClientBuilder`'s
-/// `Debug`: `Matcher { http: Intercept { uri: http://proxy:3128/ }, .. }` entries, or `_`
-/// for a `Proxy::custom`.
+/// The first proxy for `scheme` in a `reqwest::ClientBuilder`'s `Debug`, or `_` for a
+/// `Proxy::custom`.
 fn proxy_in_debug(proxies: &str, scheme: &str) -> Option<String> {
     let needle = format!("{scheme}: Intercept {{ uri: ");
     let custom = proxies.find("[_").or_else(|| proxies.find(", _"));
@@ -354,8 +322,7 @@ impl TokenSource for Grant {
     }
 }
 
-/// An `application/x-www-form-urlencoded` body, its names and values [`form_encode`]d (the
-/// RFC 3986 unreserved characters literally, `~` included).
+/// A form body, its names and values [`form_encode`]d.
 #[derive(Default)]
 struct Form(String);
 
@@ -422,10 +389,7 @@ pub(crate) struct TokenAnswer {
     pub(crate) refresh_token: Option<secrecy::SecretString>,
 }
 
-/// Turns a token endpoint's answer into a token or an [`Error`]. Never panics; no error it
-/// returns contains the access token, and none contains anything of `secrets` (a token of
-/// valid form is added to them before its scopes are read). A token longer than
-/// [`MAX_ACCESS_TOKEN_BYTES`](crate::token::MAX_ACCESS_TOKEN_BYTES) is refused.
+/// [`parse_token_answer`] without the refresh token.
 #[cfg(test)]
 pub(crate) fn parse_token_response(
     status: StatusCode,
@@ -437,9 +401,9 @@ pub(crate) fn parse_token_response(
     parse_token_answer(status, retry_after, body, requested_scopes, secrets).map(|a| a.granted)
 }
 
-/// [`parse_token_response`] with the answer's `refresh_token`: held to the access token's
-/// form (visible ASCII, at most 8 KiB) and remembered in `secrets` before anything else of
-/// the answer is kept.
+/// A token endpoint's answer as a token or an [`Error`]; never panics, and no error holds
+/// the tokens or anything of `secrets` (the tokens are added to them before anything else
+/// of the answer is kept).
 pub(crate) fn parse_token_answer(
     status: StatusCode,
     retry_after: Option<Duration>,

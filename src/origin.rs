@@ -12,9 +12,8 @@ use url::Url;
 
 use crate::Error;
 
-/// A request extension that sends the request without a token, even to the API: with
-/// reqwest-middleware's `RequestBuilder::with_extension`, or in an `http::Request`'s
-/// extensions (`http::Request::get(url).extension(SkipAuth)`) in a tower stack.
+/// A request extension that sends the request without a token, even to the API
+/// (`with_extension(SkipAuth)`, or `http::Request::get(url).extension(SkipAuth)`).
 ///
 /// ```
 /// # #[cfg(all(feature = "test-util", feature = "middleware"))]
@@ -276,8 +275,7 @@ pub(crate) fn origin_and_path(url: &Url) -> &str {
     &url[..url::Position::AfterPath]
 }
 
-/// Parses `url`: HTTPS, or plain HTTP to a loopback host, without user name or password
-/// (errors show the URL only once it is known to hold none).
+/// Parses `url`: HTTPS, or HTTP to loopback, without user info (errors show no user info).
 pub(crate) fn parse_secure_url(url: &str, what: &str) -> Result<Url, Error> {
     let parsed = Url::parse(url).map_err(|e| Error::config(format!("{what} is not a URL: {e}")))?;
     if !parsed.username().is_empty() || parsed.password().is_some() {

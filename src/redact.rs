@@ -1,11 +1,7 @@
-//! Server text is untrusted (servers and proxies echo the form, the `Authorization` header
-//! or a token): this is the one place it is made safe to keep in an error or a log line.
-//! [`Secrets::clean`] redacts the secret in every form it is sent in, the latest
-//! [`REMEMBERED_TOKENS`], and any run of [`MIN_FRAGMENT`] of their characters (matched with
-//! invisible characters removed, so that they cannot split a secret); turns control and
-//! invisible characters (Cc, Cf, Co, Cn, Zl, Zp) into spaces, so text can neither forge log
-//! lines nor hide what it says; and cuts it to [`MAX_SERVER_TEXT`]. Codes, scopes and token
-//! types are kept only if they have their RFC syntax; `error_uri`, bodies and headers never.
+//! The one place server text (which may echo the secret or a token) is made safe to keep:
+//! [`Secrets::clean`] redacts the secret's forms, the latest tokens and any run of
+//! [`MIN_FRAGMENT`] of their characters (ignoring invisible ones), blanks control and
+//! invisible characters, and cuts to [`MAX_SERVER_TEXT`].
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -41,9 +37,8 @@ pub(crate) const MAX_GRANTED_SCOPES: usize = 64;
 /// The longest single scope accepted in a token answer's `scope`.
 pub(crate) const MAX_SCOPE_LEN: usize = 128;
 
-/// The secrets server text must never carry. Each secret's runs of [`MIN_FRAGMENT`]
-/// characters are hashed once into one table of keyed hashes, so redacting is one pass with
-/// one lookup per run, however many secrets there are.
+/// The secrets server text must never carry, their runs hashed into one keyed table (one
+/// lookup per run of text, however many secrets).
 pub(crate) struct Secrets {
     known: Mutex<Known>,
     hasher: RandomState,
@@ -64,8 +59,7 @@ struct Known {
 }
 
 impl Secrets {
-    /// The secret raw, form-encoded (`~` and `%7E`, either case of escapes) and as HTTP
-    /// Basic credentials (whatever the method: they reveal it to anyone who decodes them).
+    /// The secret raw, form-encoded (each spelling) and as HTTP Basic credentials.
     pub(crate) fn new(client_id: &str, secret: &str) -> Self {
         let sent = form_encode(secret);
         let encoded: String = byte_serialize(secret.as_bytes()).collect();
@@ -219,8 +213,8 @@ impl Secrets {
         self.lookups.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The byte ranges of `text` holding a secret or a run of one, matched without invisible
-    /// characters (those between included in the range); `first_only` stops at the first.
+    /// The byte ranges of `text` holding a secret or a run of one, ignoring invisible
+    /// characters; `first_only` stops at the first.
     fn find(&self, text: &str, first_only: bool) -> Vec<Range<usize>> {
         // The visible characters: where each is in `text`, and in `visible`.
         let mut visible = String::with_capacity(text.len());

@@ -1,10 +1,6 @@
-//! One lazily connected Redis client, shared by `RedisStore` and `RedisWebhookDedup`.
-//!
-//! It hands the redis crate (which buffers whatever bulk reply a server announces) a
-//! [`CappedStream`] over its own TCP, TLS or Unix connection: it follows the replies' framing,
-//! never reads past its bounds, and drops the connection on a reply over [`MAX_REPLY_BYTES`],
-//! more than [`MAX_SETUP_BYTES`] while connecting, or a reply nobody asked for, failing the
-//! operations with an error that is not an I/O error, so that callers do not retry them.
+//! One lazily connected Redis client, shared by `RedisStore` and `RedisWebhookDedup`. The
+//! redis crate buffers whatever a server announces, so it reads through a [`CappedStream`]
+//! that follows the framing and drops the connection on a reply over its bounds.
 
 use std::io;
 use std::pin::Pin;
@@ -21,17 +17,13 @@ use ::redis::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::JoinHandle;
 
-/// The most bytes one Redis reply may take. The largest reply the crate asks for is the
-/// shared cache's read: an entry of at most 96 KiB + 1 byte (`GETRANGE`-bounded) and its
-/// `PTTL`, with a few dozen bytes of framing; everything else is a few bytes.
+/// The most bytes one reply may take (the largest asked for: a 96 KiB entry and its `PTTL`).
 pub(crate) const MAX_REPLY_BYTES: usize = 100 * 1024;
-/// The most bytes connecting may read: every reply of the connection's setup together
-/// (`AUTH` or `HELLO`, `SELECT`, two `CLIENT SETINFO`; a few hundred bytes from a real Redis).
+/// The most bytes connecting may read (a few hundred from a real Redis).
 pub(crate) const MAX_SETUP_BYTES: usize = 16 * 1024;
 /// Deeper nesting than this is refused (the redis crate's parser refuses beyond 100).
 const MAX_DEPTH: usize = 128;
-/// Replies the server may send beyond the commands written: the error a server that cannot
-/// take the connection (`-ERR max number of clients reached`) sends before any command.
+/// Replies beyond the commands written (`-ERR max number of clients reached`).
 const UNASKED_REPLIES_ALLOWED: u64 = 1;
 
 /// A Redis client whose connection is set up by the first command, not at construction;
@@ -299,9 +291,7 @@ impl From<Refusal> for RedisError {
     }
 }
 
-/// The connection's bytes, with the replies' framing followed so that each is bounded (see
-/// the module docs). A refusal fails every later read, so the redis crate drops the
-/// connection.
+/// The connection's bytes, each reply bounded; a refusal fails every later read.
 struct CappedStream {
     inner: Pin<Box<dyn AsyncStream + Send + Sync>>,
     replies: Framing,
@@ -362,8 +352,7 @@ impl AsyncRead for CappedStream {
         if let Some(refusal) = *self.guard.refused.lock() {
             return Poll::Ready(Err(self.refuse(refusal)));
         }
-        // Never read past the bounds: a reply (or the setup) that needs more than they
-        // leave is refused before its excess is read.
+        // Never read past the bounds.
         let mut room = self.replies.room();
         let mut refusal = Refusal::TooLong;
         if !self.guard.setup_done.load(Relaxed) {

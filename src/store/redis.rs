@@ -12,8 +12,7 @@ use super::entry::MAX_ENTRY_BYTES;
 use super::{STORE_TIMEOUT, StoreError, TokenStore};
 use crate::redis_connection::{LazyRedis, MAX_REPLY_BYTES, eval, px};
 
-// The read's reply (the entry's first `MAX_ENTRY_BYTES + 1` bytes and its `PTTL`, framed)
-// must fit in what the connection accepts.
+// The read's reply must fit in what the connection accepts.
 const _: () = assert!(MAX_ENTRY_BYTES + 1 + 64 <= MAX_REPLY_BYTES);
 
 /// Deletes a lock only if it still holds its owner's value, so a holder whose lock expired
@@ -28,9 +27,8 @@ if value == "" then return false end
 return {value, redis.call("PTTL", KEYS[1])}
 "#;
 
-/// `INCR` on a counter that, when missing (never used, expired, or Redis lost its data), is
-/// first seeded with the server's clock in microseconds, so it never goes back. It lives
-/// `ARGV[1]` ms past its last use.
+/// `INCR` on a counter seeded, when missing, with the server's clock in microseconds (so it
+/// never goes back); it lives `ARGV[1]` ms past its last use.
 const NEXT_GENERATION_SCRIPT: &str = r#"
 if redis.call("EXISTS", KEYS[1]) == 0 then
   local now = redis.call("TIME")
@@ -41,20 +39,17 @@ redis.call("PEXPIRE", KEYS[1], ARGV[1])
 return generation
 "#;
 
-/// How long a generation counter outlives its last use (a missing one is reseeded from the
-/// clock, so this only keeps Redis tidy).
+/// How long a generation counter outlives its last use (only keeps Redis tidy).
 const GENERATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A [`TokenStore`] on Redis, for [`shared_cache`](crate::UnderstoryAuthBuilder::shared_cache)
 /// (feature `redis`).
 ///
-/// It connects on first use, over TLS for `rediss://` URLs, and reconnects by itself after a
-/// failure; clones share one multiplexed connection. Whatever the server sends, an operation
-/// reads at most 100 KiB for its reply and 16 KiB more when it connects (232 KiB in all, with
-/// the one retry after a lost connection); a longer reply, or one to no command, fails the
-/// operation with a [`StoreError`] and drops the connection. Keys start with
-/// `understory-auth:token:v1:` (for a Redis ACL: `~understory-auth:*`); the Redis user needs
-/// `EVAL`, `GET`, `SET`, `GETRANGE`, `PTTL`, `INCR`, `PEXPIRE`, `EXISTS`, `TIME` and `DEL`.
+/// Connects on first use (TLS for `rediss://`), reconnects after a failure; clones share one
+/// connection. A reply over 100 KiB (16 KiB while connecting), or one to no command, fails
+/// with a [`StoreError`]. Keys start with `understory-auth:token:v1:` (ACL
+/// `~understory-auth:*`); the user needs `EVAL`, `GET`, `SET`, `GETRANGE`, `PTTL`, `INCR`,
+/// `PEXPIRE`, `EXISTS`, `TIME` and `DEL`.
 ///
 /// ```no_run
 /// use understory_auth::{Credentials, RedisStore, UnderstoryAuth};
@@ -71,15 +66,10 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// A store for the server at `url`: `redis://[[user]:password@]host[:port][/db]`,
-    /// `rediss://…` for TLS, or `redis+unix:///path/to/socket`. Nothing is connected until
-    /// the first token fetch; fails only on a URL that cannot be parsed (the error never holds
-    /// the URL).
-    ///
-    /// With `rediss://` the server's certificate must be valid for the host and signed by a
-    /// public certificate authority (Mozilla's list, built in), as managed Redis services'
-    /// are, or see [`with_root_certificates`](Self::with_root_certificates); verification
-    /// cannot be turned off.
+    /// A store for `redis://[[user]:password@]host[:port][/db]`, `rediss://…` (certificate
+    /// always verified against Mozilla's roots, or see
+    /// [`with_root_certificates`](Self::with_root_certificates)) or `redis+unix:///path`.
+    /// Connects on first use; fails only on an unparsable URL (never shown in the error).
     ///
     /// ```
     /// use understory_auth::RedisStore;
@@ -96,19 +86,9 @@ impl RedisStore {
         })
     }
 
-    /// A store for the `rediss://` server at `url` whose certificate is signed by a private
-    /// certificate authority: `root_certificates` is that authority's certificate (or
-    /// several), PEM-encoded, trusted *instead of* the public ones. Fails on a URL that
-    /// cannot be parsed or is not `rediss://`, and on PEM that cannot be parsed (the error
-    /// never holds the URL).
-    ///
-    /// ```no_run
-    /// use understory_auth::RedisStore;
-    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
-    /// let ca = std::fs::read("/etc/redis/tls/ca.crt")?;
-    /// let store = RedisStore::with_root_certificates("rediss://redis.internal:6380/", &ca)?;
-    /// # let _ = store; Ok(()) }
-    /// ```
+    /// A store for a `rediss://` server whose certificate a private CA signed: the PEM
+    /// `root_certificates` are trusted *instead of* the public ones. Fails on a URL that is
+    /// not `rediss://` or unparsable, or on unparsable PEM.
     pub fn with_root_certificates(url: &str, root_certificates: &[u8]) -> Result<Self, StoreError> {
         let certificates = TlsCertificates {
             client_tls: None,
@@ -132,9 +112,7 @@ impl RedisStore {
 
     async fn query<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, StoreError> {
         let result = match self.redis.query(command).await {
-            // A lost connection fails one command: try once more on a new one, so that a
-            // restarted Redis is used by the very next operation (a refused reply is not
-            // retried).
+            // A lost connection fails one command: try once more on a new one.
             Err(e) if e.is_io_error() || e.is_unrecoverable_error() => {
                 self.redis.query(command).await
             }

@@ -31,21 +31,12 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A tower [`Layer`] that lets through only webhooks Understory signed.
 ///
-/// Its service, [`VerifyWebhook`], takes any `http::Request<B: http_body::Body>` (axum's and
-/// hyper's alike), refuses a body over the verifier's [limit](WebhookVerifier::max_body_bytes)
-/// (by its `Content-Length`, before reading it, or as soon as reading passes the limit), and
-/// verifies it with its [`WebhookVerifier`]. It answers a refusal itself, with an empty body
-/// and [`WebhookError::status`]; an authentic webhook goes to the inner service as an
-/// `http::Request<http_body_util::Full<Bytes>>` with the same headers and bytes (but
-/// `Content-Length` set, `Transfer-Encoding` removed) and the verified
-/// [`WebhookEvent`](crate::webhooks::WebhookEvent) in its extensions. The inner service's
-/// response body must implement `Default`, as axum's and `Full`'s do.
-/// [`dedup`](Self::dedup) processes each `webhook-id` once.
-///
-/// **In axum, wrap the webhook route, not the router**: `Router::layer` also wraps the
-/// fallback, so any other path (a health check, a probe) would get `400` and a warning
-/// instead of `404`; the route's own `route_layer`, as below, also leaves other methods their
-/// `405`.
+/// Its service refuses a body over the verifier's [limit](WebhookVerifier::max_body_bytes) or
+/// failing [`WebhookVerifier`] with an empty [`WebhookError::status`] answer; an authentic one
+/// reaches the inner service as `http::Request<Full<Bytes>>` (`Content-Length` set) with the
+/// [`WebhookEvent`](crate::webhooks::WebhookEvent) in its extensions. The response body must
+/// be `Default`. **In axum, wrap the route (`route_layer`), not the router**, or every other
+/// path gets `400`.
 ///
 /// ```
 /// use axum::{Extension, Router, routing::post};
@@ -83,21 +74,9 @@ impl WebhookLayer {
     }
 
     /// Processes each `webhook-id` once, recording ids in `store` under the layer's
-    /// [namespace](Self::dedup_namespace):
-    ///
-    /// * **No 2xx without a success.** A delivery is answered 2xx only if a run of the inner
-    ///   service for its id answered 2xx: this one, or an earlier one within the store's ttl
-    ///   (then `200 OK` without calling it; by default
-    ///   [`DEFAULT_WEBHOOK_DEDUP_TTL`](crate::webhooks::DEFAULT_WEBHOOK_DEDUP_TTL)).
-    /// * **In progress is not done.** A delivery while another run of its id is going (in any
-    ///   process sharing the store) is answered `409 Conflict`, empty: the sender retries
-    ///   later. The inner service never runs twice at once for one id (within the lease).
-    /// * **A failed or dropped run does not hold the id.** After an error or a non-2xx answer
-    ///   the id is released before the answer goes out; if the future is dropped first (the
-    ///   sender timed out), the release is handed to the tokio runtime; if the process dies,
-    ///   the claim runs out after the [lease](Self::dedup_lease).
-    /// * **A failing store answers `503 Service Unavailable`** without calling the inner
-    ///   service: Understory redelivers.
+    /// [namespace](Self::dedup_namespace): `200` without a call if a run already succeeded
+    /// (within the store's ttl), `409` while another run of the id is going, the id released
+    /// after a failed or dropped run, `503` if the store fails.
     ///
     /// ```
     /// use std::time::Duration;
@@ -115,24 +94,18 @@ impl WebhookLayer {
         self
     }
 
-    /// How long a run's claim on its id holds if nothing releases or completes it (its
-    /// process died, so redeliveries get `409` until then): default
-    /// [`DEFAULT_WEBHOOK_DEDUP_LEASE`], within 1 ms and
+    /// How long a claim holds if nothing releases it (its process died); default
+    /// [`DEFAULT_WEBHOOK_DEDUP_LEASE`], clamped to 1 ms..=
     /// [`MAX_WEBHOOK_DEDUP_DURATION`](crate::webhooks::MAX_WEBHOOK_DEDUP_DURATION). Keep it
-    /// longer than the inner service's longest run: a run that outlasts its lease no longer
-    /// keeps a redelivery from being processed beside it.
+    /// longer than the inner service's longest run.
     pub fn dedup_lease(mut self, lease: Duration) -> Self {
         self.lease = bounded(lease);
         self
     }
 
-    /// The namespace of the layer's ids in the dedup store (keys are
-    /// `<namespace>:<webhook-id>`). By default 16 hex characters of an HMAC under the
-    /// verifier's first secret (revealing nothing of it): the receivers of one subscription
-    /// share their ids, and different subscriptions never collide, although a sender reuses a
-    /// `webhook-id` for every endpoint subscribed to it. Set it if a secret rotation will put
-    /// a new secret first (that changes the default, and ids processed before would be
-    /// processed again); every receiver of one subscription must use the same one.
+    /// The namespace of the layer's keys (`<namespace>:<webhook-id>`); by default derived
+    /// from the verifier's first secret. Set it (the same on every receiver of the
+    /// subscription) if a rotation will put a new secret first.
     pub fn dedup_namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = namespace.into().into();
         self
@@ -163,8 +136,7 @@ struct Dedup {
     lease: Duration,
 }
 
-/// The service made by [`WebhookLayer`]: it verifies each webhook and passes the authentic
-/// ones on to the inner service `S`.
+/// The service made by [`WebhookLayer`].
 #[derive(Debug, Clone)]
 pub struct VerifyWebhook<S> {
     inner: S,
@@ -199,8 +171,7 @@ where
                 state: State::refused(&error),
             };
         }
-        // The call happens once the body is read, on the instance that was polled ready:
-        // take it, and leave a fresh clone (which must be polled ready itself) in its place.
+        // Call the instance that was polled ready; leave a clone in its place.
         let clone = self.inner.clone();
         let service = std::mem::replace(&mut self.inner, clone);
         let limit = self.verifier.body_limit();
@@ -219,8 +190,7 @@ where
 }
 
 impl<S> VerifyWebhook<S> {
-    /// Refuses a body announced (`Content-Length`, or the body's own size hint) as larger
-    /// than the limit.
+    /// Refuses a body announced (`Content-Length`, size hint) as larger than the limit.
     fn check_length<B: Body>(&self, parts: &Parts, body: &B) -> Result<(), WebhookError> {
         let limit = u64::try_from(self.verifier.body_limit()).unwrap_or(u64::MAX);
         let announced = parts
@@ -244,9 +214,8 @@ struct Pending<S> {
 }
 
 pin_project! {
-    /// The response future of [`VerifyWebhook`]. Dropped while it holds a `webhook-id`'s
-    /// claim, it hands the release to the current tokio runtime (without one, the claim runs
-    /// out with its lease).
+    /// The response future of [`VerifyWebhook`]; dropped, it releases its claim on the
+    /// current tokio runtime.
     pub struct WebhookFuture<S, B>
     where
         S: Service<Request<Full<Bytes>>>,

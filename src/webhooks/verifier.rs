@@ -13,17 +13,14 @@ use http::HeaderMap;
 use super::secret::WebhookSecret;
 use super::{WebhookError, WebhookEvent};
 
-/// How far `webhook-timestamp` may lie from this server's clock, either way, by default
-/// ([`WebhookVerifier::tolerance`]): 5 minutes, as Standard Webhooks recommends. It bounds how
-/// long a captured webhook can be replayed.
+/// The default [`WebhookVerifier::tolerance`]: 5 minutes, as Standard Webhooks recommends.
 pub const DEFAULT_WEBHOOK_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 
-/// The largest webhook body accepted by default ([`WebhookVerifier::max_body_bytes`]): 64 KiB.
-/// Understory's events are "thin" (identifiers only), a few hundred bytes.
+/// The default [`WebhookVerifier::max_body_bytes`]: 64 KiB (Understory's events are a few
+/// hundred bytes).
 pub const DEFAULT_WEBHOOK_BODY_LIMIT: usize = 64 * 1024;
 
-/// The longest `webhook-id` accepted: 256 bytes (Standard Webhooks ids are `msg_` and a few
-/// dozen characters). A longer one is refused as malformed (`400`) before the body is read.
+/// The longest `webhook-id` accepted (ids are `msg_` and a few dozen characters).
 pub const MAX_WEBHOOK_ID_BYTES: usize = 256;
 
 /// The `webhook-id` header: the message id, the same on every retry of a delivery.
@@ -37,18 +34,13 @@ pub(crate) const HEADER_SIGNATURE: &str = "webhook-signature";
 const SIGNATURE_VERSION: &str = "v1";
 /// The length of an HMAC-SHA256 tag.
 const TAG_LEN: usize = 32;
-/// How many `v1` signatures of one header are checked at most (a sender rotating its
-/// secret sends two); more are ignored, which bounds the work a hostile header causes.
+/// How many `v1` signatures of one header are checked at most (a rotation sends two).
 const MAX_SIGNATURES: usize = 8;
 
-/// Verifies that a webhook comes from Understory: the Standard Webhooks scheme (HMAC-SHA256
-/// of `{webhook-id}.{webhook-timestamp}.{raw body}`, constant-time comparison, a timestamp
-/// tolerance against replays, a body limit).
-///
-/// Give it the subscription's signing secret; clones are cheap and share it. Secrets never
-/// appear in `Debug`, errors or logs. Verify the body exactly as received, never parsed and
-/// re-serialised; [`WebhookLayer`](crate::webhooks::WebhookLayer) does all of this in a tower
-/// stack.
+/// Verifies that a webhook comes from Understory (Standard Webhooks: HMAC-SHA256 of
+/// `{webhook-id}.{webhook-timestamp}.{raw body}`, a timestamp tolerance, a body limit). Clones
+/// share the secret, which no `Debug`, error or log shows. Verify the body as received;
+/// [`WebhookLayer`](crate::webhooks::WebhookLayer) does it in a tower stack.
 ///
 /// ```
 /// use understory_auth::webhooks::{WebhookPayload, WebhookVerifier};
@@ -75,10 +67,8 @@ pub struct WebhookVerifier {
 }
 
 impl WebhookVerifier {
-    /// A verifier for `secret` (`whsec_<base64>` or the bare base64), with the default
-    /// [tolerance](DEFAULT_WEBHOOK_TOLERANCE) and [body limit](DEFAULT_WEBHOOK_BODY_LIMIT).
-    /// Fails with [`WebhookError::InvalidSecret`] (which does not hold the secret) if it is
-    /// not base64.
+    /// A verifier for `secret` (`whsec_<base64>` or bare base64), with the default tolerance
+    /// and body limit; [`WebhookError::InvalidSecret`] if it is not base64.
     ///
     /// ```
     /// use std::time::Duration;
@@ -99,17 +89,15 @@ impl WebhookVerifier {
         })
     }
 
-    /// Accepts signatures made with `secret` too: during a secret rotation, give the
-    /// verifier both the old and the new secret, and drop the old one once it is over.
+    /// Accepts signatures made with `secret` too (during a secret rotation).
     pub fn with_secret(mut self, secret: &str) -> Result<Self, WebhookError> {
         let added = WebhookSecret::parse(secret)?;
         self.secrets = self.secrets.iter().cloned().chain([added]).collect();
         Ok(self)
     }
 
-    /// How far `webhook-timestamp` may lie from this server's clock, in either direction
-    /// (default [`DEFAULT_WEBHOOK_TOLERANCE`]), counted in whole seconds: a timestamp
-    /// exactly `tolerance` away is accepted, one second more is refused.
+    /// How far `webhook-timestamp` may lie from this server's clock, either way, in whole
+    /// seconds (default [`DEFAULT_WEBHOOK_TOLERANCE`]; exactly `tolerance` is accepted).
     pub fn tolerance(mut self, tolerance: Duration) -> Self {
         self.tolerance = tolerance;
         self
@@ -121,18 +109,13 @@ impl WebhookVerifier {
         self
     }
 
-    /// Verifies a webhook from its headers and its body exactly as received, against this
-    /// server's clock, and returns its event.
-    ///
-    /// The checks run in this order: the three headers are present and well-formed, the
-    /// timestamp is within the tolerance, the body within the limit, a `v1` signature
-    /// matches (other versions are ignored), the body is an event.
+    /// Verifies a webhook (headers, then timestamp, body limit, a `v1` signature, the event)
+    /// against this server's clock, and returns its event.
     pub fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<WebhookEvent, WebhookError> {
         self.verify_at(headers, body, SystemTime::now())
     }
 
-    /// [`verify`](Self::verify) as if the clock read `now`: for tests of the tolerance, and
-    /// for replaying stored webhooks against the time they arrived.
+    /// [`verify`](Self::verify) as if the clock read `now` (tests, replaying stored webhooks).
     ///
     /// ```
     /// use std::time::{Duration, UNIX_EPOCH};
@@ -271,8 +254,7 @@ pub(crate) struct SignedHeaders<'h> {
     signatures: &'h str,
 }
 
-/// The first [`MAX_SIGNATURES`] entries `v1,<base64 of 32 bytes>` of a `webhook-signature`
-/// header, decoded; other versions and malformed entries are ignored.
+/// The first [`MAX_SIGNATURES`] `v1,<base64>` entries of a `webhook-signature`, decoded.
 fn v1_tags(header: &str) -> impl Iterator<Item = [u8; TAG_LEN]> + '_ {
     header
         .split(' ')
