@@ -164,7 +164,8 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         if let Some(token) = self.fresh() {
             return Ok(token);
         }
-        self.obtain(false).await
+        // Boxed: the future of a warm call stays a few words, not the whole wait's state.
+        Box::pin(self.obtain(false)).await
     }
 
     /// Caches `granted`, obtained outside the cache (a completed authorization's token), as
