@@ -42,9 +42,10 @@
 //! The cache knows neither HTTP stacks nor where tokens come from; the integrations know
 //! only "the header for this request" and "this answer came back". `schedule.rs` and
 //! `redact.rs` are leaves; `error.rs` uses only `redact.rs` and `app/grant_store_error.rs`
-//! (a leaf too). A [third-party app](#third-party-apps) is many caches: `app/connections.rs` maps each connection's key to
-//! an `UnderstoryAuth` whose source, in place of `grant.rs`, is `app/refresh.rs` (the
-//! `refresh_token` grant over the [`GrantStore`]).
+//! (a leaf too). A [third-party app](#third-party-apps) is many caches:
+//! `app/connections.rs` maps each connection's key to an `UnderstoryAuth` whose source, in
+//! place of `grant.rs`, is `app/refresh.rs` (the `refresh_token` grant over the
+//! [`GrantStore`]).
 //!
 //! # Which requests carry the token
 //!
