@@ -161,7 +161,27 @@ impl UnderstoryApp {
 
     /// Refreshes every stored connection not refreshed for `older_than`, so that none dies
     /// of its refresh token's idle lifetime (720 h at Hydra's default). Run it daily, with
-    /// `older_than` well under that lifetime (a week, say).
+    /// `older_than` well under that lifetime (a week, say); in a fleet, any one process may
+    /// run it (the store's lease keeps refreshes single):
+    ///
+    /// ```no_run
+    /// # async fn demo(app: understory_auth::UnderstoryApp) {
+    /// use std::time::Duration;
+    ///
+    /// let mut daily = tokio::time::interval(Duration::from_secs(24 * 3600));
+    /// loop {
+    ///     daily.tick().await;
+    ///     match app.keep_alive(Duration::from_secs(7 * 24 * 3600)).await {
+    ///         Ok(report) => {
+    ///             for (connection, error) in report.failed {
+    ///                 eprintln!("{connection}: {error}");
+    ///             }
+    ///         }
+    ///         Err(error) => eprintln!("the grant store failed: {error}"),
+    ///     }
+    /// }
+    /// # }
+    /// ```
     pub async fn keep_alive(&self, older_than: Duration) -> Result<KeepAlive, Error> {
         let due = SystemTime::now()
             .checked_sub(older_than)

@@ -446,3 +446,70 @@ async fn one_tower_service_serves_every_company() {
         "nothing was sent without its own token"
     );
 }
+
+#[tokio::test]
+async fn no_refresh_token_code_state_or_verifier_is_ever_shown() {
+    let logs = crate::common::capture_logs();
+    let sandbox = sandbox().await;
+    let store = MemoryGrantStore::new();
+    let app = app(&sandbox, &store);
+    let start = app.authorize();
+    let pending = serde_json::to_value(&start.pending).unwrap();
+    let callback = sandbox
+        .consent(start.url.as_str(), "company-a")
+        .await
+        .unwrap();
+    let param = |name: &str| {
+        callback
+            .trim_start_matches('?')
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
+            .unwrap()
+            .to_owned()
+    };
+    let mut secrets = vec![
+        param("code"),
+        param("state"),
+        pending["code_verifier"].as_str().unwrap().to_owned(),
+    ];
+    let shown = format!("{start:?} {app:?}");
+    app.complete(start.pending.clone(), &callback, "tenant-a")
+        .await
+        .unwrap();
+    secrets.push(stored_refresh_token(&store).await);
+    // A refresh, a lost grant, a replayed code: each error and log line is checked.
+    let report = app.keep_alive(Duration::ZERO).await.unwrap();
+    assert_eq!(report.refreshed, 1, "{report:?}");
+    secrets.push(stored_refresh_token(&store).await);
+    sandbox.revoke_consent("company-a");
+    let report = app.keep_alive(Duration::ZERO).await.unwrap();
+    let mut errors: Vec<Error> = report.failed.into_iter().map(|(_, e)| e).collect();
+    assert_eq!(errors.len(), 1);
+    errors.push(
+        app.complete(start.pending, &callback, "tenant-a")
+            .await
+            .unwrap_err(),
+    );
+    let grant = store.load("tenant-a").await.unwrap().unwrap();
+    let everything = format!(
+        "{shown} {errors:?} {} {grant:?} {store:?} {}",
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" "),
+        logs.text()
+    );
+    for secret in &secrets {
+        assert!(secret.len() >= 16, "{secret}");
+        assert!(
+            !everything.contains(secret.as_str()),
+            "shown: {secret}\n{everything}"
+        );
+    }
+}
+
+async fn stored_refresh_token(store: &MemoryGrantStore) -> String {
+    let grant = store.load("tenant-a").await.unwrap().unwrap();
+    grant.refresh_token.expose_secret().to_owned()
+}
