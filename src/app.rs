@@ -47,7 +47,7 @@ pub use memory_store::MemoryGrantStore;
 pub use pending::{DEFAULT_AUTHORIZATION_LIFETIME, PendingAuthorization};
 pub use refresh::REFRESH_LEASE;
 pub use refresh_token::RefreshToken;
-pub use stored_grant::{GrantState, StoredGrant};
+pub use stored_grant::{GrantState, StoredAccessToken, StoredGrant};
 pub use understory_app::{KeepAlive, UnderstoryApp};
 
 #[cfg(test)]

@@ -46,10 +46,10 @@ pub(crate) struct Endpoints {
 }
 
 impl UnderstoryAuth {
-    /// A new token from a fetch (joined if one runs), whatever the cache holds.
+    /// Caches `granted`, obtained outside the cache.
     #[cfg(feature = "app")]
-    pub(crate) async fn refreshed(&self) -> Result<AccessToken, Error> {
-        self.cache.refreshed().await
+    pub(crate) fn seed(&self, granted: crate::token::GrantedToken) {
+        self.cache.seed(granted);
     }
 
     pub(crate) fn from_cache(cache: TokenCache<Endpoints>) -> Self {

@@ -165,7 +165,7 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
             return Ok(token);
         }
         // Boxed: the future of a warm call stays a few words, not the whole wait's state.
-        Box::pin(self.obtain(false)).await
+        Box::pin(self.obtain()).await
     }
 
     /// Caches `granted`, obtained outside the cache (a completed authorization's token), as
@@ -178,17 +178,10 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
             .land(flight, Instant::now(), Duration::ZERO, Ok(granted));
     }
 
-    /// A token from a fetch, whatever the slot holds: the one in flight, or a new one
-    /// (unless the failure window forbids it). For keeping rarely used grants alive.
-    #[cfg(feature = "app")]
-    pub(crate) async fn refreshed(&self) -> Result<AccessToken, Error> {
-        self.obtain(true).await
-    }
-
-    async fn obtain(&self, force: bool) -> Result<AccessToken, Error> {
+    async fn obtain(&self) -> Result<AccessToken, Error> {
         let mut restarted = false;
         loop {
-            let wait = match self.fetch_or_join(force)? {
+            let wait = match self.fetch_or_join()? {
                 Next::Ready(token) => return Ok(token),
                 Next::Wait(wait) => wait,
             };
@@ -266,16 +259,15 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         slot.as_ref().filter(|t| now < t.usable_until()).cloned()
     }
 
-    /// Joins the fetch in flight, answers from the failure window, or starts a fetch
-    /// (`force`: even with a usable token in the slot).
-    fn fetch_or_join(&self, force: bool) -> Result<Next, Error> {
+    /// Joins the fetch in flight, answers from the failure window, or starts a fetch.
+    fn fetch_or_join(&self) -> Result<Next, Error> {
         // Without a runtime there is neither a fetch to run nor a timer to wait with.
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::Interrupted {
             reason: "no Tokio runtime to run the token request on",
         })?;
         let now = Instant::now();
         let state = self.shared.state.lock();
-        if let Some(token) = self.usable(now).filter(|_| !force) {
+        if let Some(token) = self.usable(now) {
             // A fetch finished between our look at the slot and taking the lock.
             return Ok(Next::Ready(token));
         }

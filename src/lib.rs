@@ -387,8 +387,8 @@ pub use app::{
     AuthorizationStart, AuthorizeUrl, Company, Connection, DEFAULT_AUTHORIZATION_LIFETIME,
     DEFAULT_AUTHORIZE_URL, DEFAULT_MAX_CACHED_CONNECTIONS, DEFAULT_REVOCATION_URL, GrantState,
     GrantStore, GrantStoreError, GrantSummary, KeepAlive, ME_PATH, MemoryGrantStore,
-    PendingAuthorization, REFRESH_LEASE, RefreshToken, SaveOutcome, StoredGrant, UnderstoryApp,
-    UnderstoryAppBuilder,
+    PendingAuthorization, REFRESH_LEASE, RefreshToken, SaveOutcome, StoredAccessToken, StoredGrant,
+    UnderstoryApp, UnderstoryAppBuilder,
 };
 #[cfg(all(feature = "app", feature = "tower"))]
 pub use app::{ConnectionAuth, ConnectionAuthFuture, ConnectionAuthLayer};

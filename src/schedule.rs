@@ -73,7 +73,7 @@ fn refresh_margin(lifetime: Duration, timing: Timing) -> Duration {
 
 /// How long before its expiry a token may be due, whatever the jitter; never larger for a
 /// shorter lifetime, so a shared token is due no later than by its original schedule.
-#[cfg(feature = "shared-cache")]
+#[cfg(any(feature = "shared-cache", feature = "app"))]
 pub(crate) fn refresh_lead(lifetime: Duration, timing: Timing) -> Duration {
     expiry_skew(lifetime, timing) + refresh_margin(lifetime, timing).mul_f64(1.0 + REFRESH_JITTER)
 }

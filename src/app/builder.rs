@@ -2,7 +2,7 @@
 //! constants.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::authorize::AuthorizeConfig;
 use super::connections::{Connections, DEFAULT_MAX_CACHED_CONNECTIONS};
@@ -193,6 +193,9 @@ impl UnderstoryAppBuilder {
             store,
             on_reauthorization: self.on_reauthorization,
             holder: format!("{:016x}", fastrand::u64(..)),
+            attempts: Default::default(),
+            clock: SystemTime::now,
+            timing,
         });
         let origins = endpoints.origins.clone();
         let connections = Connections::new(

@@ -73,6 +73,13 @@ impl Connections {
         self.insert(key, Some(seed), true)
     }
 
+    /// Caches `granted` as `key`'s token, if `key` has a cache in memory.
+    pub(crate) fn seed(&self, key: &str, granted: GrantedToken) {
+        if let Some(entry) = self.map.read().get(key) {
+            entry.auth.seed(granted);
+        }
+    }
+
     /// Forgets `key`'s cache.
     pub(crate) fn remove(&self, key: &str) {
         self.map.write().remove(key);

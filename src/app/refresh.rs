@@ -17,16 +17,20 @@ use secrecy::ExposeSecret;
 
 use super::grant_store::{GrantStore, SaveOutcome};
 use super::refresh_token::RefreshToken;
-use super::stored_grant::{GrantState, StoredGrant};
+use super::stored_grant::{GrantState, StoredAccessToken, StoredGrant};
 use crate::Error;
 use crate::app::GrantStoreError;
 use crate::grant::{Grant, TokenAnswer};
+use crate::schedule::{Timing, refresh_lead};
 use crate::source::TokenSource;
 use crate::token::GrantedToken;
 
 /// How long a process holds a connection's refresh lease at most: a holder that dies delays
 /// that connection's next refresh by this much.
 pub const REFRESH_LEASE: Duration = Duration::from_secs(30);
+
+/// How often a process that finds another holding a connection's lease looks again.
+const LEASE_POLL: Duration = Duration::from_millis(50);
 
 /// How often the rotated refresh token's save is tried before the refresh is reported as
 /// failed (the store failing right then is the one way a grant can be lost).
@@ -58,8 +62,14 @@ pub(crate) struct Refresher {
     pub(crate) endpoint: Arc<dyn RefreshEndpoint>,
     pub(crate) store: Arc<dyn GrantStore>,
     pub(crate) on_reauthorization: Option<Arc<ReauthorizationHook>>,
-    /// This process's name in leases.
+    /// This process's name in leases; each attempt adds a number of its own, so that the
+    /// lease also keeps this process's own refreshes of a connection apart.
     pub(crate) holder: String,
+    pub(crate) attempts: std::sync::atomic::AtomicU64,
+    /// The wall clock stored grants are dated by (tests derive it from tokio's clock).
+    pub(crate) clock: fn() -> SystemTime,
+    /// When a stored access token is still worth taking (the cache's refresh rule).
+    pub(crate) timing: Timing,
 }
 
 /// One connection's source of access tokens.
@@ -70,36 +80,68 @@ pub(crate) struct ConnectionSource {
 
 impl TokenSource for ConnectionSource {
     fn fetch(self: Arc<Self>) -> BoxFuture<'static, Result<GrantedToken, Error>> {
-        Box::pin(async move { self.refresher.refresh(&self.key).await })
+        Box::pin(async move { self.refresher.obtain(&self.key, false).await })
     }
 }
 
 impl Refresher {
-    /// One refresh of `key`'s grant.
-    pub(crate) async fn refresh(&self, key: &str) -> Result<GrantedToken, Error> {
-        if !self.store.lease(key, &self.holder, REFRESH_LEASE).await? {
-            return Err(GrantStoreError::transient(
-                "another process is refreshing this connection; try again shortly",
-            )
-            .into());
+    /// A token for `key`: the one another process stored, if it is not yet due, or else a
+    /// refresh (`force`: a refresh in any case, to keep the grant alive). Only the holder of
+    /// the store's lease refreshes; a process that finds the lease taken waits for the
+    /// holder's token (the caller's timeout bounds the wait) and never presents the refresh
+    /// token it loaded before.
+    pub(crate) async fn obtain(&self, key: &str, force: bool) -> Result<GrantedToken, Error> {
+        let attempt = self
+            .attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let holder = format!("{}-{attempt}", self.holder);
+        loop {
+            if self.store.lease(key, &holder, REFRESH_LEASE).await? {
+                break;
+            }
+            let grant = self.active(key).await?;
+            if let Some(shared) = self.shared_token(&grant).filter(|_| !force) {
+                return Ok(shared);
+            }
+            tokio::time::sleep(LEASE_POLL).await;
         }
         // Loaded under the lease: another process may have rotated the token just before.
-        let result = match self.store.load(key).await {
-            Ok(Some(grant)) if grant.state == GrantState::Active => {
-                self.refresh_leased(key, grant).await
-            }
-            Ok(Some(_)) => Err(Error::NeedsReauthorization {
-                connection: key.to_owned(),
-            }),
-            Ok(None) => Err(Error::UnknownConnection {
-                connection: key.to_owned(),
-            }),
-            Err(error) => Err(error.into()),
+        let result = match self.active(key).await {
+            Ok(grant) => match self.shared_token(&grant).filter(|_| !force) {
+                Some(shared) => Ok(shared),
+                None => self.refresh_leased(key, grant).await,
+            },
+            Err(error) => Err(error),
         };
-        if let Err(error) = self.store.release(key, &self.holder).await {
+        if let Err(error) = self.store.release(key, &holder).await {
             tracing::debug!(connection = key, error = %error, "could not release the refresh lease; it runs out by itself");
         }
         result
+    }
+
+    /// `key`'s grant, if it can be refreshed.
+    async fn active(&self, key: &str) -> Result<StoredGrant, Error> {
+        match self.store.load(key).await? {
+            Some(grant) if grant.state == GrantState::Active => Ok(grant),
+            Some(_) => Err(Error::NeedsReauthorization {
+                connection: key.to_owned(),
+            }),
+            None => Err(Error::UnknownConnection {
+                connection: key.to_owned(),
+            }),
+        }
+    }
+
+    /// The access token stored with `grant`, if it has more left than the cache's refresh
+    /// lead: then it is used as is, with what is left of its lifetime.
+    fn shared_token(&self, grant: &StoredGrant) -> Option<GrantedToken> {
+        let stored = grant.access_token.as_ref()?;
+        let expires_at = stored.obtained_at.checked_add(stored.lifetime)?;
+        let left = expires_at.duration_since((self.clock)()).ok()?;
+        if left <= refresh_lead(stored.lifetime, self.timing) {
+            return None;
+        }
+        GrantedToken::new(stored.expose_secret(), left, grant.scopes.clone()).ok()
     }
 
     async fn refresh_leased(&self, key: &str, grant: StoredGrant) -> Result<GrantedToken, Error> {
@@ -119,8 +161,13 @@ impl Refresher {
         if let Some(rotated) = &answer.refresh_token {
             next.refresh_token = RefreshToken::new(rotated.expose_secret());
         }
-        next.refreshed_at = SystemTime::now();
+        next.refreshed_at = (self.clock)();
         next.scopes = answer.granted.scopes().to_vec();
+        next.access_token = Some(StoredAccessToken::new(
+            answer.granted.secret(),
+            next.refreshed_at,
+            answer.granted.lifetime(),
+        ));
         self.save_rotated(key, &next, grant.version).await?;
         Ok(answer.granted)
     }

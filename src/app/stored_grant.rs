@@ -93,6 +93,61 @@ pub struct StoredGrant {
     pub company: Company,
     /// The scopes granted.
     pub scopes: Vec<String>,
+    /// The access token the last refresh produced, kept so that the other processes of a
+    /// fleet use it instead of refreshing again. A durable store keeps it encrypted like the
+    /// refresh token (or not at all: it is only a saving).
+    pub access_token: Option<StoredAccessToken>,
+}
+
+/// An access token kept with its grant: see [`StoredGrant::access_token`]. Its `Debug`
+/// hides the token.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use understory_auth::StoredAccessToken;
+///
+/// let token = StoredAccessToken::new("ory_at_example", SystemTime::now(), Duration::from_secs(3600));
+/// assert_eq!(token.expose_secret(), "ory_at_example");
+/// assert!(!format!("{token:?}").contains("ory_at_example"));
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct StoredAccessToken {
+    token: secrecy::SecretString,
+    /// When it was obtained.
+    pub obtained_at: SystemTime,
+    /// Its lifetime from then.
+    pub lifetime: std::time::Duration,
+}
+
+impl StoredAccessToken {
+    /// An access token obtained at `obtained_at`, valid for `lifetime`.
+    pub fn new(
+        token: impl Into<String>,
+        obtained_at: SystemTime,
+        lifetime: std::time::Duration,
+    ) -> Self {
+        StoredAccessToken {
+            token: token.into().into(),
+            obtained_at,
+            lifetime,
+        }
+    }
+
+    /// The token itself, for a store to encrypt.
+    pub fn expose_secret(&self) -> &str {
+        secrecy::ExposeSecret::expose_secret(&self.token)
+    }
+}
+
+impl std::fmt::Debug for StoredAccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredAccessToken")
+            .field("token", &"[REDACTED]")
+            .field("obtained_at", &self.obtained_at)
+            .field("lifetime", &self.lifetime)
+            .finish()
+    }
 }
 
 impl StoredGrant {
@@ -127,6 +182,7 @@ impl StoredGrant {
             refreshed_at,
             company,
             scopes,
+            access_token: None,
         }
     }
 }

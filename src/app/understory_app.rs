@@ -15,11 +15,10 @@ use super::authorize::{AuthorizeConfig, start};
 use super::callback::callback;
 use super::company::Company;
 use super::connections::Connections;
-use super::grant_store::SaveOutcome;
 use super::pending::PendingAuthorization;
 use super::refresh::Refresher;
 use super::refresh_token::RefreshToken;
-use super::stored_grant::{GrantState, StoredGrant};
+use super::stored_grant::{GrantState, StoredAccessToken, StoredGrant};
 use crate::grant::Grant;
 use crate::origin::AllowedOrigins;
 use crate::{Error, UnderstoryAuth};
@@ -119,20 +118,21 @@ impl UnderstoryApp {
             ));
         };
         let company = self.me(answer.granted.header()).await?;
-        let stored = StoredGrant::new(
+        let now = SystemTime::now();
+        let mut stored = StoredGrant::new(
             RefreshToken::new(refresh_token.expose_secret()),
             company.clone(),
             answer.granted.scopes().to_vec(),
-            SystemTime::now(),
+            now,
         );
-        let store = &inner.refresher.store;
-        let mut expected = store.load(key).await?.map(|old| old.version);
-        loop {
-            match store.save(key, &stored, expected).await? {
-                SaveOutcome::Saved { .. } => break,
-                SaveOutcome::Conflict => expected = store.load(key).await?.map(|old| old.version),
-            }
-        }
+        let lifetime = answer.granted.lifetime();
+        stored.access_token = Some(StoredAccessToken::new(
+            answer.granted.secret(),
+            now,
+            lifetime,
+        ));
+        // Unconditional: a new consent replaces whatever the store held for the key.
+        let _saved = inner.refresher.store.save(key, &stored, None).await?;
         inner.connections.replace(key, answer.granted);
         tracing::info!(connection = key, company_id = %company.id, "connected an Understory company");
         Ok(company)
@@ -150,10 +150,16 @@ impl UnderstoryApp {
     /// forgotten. A key without a grant is no error.
     pub async fn disconnect(&self, key: &str) -> Result<(), Error> {
         let inner = &self.inner;
-        if let Some(grant) = inner.refresher.store.load(key).await? {
-            self.revoke(&grant.refresh_token).await?;
-            inner.refresher.store.delete(key).await?;
+        match inner.refresher.store.load(key).await {
+            Ok(Some(grant)) => self.revoke(&grant.refresh_token).await?,
+            Ok(None) => {}
+            // A row the store refuses (its key lost, say) cannot be revoked, only forgotten.
+            Err(error) if !error.is_transient() => {
+                tracing::warn!(connection = key, error = %error, "the grant could not be read; forgetting it without revoking it");
+            }
+            Err(error) => return Err(error.into()),
         }
+        inner.refresher.store.delete(key).await?;
         inner.connections.remove(key);
         tracing::info!(connection = key, "disconnected an Understory company");
         Ok(())
@@ -191,8 +197,13 @@ impl UnderstoryApp {
             if summary.state != GrantState::Active || summary.refreshed_at > due {
                 continue;
             }
-            match self.connection(&summary.key).refreshed().await {
-                Ok(_) => report.refreshed += 1,
+            // A refresh in any case, behind the lease like the caches' own; the new token
+            // replaces this process's cached one (the server revokes the old one).
+            match self.inner.refresher.obtain(&summary.key, true).await {
+                Ok(granted) => {
+                    self.inner.connections.seed(&summary.key, granted);
+                    report.refreshed += 1;
+                }
                 Err(error) => report.failed.push((summary.key, error)),
             }
         }

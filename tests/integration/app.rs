@@ -68,6 +68,16 @@ async fn me_as(client: &ClientWithMiddleware, sandbox: &SandboxServer, key: &str
     me["company_id"].as_str().unwrap().to_owned()
 }
 
+/// Drops the access token the store keeps with `key`'s grant, as if it had expired: the next
+/// process to need a token refreshes.
+async fn forget_access_token(store: &MemoryGrantStore, key: &str) {
+    let mut grant = store.load(key).await.unwrap().unwrap();
+    grant.access_token = None;
+    let version = grant.version;
+    let saved = store.save(key, &grant, Some(version)).await.unwrap();
+    assert!(matches!(saved, understory_auth::SaveOutcome::Saved { .. }));
+}
+
 fn token_error(result: reqwest_middleware::Result<reqwest::Response>) -> Error {
     let error = result.expect_err("a token error");
     Error::find_in(&error).expect("the crate's error").clone()
@@ -115,23 +125,30 @@ async fn two_hundred_concurrent_requests_make_one_refresh() {
     let sandbox = sandbox().await;
     let store = MemoryGrantStore::new();
     connect(&app(&sandbox, &store), &sandbox, "company-a", "tenant-a").await;
-    // A restarted process: the grant is in the store, no token in memory.
+    // A restarted process: the grant is in the store, its access token expired.
+    forget_access_token(&store, "tenant-a").await;
     let app = app(&sandbox, &store);
     let client = client(&app);
     let companies = join_all((0..200).map(|_| me_as(&client, &sandbox, "tenant-a"))).await;
     assert!(companies.iter().all(|c| c == "company-a"));
     assert_eq!(sandbox.refreshes("company-a"), 1);
     assert_eq!(sandbox.reuse_detected("company-a"), 0);
-    // The rotated refresh token was saved before use: a third process refreshes with it.
+    // The rotated refresh token and its access token were saved before use: a third
+    // process takes the access token, and a keep-alive refreshes with the rotated token.
     let again = self::app(&sandbox, &store);
     again.connection("tenant-a").token().await.expect("a token");
     assert_eq!(
-        (
-            sandbox.refreshes("company-a"),
-            sandbox.reuse_detected("company-a")
-        ),
-        (2, 0)
+        sandbox.refreshes("company-a"),
+        1,
+        "the stored access token was used"
     );
+    let report = again.keep_alive(Duration::ZERO).await.unwrap();
+    assert_eq!(report.refreshed, 1, "{report:?}");
+    let counts = (
+        sandbox.refreshes("company-a"),
+        sandbox.reuse_detected("company-a"),
+    );
+    assert_eq!(counts, (2, 0));
 }
 
 #[tokio::test]
@@ -253,16 +270,16 @@ async fn a_reused_refresh_token_loses_the_grant_without_a_loop() {
     connect(&app(&sandbox, &store), &sandbox, "company-a", "tenant-a").await;
     let first = store.load("tenant-a").await.unwrap().unwrap();
     // Another process refreshes and rotates...
-    app(&sandbox, &store)
-        .connection("tenant-a")
-        .token()
+    let report = app(&sandbox, &store)
+        .keep_alive(Duration::ZERO)
         .await
         .unwrap();
-    assert_eq!(sandbox.refreshes("company-a"), 1);
-    // ...and a broken one puts the old, rotated refresh token back.
+    assert_eq!(sandbox.refreshes("company-a"), 1, "{report:?}");
+    // ...and a broken one puts the old, rotated refresh token back (without access token).
     let mut stale = store.load("tenant-a").await.unwrap().unwrap();
     let version = stale.version;
     stale.refresh_token = RefreshToken::new(first.refresh_token.expose_secret());
+    stale.access_token = None;
     let _ = store.save("tenant-a", &stale, Some(version)).await.unwrap();
 
     let calls = Arc::new(AtomicUsize::new(0));
@@ -294,6 +311,7 @@ async fn revoked_consent_needs_reauthorization() {
     let store = MemoryGrantStore::new();
     connect(&app(&sandbox, &store), &sandbox, "company-a", "tenant-a").await;
     sandbox.revoke_consent("company-a");
+    forget_access_token(&store, "tenant-a").await;
     let calls = Arc::new(AtomicUsize::new(0));
     let app = hooked(&sandbox, &store, &calls);
     let error = app.connection("tenant-a").token().await.unwrap_err();

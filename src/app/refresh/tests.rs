@@ -16,6 +16,14 @@ use crate::schedule::Timing;
 
 const LIFETIME: Duration = Duration::from_secs(600);
 
+/// The wall clock as tokio's paused clock moves it.
+fn paused_wall_clock() -> SystemTime {
+    static START: std::sync::OnceLock<(SystemTime, tokio::time::Instant)> =
+        std::sync::OnceLock::new();
+    let (wall, instant) = *START.get_or_init(|| (SystemTime::now(), tokio::time::Instant::now()));
+    wall + instant.elapsed()
+}
+
 #[derive(Default)]
 struct Hydra {
     state: parking_lot::Mutex<HydraState>,
@@ -164,6 +172,9 @@ async fn setup() -> Setup {
             counted.fetch_add(1, Ordering::SeqCst);
         })),
         holder: "this-process".into(),
+        attempts: Default::default(),
+        clock: paused_wall_clock,
+        timing: Timing::default(),
     });
     let source = Arc::new(ConnectionSource {
         key: "tenant-a".into(),
