@@ -20,6 +20,10 @@ use crate::Error;
 /// How long one store operation may take, from taking a connection from the pool to the
 /// query's answer; a slower one fails as transient (the connection's refresh is tried again
 /// later, its refresh token kept).
+///
+/// ```
+/// assert_eq!(understory_auth::POSTGRES_QUERY_TIMEOUT, std::time::Duration::from_secs(5));
+/// ```
 pub const POSTGRES_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The connections [`PostgresGrantStore::connect`] opens at most.
@@ -84,15 +88,17 @@ const MIGRATION_LOCK: i64 = 0x756e_6465_7273_7479; // "understy"
 ///
 /// ```no_run
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// use understory_auth::testing::SandboxServer;
-/// use understory_auth::{GrantKey, PostgresGrantStore};
+/// use understory_auth::{Credentials, GrantKey, PostgresGrantStore, UnderstoryApp};
 ///
 /// let key = GrantKey::from_base64("2026-01", &std::env::var("GRANT_KEY")?)?;
 /// let store = PostgresGrantStore::connect("postgres://app@localhost/app", key)?;
 /// store.migrate().await?;
 ///
-/// # let sandbox = SandboxServer::start().await?;
-/// let app = sandbox.app_builder().grant_store(store).build()?;
+/// let credentials = Credentials::new("app-id", "app-secret").with_scopes(["openid", "offline"]);
+/// let app = UnderstoryApp::builder(credentials)
+///     .redirect_uri("https://example.com/oauth/callback")
+///     .grant_store(store)
+///     .build()?;
 /// # let _ = app;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// # }).unwrap();
