@@ -849,3 +849,38 @@ async fn a_refused_row_fails_its_connection_only() {
         "{report:?}"
     );
 }
+
+/// What the store adds to a refresh: the same 50 refreshes with the memory store and with
+/// PostgreSQL (lease, load, save, release: four round trips). Printed, not asserted: tests
+/// assert counts.
+#[tokio::test]
+async fn the_added_latency_of_a_refresh_is_measured() {
+    const ROUNDS: usize = 50;
+    let sandbox = fleet_sandbox(1, Duration::from_secs(3600)).await;
+    let (store, _, _) = store().await;
+    let memory = understory_auth::MemoryGrantStore::new();
+    let mut took = Vec::new();
+    for (name, app) in [
+        (
+            "memory",
+            sandbox.app_builder().grant_store(memory).build().unwrap(),
+        ),
+        ("postgres", app(&sandbox, &store)),
+    ] {
+        connect_all(&app, &sandbox, 1).await;
+        let before = sandbox.refreshes("company-0");
+        let started = Instant::now();
+        for _ in 0..ROUNDS {
+            let report = app.keep_alive(Duration::ZERO).await.unwrap();
+            assert_eq!(
+                (report.refreshed, report.failed.len()),
+                (1, 0),
+                "{report:?}"
+            );
+        }
+        took.push((name, started.elapsed() / ROUNDS as u32));
+        assert_eq!(sandbox.refreshes("company-0"), before + ROUNDS);
+    }
+    eprintln!("a refresh (keep_alive of one connection): {took:?}");
+    assert_eq!(sandbox.reuse_detected("company-0"), 0);
+}
