@@ -21,6 +21,8 @@ mod callback;
 mod company;
 mod connection;
 mod connections;
+#[cfg(feature = "postgres")]
+mod grant_cipher;
 mod grant_store;
 mod grant_store_error;
 #[cfg(feature = "tower")]
@@ -28,6 +30,8 @@ mod layer;
 mod memory_store;
 mod pending;
 mod pkce;
+#[cfg(feature = "postgres")]
+mod postgres_store;
 mod random;
 mod refresh;
 mod refresh_token;
@@ -39,12 +43,16 @@ pub use builder::{DEFAULT_AUTHORIZE_URL, DEFAULT_REVOCATION_URL, ME_PATH, Unders
 pub use company::Company;
 pub use connection::Connection;
 pub use connections::DEFAULT_MAX_CACHED_CONNECTIONS;
+#[cfg(feature = "postgres")]
+pub use grant_cipher::GrantKey;
 pub use grant_store::{GrantStore, GrantSummary, SaveOutcome};
 pub use grant_store_error::GrantStoreError;
 #[cfg(feature = "tower")]
 pub use layer::{ConnectionAuth, ConnectionAuthFuture, ConnectionAuthLayer};
 pub use memory_store::MemoryGrantStore;
 pub use pending::{DEFAULT_AUTHORIZATION_LIFETIME, PendingAuthorization};
+#[cfg(feature = "postgres")]
+pub use postgres_store::{POSTGRES_QUERY_TIMEOUT, PostgresGrantStore};
 pub use refresh::REFRESH_LEASE;
 pub use refresh_token::RefreshToken;
 pub use stored_grant::{GrantState, StoredAccessToken, StoredGrant};

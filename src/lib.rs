@@ -325,6 +325,8 @@
 //!   [Errors](#errors). `tower` (default): [`BearerAuthLayer`]. Either: [`RateLimitRetry`].
 //! * `shared-cache`: a token cache shared by a fleet ([`TokenStore`]); `redis` adds
 //!   [`RedisStore`].
+//! * `postgres`: [`PostgresGrantStore`], third-party apps' grants in PostgreSQL, encrypted
+//!   under a [`GrantKey`].
 //! * `test-util`: [`testing::SandboxServer`], a local stand-in for Understory's auth server
 //!   and API (with `webhooks`, `testing::WebhookSandbox`).
 //! * `webhooks`: the [`webhooks`] module: [`WebhookVerifier`](webhooks::WebhookVerifier),
@@ -392,6 +394,12 @@ pub use app::{
 };
 #[cfg(all(feature = "app", feature = "tower"))]
 pub use app::{ConnectionAuth, ConnectionAuthFuture, ConnectionAuthLayer};
+#[cfg(feature = "postgres")]
+pub use app::{GrantKey, POSTGRES_QUERY_TIMEOUT, PostgresGrantStore};
+/// The `deadpool-postgres` crate (and through it `tokio-postgres`), re-exported: a
+/// [`PostgresGrantStore`] takes its `Pool`, so build the pool with this version.
+#[cfg(feature = "postgres")]
+pub use deadpool_postgres;
 #[cfg(feature = "tower")]
 pub use layer::{BearerAuth, BearerAuthFuture, BearerAuthLayer, RetryOnUnauthorized};
 pub use origin::SkipAuth;

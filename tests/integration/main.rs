@@ -12,6 +12,8 @@ mod hygiene;
 mod layer;
 mod middleware;
 mod network;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod rate_limit;
 mod sandbox;
 mod soak;
