@@ -459,26 +459,31 @@ impl Framing {
     /// Follows `bytes`, returning how many top-level values they complete.
     fn feed(&mut self, mut bytes: &[u8]) -> Result<u64, Refusal> {
         let mut completed = 0;
-        while !bytes.is_empty() {
+        while let Some(&byte) = bytes.first() {
             let taken = match self.state {
                 State::Blob { left } => {
                     let taken = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
-                    let left = left - taken as u64;
-                    self.state = State::Blob { left };
-                    if left == 0 {
-                        self.state = State::Type;
-                        completed += u64::from(self.complete_value());
-                    }
+                    self.state = match left - taken as u64 {
+                        0 => {
+                            completed += u64::from(self.complete_value());
+                            State::Type
+                        }
+                        left => State::Blob { left },
+                    };
                     taken
                 }
-                State::Type => {
-                    self.start(bytes[0])?;
+                State::Type if b"+-:_,#($!=*%~>|".contains(&byte) => {
+                    self.state = State::Line {
+                        kind: byte,
+                        number: None,
+                        negative: false,
+                        after_cr: false,
+                    };
                     1
                 }
+                State::Type => return Err(Refusal::Malformed),
                 State::Line { .. } => {
-                    if let Some(done) = self.line_byte(bytes[0])? {
-                        completed += u64::from(done);
-                    }
+                    completed += u64::from(self.line_byte(byte)?);
                     1
                 }
             };
@@ -494,21 +499,8 @@ impl Framing {
         Ok(completed)
     }
 
-    fn start(&mut self, kind: u8) -> Result<(), Refusal> {
-        if !b"+-:_,#($!=*%~>|".contains(&kind) {
-            return Err(Refusal::Malformed);
-        }
-        self.state = State::Line {
-            kind,
-            number: None,
-            negative: false,
-            after_cr: false,
-        };
-        Ok(())
-    }
-
-    /// One byte of a first line; at its end, whether a top-level value is complete.
-    fn line_byte(&mut self, byte: u8) -> Result<Option<bool>, Refusal> {
+    /// One byte of a first line; whether it completes a top-level value.
+    fn line_byte(&mut self, byte: u8) -> Result<bool, Refusal> {
         let State::Line {
             kind,
             number,
@@ -516,16 +508,15 @@ impl Framing {
             after_cr,
         } = self.state
         else {
-            return Ok(None);
+            return Ok(false);
         };
         let announces_length = b"$!=*%~>|".contains(&kind);
         if after_cr && byte == b'\n' {
             self.state = State::Type;
-            return if announces_length {
-                self.announced(kind, number.ok_or(Refusal::Malformed)?, negative)
-                    .map(Some)
-            } else {
-                Ok(Some(self.complete_value()))
+            return match (announces_length, number) {
+                (false, _) => Ok(self.complete_value()),
+                (true, Some(number)) => self.announced(kind, number, negative),
+                (true, None) => Err(Refusal::Malformed),
             };
         }
         let (number, negative) = if !announces_length || byte == b'\r' {
@@ -553,7 +544,7 @@ impl Framing {
             negative,
             after_cr: byte == b'\r',
         };
-        Ok(None)
+        Ok(false)
     }
 
     /// A length `number` (negative if `negative`) announced by a `kind` value; whether that
