@@ -368,20 +368,14 @@ impl AsyncRead for CappedStream {
             .unwrap_or(usize::MAX)
             .min(buf.remaining());
         let this = &mut *self;
-        let read = {
-            let mut limited = ReadBuf::new(buf.initialize_unfilled_to(room));
-            ready!(this.inner.as_mut().poll_read(cx, &mut limited))?;
-            limited.filled().len()
-        };
-        let before = buf.filled().len();
-        buf.advance(read);
-        match this.check_read(&buf.filled()[before..]) {
-            Ok(()) => Poll::Ready(Ok(())),
-            Err(refusal) => {
-                buf.set_filled(before);
-                Poll::Ready(Err(this.refuse(refusal)))
-            }
+        let mut limited = ReadBuf::new(buf.initialize_unfilled_to(room));
+        ready!(this.inner.as_mut().poll_read(cx, &mut limited))?;
+        if let Err(refusal) = this.check_read(limited.filled()) {
+            return Poll::Ready(Err(this.refuse(refusal)));
         }
+        let read = limited.filled().len();
+        buf.advance(read);
+        Poll::Ready(Ok(()))
     }
 }
 
