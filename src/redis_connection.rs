@@ -12,7 +12,7 @@ use std::time::Duration;
 use ::redis::aio::{AsyncStream, ConnectionLike, MultiplexedConnection};
 use ::redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, Pipeline,
-    RedisError, RedisFuture, RedisResult, Value, cmd,
+    RedisError, RedisFuture, RedisResult, ToRedisArgs, Value, cmd,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::JoinHandle;
@@ -103,6 +103,18 @@ impl LazyRedis {
 /// `EVAL script 1 key`, for the caller to add the script's arguments.
 pub(crate) fn eval(script: &str, key: &str) -> Cmd {
     cmd("EVAL").arg(script).arg(1).arg(key).take()
+}
+
+/// `SET key value PX ttl`.
+pub(crate) fn set_px(key: &str, value: impl ToRedisArgs, ttl: Duration) -> Cmd {
+    cmd("SET").arg(key).arg(value).arg("PX").arg(px(ttl)).take()
+}
+
+/// Deletes `key` only if it still holds `value` (its owner's), so that a holder whose lock or
+/// claim expired cannot delete the next holder's; answers how many keys it deleted.
+pub(crate) fn delete_if_holds(key: &str, value: &str) -> Cmd {
+    const SCRIPT: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
+    eval(SCRIPT, key).arg(value).take()
 }
 
 /// `duration` in whole milliseconds for `PX`, at least 1 (Redis refuses `PX 0`).
