@@ -372,7 +372,8 @@ impl UnderstoryAuthBuilder {
         grant: Grant,
         endpoints: Endpoints,
     ) -> Result<TokenCache<Endpoints>, Error> {
-        let grant = Arc::new(grant);
+        let mut source: Arc<dyn crate::source::TokenSource> = Arc::new(grant);
+        let mut load_timeout = self.token_timeout;
         #[cfg(feature = "shared-cache")]
         if let Some(store) = &self.shared_cache {
             let key = crate::store::SharedKey {
@@ -382,18 +383,12 @@ impl UnderstoryAuthBuilder {
                 scopes: self.credentials.scopes(),
             };
             let secret = self.credentials.client_secret();
-            let (source, max_fetch_time) =
-                store.wrap(grant, &key, secret, self.token_timeout, self.timing)?;
-            return Ok(TokenCache::new(
-                source,
-                max_fetch_time,
-                self.timing,
-                endpoints,
-            ));
+            (source, load_timeout) =
+                store.wrap(source, &key, secret, self.token_timeout, self.timing)?;
         }
         Ok(TokenCache::new(
-            grant,
-            self.token_timeout,
+            source,
+            load_timeout,
             self.timing,
             endpoints,
         ))

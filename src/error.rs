@@ -253,8 +253,9 @@ impl Error {
     /// 429, garbled answers; not rejected keys or scopes, configuration, a TLS setup).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Config { .. } | Error::MissingEnv { .. } => false,
-            Error::UnsupportedTokenType { .. } => false,
+            Error::Config { .. }
+            | Error::MissingEnv { .. }
+            | Error::UnsupportedTokenType { .. } => false,
             Error::OAuth { status, code, .. } => {
                 matches!(code.as_str(), "server_error" | "temporarily_unavailable")
                     || transient_status(*status)
@@ -508,12 +509,19 @@ fn describe_network(
     failed_ago: Option<Duration>,
 ) -> String {
     let cause = error_chain(error);
-    let via = match (proxy, proxy_from_env) {
-        (Some(proxy), true) => format!(" through the proxy {proxy} (from the environment)"),
-        (Some(proxy), false) => {
-            format!(" through the proxy {proxy} (set with configure_token_client)")
-        }
-        (None, _) => String::new(),
+    let (via, check) = match (proxy, proxy_from_env) {
+        (Some(proxy), true) => (
+            format!(" through the proxy {proxy} (from the environment)"),
+            "check that the proxy is up, or exempt the auth server's host with NO_PROXY",
+        ),
+        (Some(proxy), false) => (
+            format!(" through the proxy {proxy} (set with configure_token_client)"),
+            "check the proxy given to configure_token_client and token_url",
+        ),
+        (None, _) => (
+            String::new(),
+            "check the network and token_url (no proxy was used; set HTTPS_PROXY if one is needed)",
+        ),
     };
     let when = match (next_attempt_in, failed_ago) {
         (Some(next), Some(ago)) => format!(
@@ -529,15 +537,6 @@ fn describe_network(
             "the TLS connection to the auth server{via} failed: {cause}; check token_url, and if a proxy inspects TLS or the server uses a private CA, trust its root certificate with UnderstoryAuthBuilder::configure_token_client"
         );
     }
-    let check = match (proxy, proxy_from_env) {
-        (Some(_), true) => {
-            "check that the proxy is up, or exempt the auth server's host with NO_PROXY"
-        }
-        (Some(_), false) => "check the proxy given to configure_token_client and token_url",
-        (None, _) => {
-            "check the network and token_url (no proxy was used; set HTTPS_PROXY if one is needed)"
-        }
-    };
     format!("could not reach the auth server{via}: {cause}; {check}{when}")
 }
 

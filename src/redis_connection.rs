@@ -12,7 +12,7 @@ use std::time::Duration;
 use ::redis::aio::{AsyncStream, ConnectionLike, MultiplexedConnection};
 use ::redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, Pipeline,
-    RedisError, RedisFuture, RedisResult, Value, cmd,
+    RedisError, RedisFuture, RedisResult, ToRedisArgs, Value, cmd,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::JoinHandle;
@@ -103,6 +103,18 @@ impl LazyRedis {
 /// `EVAL script 1 key`, for the caller to add the script's arguments.
 pub(crate) fn eval(script: &str, key: &str) -> Cmd {
     cmd("EVAL").arg(script).arg(1).arg(key).take()
+}
+
+/// `SET key value PX ttl`.
+pub(crate) fn set_px(key: &str, value: impl ToRedisArgs, ttl: Duration) -> Cmd {
+    cmd("SET").arg(key).arg(value).arg("PX").arg(px(ttl)).take()
+}
+
+/// Deletes `key` only if it still holds `value` (its owner's), so that a holder whose lock or
+/// claim expired cannot delete the next holder's; answers how many keys it deleted.
+pub(crate) fn delete_if_holds(key: &str, value: &str) -> Cmd {
+    const SCRIPT: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
+    eval(SCRIPT, key).arg(value).take()
 }
 
 /// `duration` in whole milliseconds for `PX`, at least 1 (Redis refuses `PX 0`).
@@ -368,20 +380,14 @@ impl AsyncRead for CappedStream {
             .unwrap_or(usize::MAX)
             .min(buf.remaining());
         let this = &mut *self;
-        let read = {
-            let mut limited = ReadBuf::new(buf.initialize_unfilled_to(room));
-            ready!(this.inner.as_mut().poll_read(cx, &mut limited))?;
-            limited.filled().len()
-        };
-        let before = buf.filled().len();
-        buf.advance(read);
-        match this.check_read(&buf.filled()[before..]) {
-            Ok(()) => Poll::Ready(Ok(())),
-            Err(refusal) => {
-                buf.set_filled(before);
-                Poll::Ready(Err(this.refuse(refusal)))
-            }
+        let mut limited = ReadBuf::new(buf.initialize_unfilled_to(room));
+        ready!(this.inner.as_mut().poll_read(cx, &mut limited))?;
+        if let Err(refusal) = this.check_read(limited.filled()) {
+            return Poll::Ready(Err(this.refuse(refusal)));
         }
+        let read = limited.filled().len();
+        buf.advance(read);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -459,26 +465,31 @@ impl Framing {
     /// Follows `bytes`, returning how many top-level values they complete.
     fn feed(&mut self, mut bytes: &[u8]) -> Result<u64, Refusal> {
         let mut completed = 0;
-        while !bytes.is_empty() {
+        while let Some(&byte) = bytes.first() {
             let taken = match self.state {
                 State::Blob { left } => {
                     let taken = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
-                    let left = left - taken as u64;
-                    self.state = State::Blob { left };
-                    if left == 0 {
-                        self.state = State::Type;
-                        completed += u64::from(self.complete_value());
-                    }
+                    self.state = match left - taken as u64 {
+                        0 => {
+                            completed += u64::from(self.complete_value());
+                            State::Type
+                        }
+                        left => State::Blob { left },
+                    };
                     taken
                 }
-                State::Type => {
-                    self.start(bytes[0])?;
+                State::Type if b"+-:_,#($!=*%~>|".contains(&byte) => {
+                    self.state = State::Line {
+                        kind: byte,
+                        number: None,
+                        negative: false,
+                        after_cr: false,
+                    };
                     1
                 }
+                State::Type => return Err(Refusal::Malformed),
                 State::Line { .. } => {
-                    if let Some(done) = self.line_byte(bytes[0])? {
-                        completed += u64::from(done);
-                    }
+                    completed += u64::from(self.line_byte(byte)?);
                     1
                 }
             };
@@ -494,21 +505,8 @@ impl Framing {
         Ok(completed)
     }
 
-    fn start(&mut self, kind: u8) -> Result<(), Refusal> {
-        if !b"+-:_,#($!=*%~>|".contains(&kind) {
-            return Err(Refusal::Malformed);
-        }
-        self.state = State::Line {
-            kind,
-            number: None,
-            negative: false,
-            after_cr: false,
-        };
-        Ok(())
-    }
-
-    /// One byte of a first line; at its end, whether a top-level value is complete.
-    fn line_byte(&mut self, byte: u8) -> Result<Option<bool>, Refusal> {
+    /// One byte of a first line; whether it completes a top-level value.
+    fn line_byte(&mut self, byte: u8) -> Result<bool, Refusal> {
         let State::Line {
             kind,
             number,
@@ -516,16 +514,15 @@ impl Framing {
             after_cr,
         } = self.state
         else {
-            return Ok(None);
+            return Ok(false);
         };
         let announces_length = b"$!=*%~>|".contains(&kind);
         if after_cr && byte == b'\n' {
             self.state = State::Type;
-            return if announces_length {
-                self.announced(kind, number.ok_or(Refusal::Malformed)?, negative)
-                    .map(Some)
-            } else {
-                Ok(Some(self.complete_value()))
+            return match (announces_length, number) {
+                (false, _) => Ok(self.complete_value()),
+                (true, Some(number)) => self.announced(kind, number, negative),
+                (true, None) => Err(Refusal::Malformed),
             };
         }
         let (number, negative) = if !announces_length || byte == b'\r' {
@@ -553,7 +550,7 @@ impl Framing {
             negative,
             after_cr: byte == b'\r',
         };
-        Ok(None)
+        Ok(false)
     }
 
     /// A length `number` (negative if `negative`) announced by a `kind` value; whether that

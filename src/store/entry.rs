@@ -152,12 +152,7 @@ impl EntryCodec {
             aad: self.key.as_bytes(),
         };
         let sealed = self.cipher.encrypt(&nonce, payload).ok()?;
-        let mut value = Vec::with_capacity(1 + KEY_ID_LEN + NONCE_LEN + sealed.len());
-        value.push(VERSION);
-        value.extend_from_slice(&self.key_id);
-        value.extend_from_slice(&nonce);
-        value.extend_from_slice(&sealed);
-        Some(value)
+        Some([&[VERSION][..], &self.key_id, &nonce, &sealed].concat())
     }
 
     /// The entry in `value`, if it is authentic: sealed by a holder of the secret, for this

@@ -3,21 +3,17 @@
 use std::fmt;
 use std::time::Duration;
 
-use ::redis::{Client, Cmd, FromRedisValue, TlsCertificates, cmd};
+use ::redis::{Client, Cmd, FromRedisValue, TlsCertificates};
 use async_trait::async_trait;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 use super::entry::MAX_ENTRY_BYTES;
 use super::{STORE_TIMEOUT, StoreError, TokenStore};
-use crate::redis_connection::{LazyRedis, MAX_REPLY_BYTES, eval, px};
+use crate::redis_connection::{LazyRedis, MAX_REPLY_BYTES, delete_if_holds, eval, px, set_px};
 
 // The read's reply must fit in what the connection accepts.
 const _: () = assert!(MAX_ENTRY_BYTES + 1 + 64 <= MAX_REPLY_BYTES);
-
-/// Deletes a lock only if it still holds its owner's value, so a holder whose lock expired
-/// cannot release the next holder's.
-const UNLOCK_SCRIPT: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
 
 /// At most the first `ARGV[1] + 1` bytes of the value and its `PTTL`, in one atomic step, or
 /// nil when there is no value (`GETRANGE` of a missing key is empty; entries never are).
@@ -139,8 +135,7 @@ impl TokenStore for RedisStore {
     }
 
     async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
-        self.query(cmd("SET").arg(key).arg(value).arg("PX").arg(px(ttl)))
-            .await
+        self.query(&set_px(key, value, ttl)).await
     }
 
     async fn next_generation(&self, key: &str) -> Result<u64, StoreError> {
@@ -151,20 +146,12 @@ impl TokenStore for RedisStore {
     }
 
     async fn try_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let set = cmd("SET")
-            .arg(key)
-            .arg(owner)
-            .arg("NX")
-            .arg("PX")
-            .arg(px(ttl))
-            .take();
-        let answer: Option<String> = self.query(&set).await?;
+        let answer: Option<String> = self.query(set_px(key, owner, ttl).arg("NX")).await?;
         Ok(answer.is_some())
     }
 
     async fn unlock(&self, key: &str, owner: &str) -> Result<(), StoreError> {
-        let eval = eval(UNLOCK_SCRIPT, key).arg(owner).take();
-        let _deleted: i64 = self.query(&eval).await?;
+        let _deleted: i64 = self.query(&delete_if_holds(key, owner)).await?;
         Ok(())
     }
 }

@@ -51,22 +51,20 @@ impl Secret {
 impl WebhookSandbox {
     /// A sandbox with a random secret.
     pub fn new() -> Self {
-        let current = Secret::random();
+        Self::signing_with(Secret::random())
+    }
+
+    /// A sandbox that signs with `secret` (`whsec_<base64>` or the bare base64).
+    pub fn with_secret(secret: &str) -> Result<Self, WebhookError> {
+        Secret::parse(secret).map(Self::signing_with)
+    }
+
+    fn signing_with(current: Secret) -> Self {
         WebhookSandbox {
             current,
             previous: None,
             client: OnceLock::new(),
         }
-    }
-
-    /// A sandbox that signs with `secret` (`whsec_<base64>` or the bare base64).
-    pub fn with_secret(secret: &str) -> Result<Self, WebhookError> {
-        let current = Secret::parse(secret)?;
-        Ok(WebhookSandbox {
-            current,
-            previous: None,
-            client: OnceLock::new(),
-        })
     }
 
     /// The current signing secret, to give the receiver's verifier.

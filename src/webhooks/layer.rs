@@ -295,15 +295,22 @@ struct Claimed {
 }
 
 impl Claimed {
-    /// Releases the claim after a failed run.
-    fn release(self) -> BoxFuture<'static, ()> {
+    /// Records the id as processed after a successful run, or releases it after a failed one.
+    fn finish(self, succeeded: bool) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            if let Err(error) = self.store.0.release(&self.key, &self.owner).await {
-                tracing::warn!(
-                    webhook_id = %self.id,
-                    %error,
-                    "could not release a webhook id after its processing failed; its redeliveries are answered 409 until the lease runs out"
-                );
+            let (recorded, failure) = if succeeded {
+                (
+                    self.store.0.complete(&self.key, &self.owner),
+                    "could not record a webhook id as processed; a redelivery after the lease will be processed again",
+                )
+            } else {
+                (
+                    self.store.0.release(&self.key, &self.owner),
+                    "could not release a webhook id after its processing failed; its redeliveries are answered 409 until the lease runs out",
+                )
+            };
+            if let Err(error) = recorded.await {
+                tracing::warn!(webhook_id = %self.id, %error, "{failure}");
             }
         })
     }
@@ -314,20 +321,7 @@ impl Claimed {
             webhook_id = %self.id,
             "a webhook's processing was dropped before it finished; releasing its id"
         );
-        self.release()
-    }
-
-    /// Records the id as processed after a successful run.
-    fn complete(self) -> BoxFuture<'static, ()> {
-        Box::pin(async move {
-            if let Err(error) = self.store.0.complete(&self.key, &self.owner).await {
-                tracing::warn!(
-                    webhook_id = %self.id,
-                    %error,
-                    "could not record a webhook id as processed; a redelivery after the lease will be processed again"
-                );
-            }
-        })
+        self.finish(false)
     }
 }
 
@@ -414,11 +408,7 @@ where
                         .is_ok_and(|response| response.status().is_success());
                     match claimed.take() {
                         Some(claimed) => State::Finishing {
-                            finish: Some(if succeeded {
-                                claimed.complete()
-                            } else {
-                                claimed.release()
-                            }),
+                            finish: Some(claimed.finish(succeeded)),
                             outcome: Some(outcome),
                         },
                         None => return Poll::Ready(outcome),

@@ -56,9 +56,8 @@ pub struct MemoryWebhookDedup {
 type Hashed = [u8; 16];
 
 fn hashed(text: &str) -> Hashed {
-    let mut out = [0; 16];
-    out.copy_from_slice(&Sha256::digest(text.as_bytes())[..16]);
-    out
+    let digest = Sha256::digest(text.as_bytes());
+    Hashed::try_from(&digest[..16]).unwrap_or_default()
 }
 
 /// One id's state.

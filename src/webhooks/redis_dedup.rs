@@ -3,12 +3,12 @@
 use std::fmt;
 use std::time::Duration;
 
-use ::redis::{Client, Cmd, FromRedisValue, cmd};
+use ::redis::{Client, Cmd, FromRedisValue};
 use async_trait::async_trait;
 
 use super::dedup::bounded;
 use super::{DEFAULT_WEBHOOK_DEDUP_TTL, WebhookDedup, WebhookDedupError, WebhookIdState};
-use crate::redis_connection::{LazyRedis, eval, px};
+use crate::redis_connection::{LazyRedis, delete_if_holds, eval, px, set_px};
 
 /// The prefix of every key a [`RedisWebhookDedup`] writes; the layer's namespace, `:` and
 /// the `webhook-id` follow.
@@ -30,14 +30,6 @@ if not found then
 end
 if found == 'done' then return 2 end
 return 1
-";
-
-/// Deletes `KEYS[1]` if `ARGV[1]` (`claimed:<owner>`) still holds it.
-const RELEASE_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
 ";
 
 /// A [`WebhookDedup`] on Redis (feature `redis`), shared by every receiver that uses the
@@ -120,20 +112,13 @@ impl WebhookDedup for RedisWebhookDedup {
     }
 
     async fn complete(&self, key: &str, _owner: &str) -> Result<(), WebhookDedupError> {
-        let set = cmd("SET")
-            .arg(format!("{KEY_PREFIX}{key}"))
-            .arg(DONE)
-            .arg("PX")
-            .arg(px(self.ttl))
-            .take();
-        let _ok: String = self.run(&set).await?;
+        let done = set_px(&format!("{KEY_PREFIX}{key}"), DONE, self.ttl);
+        let _ok: String = self.run(&done).await?;
         Ok(())
     }
 
     async fn release(&self, key: &str, owner: &str) -> Result<(), WebhookDedupError> {
-        let release = eval(RELEASE_SCRIPT, &format!("{KEY_PREFIX}{key}"))
-            .arg(format!("claimed:{owner}"))
-            .take();
+        let release = delete_if_holds(&format!("{KEY_PREFIX}{key}"), &format!("claimed:{owner}"));
         let _deleted: i64 = self.run(&release).await?;
         Ok(())
     }

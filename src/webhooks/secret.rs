@@ -41,11 +41,9 @@ impl WebhookSecret {
     /// The HMAC of the signed content `{id}.{timestamp}.{body}`, ready to finalize.
     pub(crate) fn mac(&self, id: &str, timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
         let mut mac = self.keyed.clone();
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.as_bytes());
-        mac.update(b".");
-        mac.update(body);
+        for part in [id.as_bytes(), b".", timestamp.as_bytes(), b".", body] {
+            mac.update(part);
+        }
         mac
     }
 
@@ -56,9 +54,7 @@ impl WebhookSecret {
     pub(crate) fn tag(&self) -> [u8; 8] {
         let mut mac = self.keyed.clone();
         mac.update(NAMESPACE_LABEL);
-        let mut tag = [0; 8];
-        tag.copy_from_slice(&mac.finalize().into_bytes()[..8]);
-        tag
+        <[u8; 8]>::try_from(&mac.finalize().into_bytes()[..8]).unwrap_or_default()
     }
 
     /// The `v1,<base64>` signature of a message, as a sender puts it in `webhook-signature`.
