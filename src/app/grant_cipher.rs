@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 
 use super::company::Company;
 use super::refresh_token::RefreshToken;
-use super::stored_grant::{GrantState, StoredGrant};
+use super::stored_grant::{GrantState, StoredAccessToken, StoredGrant};
 use crate::Error;
 
 /// The sealed format's version, its first byte and part of the associated data.
@@ -182,6 +182,23 @@ struct Plain<'a> {
     scopes: Cow<'a, [String]>,
     refreshed_at_unix_ms: u64,
     state: GrantState,
+    /// The last refresh's access token, for the fleet to share (absent in older rows).
+    #[serde(default, borrow)]
+    access_token: Option<PlainAccess<'a>>,
+}
+
+/// [`StoredAccessToken`] in the plaintext.
+#[derive(Serialize, Deserialize)]
+struct PlainAccess<'a> {
+    #[serde(borrow)]
+    token: Cow<'a, str>,
+    obtained_at_unix_ms: u64,
+    lifetime_ms: u64,
+}
+
+fn unix_ms(at: std::time::SystemTime) -> u64 {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
 struct KeyCipher {
@@ -237,16 +254,17 @@ impl GrantCipher {
     /// fresh random nonce. Fails (permanently) if the system's random generator fails or the
     /// grant would seal larger than [`MAX_SEALED_BYTES`].
     pub(crate) fn seal(&self, connection_key: &str, grant: &StoredGrant) -> Result<Sealed, String> {
-        let refreshed_at = grant
-            .refreshed_at
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
         let plain = Plain {
             refresh_token: Cow::Borrowed(grant.refresh_token.expose_secret()),
             company: Cow::Borrowed(&grant.company),
             scopes: Cow::Borrowed(&grant.scopes),
-            refreshed_at_unix_ms: u64::try_from(refreshed_at.as_millis()).unwrap_or(u64::MAX),
+            refreshed_at_unix_ms: unix_ms(grant.refreshed_at),
             state: grant.state,
+            access_token: grant.access_token.as_ref().map(|access| PlainAccess {
+                token: Cow::Borrowed(access.expose_secret()),
+                obtained_at_unix_ms: unix_ms(access.obtained_at),
+                lifetime_ms: u64::try_from(access.lifetime.as_millis()).unwrap_or(u64::MAX),
+            }),
         };
         let plain = Zeroizing::new(
             serde_json::to_vec(&plain).map_err(|_| "cannot encode the grant".to_owned())?,
@@ -322,6 +340,16 @@ impl GrantCipher {
         );
         grant.state = plain.state;
         grant.version = version;
+        grant.access_token = plain.access_token.and_then(|access| {
+            let obtained_at =
+                UNIX_EPOCH.checked_add(Duration::from_millis(access.obtained_at_unix_ms))?;
+            let lifetime = Duration::from_millis(access.lifetime_ms);
+            Some(StoredAccessToken::new(
+                access.token.into_owned(),
+                obtained_at,
+                lifetime,
+            ))
+        });
         Ok(grant)
     }
 
@@ -411,9 +439,22 @@ mod tests {
         assert_eq!(opened.company, Company::new("cmp_1", "Fjord Kayaks"));
         assert_eq!(opened.scopes, ["openid", "offline"]);
         assert_eq!(opened.refreshed_at, grant("x").refreshed_at);
+        assert!(opened.access_token.is_none());
         // A fresh nonce each time.
         let again = cipher.seal("tenant-42", &grant("ory_rt_SECRET")).unwrap();
         assert_ne!(again.bytes, sealed.bytes);
+        // The fleet's shared access token is sealed too.
+        let mut with_access = grant("ory_rt_SECRET");
+        let obtained = with_access.refreshed_at;
+        let lifetime = Duration::from_secs(3600);
+        with_access.access_token =
+            Some(StoredAccessToken::new("ory_at_SHARED", obtained, lifetime));
+        let sealed = cipher.seal("tenant-42", &with_access).unwrap();
+        assert!(!String::from_utf8_lossy(&sealed.bytes).contains("SHARED"));
+        let opened = cipher.open("tenant-42", "k1", &sealed.bytes, 18).unwrap();
+        let access = opened.access_token.expect("the access token");
+        assert_eq!(access.expose_secret(), "ory_at_SHARED");
+        assert_eq!((access.obtained_at, access.lifetime), (obtained, lifetime));
     }
 
     #[test]
