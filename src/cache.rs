@@ -153,7 +153,14 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
     fn copy_current(&self) -> Option<Arc<Held>> {
         let now = Instant::now();
         let token = self.usable(now)?;
-        let held = self.hold(token.thread_copy());
+        let cache = Arc::downgrade(&self.shared) as Weak<dyn Reject>;
+        let doubt = Arc::clone(&self.shared.doubt);
+        if !local::has_room(&cache) {
+            // A thread using more caches than it keeps copies of (an app with many
+            // connections): the shared token itself, one allocation, nothing kept.
+            return Some(Held::new(token, doubt, cache));
+        }
+        let held = Held::new(token.thread_copy(), doubt, cache);
         local::keep(&held, token.refresh_at().saturating_duration_since(now));
         Some(held)
     }

@@ -7,12 +7,13 @@
 //! tests and platforms without it use tokio's clock.
 
 use std::cell::RefCell;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use self::clock::Tick;
-use super::rejection::Held;
+
+use super::rejection::{Held, Reject};
 use crate::token::AccessToken;
 
 /// How far before the refresh instant the coarse clock must be: many kernel ticks.
@@ -76,6 +77,22 @@ pub(super) fn find<R>(current: &Current, read: impl Fn(&Arc<Held>) -> R) -> Foun
 }
 
 /// Keeps `held` (refresh due in `lead`) in place of its cache's old copy or a dead cache's.
+/// Whether this thread can keep a copy for `cache`: it has one to replace, or a free or
+/// dead cache's place. A thread that alternates between more caches than it keeps copies
+/// of uses the shared token for the others rather than copying at every turn.
+pub(super) fn has_room(cache: &Weak<dyn Reject>) -> bool {
+    COPIES
+        .try_with(|copies| {
+            let copies = copies.try_borrow().ok()?;
+            let room = copies.len() < COPIES_PER_THREAD
+                || copies.iter().any(|c| c.held.of_cache(cache) || c.held.orphaned());
+            Some(room)
+        })
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
 pub(super) fn keep(held: &Arc<Held>, lead: Duration) {
     let copy = ThreadCopy {
         id: held.token().id().get(),
@@ -92,10 +109,7 @@ pub(super) fn keep(held: &Arc<Held>, lead: Duration) {
         match reusable {
             Some(i) => copies[i] = copy,
             None if copies.len() < COPIES_PER_THREAD => copies.push(copy),
-            None => {
-                copies.remove(0);
-                copies.push(copy);
-            }
+            None => {}
         }
     });
 }

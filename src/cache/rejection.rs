@@ -160,6 +160,11 @@ impl Held {
         self.cache.ptr_eq(&other.cache)
     }
 
+    /// Whether it comes from `cache`.
+    pub(super) fn of_cache(&self, cache: &Weak<dyn Reject>) -> bool {
+        self.cache.ptr_eq(cache)
+    }
+
     pub(super) fn orphaned(&self) -> bool {
         self.cache.strong_count() == 0
     }

@@ -124,6 +124,13 @@ async fn a_thread_keeps_copies_for_many_caches() {
         }
     }
     COPIES.with(|copies| assert_eq!(copies.borrow().len(), COPIES_PER_THREAD));
+    // The first caches keep their copies; the others hand out the shared token, and no copy
+    // is made (or evicts another) at each turn.
+    for (n, cache) in caches.iter().enumerate() {
+        let (a, b) = (cache.fresh_held().unwrap(), cache.fresh_held().unwrap());
+        assert_eq!(Arc::ptr_eq(&a, &b), n < COPIES_PER_THREAD, "cache {n}");
+        assert_eq!(a.token().id(), ids[n]);
+    }
 }
 
 #[tokio::test(start_paused = true)]
