@@ -6,7 +6,7 @@
 //! less than the tolerance, so it never passes a token the precise clock finds due. Unit
 //! tests and platforms without it use tokio's clock.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -77,11 +77,20 @@ pub(super) fn find<R>(current: &Current, read: impl Fn(&Arc<Held>) -> R) -> Foun
 }
 
 /// Keeps `held` (refresh due in `lead`) in place of its cache's old copy or a dead cache's.
-/// Whether this thread can keep a copy for `cache`: it has one to replace, or a free or
-/// dead cache's place. A thread that alternates between more caches than it keeps copies
-/// of uses the shared token for the others rather than copying at every turn.
+/// Of the misses of a thread whose copies are all taken by other live caches, one in this
+/// many makes a copy (in place of the oldest): a connection that turns hot gets one after a
+/// few calls, while calls spread over many connections do not copy at every turn.
+const ADMIT_EVERY: u32 = 16;
+
+thread_local! {
+    static CROWDED_MISSES: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether this thread should keep a copy for `cache`: it has one to replace, a free or dead
+/// cache's place, or (one miss in [`ADMIT_EVERY`]) the oldest copy's. Otherwise the cache
+/// hands out the shared token.
 pub(super) fn has_room(cache: &Weak<dyn Reject>) -> bool {
-    COPIES
+    let room = COPIES
         .try_with(|copies| {
             let copies = copies.try_borrow().ok()?;
             let room = copies.len() < COPIES_PER_THREAD
@@ -89,8 +98,18 @@ pub(super) fn has_room(cache: &Weak<dyn Reject>) -> bool {
             Some(room)
         })
         .ok()
-        .flatten()
-        .unwrap_or(false)
+        .flatten();
+    match room {
+        Some(true) => true,
+        Some(false) => CROWDED_MISSES
+            .try_with(|misses| {
+                let n = misses.get().wrapping_add(1);
+                misses.set(n);
+                n % ADMIT_EVERY == 0
+            })
+            .unwrap_or(false),
+        None => false,
+    }
 }
 
 pub(super) fn keep(held: &Arc<Held>, lead: Duration) {
@@ -109,7 +128,10 @@ pub(super) fn keep(held: &Arc<Held>, lead: Duration) {
         match reusable {
             Some(i) => copies[i] = copy,
             None if copies.len() < COPIES_PER_THREAD => copies.push(copy),
-            None => {}
+            None => {
+                copies.remove(0);
+                copies.push(copy);
+            }
         }
     });
 }

@@ -125,12 +125,19 @@ async fn a_thread_keeps_copies_for_many_caches() {
     }
     COPIES.with(|copies| assert_eq!(copies.borrow().len(), COPIES_PER_THREAD));
     // The first caches keep their copies; the others hand out the shared token, and no copy
-    // is made (or evicts another) at each turn.
-    for (n, cache) in caches.iter().enumerate() {
+    // is made at each turn.
+    for (n, cache) in caches.iter().enumerate().take(COPIES_PER_THREAD + 1) {
         let (a, b) = (cache.fresh_held().unwrap(), cache.fresh_held().unwrap());
         assert_eq!(Arc::ptr_eq(&a, &b), n < COPIES_PER_THREAD, "cache {n}");
         assert_eq!(a.token().id(), ids[n]);
     }
+    // A cache that keeps being asked gets a copy after a few calls.
+    let hot = caches.last().unwrap();
+    for _ in 0..ADMIT_EVERY {
+        hot.fresh_held().unwrap();
+    }
+    let (a, b) = (hot.fresh_held().unwrap(), hot.fresh_held().unwrap());
+    assert!(Arc::ptr_eq(&a, &b), "the hot cache has its copy");
 }
 
 #[tokio::test(start_paused = true)]
