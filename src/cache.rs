@@ -118,12 +118,12 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
     /// The hot path: this thread's copy of the cached token if usable; past its refresh
     /// instant, it also starts a background refresh.
     pub(crate) fn fresh(&self) -> Option<AccessToken> {
-        self.lookup(|held| held.token().clone())
+        self.lookup(|held| held.token().clone(), |token| token)
     }
 
     /// [`TokenCache::fresh`] with the handle the API's answer is reported to.
     pub(crate) fn fresh_held(&self) -> Option<Arc<Held>> {
-        self.lookup(Arc::clone)
+        self.lookup(Arc::clone, |token| self.hold(token))
     }
 
     /// The handle the API's answer is reported to, for a token obtained by a fetch.
@@ -132,37 +132,53 @@ impl<M: Send + Sync + 'static> TokenCache<M> {
         Held::new(token, Arc::clone(&self.shared.doubt), cache)
     }
 
+    /// The usable token as `read` makes it of this thread's copy, or, for a thread using
+    /// more caches than it keeps copies of, as `shared` makes it of the slot's own token.
     #[inline]
-    fn lookup<R>(&self, read: impl Fn(&Arc<Held>) -> R) -> Option<R> {
+    fn lookup<R>(
+        &self,
+        read: impl Fn(&Arc<Held>) -> R,
+        shared: impl FnOnce(AccessToken) -> R,
+    ) -> Option<R> {
         let held = match local::find(&self.shared.current, &read) {
             Found::Fast(value) => return Some(value),
             Found::Near(held) => held,
-            Found::Missing => self.copy_current()?,
+            Found::Missing => match self.copy_current()? {
+                Ok(held) => held,
+                Err(token) => {
+                    self.due(&token, Instant::now())?;
+                    return Some(shared(token));
+                }
+            },
         };
-        let now = Instant::now();
-        if now >= held.token().usable_until() {
-            return None;
-        }
-        if now >= held.token().refresh_at() {
-            self.refresh_in_background(now);
-        }
+        self.due(held.token(), Instant::now())?;
         Some(read(&held))
     }
 
-    /// Copies the slot's token for this thread, if usable, and keeps the copy.
-    fn copy_current(&self) -> Option<Arc<Held>> {
+    /// `Some` if `token` may still be handed out at `now`; past its refresh instant, a
+    /// background refresh starts.
+    fn due(&self, token: &AccessToken, now: Instant) -> Option<()> {
+        if now >= token.usable_until() {
+            return None;
+        }
+        if now >= token.refresh_at() {
+            self.refresh_in_background(now);
+        }
+        Some(())
+    }
+
+    /// Copies the slot's token for this thread, if usable, and keeps the copy; or, for a
+    /// thread using more caches than it keeps copies of, the slot's token itself (`Err`).
+    fn copy_current(&self) -> Option<Result<Arc<Held>, AccessToken>> {
         let now = Instant::now();
         let token = self.usable(now)?;
-        let cache = Arc::downgrade(&self.shared) as Weak<dyn Reject>;
-        let doubt = Arc::clone(&self.shared.doubt);
-        if !local::has_room(&cache) {
-            // A thread using more caches than it keeps copies of (an app with many
-            // connections): the shared token itself, one allocation, nothing kept.
-            return Some(Held::new(token, doubt, cache));
+        if !local::has_room(Arc::as_ptr(&self.shared).cast()) {
+            return Some(Err(token));
         }
-        let held = Held::new(token.thread_copy(), doubt, cache);
+        let cache = Arc::downgrade(&self.shared) as Weak<dyn Reject>;
+        let held = Held::new(token.thread_copy(), Arc::clone(&self.shared.doubt), cache);
         local::keep(&held, token.refresh_at().saturating_duration_since(now));
-        Some(held)
+        Some(Ok(held))
     }
 
     /// A usable token: the cached one, or a fetch's outcome (joined or started). A fetch

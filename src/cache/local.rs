@@ -7,13 +7,13 @@
 //! tests and platforms without it use tokio's clock.
 
 use std::cell::{Cell, RefCell};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use self::clock::Tick;
 
-use super::rejection::{Held, Reject};
+use super::rejection::Held;
 use crate::token::AccessToken;
 
 /// How far before the refresh instant the coarse clock must be: many kernel ticks.
@@ -89,12 +89,14 @@ thread_local! {
 /// Whether this thread should keep a copy for `cache`: it has one to replace, a free or dead
 /// cache's place, or (one miss in [`ADMIT_EVERY`]) the oldest copy's. Otherwise the cache
 /// hands out the shared token.
-pub(super) fn has_room(cache: &Weak<dyn Reject>) -> bool {
+pub(super) fn has_room(cache: *const ()) -> bool {
     let room = COPIES
         .try_with(|copies| {
             let copies = copies.try_borrow().ok()?;
             let room = copies.len() < COPIES_PER_THREAD
-                || copies.iter().any(|c| c.held.of_cache(cache) || c.held.orphaned());
+                || copies
+                    .iter()
+                    .any(|c| c.held.of_cache(cache) || c.held.orphaned());
             Some(room)
         })
         .ok()

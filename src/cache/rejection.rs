@@ -160,9 +160,9 @@ impl Held {
         self.cache.ptr_eq(&other.cache)
     }
 
-    /// Whether it comes from `cache`.
-    pub(super) fn of_cache(&self, cache: &Weak<dyn Reject>) -> bool {
-        self.cache.ptr_eq(cache)
+    /// Whether it comes from the cache at `cache` (its shared state's address).
+    pub(super) fn of_cache(&self, cache: *const ()) -> bool {
+        std::ptr::addr_eq(self.cache.as_ptr(), cache)
     }
 
     pub(super) fn orphaned(&self) -> bool {
