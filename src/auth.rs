@@ -32,12 +32,12 @@ use crate::token::AccessToken;
 /// ```
 #[derive(Clone)]
 pub struct UnderstoryAuth {
-    cache: TokenCache<Endpoints>,
+    cache: TokenCache<Arc<Endpoints>>,
     retry_unauthorized: bool,
 }
 
-/// Where tokens come from and where they may go, kept beside the cache.
-#[derive(Clone)]
+/// Where tokens come from and where they may go, kept beside the cache (an `Arc`: a
+/// third-party app's connections share one).
 pub(crate) struct Endpoints {
     pub(crate) origins: AllowedOrigins,
     pub(crate) api_base: Url,
@@ -52,7 +52,7 @@ impl UnderstoryAuth {
         self.cache.seed(granted);
     }
 
-    pub(crate) fn from_cache(cache: TokenCache<Endpoints>) -> Self {
+    pub(crate) fn from_cache(cache: TokenCache<Arc<Endpoints>>) -> Self {
         UnderstoryAuth {
             cache,
             retry_unauthorized: true,

@@ -360,7 +360,7 @@ impl UnderstoryAuth {
             source,
             DEFAULT_TOKEN_TIMEOUT,
             Timing::default(),
-            endpoints,
+            Arc::new(endpoints),
         ))
     }
 }
@@ -371,7 +371,7 @@ impl UnderstoryAuthBuilder {
         &self,
         grant: Grant,
         endpoints: Endpoints,
-    ) -> Result<TokenCache<Endpoints>, Error> {
+    ) -> Result<TokenCache<Arc<Endpoints>>, Error> {
         let mut source: Arc<dyn crate::source::TokenSource> = Arc::new(grant);
         let mut load_timeout = self.token_timeout;
         #[cfg(feature = "shared-cache")]
@@ -390,7 +390,7 @@ impl UnderstoryAuthBuilder {
             source,
             load_timeout,
             self.timing,
-            endpoints,
+            Arc::new(endpoints),
         ))
     }
 }

@@ -23,7 +23,7 @@ pub(crate) struct Connections {
     map: RwLock<HashMap<Arc<str>, Entry>>,
     max: usize,
     refresher: Arc<Refresher>,
-    endpoints: Endpoints,
+    endpoints: Arc<Endpoints>,
     timeout: Duration,
     timing: Timing,
     /// The clock `Entry::used` counts seconds on.
@@ -48,7 +48,7 @@ impl Connections {
             map: RwLock::new(HashMap::new()),
             max: max.max(1),
             refresher,
-            endpoints,
+            endpoints: Arc::new(endpoints),
             timeout,
             timing,
             epoch: Instant::now(),
@@ -108,7 +108,7 @@ impl Connections {
             key: key.to_owned(),
             refresher: Arc::clone(&self.refresher),
         });
-        let cache = TokenCache::new(source, self.timeout, self.timing, self.endpoints.clone());
+        let cache = TokenCache::new(source, self.timeout, self.timing, Arc::clone(&self.endpoints));
         if let Some(seed) = seed {
             cache.seed(seed);
         }
