@@ -218,8 +218,11 @@
 //! and fails its requests with [`Error::NeedsReauthorization`] without further token
 //! requests until the company connects again. Refresh tokens die unused after 720 h at
 //! Hydra's defaults: run [`keep_alive`](UnderstoryApp::keep_alive) daily. At most
-//! [`DEFAULT_MAX_CACHED_CONNECTIONS`] caches stay in memory; the least recently used one
-//! is dropped (its grant stays in the store). [`MemoryGrantStore`] suits tests and a single
+//! [`DEFAULT_MAX_CACHED_CONNECTIONS`] caches stay in memory (about 2.5 KB each); the least
+//! recently used one is dropped (its grant stays in the store). A connection's cache is
+//! made at its first request and each token's refresh instant is drawn at random within a
+//! fifth of its margin, so a fleet with thousands of connections sends no wave of refreshes;
+//! its processes share each connection's access token through the store. [`MemoryGrantStore`] suits tests and a single
 //! process that lets companies re-consent after a restart.
 //!
 //! ```
