@@ -222,8 +222,10 @@
 //! recently used one is dropped (its grant stays in the store). A connection's cache is
 //! made at its first request and each token's refresh instant is drawn at random within a
 //! fifth of its margin, so a fleet with thousands of connections sends no wave of refreshes;
-//! its processes share each connection's access token through the store. [`MemoryGrantStore`] suits tests and a single
-//! process that lets companies re-consent after a restart.
+//! its processes share each connection's access token through the store.
+//! [`MemoryGrantStore`] suits tests and a single process that lets companies re-consent
+//! after a restart; a fleet uses `PostgresGrantStore` (feature `postgres`), see
+//! [`GrantStore`].
 //!
 //! ```
 //! # #[cfg(all(feature = "test-util", feature = "middleware"))]
