@@ -372,7 +372,9 @@ impl UnderstoryAuthBuilder {
         grant: Grant,
         endpoints: Endpoints,
     ) -> Result<TokenCache<Arc<Endpoints>>, Error> {
+        #[cfg_attr(not(feature = "shared-cache"), allow(unused_mut))]
         let mut source: Arc<dyn crate::source::TokenSource> = Arc::new(grant);
+        #[cfg_attr(not(feature = "shared-cache"), allow(unused_mut))]
         let mut load_timeout = self.token_timeout;
         #[cfg(feature = "shared-cache")]
         if let Some(store) = &self.shared_cache {
