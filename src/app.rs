@@ -21,7 +21,7 @@ mod callback;
 mod company;
 mod connection;
 mod connections;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "redis"))]
 mod grant_cipher;
 mod grant_store;
 mod grant_store_error;
@@ -33,6 +33,8 @@ mod pkce;
 #[cfg(feature = "postgres")]
 mod postgres_store;
 mod random;
+#[cfg(feature = "redis")]
+mod redis_store;
 mod refresh;
 mod refresh_token;
 mod stored_grant;
@@ -43,7 +45,7 @@ pub use builder::{DEFAULT_AUTHORIZE_URL, DEFAULT_REVOCATION_URL, ME_PATH, Unders
 pub use company::Company;
 pub use connection::Connection;
 pub use connections::DEFAULT_MAX_CACHED_CONNECTIONS;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "redis"))]
 pub use grant_cipher::GrantKey;
 pub use grant_store::{GrantStore, GrantSummary, SaveOutcome};
 pub use grant_store_error::GrantStoreError;
@@ -53,6 +55,8 @@ pub use memory_store::MemoryGrantStore;
 pub use pending::{DEFAULT_AUTHORIZATION_LIFETIME, PendingAuthorization};
 #[cfg(feature = "postgres")]
 pub use postgres_store::{POSTGRES_QUERY_TIMEOUT, PostgresGrantStore};
+#[cfg(feature = "redis")]
+pub use redis_store::{REDIS_GRANT_TIMEOUT, RedisGrantStore};
 pub use refresh::REFRESH_LEASE;
 pub use refresh_token::RefreshToken;
 pub use stored_grant::{GrantState, StoredAccessToken, StoredGrant};

@@ -331,7 +331,7 @@
 //! * `shared-cache`: a token cache shared by a fleet ([`TokenStore`]); `redis` adds
 //!   [`RedisStore`].
 //! * `postgres`: [`PostgresGrantStore`], third-party apps' grants in PostgreSQL, encrypted
-//!   under a [`GrantKey`].
+//!   under a [`GrantKey`]; `redis` with `app`: `RedisGrantStore`, the same in Redis.
 //! * `test-util`: [`testing::SandboxServer`], a local stand-in for Understory's auth server
 //!   and API (with `webhooks`, `testing::WebhookSandbox`).
 //! * `webhooks`: the [`webhooks`] module: [`WebhookVerifier`](webhooks::WebhookVerifier),
@@ -389,6 +389,8 @@ pub use credentials::{
 pub use error::Error;
 pub use token::{AccessToken, TokenId};
 
+#[cfg(all(feature = "app", any(feature = "postgres", feature = "redis")))]
+pub use app::GrantKey;
 #[cfg(feature = "app")]
 pub use app::{
     AuthorizationStart, AuthorizeUrl, Company, Connection, DEFAULT_AUTHORIZATION_LIFETIME,
@@ -400,7 +402,9 @@ pub use app::{
 #[cfg(all(feature = "app", feature = "tower"))]
 pub use app::{ConnectionAuth, ConnectionAuthFuture, ConnectionAuthLayer};
 #[cfg(feature = "postgres")]
-pub use app::{GrantKey, POSTGRES_QUERY_TIMEOUT, PostgresGrantStore};
+pub use app::{POSTGRES_QUERY_TIMEOUT, PostgresGrantStore};
+#[cfg(all(feature = "app", feature = "redis"))]
+pub use app::{REDIS_GRANT_TIMEOUT, RedisGrantStore};
 /// The `deadpool-postgres` crate (and through it `tokio-postgres`), re-exported: a
 /// [`PostgresGrantStore`] takes its `Pool`, so build the pool with this version.
 #[cfg(feature = "postgres")]

@@ -15,6 +15,8 @@ mod network;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod rate_limit;
+#[cfg(all(feature = "redis", feature = "app"))]
+mod redis_grants;
 mod sandbox;
 mod soak;
 #[cfg(feature = "redis")]

@@ -7,7 +7,7 @@
 //! they do not skip.
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -33,6 +33,8 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 pub(crate) struct RedisServer {
     port: u16,
     tls: Option<Tls>,
+    /// Where an append-only file keeps the data across restarts (none: restarts empty).
+    aof_dir: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -68,13 +70,30 @@ impl RedisServer {
         Self::start_with(Some(Tls { ca_pem, dir }))
     }
 
+    /// Starts a server that persists every write to an append-only file
+    /// (`appendfsync always`), so that [`restart`](Self::restart) keeps the data.
+    pub(crate) fn start_persistent() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "understory-auth-redis-aof-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        Self::start_with_data(None, Some(dir))
+    }
+
     fn start_with(tls: Option<Tls>) -> Self {
+        Self::start_with_data(tls, None)
+    }
+
+    fn start_with_data(tls: Option<Tls>, aof_dir: Option<PathBuf>) -> Self {
         for _ in 0..5 {
             let port = free_port();
-            if let Some(child) = spawn_redis(port, tls.as_ref()) {
+            if let Some(child) = spawn_redis(port, tls.as_ref(), aof_dir.as_deref()) {
                 return RedisServer {
                     port,
                     tls,
+                    aof_dir,
                     child: Some(child),
                 };
             }
@@ -103,10 +122,11 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port, empty.
+    /// Starts the server again on the same port: empty, or with what its append-only file
+    /// holds ([`start_persistent`](Self::start_persistent)).
     pub(crate) fn restart(&mut self) {
         self.stop();
-        let child = spawn_redis(self.port, self.tls.as_ref());
+        let child = spawn_redis(self.port, self.tls.as_ref(), self.aof_dir.as_deref());
         self.child = Some(child.expect("redis-server restarts on its port"));
     }
 
@@ -162,6 +182,9 @@ impl Drop for RedisServer {
         if let Some(tls) = &self.tls {
             let _ = std::fs::remove_dir_all(&tls.dir);
         }
+        if let Some(dir) = &self.aof_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -172,9 +195,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts `redis-server` on `port` (TLS only, with `tls`) and waits until it accepts
-/// connections; `None` if it exited (the port was taken). Panics if the binary is missing.
-fn spawn_redis(port: u16, tls: Option<&Tls>) -> Option<Child> {
+/// Starts `redis-server` on `port` (TLS only, with `tls`; with an append-only file in
+/// `aof_dir`, else without persistence) and waits until it accepts connections; `None` if
+/// it exited (the port was taken). Panics if the binary is missing.
+fn spawn_redis(port: u16, tls: Option<&Tls>, aof_dir: Option<&Path>) -> Option<Child> {
     let mut command = Command::new("redis-server");
     match tls {
         None => command.args(["--port", &port.to_string()]),
@@ -186,9 +210,22 @@ fn spawn_redis(port: u16, tls: Option<&Tls>) -> Option<Child> {
             .arg(tls.dir.join("server.key"))
             .args(["--tls-auth-clients", "no"]),
     };
+    match aof_dir {
+        None => command.args(["--save", "", "--appendonly", "no"]),
+        Some(dir) => command
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(dir),
+    };
     let mut child = command
         .args(["--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
