@@ -73,9 +73,16 @@ fn refresh_margin(lifetime: Duration, timing: Timing) -> Duration {
 
 /// How long before its expiry a token may be due, whatever the jitter; never larger for a
 /// shorter lifetime, so a shared token is due no later than by its original schedule.
-#[cfg(any(feature = "shared-cache", feature = "app"))]
+#[cfg(feature = "shared-cache")]
 pub(crate) fn refresh_lead(lifetime: Duration, timing: Timing) -> Duration {
     expiry_skew(lifetime, timing) + refresh_margin(lifetime, timing).mul_f64(1.0 + REFRESH_JITTER)
+}
+
+/// How long before its expiry a token of `lifetime` is due for refresh at the latest,
+/// whatever the jitter draws: a token with more left than this is not yet due for anyone.
+#[cfg(feature = "app")]
+pub(crate) fn latest_refresh_lead(lifetime: Duration, timing: Timing) -> Duration {
+    expiry_skew(lifetime, timing) + refresh_margin(lifetime, timing)
 }
 
 #[cfg(test)]

@@ -108,7 +108,12 @@ impl Connections {
             key: key.to_owned(),
             refresher: Arc::clone(&self.refresher),
         });
-        let cache = TokenCache::new(source, self.timeout, self.timing, Arc::clone(&self.endpoints));
+        let cache = TokenCache::new(
+            source,
+            self.timeout,
+            self.timing,
+            Arc::clone(&self.endpoints),
+        );
         if let Some(seed) = seed {
             cache.seed(seed);
         }

@@ -21,7 +21,7 @@ use super::stored_grant::{GrantState, StoredAccessToken, StoredGrant};
 use crate::Error;
 use crate::app::GrantStoreError;
 use crate::grant::{Grant, TokenAnswer};
-use crate::schedule::{Timing, refresh_lead};
+use crate::schedule::{Timing, latest_refresh_lead};
 use crate::source::TokenSource;
 use crate::token::GrantedToken;
 
@@ -132,13 +132,15 @@ impl Refresher {
         }
     }
 
-    /// The access token stored with `grant`, if it has more left than the cache's refresh
-    /// lead: then it is used as is, with what is left of its lifetime.
+    /// The access token stored with `grant`, if no process is due to refresh it yet (it has
+    /// more left than the latest refresh lead): then it is used as is, with what is left of
+    /// its lifetime. So a fleet refreshes each connection once per refresh interval, when the
+    /// stored token comes due, not at the earliest of its processes' jittered instants.
     fn shared_token(&self, grant: &StoredGrant) -> Option<GrantedToken> {
         let stored = grant.access_token.as_ref()?;
         let expires_at = stored.obtained_at.checked_add(stored.lifetime)?;
         let left = expires_at.duration_since((self.clock)()).ok()?;
-        if left <= refresh_lead(stored.lifetime, self.timing) {
+        if left <= latest_refresh_lead(stored.lifetime, self.timing) {
             return None;
         }
         GrantedToken::new(stored.expose_secret(), left, grant.scopes.clone()).ok()
