@@ -901,3 +901,55 @@ async fn the_added_latency_of_a_refresh_is_measured() {
     eprintln!("a refresh (keep_alive of one connection): {took:?}");
     assert_eq!(sandbox.reuse_detected("company-0"), 0);
 }
+
+/// Property 4: a process that dies after Understory rotated the refresh token and before the
+/// store committed it loses that one grant. Here the commit is undone by hand: the row goes
+/// back to the rotated-away token (without a shared access token). The next process presents
+/// it once, Understory detects the reuse, and the connection reports re-authorisation: no
+/// loop of failing refreshes, the other connections untouched.
+#[tokio::test]
+async fn a_crash_between_rotation_and_commit_costs_one_reauthorisation_not_a_loop() {
+    let sandbox = fleet_sandbox(2, Duration::from_secs(3600)).await;
+    let (store, _, _) = store().await;
+    connect_all(&app(&sandbox, &store), &sandbox, 2).await;
+    let before = store.load("tenant-0").await.unwrap().unwrap();
+    let rotated = app(&sandbox, &store);
+    assert_eq!(
+        rotated.keep_alive(Duration::ZERO).await.unwrap().refreshed,
+        2
+    );
+    // "The commit never happened": the store still holds the token the server rotated away.
+    let now = store.load("tenant-0").await.unwrap().unwrap();
+    let mut stale = before.clone();
+    stale.access_token = None;
+    let saved = store
+        .save("tenant-0", &stale, Some(now.version))
+        .await
+        .unwrap();
+    assert!(matches!(saved, understory_auth::SaveOutcome::Saved { .. }));
+
+    let next = app(&sandbox, &store);
+    let error = next.connection("tenant-0").token().await.unwrap_err();
+    assert!(
+        matches!(error, Error::NeedsReauthorization { .. }),
+        "{error:?}"
+    );
+    assert_eq!(sandbox.reuse_detected("company-0"), 1);
+    let requests = sandbox.token_requests();
+    for _ in 0..10 {
+        let again = app(&sandbox, &store).connection("tenant-0").token().await;
+        assert!(matches!(again, Err(Error::NeedsReauthorization { .. })));
+    }
+    assert_eq!(
+        sandbox.token_requests(),
+        requests,
+        "no further refresh is tried"
+    );
+    let grant = store.load("tenant-0").await.unwrap().unwrap();
+    assert_eq!(grant.state, GrantState::NeedsReauthorization);
+    next.connection("tenant-1")
+        .token()
+        .await
+        .expect("the other connection works");
+    assert_eq!(sandbox.reuse_detected("company-1"), 0);
+}
