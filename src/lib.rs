@@ -298,6 +298,8 @@
 //! | WARN | `app::refresh` | could not mark the connection as needing re-authorisation | `connection`, `error` |
 //! | ERROR | `app::refresh` | the rotated refresh token could not be saved; the connection will need re-authorisation | `connection`, `error` |
 //! | DEBUG | `app::refresh` | could not release the refresh lease; it runs out by itself | `connection`, `error` |
+//! | WARN | `app::understory_app` | the grant could not be read; forgetting it without revoking it | `connection`, `error` |
+//! | WARN (then DEBUG for a minute) | `app::grant_cipher` | a stored grant was refused and not used: *why* (it fails authentication; a key id the store was not given; larger than any grant the crate seals) | `connection` |
 //! | WARN | `webhooks::layer` | refused a webhook | `status`, `error` |
 //! | WARN | `webhooks::layer` | webhook deduplication failed; answering 503 so that it is redelivered | `webhook_id`, `error` |
 //! | WARN | `webhooks::layer` | could not release a webhook id after its processing failed; its redeliveries are answered 409 until the lease runs out | `webhook_id`, `error` |
