@@ -6,6 +6,8 @@ mod app;
 mod common;
 mod faults;
 mod grant;
+#[cfg(any(feature = "postgres", all(feature = "redis", feature = "app")))]
+mod grant_stores;
 #[cfg(all(feature = "redis", feature = "webhooks"))]
 mod hostile_redis;
 mod hygiene;

@@ -13,9 +13,11 @@ use futures_util::future::join_all;
 use understory_auth::deadpool_postgres::tokio_postgres::{self, NoTls};
 use understory_auth::testing::SandboxServer;
 use understory_auth::{
-    Company, Error, GrantKey, GrantState, GrantStore, GrantSummary, PostgresGrantStore,
-    REFRESH_LEASE, RefreshToken, SaveOutcome, StoredGrant, UnderstoryApp,
+    Company, Error, GrantState, GrantStore, GrantSummary, PostgresGrantStore, REFRESH_LEASE,
+    SaveOutcome, UnderstoryApp,
 };
+
+use crate::grant_stores::{connect_all, fleet_sandbox, grant, key, save, sum, token_of, version};
 
 /// A PostgreSQL server in a temporary directory, stopped and removed when dropped (or, if
 /// the test binary dies first, by a watchdog that outlives it).
@@ -189,49 +191,12 @@ fn shared() -> &'static PgServer {
     SERVER.get_or_init(PgServer::start)
 }
 
-fn key(id: &str, byte: u8) -> GrantKey {
-    GrantKey::new(id, [byte; 32]).expect("a valid key")
-}
-
 /// A migrated store in a fresh database of the shared server, and a client for SQL.
 async fn store() -> (PostgresGrantStore, tokio_postgres::Client, String) {
     let (url, sql) = shared().database().await;
     let store = PostgresGrantStore::connect(&url, key("k1", 1)).expect("a store");
     store.migrate().await.expect("migrates");
     (store, sql, url)
-}
-
-fn grant(token: &str) -> StoredGrant {
-    StoredGrant::new(
-        RefreshToken::new(token),
-        Company::new("cmp_1", "Fjord Kayaks"),
-        vec!["openid".to_owned(), "offline".to_owned()],
-        UNIX_EPOCH + Duration::from_secs(1_000),
-    )
-}
-
-fn version(outcome: SaveOutcome) -> u64 {
-    match outcome {
-        SaveOutcome::Saved { version } => version,
-        SaveOutcome::Conflict => panic!("not saved"),
-    }
-}
-
-async fn save(
-    store: &PostgresGrantStore,
-    key: &str,
-    token: &str,
-    expected: Option<u64>,
-) -> SaveOutcome {
-    store
-        .save(key, &grant(token), expected)
-        .await
-        .expect("saves")
-}
-
-async fn token_of(store: &PostgresGrantStore, key: &str) -> Option<String> {
-    let grant = store.load(key).await.expect("loads")?;
-    Some(grant.refresh_token.expose_secret().to_owned())
 }
 
 #[tokio::test]
@@ -545,37 +510,12 @@ async fn bad_rows_are_refused_one_by_one() {
 
 // ----- The fleet: independent apps sharing the store and one sandbox. -----
 
-async fn fleet_sandbox(companies: usize, lifetime: Duration) -> SandboxServer {
-    let mut builder = SandboxServer::builder().app_token_lifetime(lifetime);
-    for i in 0..companies {
-        builder = builder.company(format!("company-{i}"), format!("Company {i}"));
-    }
-    builder.start().await.expect("sandbox starts")
-}
-
 fn app(sandbox: &SandboxServer, store: &PostgresGrantStore) -> UnderstoryApp {
     sandbox
         .app_builder()
         .grant_store(store.clone())
         .build()
         .expect("app builds")
-}
-
-async fn connect_all(app: &UnderstoryApp, sandbox: &SandboxServer, companies: usize) {
-    for i in 0..companies {
-        let start = app.authorize();
-        let callback = sandbox
-            .consent(start.url.as_str(), &format!("company-{i}"))
-            .await
-            .unwrap();
-        app.complete(start.pending, &callback, &format!("tenant-{i}"))
-            .await
-            .unwrap();
-    }
-}
-
-fn sum(companies: usize, count: impl Fn(&str) -> usize) -> usize {
-    (0..companies).map(|i| count(&format!("company-{i}"))).sum()
 }
 
 /// Independent instances, each with its own pool: as processes.

@@ -10,9 +10,11 @@ use futures_util::future::join_all;
 use redis::AsyncCommands;
 use understory_auth::testing::SandboxServer;
 use understory_auth::{
-    Company, Error, GrantKey, GrantState, GrantStore, GrantSummary, REFRESH_LEASE, RedisGrantStore,
-    RefreshToken, SaveOutcome, StoredGrant, UnderstoryApp,
+    Company, Error, GrantState, GrantStore, GrantSummary, REFRESH_LEASE, RedisGrantStore,
+    SaveOutcome, UnderstoryApp,
 };
+
+use crate::grant_stores::{connect_all, fleet_sandbox, grant, key, save, sum, token_of, version};
 
 use crate::common::capture_logs;
 use crate::store::RedisServer;
@@ -22,46 +24,9 @@ const GRANT_PREFIX: &str = "understory-auth:grant:v1:";
 const LEASE_PREFIX: &str = "understory-auth:grant-lease:v1:";
 const VERSION_COUNTER: &str = "understory-auth:grant-versions:v1";
 
-fn key(id: &str, byte: u8) -> GrantKey {
-    GrantKey::new(id, [byte; 32]).expect("a valid key")
-}
-
 /// A new store (its own connection, as another process's) on `redis`.
 fn store(redis: &RedisServer) -> RedisGrantStore {
     RedisGrantStore::new(&redis.url(), key("k1", 1)).expect("a valid URL")
-}
-
-fn grant(token: &str) -> StoredGrant {
-    StoredGrant::new(
-        RefreshToken::new(token),
-        Company::new("cmp_1", "Fjord Kayaks"),
-        vec!["openid".to_owned(), "offline".to_owned()],
-        UNIX_EPOCH + Duration::from_secs(1_000),
-    )
-}
-
-fn version(outcome: SaveOutcome) -> u64 {
-    match outcome {
-        SaveOutcome::Saved { version } => version,
-        SaveOutcome::Conflict => panic!("not saved"),
-    }
-}
-
-async fn save(
-    store: &RedisGrantStore,
-    key: &str,
-    token: &str,
-    expected: Option<u64>,
-) -> SaveOutcome {
-    store
-        .save(key, &grant(token), expected)
-        .await
-        .expect("saves")
-}
-
-async fn token_of(store: &RedisGrantStore, key: &str) -> Option<String> {
-    let grant = store.load(key).await.expect("loads")?;
-    Some(grant.refresh_token.expose_secret().to_owned())
 }
 
 #[tokio::test]
@@ -426,14 +391,6 @@ async fn bad_grants_are_refused_one_by_one_with_one_warning() {
 
 // ----- The fleet: independent apps sharing one Redis and one sandbox. -----
 
-async fn fleet_sandbox(companies: usize, lifetime: Duration) -> SandboxServer {
-    let mut builder = SandboxServer::builder().app_token_lifetime(lifetime);
-    for i in 0..companies {
-        builder = builder.company(format!("company-{i}"), format!("Company {i}"));
-    }
-    builder.start().await.expect("sandbox starts")
-}
-
 /// An instance (a process): its own app, store and Redis connection.
 fn app(sandbox: &SandboxServer, redis: &RedisServer) -> UnderstoryApp {
     sandbox
@@ -441,23 +398,6 @@ fn app(sandbox: &SandboxServer, redis: &RedisServer) -> UnderstoryApp {
         .grant_store(store(redis))
         .build()
         .expect("app builds")
-}
-
-async fn connect_all(app: &UnderstoryApp, sandbox: &SandboxServer, companies: usize) {
-    for i in 0..companies {
-        let start = app.authorize();
-        let callback = sandbox
-            .consent(start.url.as_str(), &format!("company-{i}"))
-            .await
-            .unwrap();
-        app.complete(start.pending, &callback, &format!("tenant-{i}"))
-            .await
-            .unwrap();
-    }
-}
-
-fn sum(companies: usize, count: impl Fn(&str) -> usize) -> usize {
-    (0..companies).map(|i| count(&format!("company-{i}"))).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
