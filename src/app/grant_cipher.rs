@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::company::Company;
+use super::grant_store_error::GrantStoreError;
 use super::refresh_token::RefreshToken;
 use super::stored_grant::{GrantState, StoredAccessToken, StoredGrant};
 use crate::Error;
@@ -253,7 +254,19 @@ impl GrantCipher {
     /// `grant` sealed for the connection `connection_key` under the current key, with a
     /// fresh random nonce. Fails (permanently) if the system's random generator fails or the
     /// grant would seal larger than [`MAX_SEALED_BYTES`].
-    pub(crate) fn seal(&self, connection_key: &str, grant: &StoredGrant) -> Result<Sealed, String> {
+    pub(crate) fn seal(
+        &self,
+        connection_key: &str,
+        grant: &StoredGrant,
+    ) -> Result<Sealed, GrantStoreError> {
+        self.seal_plain(connection_key, grant).map_err(|reason| {
+            GrantStoreError::permanent(format!(
+                "cannot seal the grant of {connection_key:?}: {reason}"
+            ))
+        })
+    }
+
+    fn seal_plain(&self, connection_key: &str, grant: &StoredGrant) -> Result<Sealed, String> {
         let plain = Plain {
             refresh_token: Cow::Borrowed(grant.refresh_token.expose_secret()),
             company: Cow::Borrowed(&grant.company),
@@ -510,6 +523,7 @@ mod tests {
             .seal("tenant-42", &grant(&"x".repeat(MAX_SEALED_BYTES)))
             .map(|_| ())
             .unwrap_err();
+        let error = error.to_string();
         assert!(
             error.contains("too large") && !error.contains("xxx"),
             "{error}"

@@ -301,9 +301,7 @@ impl GrantStore for PostgresGrantStore {
         grant: &StoredGrant,
         expected_version: Option<u64>,
     ) -> Result<SaveOutcome, GrantStoreError> {
-        let sealed = self.cipher.seal(key, grant).map_err(|reason| {
-            GrantStoreError::permanent(format!("cannot seal the grant of {key:?}: {reason}"))
-        })?;
+        let sealed = self.cipher.seal(key, grant)?;
         let state = grant.state.as_str();
         let refreshed_at = grant.refreshed_at;
         let expected = match expected_version.map(i64::try_from) {

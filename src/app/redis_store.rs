@@ -320,9 +320,7 @@ impl GrantStore for RedisGrantStore {
         grant: &StoredGrant,
         expected_version: Option<u64>,
     ) -> Result<SaveOutcome, GrantStoreError> {
-        let sealed = self.cipher.seal(key, grant).map_err(|reason| {
-            GrantStoreError::permanent(format!("cannot seal the grant of {key:?}: {reason}"))
-        })?;
+        let sealed = self.cipher.seal(key, grant)?;
         let expected = expected_version.map_or_else(String::new, |version| version.to_string());
         let command = cmd("EVAL")
             .arg(SAVE_SCRIPT)
